@@ -1,0 +1,1 @@
+"""PosCal broker sync: ingest, normalizer and writer services plus what they share."""

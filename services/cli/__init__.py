@@ -1,0 +1,1 @@
+"""`poscal-sync`: the operator's command line."""

@@ -1,0 +1,62 @@
+"""`poscal-sync dev`: start the embedded stack, optionally run the demo, stop on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from services.devstack.demo import run_demo
+from services.devstack.stack import DevStack
+
+
+def run_dev(
+    state_dir: Path, port: int, demo: bool, demo_positions: int, exit_after_demo: bool
+) -> int:
+    stack = DevStack(
+        state_dir=state_dir,
+        port=port,
+        database_url=os.environ.get("DATABASE_URL"),
+        kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    print(f"starting the stack in {state_dir} ...", flush=True)
+    # SIGTERM behaves like Ctrl-C from here on, so every exit path runs stack.stop().
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        stack.start()
+        env = stack.env()
+        print(
+            f"ready: ingest {stack.ingest_url}, Postgres {env['DATABASE_URL']},"
+            f" Kafka {env['KAFKA_BOOTSTRAP_SERVERS']}",
+            flush=True,
+        )
+        print(f"environment in {state_dir / 'stack.env'}, logs in {stack.logs}", flush=True)
+        asyncio.run(_serve(stack, demo, demo_positions, exit_after_demo))
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    finally:
+        stack.stop()
+        print("stopped: no process left behind", flush=True)
+    return 0
+
+
+async def _serve(stack: DevStack, demo: bool, demo_positions: int, exit_after_demo: bool) -> None:
+    env = stack.env()
+    if demo:
+        await run_demo(
+            env["DATABASE_URL"],
+            env["POSCAL_MASTER_KEY"],
+            stack.ingest_url,
+            positions=demo_positions,
+            say=lambda line: print(line, flush=True),
+        )
+        print("see the traces: poscal-sync traces --last 3", flush=True)
+        if exit_after_demo:
+            return
+    print("running; Ctrl-C to stop", flush=True)
+    while True:
+        stack.check_alive()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.sleep(1)

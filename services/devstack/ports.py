@@ -1,0 +1,44 @@
+"""Free local ports, and waiting for a server to accept connections."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30.0
+) -> None:
+    """Block until 127.0.0.1:port accepts a connection; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} before it was ready")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{what} did not accept connections on port {port} within {timeout}s")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], signal_number: int, timeout: float = 15.0
+) -> None:
+    """Signal a child, wait for it, and kill it if it does not go in time."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal_number)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

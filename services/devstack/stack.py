@@ -1,0 +1,198 @@
+"""`poscal-sync dev`: Postgres, the broker, migrations, topics and the three services, together.
+
+Each service runs as its own process, exactly as in production, with its logs and spans in the
+state directory. Stopping the stack stops every process it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.devstack.broker import EmbeddedBroker
+from services.devstack.ports import free_port
+from services.devstack.postgres import EmbeddedPostgres
+from services.shared.crypto import new_master_key_base64
+from services.shared.kafka import TopicSpec, ensure_topics
+from services.shared.migrations import apply_migrations
+from services.shared.settings import Topics
+
+SERVICES = ("ingest", "normalizer", "writer")
+CONSUMERS = ("normalizer", "writer")
+
+
+def pipeline_topics(topics: Topics, partitions: int = 6) -> list[TopicSpec]:
+    return [
+        TopicSpec(topics.raw, partitions),
+        TopicSpec(topics.canonical, partitions),
+        TopicSpec(topics.dead_letter, partitions),
+    ]
+
+
+@dataclass
+class DevStack:
+    state_dir: Path
+    port: int = 8080
+    database_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    master_key: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _postgres: EmbeddedPostgres | None = None
+    _broker: EmbeddedBroker | None = None
+    _services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def traces(self) -> Path:
+        return self.state_dir / "traces"
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        assert self.database_url and self.kafka_bootstrap_servers and self.master_key
+        return {
+            "DATABASE_URL": self.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "INGEST_URL": self.ingest_url,
+            "POSCAL_MASTER_KEY": self.master_key,
+        }
+
+    def start(self) -> DevStack:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        shutil.rmtree(self.traces, ignore_errors=True)
+        self.traces.mkdir()
+        shutil.rmtree(self.state_dir / "run", ignore_errors=True)
+        (self.state_dir / "run").mkdir()
+        try:
+            self._start_infrastructure()
+            asyncio.run(self._prepare())
+            self._write_env_file()
+            for name in SERVICES:
+                self._start_service(name)
+            self._wait_until_ready()
+            self._wait_for_consumers()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_infrastructure(self) -> None:
+        if self.database_url is None:
+            self._postgres = EmbeddedPostgres(log_path=self.logs / "postgres.log").start()
+            self.database_url = self._postgres.dsn
+        if self.kafka_bootstrap_servers is None:
+            self._broker = EmbeddedBroker(log_path=self.logs / "broker.log").start()
+            self.kafka_bootstrap_servers = self._broker.bootstrap_servers
+        if self.master_key is None:
+            self.master_key = _stored_master_key(self.state_dir)
+        if self.port == 0:
+            self.port = free_port()
+
+    async def _prepare(self) -> None:
+        assert self.database_url and self.kafka_bootstrap_servers
+        await apply_migrations(self.database_url)
+        await ensure_topics(self.kafka_bootstrap_servers, pipeline_topics(Topics()))
+
+    def _write_env_file(self) -> None:
+        path = self.state_dir / "stack.env"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+
+    def _start_service(self, name: str) -> None:
+        env = {
+            **os.environ,
+            **self.env(),
+            "POSCAL_INGEST_PORT": str(self.port),
+            "POSCAL_TRACE_FILE": str(self.traces / f"{name}.jsonl"),
+            "POSCAL_LOG_FORMAT": "json",
+            "POSCAL_READY_FILE": str(self._ready_file(name)),
+            # The embedded broker answers a group join after half the session timeout.
+            "POSCAL_KAFKA_SESSION_TIMEOUT_MS": "2000",
+            **self.extra_env,
+        }
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self._services[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    def _wait_until_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.ingest_url}/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"ingest not ready within {timeout}s; see {self.logs / 'ingest.log'}")
+
+    def _ready_file(self, name: str) -> Path:
+        return self.state_dir / "run" / f"{name}.ready"
+
+    def _wait_for_consumers(self, timeout: float = 60.0) -> None:
+        """Until each consumer has joined its group: before that, events would only queue."""
+        deadline = time.monotonic() + timeout
+        while not all(self._ready_file(name).exists() for name in CONSUMERS):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"consumers not ready within {timeout}s; see {self.logs}")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        for name, process in self._services.items():
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with code {process.returncode}; see {self.logs / name}.log"
+                )
+
+    def stop(self) -> None:
+        for process in self._services.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self._services.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._services.clear()
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
+
+
+def _stored_master_key(state_dir: Path) -> str:
+    """The stack's key-encryption key: from the environment, else kept in the state dir."""
+    from_env = os.environ.get("POSCAL_MASTER_KEY")
+    if from_env:
+        return from_env
+    path = state_dir / "master.key"
+    if path.exists():
+        return path.read_text().strip()
+    key = new_master_key_base64()
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key

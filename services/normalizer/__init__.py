@@ -1,0 +1,1 @@
+"""Normalizer: maps raw broker payloads into canonical fills, cash movements and snapshots."""

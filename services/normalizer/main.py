@@ -1,0 +1,54 @@
+"""The normalizer entrypoint: wires Kafka once, then consumes until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from services.normalizer.pipeline import Normalizer
+from services.normalizer.settings import NormalizerSettings
+from services.shared.consuming import consume_batches
+from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
+from services.shared.kafka import create_consumer, create_producer
+from services.shared.lifecycle import mark_ready, run_until_signalled
+from services.shared.logging import get_logger, setup_logging
+from services.shared.tracing import setup_tracing
+
+_log = get_logger("poscal.normalizer")
+
+
+async def serve(settings: NormalizerSettings, stop: asyncio.Event) -> None:
+    topics = settings.topics
+    async with contextlib.AsyncExitStack() as stack:
+        producer = create_producer(settings.kafka_bootstrap_servers, "poscal-normalizer")
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        consumer = create_consumer(
+            settings.kafka_bootstrap_servers,
+            topics.raw,
+            settings.consumer_group,
+            "poscal-normalizer",
+            settings.kafka_session_timeout_ms,
+        )
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        mark_ready(settings.ready_file)
+        normalizer = Normalizer(
+            producer,
+            topics.canonical,
+            DeadLetterPublisher(producer, topics.dead_letter, "normalizer"),
+            DeadLetterBudget(settings.max_consecutive_dead_letters),
+            settings.consumer_group,
+        )
+        _log.info("normalizer consuming", topic=topics.raw, group=settings.consumer_group)
+        await consume_batches(consumer, normalizer, stop, max_records=settings.max_batch)
+
+
+def main() -> int:
+    settings = NormalizerSettings()
+    setup_logging("normalizer", settings.log_level, settings.log_format)
+    provider = setup_tracing("poscal-normalizer", settings.trace_file)
+    try:
+        return run_until_signalled(lambda stop: serve(settings, stop))
+    finally:
+        provider.shutdown()

@@ -1,0 +1,49 @@
+"""Per-broker mappers, found by name: adding a broker means adding `mappers/<broker>.py`.
+
+Each mapper module defines `map_event(event: RawEvent) -> Mapping`, pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from services.shared.canonical import CanonicalBatch
+from services.shared.envelope import RawEvent
+from services.shared.errors import InvalidEvent
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One item of a payload that could not be mapped; the rest of the payload still is."""
+
+    code: str
+    detail: str
+    index: int
+    item: Any
+
+
+@dataclass(frozen=True)
+class Mapping:
+    batch: CanonicalBatch
+    rejected: tuple[Rejection, ...] = field(default=())
+
+
+Mapper = Callable[[RawEvent], Mapping]
+_BROKER_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+
+
+@cache
+def mapper_for(broker: str) -> Mapper:
+    if not _BROKER_NAME.match(broker):
+        raise InvalidEvent("unknown_broker", f"no mapper for broker {broker!r}")
+    try:
+        module = importlib.import_module(f"{__name__}.{broker}")
+    except ModuleNotFoundError:
+        raise InvalidEvent("unknown_broker", f"no mapper for broker {broker!r}") from None
+    mapper: Mapper = module.map_event
+    return mapper

@@ -1,0 +1,237 @@
+"""MetaTrader 5: deal webhooks into canonical fills, cash movements and a balance snapshot.
+
+The body is `{"account": {...}, "server_time_offset_seconds": N, "deals": [TradeDeal...]}`.
+Deal times are the trade server's wall clock written as epoch numbers; UTC is that minus the
+offset the sender reports. Positions are keyed by `position_id`; each deal by its ticket.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.normalizer.mappers import Mapping, Rejection
+from services.shared.canonical import (
+    AccountSnapshot,
+    CanonicalBatch,
+    CashMovement,
+    Fill,
+    FillEntry,
+    Side,
+)
+from services.shared.envelope import RawEvent
+from services.shared.errors import InvalidEvent
+
+_ENTRIES: dict[int, FillEntry] = {0: "in", 1: "out", 2: "inout", 3: "out_by"}
+_SIDES: dict[int, Side] = {0: "buy", 1: "sell"}
+# ENUM_DEAL_TYPE values 2 and above: money movements, not trades.
+CASH_KINDS: dict[int, str] = {
+    2: "balance",
+    3: "credit",
+    4: "charge",
+    5: "correction",
+    6: "bonus",
+    7: "commission",
+    8: "commission_daily",
+    9: "commission_monthly",
+    10: "commission_agent_daily",
+    11: "commission_agent_monthly",
+    12: "interest",
+    13: "buy_canceled",
+    14: "sell_canceled",
+    15: "dividend",
+    16: "dividend_franked",
+    17: "tax",
+}
+_MAX_OFFSET_SECONDS = 14 * 3600
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# TimeTradeServer() - TimeGMT() jitters by a second or two; real zones are whole quarter hours.
+_OFFSET_QUANTUM = 900
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Mt5Account(_Strict):
+    login: int = Field(gt=0)
+    server: str = Field(min_length=1)
+    currency: str = Field(min_length=1)
+    balance: Decimal
+    equity: Decimal
+
+
+class Mt5Deal(_Strict):
+    """Exactly the fields of the MetaTrader5 package's TradeDeal."""
+
+    ticket: int = Field(gt=0)
+    order: int = Field(ge=0)
+    time: int = Field(ge=0)
+    time_msc: int = Field(ge=0)
+    type: int = Field(ge=0)
+    entry: int = Field(ge=0, le=3)
+    magic: int
+    position_id: int = Field(ge=0)
+    reason: int = Field(ge=0)
+    volume: Decimal = Field(ge=0)
+    price: Decimal = Field(ge=0)
+    commission: Decimal
+    swap: Decimal
+    profit: Decimal
+    fee: Decimal
+    symbol: str
+    comment: str
+    external_id: str
+
+    @field_validator("volume", "price", "commission", "swap", "profit", "fee")
+    @classmethod
+    def _finite(cls, value: Decimal) -> Decimal:
+        if not value.is_finite():
+            raise ValueError("must be a finite number")
+        return value
+
+
+class Mt5Webhook(_Strict):
+    account: Mt5Account
+    server_time_offset_seconds: int = Field(ge=-_MAX_OFFSET_SECONDS, le=_MAX_OFFSET_SECONDS)
+    deals: list[Any]
+
+
+def _parse_body(body: bytes) -> Mt5Webhook:
+    try:
+        # Decimal straight from the text: 0.1 stays 0.1, never a binary float.
+        document = json.loads(body, parse_float=Decimal)
+    except (ValueError, InvalidOperation) as exc:
+        raise InvalidEvent("malformed_json", str(exc)) from None
+    try:
+        return Mt5Webhook.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidEvent("invalid_payload", _describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def rounded_offset(offset_seconds: int) -> int:
+    return round(offset_seconds / _OFFSET_QUANTUM) * _OFFSET_QUANTUM
+
+
+def server_time_to_utc(time_msc: int, offset_seconds: int) -> datetime:
+    """A server wall-clock epoch in milliseconds, as the UTC instant it names."""
+    utc_ms = time_msc - rounded_offset(offset_seconds) * 1000
+    return _EPOCH + timedelta(milliseconds=utc_ms)
+
+
+def _map_deal(deal: Mt5Deal, prefix: str, offset: int) -> Fill | CashMovement:
+    time_msc = deal.time_msc or deal.time * 1000
+    executed_at = server_time_to_utc(time_msc, offset)
+    key = f"{prefix}:deal:{deal.ticket}"
+    if deal.type in CASH_KINDS:
+        return CashMovement(
+            movement_key=key,
+            kind=CASH_KINDS[deal.type],
+            amount=deal.profit,
+            executed_at=executed_at,
+            broker_time=str(time_msc),
+            broker_ref=str(deal.ticket),
+            comment=deal.comment or None,
+        )
+    if deal.type not in _SIDES:
+        raise InvalidEvent("unknown_deal_type", f"deal type {deal.type} is not known")
+    if not deal.symbol:
+        raise InvalidEvent("invalid_deal", "a trade deal needs a symbol")
+    if deal.position_id <= 0:
+        raise InvalidEvent("invalid_deal", "a trade deal needs a position_id")
+    if deal.volume <= 0 or deal.price <= 0:
+        raise InvalidEvent("invalid_deal", "a trade deal needs a positive volume and price")
+    return Fill(
+        fill_key=key,
+        position_key=f"{prefix}:{deal.position_id}",
+        symbol=deal.symbol,
+        side=_SIDES[deal.type],
+        entry=_ENTRIES[deal.entry],
+        volume=deal.volume,
+        price=deal.price,
+        profit=deal.profit,
+        commission=deal.commission,
+        swap=deal.swap,
+        fee=deal.fee,
+        executed_at=executed_at,
+        broker_time=str(time_msc),
+        broker_ref=str(deal.ticket),
+        order_ref=str(deal.order) if deal.order else None,
+        comment=deal.comment or None,
+    )
+
+
+def _check_account(event: RawEvent, account: Mt5Account) -> None:
+    connection = event.connection
+    if str(account.login) != connection.account_number:
+        raise InvalidEvent(
+            "account_mismatch",
+            f"payload is for login {account.login}, the connection is for "
+            f"{connection.account_number}",
+        )
+    if connection.server and account.server != connection.server:
+        raise InvalidEvent(
+            "account_mismatch",
+            f"payload is for server {account.server!r}, the connection is for "
+            f"{connection.server!r}",
+        )
+
+
+def map_event(event: RawEvent) -> Mapping:
+    webhook = _parse_body(event.body)
+    _check_account(event, webhook.account)
+    prefix = f"mt5:{webhook.account.server}:{webhook.account.login}"
+    fills: list[Fill] = []
+    cash: list[CashMovement] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(webhook.deals):
+        try:
+            deal = Mt5Deal.model_validate(item)
+            mapped = _map_deal(deal, prefix, webhook.server_time_offset_seconds)
+        except ValidationError as exc:
+            rejected.append(Rejection("invalid_deal", _describe(exc), index, _jsonable(item)))
+            continue
+        except InvalidEvent as exc:
+            rejected.append(Rejection(exc.code, exc.detail, index, _jsonable(item)))
+            continue
+        if isinstance(mapped, Fill):
+            fills.append(mapped)
+        else:
+            cash.append(mapped)
+    snapshot = AccountSnapshot(
+        currency=webhook.account.currency,
+        balance=webhook.account.balance,
+        equity=webhook.account.equity,
+        as_of=event.sent_at or event.received_at,
+    )
+    batch = CanonicalBatch(
+        event_id=event.event_id,
+        source=event.source,
+        connection=event.connection,
+        received_at=event.received_at,
+        account=snapshot,
+        fills=tuple(fills),
+        cash_movements=tuple(cash),
+    )
+    return Mapping(batch=batch, rejected=tuple(rejected))
+
+
+def _jsonable(item: Any) -> Any:
+    """The rejected item as JSON-safe data (Decimals back to their exact text)."""
+    if isinstance(item, Decimal):
+        return str(item)
+    if isinstance(item, dict):
+        return {str(k): _jsonable(v) for k, v in item.items()}
+    if isinstance(item, list):
+        return [_jsonable(v) for v in item]
+    return item

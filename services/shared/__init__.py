@@ -1,0 +1,1 @@
+"""What the services share: settings, event contracts, Kafka, tracing, logging, crypto."""

@@ -1,0 +1,70 @@
+"""Spans for producing and consuming Kafka messages, per OpenTelemetry messaging conventions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind
+
+from services.shared.tracing import KafkaHeaders, extract_context, inject_context
+
+_tracer = trace.get_tracer("poscal.messaging")
+
+
+def _common(topic: str, operation: str) -> dict[str, Any]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": topic,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+    }
+
+
+@contextmanager
+def send_span(topic: str, key: str, headers: KafkaHeaders) -> Iterator[Span]:
+    """A PRODUCER span for one send; injects its context into `headers` before sending."""
+    attributes = _common(topic, "send") | {"messaging.kafka.message.key": key}
+    with _tracer.start_as_current_span(
+        f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        inject_context(headers)
+        yield span
+
+
+def record_delivery(span: Span, partition: int, offset: int) -> None:
+    span.set_attribute("messaging.destination.partition.id", str(partition))
+    span.set_attribute("messaging.kafka.offset", offset)
+
+
+def start_process_span(record: Any, consumer_group: str, links: list[Link] | None = None) -> Span:
+    """A CONSUMER span for processing one record, continuing the trace its headers carry.
+
+    The caller ends it: a batch's spans stay open until the batch's work is durable.
+    """
+    attributes = _common(record.topic, "process") | {
+        "messaging.consumer.group.name": consumer_group,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+    }
+    if record.key is not None:
+        attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
+    return _tracer.start_span(
+        f"process {record.topic}",
+        context=extract_context(record.headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=links,
+    )
+
+
+@contextmanager
+def process_span(record: Any, consumer_group: str) -> Iterator[Span]:
+    """`start_process_span` as the current span for the duration of a block."""
+    span = start_process_span(record, consumer_group)
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=True, set_status_on_exception=True
+    ):
+        yield span

@@ -1,0 +1,49 @@
+"""Settings every service shares, read once from the environment at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseSettings):
+    """Topic names; versioned so a contract change can run beside the old one."""
+
+    model_config = SettingsConfigDict(env_prefix="POSCAL_TOPIC_", frozen=True)
+
+    raw: str = "poscal.raw.v1"
+    canonical: str = "poscal.canonical.v1"
+    dead_letter: str = "poscal.deadletter.v1"
+
+
+class ServiceSettings(BaseSettings):
+    """The base of each service's settings class."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/poscal"),
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+    )
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+    )
+    topics: Topics = Field(default_factory=Topics)
+    log_level: str = Field("INFO", validation_alias=AliasChoices("POSCAL_LOG_LEVEL", "log_level"))
+    log_format: Literal["json", "console"] = Field(
+        "json", validation_alias=AliasChoices("POSCAL_LOG_FORMAT", "log_format")
+    )
+    kafka_session_timeout_ms: int = Field(
+        10000, ge=1000, validation_alias=AliasChoices("POSCAL_KAFKA_SESSION_TIMEOUT_MS")
+    )
+    # Touched once the service is ready (consumers: joined their group), for supervisors.
+    ready_file: Path | None = Field(None, validation_alias=AliasChoices("POSCAL_READY_FILE"))
+    # Spans also go to this JSON-lines file when set (the dev stack sets it; `poscal-sync traces`
+    # reads it). OTLP export is configured by the SDK's own OTEL_* variables.
+    trace_file: Path | None = Field(
+        None, validation_alias=AliasChoices("POSCAL_TRACE_FILE", "trace_file")
+    )

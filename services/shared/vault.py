@@ -1,0 +1,105 @@
+"""The credential vault: secrets stored only as AES-256-GCM ciphertext under per-user data keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from services.shared.crypto import (
+    KeyEncryptionKey,
+    credential_aad,
+    data_key_aad,
+    generate_key,
+    seal,
+    unseal,
+)
+from services.shared.database import Connection
+
+
+class CredentialVault:
+    """Seals and opens credentials; plaintext exists only in memory, never in a row or a log."""
+
+    def __init__(self, kek: KeyEncryptionKey) -> None:
+        self._kek = kek
+
+    async def _current_data_key(self, conn: Connection, user_id: uuid.UUID) -> tuple[int, bytes]:
+        row = await conn.fetchrow(
+            "SELECT version, wrapped_key FROM user_data_keys WHERE user_id = $1"
+            " ORDER BY version DESC LIMIT 1",
+            user_id,
+        )
+        if row is None:
+            # Racing creators both try version 1; the loser reads the winner's key.
+            wrapped = self._kek.wrap(generate_key(), data_key_aad(user_id, 1))
+            await conn.execute(
+                "INSERT INTO user_data_keys (user_id, version, kek_id, wrapped_key)"
+                " VALUES ($1, 1, $2, $3) ON CONFLICT DO NOTHING",
+                user_id,
+                self._kek.key_id,
+                wrapped,
+            )
+            return await self._current_data_key(conn, user_id)
+        version: int = row["version"]
+        return version, self._kek.unwrap(row["wrapped_key"], data_key_aad(user_id, version))
+
+    async def _data_key(self, conn: Connection, user_id: uuid.UUID, version: int) -> bytes:
+        wrapped = await conn.fetchval(
+            "SELECT wrapped_key FROM user_data_keys WHERE user_id = $1 AND version = $2",
+            user_id,
+            version,
+        )
+        if wrapped is None:
+            raise LookupError(f"no data key version {version} for user {user_id}")
+        return self._kek.unwrap(wrapped, data_key_aad(user_id, version))
+
+    async def store(
+        self,
+        conn: Connection,
+        *,
+        user_id: uuid.UUID,
+        connection_id: uuid.UUID,
+        kind: str,
+        plaintext: bytes,
+        expires_at: datetime | None = None,
+    ) -> uuid.UUID:
+        version, data_key = await self._current_data_key(conn, user_id)
+        ciphertext = seal(data_key, plaintext, credential_aad(connection_id, kind, version))
+        credential_id: uuid.UUID = await conn.fetchval(
+            "INSERT INTO mt5_credentials"
+            " (connection_id, user_id, kind, ciphertext, data_key_version, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            connection_id,
+            user_id,
+            kind,
+            ciphertext,
+            version,
+            expires_at,
+        )
+        return credential_id
+
+    async def open_active(
+        self, conn: Connection, connection_id: uuid.UUID, kind: str, now: datetime
+    ) -> list[bytes]:
+        """Every unexpired, unrevoked credential of this kind, newest first."""
+        rows = await conn.fetch(
+            "SELECT user_id, ciphertext, data_key_version FROM mt5_credentials"
+            " WHERE connection_id = $1 AND kind = $2 AND revoked_at IS NULL"
+            " AND (expires_at IS NULL OR expires_at > $3) ORDER BY created_at DESC",
+            connection_id,
+            kind,
+            now,
+        )
+        keys: dict[tuple[uuid.UUID, int], bytes] = {}
+        opened = []
+        for row in rows:
+            ref = (row["user_id"], row["data_key_version"])
+            if ref not in keys:
+                keys[ref] = await self._data_key(conn, *ref)
+            opened.append(
+                unseal(
+                    keys[ref],
+                    row["ciphertext"],
+                    credential_aad(connection_id, kind, row["data_key_version"]),
+                )
+            )
+        return opened

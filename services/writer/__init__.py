@@ -1,0 +1,1 @@
+"""Writer: applies canonical batches to Postgres idempotently and keeps the journal right."""

@@ -1,0 +1,147 @@
+"""Canonical batches in, one database transaction per consumer batch; offsets are committed by
+the consume loop only after that transaction has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from pydantic import ValidationError
+
+from services.shared.canonical import CanonicalBatch
+from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
+from services.shared.errors import PermanentError, TransientError
+from services.shared.logging import get_logger
+from services.shared.messaging import start_process_span
+from services.writer.repository import EventOutcome, JournalRepository
+
+_log = get_logger("poscal.writer")
+_tracer = trace.get_tracer("poscal.writer")
+
+_TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.AdminShutdownError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class Writer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        repository: JournalRepository,
+        dead_letters: DeadLetterPublisher,
+        budget: DeadLetterBudget,
+        consumer_group: str,
+    ) -> None:
+        self._pool = pool
+        self._repository = repository
+        self._dead_letters = dead_letters
+        self._budget = budget
+        self._group = consumer_group
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        parsed: list[tuple[ConsumerRecord, CanonicalBatch]] = []
+        for record in records:
+            try:
+                parsed.append((record, CanonicalBatch.model_validate_json(record.value or b"")))
+            except ValidationError as exc:
+                await self._dead_letter(record, "invalid_canonical_batch", str(exc), None)
+        if not parsed:
+            return
+        spans = [start_process_span(record, self._group) for record, _ in parsed]
+        try:
+            await self._write(parsed, spans)
+        except BaseException as exc:
+            for span in spans:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _write(
+        self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]], spans: list[Span]
+    ) -> None:
+        started = time.time_ns()
+        try:
+            outcomes = await self._apply([batch for _, batch in parsed])
+        except PermanentError:
+            # One event poisons the batch: apply them one at a time to find and set it aside.
+            outcomes = []
+            for record, batch in parsed:
+                try:
+                    outcomes += await self._apply([batch])
+                except PermanentError as exc:
+                    await self._dead_letter(record, "write_rejected", str(exc), str(batch.event_id))
+        ended = time.time_ns()
+        by_event = {o.event_id: o for o in outcomes}
+        for (_, batch), span in zip(parsed, spans, strict=True):
+            outcome = by_event.get(batch.event_id)
+            db_span = _tracer.start_span(
+                "db.transaction apply canonical batch",
+                context=trace.set_span_in_context(span),
+                kind=SpanKind.CLIENT,
+                start_time=started,
+                attributes={"db.system.name": "postgresql", "poscal.batch_size": len(parsed)},
+            )
+            if outcome is not None:
+                _annotate(span, outcome)
+            db_span.end(end_time=ended)
+        for outcome in outcomes:
+            self._budget.record_valid()
+            _log.info("event applied", **_outcome_fields(outcome))
+
+    async def _apply(self, batches: list[CanonicalBatch]) -> list[EventOutcome]:
+        try:
+            async with self._pool.acquire() as conn:
+                return await self._repository.apply(conn, batches)
+        except _TRANSIENT_DB_ERRORS as exc:
+            raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
+        except asyncpg.PostgresError as exc:
+            raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _dead_letter(
+        self, record: ConsumerRecord, code: str, reason: str, event_id: str | None
+    ) -> None:
+        _log.warning(
+            "event dead-lettered",
+            reason_code=code,
+            reason=reason[:500],
+            partition=record.partition,
+            offset=record.offset,
+        )
+        await self._dead_letters.publish(record, code, reason, event_id=event_id)
+        self._budget.record_invalid()
+
+
+def _annotate(span: Span, outcome: EventOutcome) -> None:
+    span.set_attribute("poscal.event_id", str(outcome.event_id))
+    span.set_attribute("poscal.fills_inserted", outcome.fills_inserted)
+    span.set_attribute("poscal.positions_touched", outcome.positions_touched)
+    span.set_attribute("poscal.balance_applied", outcome.balance_applied)
+    span.set_attribute("poscal.replay", not outcome.first_time)
+
+
+def _outcome_fields(outcome: EventOutcome) -> dict[str, object]:
+    return {
+        "event_id": str(outcome.event_id),
+        "fills_inserted": outcome.fills_inserted,
+        "cash_inserted": outcome.cash_inserted,
+        "positions_touched": outcome.positions_touched,
+        "balance_applied": outcome.balance_applied,
+        "replay": not outcome.first_time,
+    }

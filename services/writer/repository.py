@@ -1,0 +1,365 @@
+"""The writer's SQL: one transaction applies a batch of canonical events idempotently.
+
+Fills and cash movements are inserted by their broker-derived keys (a replay inserts nothing);
+every position that gained a fill is recomputed from all of its fills under a per-position lock,
+so redelivery in any order converges on the same journal rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.shared.canonical import CanonicalBatch, CashMovement, Fill
+from services.shared.database import Connection
+from services.shared.envelope import ConnectionRef
+from services.writer.aggregation import PositionFill, TradeAggregate, aggregate_position
+
+_INSERT_FILLS = """
+INSERT INTO broker_fills (fill_key, position_key, user_id, connection_id, account_id, broker,
+    symbol, side, entry, volume, price, profit, commission, swap, fee, executed_at, broker_time,
+    broker_ref, order_ref, comment, event_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::numeric[], $11::numeric[], $12::numeric[],
+    $13::numeric[], $14::numeric[], $15::numeric[], $16::timestamptz[], $17::text[], $18::text[],
+    $19::text[], $20::text[], $21::uuid[])
+ON CONFLICT (fill_key) DO NOTHING
+RETURNING fill_key, position_key
+"""
+
+_INSERT_CASH = """
+INSERT INTO broker_cash_movements (movement_key, user_id, connection_id, account_id, kind, amount,
+    currency, executed_at, broker_time, broker_ref, comment, event_id)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::numeric[],
+    $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::uuid[])
+ON CONFLICT (movement_key) DO NOTHING
+RETURNING movement_key
+"""
+
+_LOCK_POSITIONS = """
+SELECT count(pg_advisory_xact_lock(hashtextextended(k, 7)))
+FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS ordered
+"""
+
+_POSITION_FILLS = """
+SELECT fill_key, position_key, symbol, side, entry, volume, price, profit, commission, swap, fee,
+    executed_at, broker_ref
+FROM broker_fills WHERE position_key = ANY($1::text[])
+"""
+
+_UPSERT_JOURNAL = """
+INSERT INTO trading_journal AS j (mt5_trade_id, position_key, user_id, account_id, connection_id,
+    connection_type, broker, symbol, side, volume, closed_volume, entry_price, exit_price,
+    opened_at, closed_at, profit, commission, swap, fees, status, fill_count, synced_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+    $20, $21, now())
+ON CONFLICT (mt5_trade_id) DO UPDATE SET
+    symbol = EXCLUDED.symbol, side = EXCLUDED.side, volume = EXCLUDED.volume,
+    closed_volume = EXCLUDED.closed_volume, entry_price = EXCLUDED.entry_price,
+    exit_price = EXCLUDED.exit_price, opened_at = EXCLUDED.opened_at,
+    closed_at = EXCLUDED.closed_at, profit = EXCLUDED.profit, commission = EXCLUDED.commission,
+    swap = EXCLUDED.swap, fees = EXCLUDED.fees, status = EXCLUDED.status,
+    fill_count = EXCLUDED.fill_count, synced_at = now(), updated_at = now()
+WHERE j.user_id = EXCLUDED.user_id
+"""
+
+_DELETE_STALE_SEGMENTS = """
+DELETE FROM trading_journal
+WHERE position_key = ANY($1::text[]) AND NOT (mt5_trade_id = ANY($2::text[]))
+"""
+
+_APPLY_BALANCE = """
+UPDATE trading_accounts
+SET current_balance = $2, equity = $3, currency = coalesce($4, currency),
+    balance_as_of = $5, balance_received_at = $6, updated_at = now()
+WHERE id = $1 AND (balance_as_of IS NULL
+    OR (balance_as_of, coalesce(balance_received_at, '-infinity')) < ($5, $6))
+RETURNING id
+"""
+
+_RECORD_EVENTS = """
+INSERT INTO sync_events (event_id, connection_id, user_id, source, received_at, fills_received,
+    fills_inserted, cash_received, cash_inserted, positions_touched, balance_applied)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[],
+    $6::int[], $7::int[], $8::int[], $9::int[], $10::int[], $11::bool[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+_AUDIT_SYNC = """
+INSERT INTO mt5_security_audit AS a (connection_id, user_id, monthly_sync_count, sync_month,
+    last_sync_at, last_event_id)
+VALUES ($1, $2, $3, date_trunc('month', $4 AT TIME ZONE 'UTC')::date, $4, $5)
+ON CONFLICT (connection_id) DO UPDATE SET
+    monthly_sync_count = CASE WHEN a.sync_month = EXCLUDED.sync_month
+        THEN a.monthly_sync_count + EXCLUDED.monthly_sync_count
+        ELSE EXCLUDED.monthly_sync_count END,
+    sync_month = greatest(a.sync_month, EXCLUDED.sync_month),
+    last_sync_at = greatest(a.last_sync_at, EXCLUDED.last_sync_at),
+    last_event_id = EXCLUDED.last_event_id,
+    updated_at = now()
+"""
+
+_TOUCH_CONNECTIONS = """
+UPDATE mt5_connections AS c SET last_sync_at = greatest(c.last_sync_at, v.at), updated_at = now()
+FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at) WHERE c.id = v.id
+"""
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    event_id: uuid.UUID
+    fills_inserted: int
+    cash_inserted: int
+    positions_touched: int
+    balance_applied: bool
+    first_time: bool
+
+
+def _dedupe_fills(batches: Sequence[CanonicalBatch]) -> list[tuple[CanonicalBatch, Fill]]:
+    seen: dict[str, tuple[CanonicalBatch, Fill]] = {}
+    for batch in batches:
+        for fill in batch.fills:
+            seen.setdefault(fill.fill_key, (batch, fill))
+    return list(seen.values())
+
+
+def _dedupe_cash(batches: Sequence[CanonicalBatch]) -> list[tuple[CanonicalBatch, CashMovement]]:
+    seen: dict[str, tuple[CanonicalBatch, CashMovement]] = {}
+    for batch in batches:
+        for movement in batch.cash_movements:
+            seen.setdefault(movement.movement_key, (batch, movement))
+    return list(seen.values())
+
+
+class JournalRepository:
+    async def apply(
+        self, conn: Connection, batches: Sequence[CanonicalBatch]
+    ) -> list[EventOutcome]:
+        async with conn.transaction():
+            fill_owner, new_positions = await self._insert_fills(conn, batches)
+            cash_owner = await self._insert_cash(conn, batches)
+            await self._recompute_positions(conn, batches, new_positions)
+            balance_events = await self._apply_balances(conn, batches)
+            outcomes = [
+                EventOutcome(
+                    event_id=b.event_id,
+                    fills_inserted=fill_owner.get(b.event_id, 0),
+                    cash_inserted=cash_owner.get(b.event_id, 0),
+                    positions_touched=len({f.position_key for f in b.fills} & new_positions),
+                    balance_applied=b.event_id in balance_events,
+                    first_time=False,
+                )
+                for b in batches
+            ]
+            first_time = await self._record_events(conn, batches, outcomes)
+        return [
+            EventOutcome(**{**o.__dict__, "first_time": o.event_id in first_time}) for o in outcomes
+        ]
+
+    async def _insert_fills(
+        self, conn: Connection, batches: Sequence[CanonicalBatch]
+    ) -> tuple[dict[uuid.UUID, int], set[str]]:
+        pairs = _dedupe_fills(batches)
+        if not pairs:
+            return {}, set()
+        columns = list(
+            zip(
+                *[_fill_row(batch.connection, batch.event_id, f) for batch, f in pairs], strict=True
+            )
+        )
+        rows = await conn.fetch(_INSERT_FILLS, *columns)
+        inserted = {r["fill_key"] for r in rows}
+        owner: dict[uuid.UUID, int] = {}
+        for batch, fill in pairs:
+            if fill.fill_key in inserted:
+                owner[batch.event_id] = owner.get(batch.event_id, 0) + 1
+        return owner, {r["position_key"] for r in rows}
+
+    async def _insert_cash(
+        self, conn: Connection, batches: Sequence[CanonicalBatch]
+    ) -> dict[uuid.UUID, int]:
+        pairs = _dedupe_cash(batches)
+        if not pairs:
+            return {}
+        columns = list(zip(*[_cash_row(b, m) for b, m in pairs], strict=True))
+        inserted = {r["movement_key"] for r in await conn.fetch(_INSERT_CASH, *columns)}
+        owner: dict[uuid.UUID, int] = {}
+        for batch, movement in pairs:
+            if movement.movement_key in inserted:
+                owner[batch.event_id] = owner.get(batch.event_id, 0) + 1
+        return owner
+
+    async def _recompute_positions(
+        self, conn: Connection, batches: Sequence[CanonicalBatch], positions: set[str]
+    ) -> None:
+        # Only positions that gained a fill can change; a pure replay recomputes nothing.
+        if not positions:
+            return
+        keys = sorted(positions)
+        await conn.fetchval(_LOCK_POSITIONS, keys)
+        by_position: dict[str, list[PositionFill]] = {}
+        for row in await conn.fetch(_POSITION_FILLS, keys):
+            by_position.setdefault(row["position_key"], []).append(PositionFill(**dict(row)))
+        owners = {f.position_key: b.connection for b in batches for f in b.fills}
+        rows = []
+        for key in keys:
+            for aggregate in aggregate_position(key, by_position.get(key, [])):
+                rows.append(_journal_row(aggregate, owners[key]))
+        await conn.executemany(_UPSERT_JOURNAL, rows)
+        await conn.execute(_DELETE_STALE_SEGMENTS, keys, [r[0] for r in rows])
+
+    async def _apply_balances(
+        self, conn: Connection, batches: Sequence[CanonicalBatch]
+    ) -> set[uuid.UUID]:
+        newest: dict[uuid.UUID, CanonicalBatch] = {}
+        for batch in batches:
+            if batch.account is None:
+                continue
+            account_id = batch.connection.account_id
+            current = newest.get(account_id)
+            if current is None or _snapshot_order(batch) > _snapshot_order(current):
+                newest[account_id] = batch
+        applied = set()
+        for account_id, batch in sorted(newest.items()):
+            snapshot = batch.account
+            assert snapshot is not None
+            updated = await conn.fetchval(
+                _APPLY_BALANCE,
+                account_id,
+                snapshot.balance,
+                snapshot.equity,
+                snapshot.currency,
+                snapshot.as_of,
+                batch.received_at,
+            )
+            if updated is not None:
+                applied.add(batch.event_id)
+        return applied
+
+    async def _record_events(
+        self,
+        conn: Connection,
+        batches: Sequence[CanonicalBatch],
+        outcomes: Sequence[EventOutcome],
+    ) -> set[uuid.UUID]:
+        unique = {b.event_id: (b, o) for b, o in zip(batches, outcomes, strict=True)}
+        columns = list(
+            zip(
+                *[
+                    (
+                        b.event_id,
+                        b.connection.connection_id,
+                        b.connection.user_id,
+                        b.source,
+                        b.received_at,
+                        len(b.fills),
+                        o.fills_inserted,
+                        len(b.cash_movements),
+                        o.cash_inserted,
+                        o.positions_touched,
+                        o.balance_applied,
+                    )
+                    for b, o in unique.values()
+                ],
+                strict=True,
+            )
+        )
+        first_time = {r["event_id"] for r in await conn.fetch(_RECORD_EVENTS, *columns)}
+        per_connection: dict[uuid.UUID, list[CanonicalBatch]] = {}
+        for event_id in first_time:
+            batch = unique[event_id][0]
+            per_connection.setdefault(batch.connection.connection_id, []).append(batch)
+        for connection_id, synced in sorted(per_connection.items()):
+            latest = max(synced, key=lambda b: b.received_at)
+            await conn.execute(
+                _AUDIT_SYNC,
+                connection_id,
+                latest.connection.user_id,
+                len(synced),
+                latest.received_at,
+                latest.event_id,
+            )
+        if per_connection:
+            ids = sorted(per_connection)
+            at = [max(b.received_at for b in per_connection[i]) for i in ids]
+            await conn.execute(_TOUCH_CONNECTIONS, ids, at)
+        return first_time
+
+
+def _snapshot_order(batch: CanonicalBatch) -> tuple[datetime, datetime]:
+    assert batch.account is not None
+    return (batch.account.as_of, batch.received_at)
+
+
+def _fill_row(connection: ConnectionRef, event_id: uuid.UUID, f: Fill) -> tuple[object, ...]:
+    return (
+        f.fill_key,
+        f.position_key,
+        connection.user_id,
+        connection.connection_id,
+        connection.account_id,
+        connection.broker,
+        f.symbol,
+        f.side,
+        f.entry,
+        f.volume,
+        f.price,
+        f.profit,
+        f.commission,
+        f.swap,
+        f.fee,
+        f.executed_at,
+        f.broker_time,
+        f.broker_ref,
+        f.order_ref,
+        f.comment,
+        event_id,
+    )
+
+
+def _cash_row(batch: CanonicalBatch, m: CashMovement) -> tuple[object, ...]:
+    c = batch.connection
+    currency = batch.account.currency if batch.account else None
+    return (
+        m.movement_key,
+        c.user_id,
+        c.connection_id,
+        c.account_id,
+        m.kind,
+        m.amount,
+        currency,
+        m.executed_at,
+        m.broker_time,
+        m.broker_ref,
+        m.comment,
+        batch.event_id,
+    )
+
+
+def _journal_row(a: TradeAggregate, c: ConnectionRef) -> tuple[object, ...]:
+    return (
+        a.trade_id,
+        a.position_key,
+        c.user_id,
+        c.account_id,
+        c.connection_id,
+        c.connection_type,
+        c.broker,
+        a.symbol,
+        a.side,
+        a.volume,
+        a.closed_volume,
+        a.entry_price,
+        a.exit_price,
+        a.opened_at,
+        a.closed_at,
+        a.profit,
+        a.commission,
+        a.swap,
+        a.fees,
+        a.status,
+        a.fill_count,
+    )
