@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="apply pending SQL migrations to DATABASE_URL")
+    commands.add_parser("export-schemas", help="write the topic contracts to schemas/json/")
     commands.add_parser("ingest", help="run the webhook ingest HTTP service")
     commands.add_parser("normalizer", help="run the normalizer consumer")
     commands.add_parser("writer", help="run the journal writer consumer")
@@ -79,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return writer_main()
         case "migrate":
             return _migrate()
+        case "export-schemas":
+            from services.shared.contracts import export
+
+            for path in export():
+                print(path)
+            return 0
         case "dev":
             from services.cli.dev import run_dev
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,12 @@ from services.ingest.signatures import decode_secret, sign
 from services.shared.crypto import LocalKeyEncryptionKey
 from services.shared.vault import CredentialVault
 
-DEMO_ACCOUNT = DemoAccount(login=52557820, server="PosCal-Demo")
+DEMO_SERVER = "PosCal-Demo"
+
+
+def demo_account() -> DemoAccount:
+    """A fresh demo login each run, so the demo also runs against a database kept from before."""
+    return DemoAccount(login=50_000_000 + secrets.randbelow(9_999_999), server=DEMO_SERVER)
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -46,7 +52,7 @@ def signed_headers(
 
 
 async def create_demo_connection(
-    database_url: str, master_key: str, ingest_url: str, account: DemoAccount = DEMO_ACCOUNT
+    database_url: str, master_key: str, ingest_url: str, account: DemoAccount
 ) -> tuple[uuid.UUID, NewConnection]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -95,9 +101,10 @@ async def run_demo(
     say: Callable[[str], None] = print,
     pause_seconds: float = 0.15,
 ) -> JournalCounts:
-    _, connection = await create_demo_connection(database_url, master_key, ingest_url)
-    say(f"demo connection {connection.connection_id} (MT5 demo account {DEMO_ACCOUNT.login})")
-    bodies = [encode_body(b) for b in demo_stream(DEMO_ACCOUNT, positions)]
+    account = demo_account()
+    _, connection = await create_demo_connection(database_url, master_key, ingest_url, account)
+    say(f"demo connection {connection.connection_id} (MT5 demo account {account.login})")
+    bodies = [encode_body(b) for b in demo_stream(account, positions)]
     conn = await asyncpg.connect(database_url)
     try:
         async with httpx.AsyncClient(timeout=10) as client:

@@ -46,6 +46,7 @@ class DevStack:
     database_url: str | None = None
     kafka_bootstrap_servers: str | None = None
     master_key: str | None = None
+    topics: Topics = field(default_factory=Topics)
     extra_env: dict[str, str] = field(default_factory=dict)
     _postgres: EmbeddedPostgres | None = None
     _broker: EmbeddedBroker | None = None
@@ -107,7 +108,7 @@ class DevStack:
     async def _prepare(self) -> None:
         assert self.database_url and self.kafka_bootstrap_servers
         await apply_migrations(self.database_url)
-        await ensure_topics(self.kafka_bootstrap_servers, pipeline_topics(Topics()))
+        await ensure_topics(self.kafka_bootstrap_servers, pipeline_topics(self.topics))
 
     def _write_env_file(self) -> None:
         path = self.state_dir / "stack.env"
@@ -123,6 +124,9 @@ class DevStack:
             "POSCAL_TRACE_FILE": str(self.traces / f"{name}.jsonl"),
             "POSCAL_LOG_FORMAT": "json",
             "POSCAL_READY_FILE": str(self._ready_file(name)),
+            "POSCAL_TOPIC_RAW": self.topics.raw,
+            "POSCAL_TOPIC_CANONICAL": self.topics.canonical,
+            "POSCAL_TOPIC_DEAD_LETTER": self.topics.dead_letter,
             # The embedded broker answers a group join after half the session timeout.
             "POSCAL_KAFKA_SESSION_TIMEOUT_MS": "2000",
             **self.extra_env,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.structs import RecordMetadata
+from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
 from services.normalizer.mappers import Mapping, mapper_for
@@ -13,7 +17,7 @@ from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
 from services.shared.logging import get_logger
-from services.shared.messaging import process_span, record_delivery, send_span
+from services.shared.messaging import process_span, record_delivery, start_send_span
 
 _log = get_logger("poscal.normalizer")
 
@@ -49,22 +53,38 @@ class Normalizer:
         self._group = consumer_group
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        # Sends are pipelined: all enqueued, then every acknowledgement awaited before the loop
+        # may commit. Order per partition is kept by the producer.
+        pending: list[_PendingSend] = []
         for record in records:
             with process_span(record, self._group):
-                await self._handle_one(record)
+                mapping = await self._map(record)
+                if mapping is not None:
+                    pending.append(await self._enqueue(mapping))
+        failure: BaseException | None = None
+        for send in pending:
+            try:
+                metadata = await send.delivery
+                record_delivery(send.span, metadata.partition, metadata.offset)
+            except Exception as exc:
+                failure = failure or exc
+                send.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            finally:
+                send.span.end()
+        if failure is not None:
+            raise TransientError(f"canonical batch not acknowledged: {failure!r}") from failure
 
-    async def _handle_one(self, record: ConsumerRecord) -> None:
+    async def _map(self, record: ConsumerRecord) -> Mapping | None:
         try:
             event = RawEvent.model_validate_json(record.value or b"")
         except ValidationError as exc:
             await self._reject(record, "invalid_envelope", str(exc), None)
-            return
+            return None
         try:
             mapping = normalize(event)
         except InvalidEvent as exc:
             await self._reject(record, exc.code, exc.detail, str(event.event_id))
-            return
-        await self._publish(mapping, record)
+            return None
         for rejection in mapping.rejected:
             await self._dead_letters.publish(
                 record,
@@ -74,6 +94,7 @@ class Normalizer:
                 item=rejection.item,
             )
         self._budget.record_valid()
+        return mapping
 
     async def _reject(
         self, record: ConsumerRecord, code: str, reason: str, event_id: str | None
@@ -89,20 +110,27 @@ class Normalizer:
         await self._dead_letters.publish(record, code, reason, event_id=event_id)
         self._budget.record_invalid()
 
-    async def _publish(self, mapping: Mapping, record: ConsumerRecord) -> None:
+    async def _enqueue(self, mapping: Mapping) -> _PendingSend:
         key = str(mapping.batch.connection.connection_id)
         headers: list[tuple[str, bytes]] = [
             ("poscal-event-id", str(mapping.batch.event_id).encode())
         ]
-        with send_span(self._topic, key, headers) as span:
-            try:
-                metadata = await self._producer.send_and_wait(
-                    self._topic,
-                    mapping.batch.model_dump_json().encode(),
-                    key=key.encode(),
-                    headers=headers,
-                )
-            except Exception as exc:
-                raise TransientError(f"canonical batch not acknowledged: {exc!r}") from exc
-            record_delivery(span, metadata.partition, metadata.offset)
-            span.set_attribute("poscal.fills", len(mapping.batch.fills))
+        span = start_send_span(self._topic, key, headers)
+        span.set_attribute("poscal.fills", len(mapping.batch.fills))
+        try:
+            delivery = await self._producer.send(
+                self._topic,
+                mapping.batch.model_dump_json().encode(),
+                key=key.encode(),
+                headers=headers,
+            )
+        except Exception as exc:
+            span.end()
+            raise TransientError(f"canonical batch not enqueued: {exc!r}") from exc
+        return _PendingSend(span, delivery)
+
+
+@dataclass(frozen=True)
+class _PendingSend:
+    span: Span
+    delivery: asyncio.Future[RecordMetadata]

@@ -34,6 +34,15 @@ def send_span(topic: str, key: str, headers: KafkaHeaders) -> Iterator[Span]:
         yield span
 
 
+def start_send_span(topic: str, key: str, headers: KafkaHeaders) -> Span:
+    """A PRODUCER span the caller ends once the send is acknowledged; its context goes into
+    `headers`. For pipelined sends, where a `with` block would end it too early."""
+    attributes = _common(topic, "send") | {"messaging.kafka.message.key": key}
+    span = _tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes)
+    inject_context(headers, trace.set_span_in_context(span))
+    return span
+
+
 def record_delivery(span: Span, partition: int, offset: int) -> None:
     span.set_attribute("messaging.destination.partition.id", str(partition))
     span.set_attribute("messaging.kafka.offset", offset)

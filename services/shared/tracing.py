@@ -36,9 +36,9 @@ class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
         return [k for k, _ in carrier]
 
 
-def inject_context(headers: KafkaHeaders) -> KafkaHeaders:
-    """Append the current trace context (traceparent, tracestate) to Kafka headers."""
-    propagate.inject(headers, setter=_HeaderSetter())
+def inject_context(headers: KafkaHeaders, context: Context | None = None) -> KafkaHeaders:
+    """Append a trace context (default: the current one) to Kafka headers."""
+    propagate.inject(headers, context=context, setter=_HeaderSetter())
     return headers
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: machine-readable results, compared with a baseline measured in the same run."""

@@ -1,0 +1,80 @@
+"""Session-wide real infrastructure: one Postgres (migrated) and one broker for the whole run.
+
+Tests isolate themselves by data, not by servers: each creates its own user and connection, and
+tests that consume use topics and consumer groups of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.devstack.stack import pipeline_topics
+from services.shared.crypto import LocalKeyEncryptionKey, new_master_key_base64
+from services.shared.database import create_pool
+from services.shared.kafka import ensure_topics
+from services.shared.migrations import apply_migrations
+from services.shared.settings import Topics
+from services.shared.vault import CredentialVault
+from tests.support.infrastructure import running_kafka, running_postgres
+
+
+@pytest.fixture(scope="session", autouse=True)
+def spans() -> InMemorySpanExporter:
+    """Every span the in-process code under test ends, as the real SDK records it."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with running_postgres() as dsn:
+        asyncio.run(apply_migrations(dsn))
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    with running_kafka() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def master_key() -> str:
+    return new_master_key_base64()
+
+
+@pytest.fixture(scope="session")
+def vault(master_key: str) -> CredentialVault:
+    return CredentialVault(LocalKeyEncryptionKey.from_base64(master_key))
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=10)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def topics(kafka_bootstrap: str) -> Topics:
+    """Topics of this test's own, so consumers see only what the test produced."""
+    suffix = uuid.uuid4().hex[:8]
+    own = Topics(
+        raw=f"test.{suffix}.raw",
+        canonical=f"test.{suffix}.canonical",
+        dead_letter=f"test.{suffix}.deadletter",
+    )
+    await ensure_topics(kafka_bootstrap, pipeline_topics(own, partitions=3))
+    return own

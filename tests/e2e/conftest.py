@@ -1,0 +1,39 @@
+"""The dev stack's real service processes, on the session's Postgres and broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.devstack.stack import DevStack
+from services.shared.settings import Topics
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, kafka_bootstrap: str,
+    master_key: str,
+) -> Iterator[DevStack]:
+    suffix = uuid.uuid4().hex[:8]
+    stack = DevStack(
+        state_dir=Path(tmp_path_factory.mktemp("stack")),
+        port=0,
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        master_key=master_key,
+        topics=Topics(
+            raw=f"e2e.{suffix}.raw",
+            canonical=f"e2e.{suffix}.canonical",
+            dead_letter=f"e2e.{suffix}.deadletter",
+        ),
+        extra_env={
+            "POSCAL_NORMALIZER_GROUP": f"e2e-normalizer-{suffix}",
+            "POSCAL_WRITER_GROUP": f"e2e-writer-{suffix}",
+        },
+    )
+    stack.start()
+    yield stack
+    stack.stop()

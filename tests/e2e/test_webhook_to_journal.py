@@ -1,0 +1,133 @@
+"""End to end through the real service processes: a signed MT5 webhook becomes a journal row;
+the same deals sent again change nothing; a bad signature is refused and publishes nothing; one
+trace follows the webhook through ingest, normalizer and writer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import httpx
+import pytest
+
+from services.cli.traces import read_trace_dir
+from services.devstack.demo import encode_body, signed_headers, wait_for_events
+from services.devstack.stack import DevStack
+from services.shared.vault import CredentialVault
+from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
+from tests.support.kafka import read_topic
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def connection(pool: asyncpg.Pool, vault: CredentialVault, stack: DevStack) -> TestConnection:
+    async with pool.acquire() as conn:
+        return await new_connection(conn, vault, ingest_url=stack.ingest_url)
+
+
+async def _send(connection: TestConnection, body: bytes, webhook_id: str | None = None) -> httpx.Response:
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(
+            connection.created.webhook_url, content=body,
+            headers=signed_headers(connection.created.webhook_secret, webhook_id, body),
+        )
+
+
+async def _journal_state(pool: asyncpg.Pool, connection: TestConnection) -> list[tuple[object, ...]]:
+    rows = await pool.fetch(
+        "SELECT mt5_trade_id, side, volume, closed_volume, entry_price, exit_price, opened_at,"
+        " closed_at, profit, commission, swap, status, fill_count FROM trading_journal"
+        " WHERE connection_id = $1 ORDER BY mt5_trade_id",
+        connection.created.connection_id,
+    )
+    balance = await pool.fetchval(
+        "SELECT current_balance FROM trading_accounts WHERE id = $1", connection.created.account_id
+    )
+    return [tuple(r) for r in rows] + [("balance", balance)]
+
+
+async def test_a_signed_webhook_becomes_a_journal_row(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    body = encode_body(mt5_body(connection.login, fixture_deals(), balance="1069.44"))
+    response = await _send(connection, body)
+    assert response.status_code == 202
+    async with pool.acquire() as conn:
+        assert await wait_for_events(conn, connection.created.connection_id, 1) == 1
+    row = await pool.fetchrow(
+        "SELECT * FROM trading_journal WHERE connection_id = $1", connection.created.connection_id
+    )
+    assert row is not None
+    assert row["mt5_trade_id"] == f"mt5:PosCal-Test:{connection.login}:800001"
+    assert (row["side"], row["status"], row["volume"]) == ("buy", "closed", Decimal("0.30"))
+    assert (row["entry_price"], row["exit_price"]) == (Decimal("1.085"), Decimal("1.0875"))
+    assert (row["profit"], row["commission"], row["swap"]) == (
+        Decimal("75.00"), Decimal("-4.20"), Decimal("-1.36"),
+    )
+    assert row["opened_at"].isoformat() == "2024-06-03T06:00:00.123000+00:00"
+    assert row["closed_at"].isoformat() == "2024-06-04T09:00:00.789000+00:00"
+    assert row["user_id"] == connection.user_id and row["connection_type"] == "demo"
+
+
+async def test_the_same_deals_resent_under_new_webhook_ids_change_nothing(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    deals = fixture_deals()
+    bodies = [encode_body(mt5_body(connection.login, [d], balance="1000.00")) for d in deals]
+    for body in bodies:
+        assert (await _send(connection, body)).status_code == 202
+    async with pool.acquire() as conn:
+        await wait_for_events(conn, connection.created.connection_id, 3)
+    before = await _journal_state(pool, connection)
+    # Re-sent in another order, under new ids, plus the same delivery retried.
+    for body in [bodies[2], bodies[0], bodies[1]]:
+        assert (await _send(connection, body)).status_code == 202
+    assert (await _send(connection, bodies[0], webhook_id="msg_retried")).status_code == 202
+    assert (await _send(connection, bodies[0], webhook_id="msg_retried")).status_code == 202
+    async with pool.acquire() as conn:
+        assert await wait_for_events(conn, connection.created.connection_id, 7) == 7
+    assert await _journal_state(pool, connection) == before
+    assert before[0][11] == "closed"
+
+
+async def test_a_bad_signature_gets_401_and_publishes_nothing(
+    connection: TestConnection, stack: DevStack, kafka_bootstrap: str
+) -> None:
+    before = len(await read_topic(kafka_bootstrap, stack.topics.raw, expect=0, wait_seconds=1))
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    headers = signed_headers(connection.created.webhook_secret, "msg_forged", body)
+    headers["webhook-signature"] = "v1," + "A" * 44
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(connection.created.webhook_url, content=body, headers=headers)
+    assert response.status_code == 401
+    after = len(await read_topic(kafka_bootstrap, stack.topics.raw, expect=0, wait_seconds=1))
+    assert after == before
+
+
+async def test_one_trace_follows_a_webhook_through_all_three_services(
+    pool: asyncpg.Pool, connection: TestConnection, stack: DevStack
+) -> None:
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    response = await _send(connection, body)
+    event_id = response.json()["event_id"]
+    async with pool.acquire() as conn:
+        await wait_for_events(conn, connection.created.connection_id, 1)
+    deadline = time.monotonic() + 10
+    services: set[object] = set()
+    while time.monotonic() < deadline and len(services) < 3:
+        time.sleep(0.2)  # spans are exported in batches, every half second
+        spans = read_trace_dir(stack.traces)
+        [server] = [s for s in spans if s.attributes.get("poscal.event_id") == event_id
+                    and s.kind == "SERVER"] or [None]
+        if server is None:
+            continue
+        in_trace = [s for s in spans if s.trace_id == server.trace_id]
+        services = {s.service for s in in_trace}
+    assert services == {"poscal-ingest", "poscal-normalizer", "poscal-writer"}
+    names = {s.name for s in in_trace}
+    assert {f"send {stack.topics.raw}", f"process {stack.topics.raw}",
+            f"send {stack.topics.canonical}", f"process {stack.topics.canonical}"} <= names

@@ -1,0 +1,211 @@
+"""The webhook endpoint against the real database and broker: what is accepted is published
+exactly as received; anything unverifiable is refused with 401 and publishes nothing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.devstack.demo import encode_body, signed_headers
+from services.ingest.app import IngestWiring, create_app
+from services.ingest.connections import ConnectionDirectory
+from services.ingest.publisher import RawEventPublisher
+from services.ingest.settings import IngestSettings
+from services.shared.envelope import RawEvent
+from services.shared.errors import TransientError
+from services.shared.kafka import create_producer
+from services.shared.settings import Topics
+from services.shared.vault import CredentialVault
+from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
+from tests.support.kafka import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Ingest:
+    client: httpx.AsyncClient
+    connection: TestConnection
+    topics: Topics
+
+    @property
+    def url(self) -> str:
+        return f"/v1/webhooks/mt5/{self.connection.created.connection_id}"
+
+    def body(self) -> bytes:
+        return encode_body(mt5_body(self.connection.login, fixture_deals()))
+
+    async def post(
+        self, body: bytes, headers: dict[str, str], url: str | None = None
+    ) -> httpx.Response:
+        return await self.client.post(url or self.url, content=body, headers=headers)
+
+
+class RefusingSink:
+    async def publish(self, event: RawEvent) -> None:
+        raise TransientError("broker unreachable")
+
+
+def _settings(master_key: str, database_url: str, kafka: str) -> IngestSettings:
+    return IngestSettings(
+        master_key=master_key,
+        database_url=database_url,
+        kafka_bootstrap_servers=kafka,
+        connection_cache_seconds=0,
+        max_body_bytes=4096,
+    )
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = create_producer(kafka_bootstrap, "test-ingest")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
+async def ingest(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    master_key: str,
+    database_url: str,
+    kafka_bootstrap: str,
+) -> AsyncIterator[Ingest]:
+    async with pool.acquire() as conn:
+        connection = await new_connection(conn, vault)
+    wiring = IngestWiring(
+        connections=ConnectionDirectory(pool, vault, ttl_seconds=0),
+        sink=RawEventPublisher(producer, topics.raw, timeout_seconds=5),
+    )
+    app = create_app(_settings(master_key, database_url, kafka_bootstrap), wiring)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+        ) as client,
+    ):
+        yield Ingest(client, connection, topics)
+
+
+async def test_signed_webhook_is_published_exactly_as_received(
+    ingest: Ingest, kafka_bootstrap: str
+) -> None:
+    body = ingest.body()
+    response = await ingest.post(
+        body, signed_headers(ingest.connection.created.webhook_secret, "msg_1", body)
+    )
+    assert response.status_code == 202
+    [record] = await read_topic(kafka_bootstrap, ingest.topics.raw, expect=1)
+    event = RawEvent.model_validate_json(record.value)
+    assert event.body == body
+    assert record.key == str(ingest.connection.created.connection_id).encode()
+    assert str(event.event_id) == response.json()["event_id"]
+    assert event.delivery_id == "msg_1"
+    assert any(name == "traceparent" for name, _ in record.headers)
+
+
+async def test_a_retried_delivery_keeps_its_event_id(ingest: Ingest) -> None:
+    body = ingest.body()
+    secret = ingest.connection.created.webhook_secret
+    first = await ingest.post(body, signed_headers(secret, "msg_same", body))
+    second = await ingest.post(body, signed_headers(secret, "msg_same", body))
+    assert first.json()["event_id"] == second.json()["event_id"]
+
+
+async def test_bad_signature_gets_401_and_publishes_nothing(
+    ingest: Ingest, kafka_bootstrap: str
+) -> None:
+    body = ingest.body()
+    headers = signed_headers(ingest.connection.created.webhook_secret, "msg_2", body)
+    tampered = body.replace(b"0.30", b"3.00")
+    response = await ingest.post(tampered, headers)
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "unauthorized",
+        "detail": "the webhook could not be verified for this connection",
+    }
+    assert await read_topic(kafka_bootstrap, ingest.topics.raw, expect=0, wait_seconds=1) == []
+
+
+async def test_unknown_connection_is_indistinguishable_from_a_bad_signature(
+    ingest: Ingest,
+) -> None:
+    body = ingest.body()
+    headers = signed_headers(ingest.connection.created.webhook_secret, "msg_3", body)
+    unknown = await ingest.post(body, headers, url=f"/v1/webhooks/mt5/{uuid.uuid4()}")
+    not_a_uuid = await ingest.post(body, headers, url="/v1/webhooks/mt5/not-a-uuid")
+    wrong_broker = await ingest.post(
+        body, headers, url=f"/v1/webhooks/oanda/{ingest.connection.created.connection_id}"
+    )
+    bad_signature = await ingest.post(body + b" ", headers)
+    for response in (unknown, not_a_uuid, wrong_broker):
+        assert response.status_code == bad_signature.status_code == 401
+        assert response.json() == bad_signature.json()
+
+
+@pytest.mark.parametrize(
+    "header, value",
+    [
+        ("webhook-id", ""),
+        ("webhook-timestamp", "yesterday"),
+        ("webhook-timestamp", str(int(time.time()) - 301)),
+        ("webhook-timestamp", str(int(time.time()) + 301)),
+        ("webhook-signature", "garbage"),
+        ("webhook-signature", "v1,not-base64!!"),
+        ("webhook-signature", ""),
+    ],
+)
+async def test_malformed_or_stale_headers_get_401_never_500(
+    ingest: Ingest, header: str, value: str
+) -> None:
+    body = ingest.body()
+    headers = signed_headers(ingest.connection.created.webhook_secret, "msg_4", body)
+    headers[header] = value
+    assert (await ingest.post(body, headers)).status_code == 401
+
+
+async def test_oversized_body_gets_413_and_publishes_nothing(
+    ingest: Ingest, kafka_bootstrap: str
+) -> None:
+    body = b"{" + b" " * 5000 + b"}"
+    headers = signed_headers(ingest.connection.created.webhook_secret, "msg_5", body)
+    response = await ingest.post(body, headers)
+    assert response.status_code == 413
+    assert await read_topic(kafka_bootstrap, ingest.topics.raw, expect=0, wait_seconds=1) == []
+
+
+async def test_an_event_the_broker_did_not_acknowledge_gets_503_with_retry_after(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    master_key: str,
+    database_url: str,
+    kafka_bootstrap: str,
+) -> None:
+    async with pool.acquire() as conn:
+        connection = await new_connection(conn, vault)
+    wiring = IngestWiring(ConnectionDirectory(pool, vault, ttl_seconds=0), RefusingSink())
+    app = create_app(_settings(master_key, database_url, kafka_bootstrap), wiring)
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+        ) as client,
+    ):
+        response = await client.post(
+            f"/v1/webhooks/mt5/{connection.created.connection_id}",
+            content=body,
+            headers=signed_headers(connection.created.webhook_secret, "msg_6", body),
+        )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"

@@ -1,0 +1,203 @@
+"""Normalizer and writer against the real broker and database: events become journal rows,
+bad input is dead-lettered with its reason without blocking, and offsets are committed only
+after the database has committed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from services.devstack.demo import encode_body
+from services.shared.canonical import CanonicalBatch
+from services.shared.database import Connection
+from services.shared.dead_letters import DeadLetter
+from services.shared.settings import Topics
+from services.shared.vault import CredentialVault
+from services.writer.repository import EventOutcome, JournalRepository
+from tests.support.builders import (
+    TestConnection,
+    fixture_deals,
+    mt5_body,
+    new_connection,
+    raw_event,
+)
+from tests.support.kafka import committed_offset, read_topic
+from tests.support.pipeline import running_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+async def _journal(pool: asyncpg.Pool, connection: TestConnection) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT * FROM trading_journal WHERE connection_id = $1 ORDER BY mt5_trade_id",
+        connection.created.connection_id,
+    )
+
+
+async def _wait_for_journal(
+    pool: asyncpg.Pool, connection: TestConnection, status: str, wait_seconds: float = 15
+) -> list[asyncpg.Record]:
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        rows = await _journal(pool, connection)
+        if rows and all(r["status"] == status for r in rows):
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {status} journal row within {wait_seconds}s")
+
+
+@pytest.fixture
+async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
+    async with pool.acquire() as conn:
+        return await new_connection(conn, vault)
+
+
+async def test_a_raw_event_becomes_a_journal_row(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    body = encode_body(mt5_body(connection.login, fixture_deals(), balance="1069.44"))
+    async with running_pipeline(kafka_bootstrap, pool, topics) as pipeline:
+        await pipeline.send_raw(raw_event(connection, body))
+        [row] = await _wait_for_journal(pool, connection, "closed")
+    assert row["profit"] == 75 and row["exit_price"] == Decimal("1.0875")
+    balance = await pool.fetchval(
+        "SELECT current_balance FROM trading_accounts WHERE id = $1", connection.created.account_id
+    )
+    assert str(balance) == "1069.44"
+
+
+async def test_an_invalid_event_is_dead_lettered_with_its_reason_and_the_partition_moves_on(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    async with running_pipeline(kafka_bootstrap, pool, topics) as pipeline:
+        await pipeline.send_bytes(
+            b"not an envelope", key=str(connection.created.connection_id).encode()
+        )
+        await pipeline.send_raw(raw_event(connection, b'{"account": "truncated'))
+        await pipeline.send_raw(raw_event(connection, body))
+        await _wait_for_journal(pool, connection, "closed")
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(kafka_bootstrap, topics.dead_letter, expect=2)
+    ]
+    assert sorted(letter.reason_code for letter in letters) == [
+        "invalid_envelope",
+        "malformed_json",
+    ]
+    envelope_letter = next(x for x in letters if x.reason_code == "invalid_envelope")
+    assert envelope_letter.stage == "normalizer"
+    assert envelope_letter.topic == topics.raw and envelope_letter.offset >= 0
+    assert envelope_letter.value_b64  # the original bytes, so it can be replayed after a fix
+
+
+async def test_a_bad_deal_is_dead_lettered_while_the_valid_deals_beside_it_are_written(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    deals = fixture_deals()
+    broken = {**deals[1], "ticket": 999, "volume": "lots"}
+    body = encode_body(mt5_body(connection.login, [deals[0], broken, deals[1], deals[2]]))
+    async with running_pipeline(kafka_bootstrap, pool, topics) as pipeline:
+        await pipeline.send_raw(raw_event(connection, body))
+        [row] = await _wait_for_journal(pool, connection, "closed")
+    assert row["fill_count"] == 3
+    [letter] = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(kafka_bootstrap, topics.dead_letter, expect=1)
+    ]
+    assert letter.reason_code == "invalid_deal"
+    assert letter.reason.startswith("item 1: volume")
+    assert letter.item["ticket"] == 999
+
+
+class FailingOnce(JournalRepository):
+    """The real repository, but the first transaction fails as if the database went away."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def apply(
+        self, conn: Connection, batches: Sequence[CanonicalBatch]
+    ) -> list[EventOutcome]:
+        self.calls += 1
+        if self.calls == 1:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+        return await super().apply(conn, batches)
+
+
+async def test_a_database_outage_is_retried_without_losing_or_doubling_anything(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    repository = FailingOnce()
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    async with running_pipeline(kafka_bootstrap, pool, topics, repository) as pipeline:
+        await pipeline.send_raw(raw_event(connection, body))
+        [row] = await _wait_for_journal(pool, connection, "closed")
+    assert repository.calls >= 2
+    assert row["fill_count"] == 3 and row["profit"] == 75
+    fills = await pool.fetchval(
+        "SELECT count(*) FROM broker_fills WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert fills == 3
+    assert await read_topic(kafka_bootstrap, topics.dead_letter, expect=0, wait_seconds=0.5) == []
+
+
+class HeldAtCommit(JournalRepository):
+    """The real repository, held just before its transaction until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def apply(
+        self, conn: Connection, batches: Sequence[CanonicalBatch]
+    ) -> list[EventOutcome]:
+        self.reached.set()
+        await self.release.wait()
+        return await super().apply(conn, batches)
+
+
+async def test_offsets_are_committed_only_after_the_database_commit(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    repository = HeldAtCommit()
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    async with running_pipeline(kafka_bootstrap, pool, topics, repository) as pipeline:
+        await pipeline.send_raw(raw_event(connection, body))
+        await asyncio.wait_for(repository.reached.wait(), 15)
+        before = await committed_offset(kafka_bootstrap, pipeline.writer_group, topics.canonical)
+        repository.release.set()
+        await _wait_for_journal(pool, connection, "closed")
+        deadline = time.monotonic() + 10
+        after = before
+        while after == before and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            after = await committed_offset(kafka_bootstrap, pipeline.writer_group, topics.canonical)
+    assert before == 0
+    assert after == 1
+
+
+async def test_redelivered_events_in_any_order_leave_the_same_journal(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    deals = fixture_deals()
+    events = [raw_event(connection, encode_body(mt5_body(connection.login, [d]))) for d in deals]
+    async with running_pipeline(kafka_bootstrap, pool, topics) as pipeline:
+        for event in [events[2], events[0], events[2], events[1], events[0]]:
+            await pipeline.send_raw(event)
+        [row] = await _wait_for_journal(pool, connection, "closed")
+        await asyncio.sleep(0.5)  # let the redeliveries land too
+        [after] = await _journal(pool, connection)
+    assert row["profit"] == after["profit"] == 75
+    assert after["volume"] == Decimal("0.30") and after["fill_count"] == 3
+    synced = await pool.fetchval(
+        "SELECT count(*) FROM sync_events WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert synced == 3

@@ -1,0 +1,1 @@
+"""Test support: real infrastructure fixtures and builders shared by the suites."""

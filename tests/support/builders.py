@@ -1,0 +1,104 @@
+"""Builders for test data: users, connections, raw events, MT5 webhook bodies."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from services.cli.connections import NewConnection, create_connection, create_user
+from services.shared.envelope import ConnectionRef, RawEvent
+from services.shared.vault import CredentialVault
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+SERVER = "PosCal-Test"
+_logins = itertools.count(70_000_000 + uuid.uuid4().int % 1_000_000 * 10)
+
+
+def fixture_deals(name: str = "mt5/partial_close_constructed.json") -> list[dict[str, Any]]:
+    """The deals of a shared fixture file, numbers as exact Decimals."""
+    document = json.loads((FIXTURES / name).read_text(), parse_float=Decimal)
+    deals: list[dict[str, Any]] = document["deals"]
+    return deals
+
+
+def mt5_body(
+    login: int, deals: list[dict[str, Any]], balance: str = "1000.00", offset: int = 10800
+) -> dict[str, Any]:
+    return {
+        "account": {
+            "login": login,
+            "server": SERVER,
+            "currency": "USD",
+            "balance": Decimal(balance),
+            "equity": Decimal(balance),
+        },
+        "server_time_offset_seconds": offset,
+        "deals": deals,
+    }
+
+
+@dataclass(frozen=True)
+class TestConnection:
+    __test__ = False  # a builder, not a test class
+
+    user_id: uuid.UUID
+    login: int
+    created: NewConnection
+
+    @property
+    def ref(self) -> ConnectionRef:
+        return ConnectionRef(
+            connection_id=self.created.connection_id,
+            user_id=self.user_id,
+            account_id=self.created.account_id,
+            broker="mt5",
+            connection_type="demo",
+            account_number=str(self.login),
+            server=SERVER,
+        )
+
+
+async def new_connection(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    vault: CredentialVault,
+    ingest_url: str = "http://127.0.0.1:8080",
+) -> TestConnection:
+    login = next(_logins)
+    user_id = await create_user(conn, f"trader-{uuid.uuid4().hex[:10]}@poscal.test")
+    created = await create_connection(
+        conn,
+        vault,
+        user_id=user_id,
+        broker="mt5",
+        connection_type="demo",
+        account_number=str(login),
+        server=SERVER,
+        label="test account",
+        ingest_url=ingest_url,
+    )
+    return TestConnection(user_id, login, created)
+
+
+def raw_event(
+    connection: TestConnection,
+    body: bytes,
+    delivery_id: str | None = None,
+    sent_at: datetime | None = None,
+) -> RawEvent:
+    now = datetime.now(UTC)
+    return RawEvent.wrap(
+        source="webhook",
+        connection=connection.ref,
+        received_at=now,
+        delivery_id=delivery_id or f"msg_{uuid.uuid4().hex}",
+        body=body,
+        sent_at=sent_at or now,
+    )
