@@ -19,6 +19,7 @@ from services.cli.connections import NewConnection, create_connection, create_us
 from services.devstack.demo_trades import DemoAccount, demo_stream
 from services.ingest.signatures import decode_secret, sign
 from services.shared.crypto import LocalKeyEncryptionKey
+from services.shared.database import Connection
 from services.shared.vault import CredentialVault
 
 DEMO_SERVER = "PosCal-Demo"
@@ -81,7 +82,7 @@ class JournalCounts:
     balance: Decimal | None
 
 
-async def journal_counts(conn: asyncpg.Connection, account_id: uuid.UUID) -> JournalCounts:
+async def journal_counts(conn: Connection, account_id: uuid.UUID) -> JournalCounts:
     row = await conn.fetchrow(
         "SELECT count(*) AS rows, count(*) FILTER (WHERE status = 'open') AS open,"
         " count(*) FILTER (WHERE status = 'closed') AS closed,"
@@ -149,7 +150,7 @@ async def run_demo(
 
 
 async def wait_for_events(
-    conn: asyncpg.Connection, connection_id: uuid.UUID, expected: int, wait_seconds: float = 30.0
+    conn: Connection, connection_id: uuid.UUID, expected: int, wait_seconds: float = 30.0
 ) -> int:
     """Wait until the writer has recorded `expected` events of this connection."""
     deadline = time.monotonic() + wait_seconds

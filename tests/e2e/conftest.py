@@ -14,7 +14,9 @@ from services.shared.settings import Topics
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, database_url: str, kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str,
+    kafka_bootstrap: str,
     master_key: str,
 ) -> Iterator[DevStack]:
     suffix = uuid.uuid4().hex[:8]

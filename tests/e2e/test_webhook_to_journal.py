@@ -4,6 +4,7 @@ trace follows the webhook through ingest, normalizer and writer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from decimal import Decimal
@@ -12,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.cli.traces import read_trace_dir
+from services.cli.traces import SpanRecord, read_trace_dir
 from services.devstack.demo import encode_body, signed_headers, wait_for_events
 from services.devstack.stack import DevStack
 from services.shared.vault import CredentialVault
@@ -28,16 +29,21 @@ async def connection(pool: asyncpg.Pool, vault: CredentialVault, stack: DevStack
         return await new_connection(conn, vault, ingest_url=stack.ingest_url)
 
 
-async def _send(connection: TestConnection, body: bytes, webhook_id: str | None = None) -> httpx.Response:
+async def _send(
+    connection: TestConnection, body: bytes, webhook_id: str | None = None
+) -> httpx.Response:
     webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
     async with httpx.AsyncClient(timeout=10) as client:
         return await client.post(
-            connection.created.webhook_url, content=body,
+            connection.created.webhook_url,
+            content=body,
             headers=signed_headers(connection.created.webhook_secret, webhook_id, body),
         )
 
 
-async def _journal_state(pool: asyncpg.Pool, connection: TestConnection) -> list[tuple[object, ...]]:
+async def _journal_state(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> list[tuple[object, ...]]:
     rows = await pool.fetch(
         "SELECT mt5_trade_id, side, volume, closed_volume, entry_price, exit_price, opened_at,"
         " closed_at, profit, commission, swap, status, fill_count FROM trading_journal"
@@ -66,7 +72,9 @@ async def test_a_signed_webhook_becomes_a_journal_row(
     assert (row["side"], row["status"], row["volume"]) == ("buy", "closed", Decimal("0.30"))
     assert (row["entry_price"], row["exit_price"]) == (Decimal("1.085"), Decimal("1.0875"))
     assert (row["profit"], row["commission"], row["swap"]) == (
-        Decimal("75.00"), Decimal("-4.20"), Decimal("-1.36"),
+        Decimal("75.00"),
+        Decimal("-4.20"),
+        Decimal("-1.36"),
     )
     assert row["opened_at"].isoformat() == "2024-06-03T06:00:00.123000+00:00"
     assert row["closed_at"].isoformat() == "2024-06-04T09:00:00.789000+00:00"
@@ -117,17 +125,25 @@ async def test_one_trace_follows_a_webhook_through_all_three_services(
     async with pool.acquire() as conn:
         await wait_for_events(conn, connection.created.connection_id, 1)
     deadline = time.monotonic() + 10
-    services: set[object] = set()
+    services: set[str] = set()
+    in_trace: list[SpanRecord] = []
     while time.monotonic() < deadline and len(services) < 3:
-        time.sleep(0.2)  # spans are exported in batches, every half second
+        await asyncio.sleep(0.2)  # spans are exported in batches, every half second
         spans = read_trace_dir(stack.traces)
-        [server] = [s for s in spans if s.attributes.get("poscal.event_id") == event_id
-                    and s.kind == "SERVER"] or [None]
-        if server is None:
+        servers = [
+            s
+            for s in spans
+            if s.attributes.get("poscal.event_id") == event_id and s.kind == "SERVER"
+        ]
+        if not servers:
             continue
-        in_trace = [s for s in spans if s.trace_id == server.trace_id]
+        in_trace = [s for s in spans if s.trace_id == servers[0].trace_id]
         services = {s.service for s in in_trace}
     assert services == {"poscal-ingest", "poscal-normalizer", "poscal-writer"}
     names = {s.name for s in in_trace}
-    assert {f"send {stack.topics.raw}", f"process {stack.topics.raw}",
-            f"send {stack.topics.canonical}", f"process {stack.topics.canonical}"} <= names
+    assert {
+        f"send {stack.topics.raw}",
+        f"process {stack.topics.raw}",
+        f"send {stack.topics.canonical}",
+        f"process {stack.topics.canonical}",
+    } <= names

@@ -25,7 +25,7 @@ def docker_available() -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         try:
-            import docker
+            import docker  # type: ignore[import-untyped]
 
             client = docker.from_env(timeout=2)
             try:

@@ -1,0 +1,105 @@
+"""`poscal-sync dev`, as a newcomer runs it: embedded Postgres and broker, the three services,
+the demo stream; and on Ctrl-C or SIGTERM, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _env_without_external_services() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "POSCAL_MASTER_KEY")
+    }
+    return env | {"PYTHONUNBUFFERED": "1"}
+
+
+def _stack_ports(state_dir: Path) -> list[int]:
+    values = dict(line.split("=", 1) for line in (state_dir / "stack.env").read_text().splitlines())
+    return [
+        urlparse(values["DATABASE_URL"]).port or 0,
+        int(values["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]),
+        urlparse(values["INGEST_URL"]).port or 0,
+    ]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _dev(state_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "dev",
+            "--state-dir",
+            str(state_dir),
+            "--port",
+            "0",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env_without_external_services(),
+    )
+
+
+def test_the_demo_streams_webhooks_into_the_journal_and_stops_cleanly(tmp_path: Path) -> None:
+    process = _dev(tmp_path, "--demo", "--demo-positions", "6", "--exit-after-demo")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "ready: ingest http://127.0.0.1:" in output
+    assert "journal unchanged" in output
+    written = next(line for line in output.splitlines() if line.startswith("all "))
+    assert "journal rows 6" in written
+    assert output.rstrip().endswith("stopped: no process left behind")
+    env_file = tmp_path / "stack.env"
+    assert env_file.stat().st_mode & 0o077 == 0  # holds the master key: owner-only
+    assert {line.split("=")[0] for line in env_file.read_text().splitlines()} == {
+        "DATABASE_URL",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "INGEST_URL",
+        "POSCAL_MASTER_KEY",
+    }
+    assert not any(_listening(port) for port in _stack_ports(tmp_path))
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_every_process_the_stack_started(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    process = _dev(tmp_path, "--no-demo")
+    assert process.stdout is not None
+    try:
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            if "running; Ctrl-C to stop" in line or time.monotonic() > deadline:
+                break
+        ports = _stack_ports(tmp_path)
+        assert all(_listening(port) for port in ports)
+        process.send_signal(stop_signal)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert "stopped: no process left behind" in output
+    assert not any(_listening(port) for port in ports)
