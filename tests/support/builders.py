@@ -17,7 +17,9 @@ from services.cli.connections import NewConnection, create_connection, create_us
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.vault import CredentialVault
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+# Copies of ../shared/fixtures (the team's real broker samples), so a clone tests on its own;
+# tests/unit/test_fixture_copies.py fails if the copies drift from ../shared where it exists.
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SERVER = "PosCal-Test"
 _logins = itertools.count(70_000_000 + uuid.uuid4().int % 1_000_000 * 10)
 
