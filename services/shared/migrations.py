@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "schemas" / "migrations"
+# The source tree's schemas/migrations; an installed image points POSCAL_MIGRATIONS_DIR at its copy.
+MIGRATIONS_DIR = Path(
+    os.environ.get("POSCAL_MIGRATIONS_DIR")
+    or Path(__file__).resolve().parents[2] / "schemas" / "migrations"
+)
 _LOCK_KEY = 0x706F7363  # any constant shared by every migrator of this database
 
 
