@@ -30,7 +30,7 @@ from services.devstack.demo import (
     create_demo_connection,
     demo_account,
     encode_body,
-    signed_headers,
+    send_signed,
     wait_for_events,
 )
 from services.devstack.demo_trades import demo_stream
@@ -76,12 +76,8 @@ async def _drive(stack: DevStack, deliveries: list[Delivery], concurrency: int) 
     async def sender(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             delivery = queue.get_nowait()
-            webhook_id = f"msg_{uuid.uuid4().hex}"
-            headers = signed_headers(delivery.connection.webhook_secret, webhook_id, delivery.body)
             started = time.time()
-            response = await client.post(
-                delivery.connection.webhook_url, content=delivery.body, headers=headers
-            )
+            response = await send_signed(client, delivery.connection, delivery.body)
             response.raise_for_status()
             sent_at[response.json()["event_id"]] = started
 

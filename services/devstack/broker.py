@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 from contextlib import nullcontext
 from importlib.resources import files
 from pathlib import Path
-from types import TracebackType
 
-from services.devstack.ports import free_port, stop_process, wait_for_port
+from services.devstack.ports import LocalServer, free_port, stop_process, wait_for_port
 
 
 def tansu_binary() -> Path:
@@ -20,7 +18,7 @@ def tansu_binary() -> Path:
     return path
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(LocalServer):
     """A single-node broker on a free loopback port; `bootstrap_servers` is ready after start."""
 
     def __init__(self, log_path: Path | None = None) -> None:
@@ -59,15 +57,3 @@ class EmbeddedBroker:
         if self._process is not None:
             stop_process(self._process, signal.SIGTERM, timeout=5)
             self._process = None
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()

@@ -52,6 +52,18 @@ def signed_headers(
     }
 
 
+async def send_signed(
+    client: httpx.AsyncClient, connection: NewConnection, body: bytes, webhook_id: str | None = None
+) -> httpx.Response:
+    """POST one webhook to a connection, signed with its secret, as a bridge or EA would."""
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    return await client.post(
+        connection.webhook_url,
+        content=body,
+        headers=signed_headers(connection.webhook_secret, webhook_id, body),
+    )
+
+
 async def create_demo_connection(
     database_url: str, master_key: str, ingest_url: str, account: DemoAccount
 ) -> tuple[uuid.UUID, NewConnection]:
@@ -110,13 +122,7 @@ async def run_demo(
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             for sent, body in enumerate(bodies, start=1):
-                webhook_id = f"msg_{uuid.uuid4().hex}"
-                response = await client.post(
-                    connection.webhook_url,
-                    content=body,
-                    headers=signed_headers(connection.webhook_secret, webhook_id, body),
-                )
-                response.raise_for_status()
+                (await send_signed(client, connection, body)).raise_for_status()
                 if sent % 5 == 0 or sent == len(bodies):
                     counts = await journal_counts(conn, connection.account_id)
                     say(
@@ -133,13 +139,7 @@ async def run_demo(
         # Senders retry and re-send history: the same deals again under new ids change nothing.
         async with httpx.AsyncClient(timeout=10) as client:
             for body in bodies[-3:]:
-                webhook_id = f"msg_{uuid.uuid4().hex}"
-                response = await client.post(
-                    connection.webhook_url,
-                    content=body,
-                    headers=signed_headers(connection.webhook_secret, webhook_id, body),
-                )
-                response.raise_for_status()
+                (await send_signed(client, connection, body)).raise_for_status()
         await wait_for_events(conn, connection.connection_id, len(bodies) + 3)
         counts = await journal_counts(conn, connection.account_id)
         verdict = "unchanged" if counts == settled else "CHANGED: this is a bug"

@@ -1,10 +1,13 @@
-"""Free local ports, and waiting for a server to accept connections."""
+"""Local server processes: free ports, waiting until they listen, stopping them."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
+from types import TracebackType
+from typing import Self
 
 
 def free_port() -> int:
@@ -42,3 +45,25 @@ def stop_process(
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class LocalServer:
+    """A server process this program starts and must stop: `with Server() as s:` does both."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

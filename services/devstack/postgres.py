@@ -7,7 +7,6 @@ deleted on stop.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
@@ -17,9 +16,8 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from types import TracebackType
 
-from services.devstack.ports import free_port, stop_process, wait_for_port
+from services.devstack.ports import LocalServer, free_port, stop_process, wait_for_port
 
 _SEARCH = ("/usr/lib/postgresql/*/bin",)
 
@@ -45,7 +43,7 @@ def find_pg_bin() -> Path:
     )
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(LocalServer):
     """Start with `start()` (or as a context manager); `dsn` is ready once it returns."""
 
     def __init__(self, database: str = "poscal", log_path: Path | None = None) -> None:
@@ -174,15 +172,3 @@ class EmbeddedPostgres:
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()

@@ -10,9 +10,8 @@ from services.normalizer.settings import NormalizerSettings
 from services.shared.consuming import consume_batches
 from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
 from services.shared.kafka import create_consumer, create_producer
-from services.shared.lifecycle import mark_ready, run_until_signalled
-from services.shared.logging import get_logger, setup_logging
-from services.shared.tracing import setup_tracing
+from services.shared.lifecycle import mark_ready, run_service
+from services.shared.logging import get_logger
 
 _log = get_logger("poscal.normalizer")
 
@@ -36,8 +35,12 @@ async def serve(settings: NormalizerSettings, stop: asyncio.Event) -> None:
         normalizer = Normalizer(
             producer,
             topics.canonical,
-            DeadLetterPublisher(producer, topics.dead_letter, "normalizer"),
-            DeadLetterBudget(settings.max_consecutive_dead_letters),
+            DeadLetterPublisher(
+                producer,
+                topics.dead_letter,
+                "normalizer",
+                DeadLetterBudget(settings.max_consecutive_dead_letters),
+            ),
             settings.consumer_group,
         )
         _log.info("normalizer consuming", topic=topics.raw, group=settings.consumer_group)
@@ -46,9 +49,4 @@ async def serve(settings: NormalizerSettings, stop: asyncio.Event) -> None:
 
 def main() -> int:
     settings = NormalizerSettings()
-    setup_logging("normalizer", settings.log_level, settings.log_format)
-    provider = setup_tracing("poscal-normalizer", settings.trace_file)
-    try:
-        return run_until_signalled(lambda stop: serve(settings, stop))
-    finally:
-        provider.shutdown()
+    return run_service("normalizer", settings, lambda stop: serve(settings, stop))

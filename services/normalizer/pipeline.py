@@ -13,7 +13,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
 from services.normalizer.mappers import Mapping, mapper_for
-from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
+from services.shared.dead_letters import DeadLetterPublisher
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
 from services.shared.logging import get_logger
@@ -43,13 +43,11 @@ class Normalizer:
         producer: AIOKafkaProducer,
         canonical_topic: str,
         dead_letters: DeadLetterPublisher,
-        budget: DeadLetterBudget,
         consumer_group: str,
     ) -> None:
         self._producer = producer
         self._topic = canonical_topic
         self._dead_letters = dead_letters
-        self._budget = budget
         self._group = consumer_group
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
@@ -78,12 +76,12 @@ class Normalizer:
         try:
             event = RawEvent.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            await self._reject(record, "invalid_envelope", str(exc), None)
+            await self._dead_letters.reject(record, "invalid_envelope", str(exc))
             return None
         try:
             mapping = normalize(event)
         except InvalidEvent as exc:
-            await self._reject(record, exc.code, exc.detail, str(event.event_id))
+            await self._dead_letters.reject(record, exc.code, exc.detail, str(event.event_id))
             return None
         for rejection in mapping.rejected:
             await self._dead_letters.publish(
@@ -93,22 +91,8 @@ class Normalizer:
                 event_id=str(event.event_id),
                 item=rejection.item,
             )
-        self._budget.record_valid()
+        self._dead_letters.accepted()
         return mapping
-
-    async def _reject(
-        self, record: ConsumerRecord, code: str, reason: str, event_id: str | None
-    ) -> None:
-        _log.warning(
-            "event dead-lettered",
-            reason_code=code,
-            reason=reason[:500],
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        await self._dead_letters.publish(record, code, reason, event_id=event_id)
-        self._budget.record_invalid()
 
     async def _enqueue(self, mapping: Mapping) -> _PendingSend:
         key = str(mapping.batch.connection.connection_id)

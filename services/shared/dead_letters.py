@@ -10,8 +10,10 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from services.shared.errors import PermanentError, TransientError
+from services.shared.logging import get_logger
 
 Stage = Literal["normalizer", "writer"]
+_log = get_logger("poscal.dead_letters")
 
 
 class DeadLetter(BaseModel):
@@ -57,12 +59,35 @@ class DeadLetterBudget:
 
 
 class DeadLetterPublisher:
-    """Sends dead letters and waits for the broker's acknowledgement before returning."""
+    """Sends dead letters (acknowledged before returning) and keeps the budget of a consumer."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, stage: Stage) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, stage: Stage, budget: DeadLetterBudget
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._stage = stage
+        self._budget = budget
+
+    async def reject(
+        self, record: ConsumerRecord, reason_code: str, reason: str, event_id: str | None = None
+    ) -> None:
+        """Set a whole message aside: log it, dead-letter it, count it against the budget."""
+        _log.warning(
+            "message dead-lettered",
+            stage=self._stage,
+            reason_code=reason_code,
+            reason=reason[:500],
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        await self.publish(record, reason_code, reason, event_id=event_id)
+        self._budget.record_invalid()
+
+    def accepted(self) -> None:
+        """A message was processed: the run of invalid ones is over."""
+        self._budget.record_valid()
 
     async def publish(
         self,

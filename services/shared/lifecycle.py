@@ -7,6 +7,22 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from services.shared.logging import setup_logging
+from services.shared.settings import ServiceSettings
+from services.shared.tracing import setup_tracing
+
+
+def run_service(
+    name: str, settings: ServiceSettings, serve: Callable[[asyncio.Event], Awaitable[None]]
+) -> int:
+    """A consumer service's whole life: logging and tracing once, serve until signalled."""
+    setup_logging(name, settings.log_level, settings.log_format)
+    provider = setup_tracing(f"poscal-{name}", settings.trace_file)
+    try:
+        return run_until_signalled(serve)
+    finally:
+        provider.shutdown()
+
 
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     async def _main() -> None:

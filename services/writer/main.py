@@ -9,9 +9,8 @@ from services.shared.consuming import consume_batches
 from services.shared.database import create_pool
 from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
 from services.shared.kafka import create_consumer, create_producer
-from services.shared.lifecycle import mark_ready, run_until_signalled
-from services.shared.logging import get_logger, setup_logging
-from services.shared.tracing import setup_tracing
+from services.shared.lifecycle import mark_ready, run_service
+from services.shared.logging import get_logger
 from services.writer.pipeline import Writer
 from services.writer.repository import JournalRepository
 from services.writer.settings import WriterSettings
@@ -40,8 +39,12 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         writer = Writer(
             pool,
             JournalRepository(),
-            DeadLetterPublisher(producer, topics.dead_letter, "writer"),
-            DeadLetterBudget(settings.max_consecutive_dead_letters),
+            DeadLetterPublisher(
+                producer,
+                topics.dead_letter,
+                "writer",
+                DeadLetterBudget(settings.max_consecutive_dead_letters),
+            ),
             settings.consumer_group,
         )
         _log.info("writer consuming", topic=topics.canonical, group=settings.consumer_group)
@@ -50,9 +53,4 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
 
 def main() -> int:
     settings = WriterSettings()
-    setup_logging("writer", settings.log_level, settings.log_format)
-    provider = setup_tracing("poscal-writer", settings.trace_file)
-    try:
-        return run_until_signalled(lambda stop: serve(settings, stop))
-    finally:
-        provider.shutdown()
+    return run_service("writer", settings, lambda stop: serve(settings, stop))

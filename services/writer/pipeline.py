@@ -15,7 +15,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from services.shared.canonical import CanonicalBatch
-from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
+from services.shared.dead_letters import DeadLetterPublisher
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
 from services.shared.messaging import start_process_span
@@ -44,13 +44,11 @@ class Writer:
         pool: asyncpg.Pool,
         repository: JournalRepository,
         dead_letters: DeadLetterPublisher,
-        budget: DeadLetterBudget,
         consumer_group: str,
     ) -> None:
         self._pool = pool
         self._repository = repository
         self._dead_letters = dead_letters
-        self._budget = budget
         self._group = consumer_group
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
@@ -59,7 +57,7 @@ class Writer:
             try:
                 parsed.append((record, CanonicalBatch.model_validate_json(record.value or b"")))
             except ValidationError as exc:
-                await self._dead_letter(record, "invalid_canonical_batch", str(exc), None)
+                await self._dead_letters.reject(record, "invalid_canonical_batch", str(exc))
         if not parsed:
             return
         spans = [start_process_span(record, self._group) for record, _ in parsed]
@@ -86,7 +84,9 @@ class Writer:
                 try:
                     outcomes += await self._apply([batch])
                 except PermanentError as exc:
-                    await self._dead_letter(record, "write_rejected", str(exc), str(batch.event_id))
+                    await self._dead_letters.reject(
+                        record, "write_rejected", str(exc), str(batch.event_id)
+                    )
         ended = time.time_ns()
         by_event = {o.event_id: o for o in outcomes}
         for (_, batch), span in zip(parsed, spans, strict=True):
@@ -102,7 +102,7 @@ class Writer:
                 _annotate(span, outcome)
             db_span.end(end_time=ended)
         for outcome in outcomes:
-            self._budget.record_valid()
+            self._dead_letters.accepted()
             _log.info("event applied", **_outcome_fields(outcome))
 
     async def _apply(self, batches: list[CanonicalBatch]) -> list[EventOutcome]:
@@ -113,19 +113,6 @@ class Writer:
             raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
         except asyncpg.PostgresError as exc:
             raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _dead_letter(
-        self, record: ConsumerRecord, code: str, reason: str, event_id: str | None
-    ) -> None:
-        _log.warning(
-            "event dead-lettered",
-            reason_code=code,
-            reason=reason[:500],
-            partition=record.partition,
-            offset=record.offset,
-        )
-        await self._dead_letters.publish(record, code, reason, event_id=event_id)
-        self._budget.record_invalid()
 
 
 def _annotate(span: Span, outcome: EventOutcome) -> None:

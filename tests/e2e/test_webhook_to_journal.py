@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from decimal import Decimal
 
 import asyncpg
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from services.cli.traces import SpanRecord, read_trace_dir
-from services.devstack.demo import encode_body, signed_headers, wait_for_events
+from services.devstack.demo import encode_body, send_signed, signed_headers, wait_for_events
 from services.devstack.stack import DevStack
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
@@ -32,13 +31,8 @@ async def connection(pool: asyncpg.Pool, vault: CredentialVault, stack: DevStack
 async def _send(
     connection: TestConnection, body: bytes, webhook_id: str | None = None
 ) -> httpx.Response:
-    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
     async with httpx.AsyncClient(timeout=10) as client:
-        return await client.post(
-            connection.created.webhook_url,
-            content=body,
-            headers=signed_headers(connection.created.webhook_secret, webhook_id, body),
-        )
+        return await send_signed(client, connection.created, body, webhook_id)
 
 
 async def _journal_state(

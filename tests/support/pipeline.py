@@ -56,15 +56,13 @@ async def running_pipeline(
     normalizer = Normalizer(
         producer,
         topics.canonical,
-        DeadLetterPublisher(producer, topics.dead_letter, "normalizer"),
-        DeadLetterBudget(100),
+        DeadLetterPublisher(producer, topics.dead_letter, "normalizer", DeadLetterBudget(100)),
         normalizer_group,
     )
     writer = Writer(
         pool,
         repository or JournalRepository(),
-        DeadLetterPublisher(producer, topics.dead_letter, "writer"),
-        DeadLetterBudget(100),
+        DeadLetterPublisher(producer, topics.dead_letter, "writer", DeadLetterBudget(100)),
         writer_group,
     )
     tasks = [
