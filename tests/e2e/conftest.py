@@ -10,10 +10,18 @@ import pytest
 
 from services.devstack.stack import DevStack
 from services.shared.settings import Topics
+from tests.support.otlp import OtlpReceiver
+
+
+@pytest.fixture(scope="module")
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")
 def stack(
+    otlp: OtlpReceiver,
     tmp_path_factory: pytest.TempPathFactory,
     database_url: str,
     kafka_bootstrap: str,
@@ -32,6 +40,8 @@ def stack(
             dead_letter=f"e2e.{suffix}.deadletter",
         ),
         extra_env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
             "POSCAL_NORMALIZER_GROUP": f"e2e-normalizer-{suffix}",
             "POSCAL_WRITER_GROUP": f"e2e-writer-{suffix}",
         },

@@ -18,6 +18,7 @@ from services.devstack.stack import DevStack
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
 from tests.support.kafka import read_topic
+from tests.support.otlp import OtlpReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +112,7 @@ async def test_a_bad_signature_gets_401_and_publishes_nothing(
 
 
 async def test_one_trace_follows_a_webhook_through_all_three_services(
-    pool: asyncpg.Pool, connection: TestConnection, stack: DevStack
+    pool: asyncpg.Pool, connection: TestConnection, stack: DevStack, otlp: OtlpReceiver
 ) -> None:
     body = encode_body(mt5_body(connection.login, fixture_deals()))
     response = await _send(connection, body)
@@ -141,3 +142,12 @@ async def test_one_trace_follows_a_webhook_through_all_three_services(
         f"send {stack.topics.canonical}",
         f"process {stack.topics.canonical}",
     } <= names
+    # The same trace went out over OTLP too, from every service, to the configured endpoint.
+    deadline = time.monotonic() + 10
+    exported: set[str] = set()
+    while time.monotonic() < deadline and len(exported) < 3:
+        await asyncio.sleep(0.2)
+        exported = {
+            service for service, trace_id, _ in otlp.spans if trace_id == in_trace[0].trace_id
+        }
+    assert exported == {"poscal-ingest", "poscal-normalizer", "poscal-writer"}
