@@ -13,9 +13,17 @@ import asyncpg
 import pytest
 
 from services.devstack.demo import encode_body
+from services.normalizer.pipeline import Normalizer
 from services.shared.canonical import CanonicalBatch
+from services.shared.consuming import consume_batches
 from services.shared.database import Connection
-from services.shared.dead_letters import DeadLetter
+from services.shared.dead_letters import (
+    DeadLetter,
+    DeadLetterBudget,
+    DeadLetterBudgetExceeded,
+    DeadLetterPublisher,
+)
+from services.shared.kafka import create_consumer, create_producer
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from services.writer.repository import EventOutcome, JournalRepository
@@ -201,3 +209,55 @@ async def test_redelivered_events_in_any_order_leave_the_same_journal(
         connection.created.connection_id,
     )
     assert synced == 3
+
+
+async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_are_written(
+    kafka_bootstrap: str,
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    topics: Topics,
+    connection: TestConnection,
+) -> None:
+    async with pool.acquire() as conn:
+        removed = await new_connection(conn, vault)
+        await conn.execute(
+            "DELETE FROM mt5_connections WHERE id = $1", removed.created.connection_id
+        )
+    orphan = raw_event(removed, encode_body(mt5_body(removed.login, fixture_deals())))
+    valid = raw_event(connection, encode_body(mt5_body(connection.login, fixture_deals())))
+    async with running_pipeline(kafka_bootstrap, pool, topics) as pipeline:
+        await pipeline.send_raw(orphan)
+        await pipeline.send_raw(valid)
+        await _wait_for_journal(pool, connection, "closed")
+        letters = [
+            DeadLetter.model_validate_json(r.value)
+            for r in await read_topic(kafka_bootstrap, topics.dead_letter, expect=1)
+        ]
+    assert [(x.stage, x.reason_code, x.event_id) for x in letters] == [
+        ("writer", "write_rejected", str(orphan.event_id))
+    ]
+    assert "ForeignKeyViolation" in letters[0].reason
+
+
+async def test_too_many_invalid_messages_in_a_row_stop_the_consumer_without_committing(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics
+) -> None:
+    producer = create_producer(kafka_bootstrap, "test-budget")
+    consumer = create_consumer(kafka_bootstrap, topics.raw, f"budget-{topics.raw}", "t", 2000)
+    await asyncio.gather(producer.start(), consumer.start())
+    try:
+        for _ in range(3):
+            await producer.send_and_wait(topics.raw, b"garbage", key=b"k")
+        normalizer = Normalizer(
+            producer,
+            topics.canonical,
+            DeadLetterPublisher(producer, topics.dead_letter, "normalizer", DeadLetterBudget(2)),
+            f"budget-{topics.raw}",
+        )
+        with pytest.raises(DeadLetterBudgetExceeded):
+            await asyncio.wait_for(
+                consume_batches(consumer, normalizer, asyncio.Event(), max_records=10), 20
+            )
+        assert await committed_offset(kafka_bootstrap, f"budget-{topics.raw}", topics.raw) == 0
+    finally:
+        await asyncio.gather(consumer.stop(), producer.stop())
