@@ -129,6 +129,7 @@ class DevStack:
             "POSCAL_TOPIC_DEAD_LETTER": self.topics.dead_letter,
             # The embedded broker answers a group join after half the session timeout.
             "POSCAL_KAFKA_SESSION_TIMEOUT_MS": "2000",
+            "POSCAL_KAFKA_FETCH_MAX_WAIT_MS": "20",
             **self.extra_env,
         }
         with (self.logs / f"{name}.log").open("ab") as log:

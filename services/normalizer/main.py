@@ -28,6 +28,7 @@ async def serve(settings: NormalizerSettings, stop: asyncio.Event) -> None:
             settings.consumer_group,
             "poscal-normalizer",
             settings.kafka_session_timeout_ms,
+            settings.kafka_fetch_max_wait_ms,
         )
         await consumer.start()
         stack.push_async_callback(consumer.stop)

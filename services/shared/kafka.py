@@ -40,6 +40,7 @@ def create_consumer(
     group_id: str,
     client_id: str,
     session_timeout_ms: int = 10000,
+    fetch_max_wait_ms: int = 500,
 ) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         topic,
@@ -51,6 +52,7 @@ def create_consumer(
         isolation_level="read_committed",
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=max(100, session_timeout_ms // 4),
+        fetch_max_wait_ms=fetch_max_wait_ms,
     )
 
 

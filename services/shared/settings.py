@@ -40,6 +40,11 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10000, ge=1000, validation_alias=AliasChoices("POSCAL_KAFKA_SESSION_TIMEOUT_MS")
     )
+    # Kafka answers a fetch as soon as data arrives; brokers that only answer at the end of the
+    # wait (the embedded one) need it short for low latency.
+    kafka_fetch_max_wait_ms: int = Field(
+        500, ge=1, validation_alias=AliasChoices("POSCAL_KAFKA_FETCH_MAX_WAIT_MS")
+    )
     # Touched once the service is ready (consumers: joined their group), for supervisors.
     ready_file: Path | None = Field(None, validation_alias=AliasChoices("POSCAL_READY_FILE"))
     # Spans also go to this JSON-lines file when set (the dev stack sets it; `poscal-sync traces`

@@ -32,6 +32,7 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
             settings.consumer_group,
             "poscal-writer",
             settings.kafka_session_timeout_ms,
+            settings.kafka_fetch_max_wait_ms,
         )
         await consumer.start()
         stack.push_async_callback(consumer.stop)

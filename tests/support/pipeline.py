@@ -50,8 +50,8 @@ async def running_pipeline(
     stop = asyncio.Event()
     producer = create_producer(bootstrap, "test-pipeline")
     await producer.start()
-    raw_consumer = create_consumer(bootstrap, topics.raw, normalizer_group, "t-n", 2000)
-    canonical_consumer = create_consumer(bootstrap, topics.canonical, writer_group, "t-w", 2000)
+    raw_consumer = create_consumer(bootstrap, topics.raw, normalizer_group, "t-n", 2000, 20)
+    canonical_consumer = create_consumer(bootstrap, topics.canonical, writer_group, "t-w", 2000, 20)
     await asyncio.gather(raw_consumer.start(), canonical_consumer.start())
     normalizer = Normalizer(
         producer,
