@@ -96,9 +96,13 @@ def decode_secret(secret: str) -> bytes:
     """The HMAC key inside a `whsec_...` secret (the prefix is optional, as the spec allows)."""
     encoded = secret.removeprefix(SECRET_PREFIX)
     try:
-        return base64.b64decode(encoded, validate=True)
-    except binascii.Error:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
         raise ValueError("not a valid webhook secret") from None
+    if not key:
+        # An HMAC under an empty key is forgeable by anyone.
+        raise ValueError("not a valid webhook secret: it is empty")
+    return key
 
 
 def encode_secret(key: bytes) -> str:

@@ -67,7 +67,7 @@ class LocalKeyEncryptionKey:
     def from_base64(cls, encoded: str) -> LocalKeyEncryptionKey:
         try:
             key = base64.b64decode(encoded.strip(), validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: non-ASCII text
             raise ValueError("POSCAL_MASTER_KEY is not valid base64") from None
         return cls(key)
 

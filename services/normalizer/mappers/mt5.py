@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from services.normalizer.mappers import Mapping, Rejection
 from services.shared.canonical import (
@@ -57,8 +57,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Whole numbers must be JSON integers: lax mode would turn `true` into a SELL deal type.
+Integer = Annotated[int, Strict()]
+# Server times up to the year 3000; later ones are corrupt, not trades.
+_LAST_SERVER_SECOND = 32_503_680_000
+
+
 class Mt5Account(_Strict):
-    login: int = Field(gt=0)
+    login: Integer = Field(gt=0)
     server: str = Field(min_length=1)
     currency: str = Field(min_length=1)
     balance: Decimal
@@ -68,15 +74,15 @@ class Mt5Account(_Strict):
 class Mt5Deal(_Strict):
     """Exactly the fields of the MetaTrader5 package's TradeDeal."""
 
-    ticket: int = Field(gt=0)
-    order: int = Field(ge=0)
-    time: int = Field(ge=0)
-    time_msc: int = Field(ge=0)
-    type: int = Field(ge=0)
-    entry: int = Field(ge=0, le=3)
-    magic: int
-    position_id: int = Field(ge=0)
-    reason: int = Field(ge=0)
+    ticket: Integer = Field(gt=0)
+    order: Integer = Field(ge=0)
+    time: Integer = Field(ge=0, le=_LAST_SERVER_SECOND)
+    time_msc: Integer = Field(ge=0, le=_LAST_SERVER_SECOND * 1000)
+    type: Integer = Field(ge=0)
+    entry: Integer = Field(ge=0, le=3)
+    magic: Integer
+    position_id: Integer = Field(ge=0)
+    reason: Integer = Field(ge=0)
     volume: Decimal = Field(ge=0)
     price: Decimal = Field(ge=0)
     commission: Decimal
@@ -97,7 +103,7 @@ class Mt5Deal(_Strict):
 
 class Mt5Webhook(_Strict):
     account: Mt5Account
-    server_time_offset_seconds: int = Field(ge=-_MAX_OFFSET_SECONDS, le=_MAX_OFFSET_SECONDS)
+    server_time_offset_seconds: Integer = Field(ge=-_MAX_OFFSET_SECONDS, le=_MAX_OFFSET_SECONDS)
     deals: list[Any]
 
 
@@ -107,6 +113,8 @@ def _parse_body(body: bytes) -> Mt5Webhook:
         document = json.loads(body, parse_float=Decimal)
     except (ValueError, InvalidOperation) as exc:
         raise InvalidEvent("malformed_json", str(exc)) from None
+    except RecursionError:
+        raise InvalidEvent("malformed_json", "nested too deeply") from None
     try:
         return Mt5Webhook.model_validate(document)
     except ValidationError as exc:
