@@ -1,186 +1,354 @@
-"""A position's fills, in any order, add up to the journal rows a trader expects."""
+"""A position's fills, in any order, add up to the journal rows a trader expects.
+
+The partial-close case is the shared MT5 fixture; its `derived_closed_trade` is the answer key.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any, Literal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.writer.aggregation import PositionFill, TradeAggregate, aggregate_position
+from services.writer.aggregation import PositionFill, Side, TradeAggregate, aggregate_position
+from tests.support.builders import FIXTURES
 
-KEY = "mt5:S:1:800001"
+Entry = Literal["in", "out", "inout", "out_by"]
+
+KEY = "mt5:Broker-Demo:52557820:800001"
 T0 = datetime(2024, 6, 3, 6, 0, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ENTRIES: dict[int, Entry] = {0: "in", 1: "out", 2: "inout", 3: "out_by"}
+_SIDES: dict[int, Side] = {0: "buy", 1: "sell"}
+
+
+def _fixture() -> dict[str, Any]:
+    text = (FIXTURES / "mt5" / "partial_close_constructed.json").read_text()
+    document: dict[str, Any] = json.loads(text, parse_float=Decimal)
+    return document
+
+
+def _from_deal(deal: dict[str, Any], server_offset_seconds: int = 10800) -> PositionFill:
+    """A fixture deal as the writer reads it back: UTC time, exact amounts."""
+    return PositionFill(
+        fill_key=f"mt5:Broker-Demo:52557820:deal:{deal['ticket']}",
+        position_key=KEY,
+        symbol=deal["symbol"],
+        side=_SIDES[deal["type"]],
+        entry=_ENTRIES[deal["entry"]],
+        volume=Decimal(deal["volume"]),
+        price=Decimal(deal["price"]),
+        profit=Decimal(deal["profit"]),
+        commission=Decimal(deal["commission"]),
+        swap=Decimal(deal["swap"]),
+        fee=Decimal(deal["fee"]),
+        executed_at=_EPOCH
+        + timedelta(milliseconds=deal["time_msc"])
+        - timedelta(seconds=server_offset_seconds),
+        broker_ref=str(deal["ticket"]),
+    )
+
+
+FIXTURE = _fixture()
+DERIVED = FIXTURE["derived_closed_trade"]
+# IN 0.30 @ 1.085, OUT 0.10 @ 1.0865 (+15.00), OUT 0.20 @ 1.088 (+60.00, take profit).
+OPEN, FIRST_CLOSE, LAST_CLOSE = (_from_deal(d) for d in FIXTURE["deals"])
 
 
 def fill(
     ticket: int,
-    entry: str,
-    side: str,
+    entry: Entry,
+    side: Side,
     volume: str,
     price: str,
     *,
     profit: str = "0",
     commission: str = "0",
     swap: str = "0",
+    fee: str = "0",
     minutes: int = 0,
 ) -> PositionFill:
     return PositionFill(
-        fill_key=f"mt5:S:1:deal:{ticket}",
+        fill_key=f"mt5:Broker-Demo:52557820:deal:{ticket}",
         position_key=KEY,
         symbol="EURUSD",
-        side=side,  # type: ignore[arg-type]
-        entry=entry,  # type: ignore[arg-type]
+        side=side,
+        entry=entry,
         volume=Decimal(volume),
         price=Decimal(price),
         profit=Decimal(profit),
         commission=Decimal(commission),
         swap=Decimal(swap),
-        fee=Decimal(0),
+        fee=Decimal(fee),
         executed_at=T0 + timedelta(minutes=minutes),
         broker_ref=str(ticket),
     )
 
 
-# The shared fixture's position: IN 0.30 @ 1.085, OUT 0.10 @ 1.0865, OUT 0.20 @ 1.088 (TP).
-OPEN = fill(900001, "in", "buy", "0.30", "1.08500", commission="-2.10")
-FIRST_CLOSE = fill(
-    900057, "out", "sell", "0.10", "1.08650", profit="15.00", commission="-0.70", minutes=120
-)
-LAST_CLOSE = fill(
-    900311,
-    "out",
-    "sell",
-    "0.20",
-    "1.08800",
-    profit="60.00",
-    commission="-1.40",
-    swap="-1.36",
-    minutes=1620,
-)
-
-
-def only(fills: list[PositionFill]) -> TradeAggregate:
+def only_row(fills: list[PositionFill]) -> TradeAggregate:
     [row] = aggregate_position(KEY, fills)
     return row
 
 
-def test_an_opening_fill_alone_is_an_open_trade() -> None:
-    row = only([OPEN])
-    assert (row.status, row.side, row.volume, row.entry_price) == (
-        "open",
-        "buy",
-        Decimal("0.30"),
-        Decimal("1.085"),
-    )
-    assert row.exit_price is None and row.closed_at is None and row.closed_volume == 0
+def fixture_time(text: str) -> datetime:
+    """A fixture time such as `2024-06-04T09:00:00Z (last OUT deal)`."""
+    return datetime.fromisoformat(text.split(" ")[0].replace("Z", "+00:00"))
 
 
-def test_a_partial_close_keeps_the_trade_open_with_what_was_closed_so_far() -> None:
-    row = only([OPEN, FIRST_CLOSE])
+# --- the fixture's partial closes, step by step ---------------------------------------------
+
+
+def test_the_fixture_deals_read_back_at_their_utc_times() -> None:
+    assert OPEN.executed_at.replace(microsecond=0) == fixture_time(DERIVED["open_time_utc"])
+    assert LAST_CLOSE.executed_at.replace(microsecond=0) == fixture_time(DERIVED["close_time_utc"])
+
+
+def test_after_the_opening_deal_alone_the_trade_is_open_at_its_entry() -> None:
+    row = only_row([OPEN])
+    assert (row.status, row.side, row.symbol) == ("open", "buy", "EURUSD")
+    assert (row.volume, row.closed_volume) == (Decimal("0.30"), Decimal(0))
+    assert row.entry_price == Decimal("1.085")
+    assert (row.exit_price, row.closed_at) == (None, None)
+    assert row.opened_at == OPEN.executed_at
+    assert (row.profit, row.commission) == (Decimal(0), Decimal("-2.10"))
+    assert row.fill_count == 1
+
+
+def test_after_the_first_partial_close_the_trade_stays_open_with_what_was_closed() -> None:
+    row = only_row([OPEN, FIRST_CLOSE])
     assert row.status == "open"
-    assert (row.closed_volume, row.exit_price, row.profit) == (
-        Decimal("0.10"),
-        Decimal("1.0865"),
-        Decimal("15.00"),
-    )
+    assert (row.volume, row.closed_volume) == (Decimal("0.30"), Decimal("0.10"))
+    assert row.exit_price == Decimal("1.0865")
+    assert row.profit == Decimal("15.00")
+    assert row.closed_at is None
+    assert row.fill_count == 2
 
 
-def test_the_last_partial_close_closes_it_with_volume_weighted_exit_and_summed_money() -> None:
-    row = only([OPEN, FIRST_CLOSE, LAST_CLOSE])
+def test_after_the_last_partial_close_the_trade_is_the_fixtures_derived_trade() -> None:
+    row = only_row([OPEN, FIRST_CLOSE, LAST_CLOSE])
+    avg_exit = Decimal(DERIVED["avg_exit"].split("=")[-1].strip())
     assert row.status == "closed"
-    assert (row.entry_price, row.exit_price) == (Decimal("1.085"), Decimal("1.0875"))
-    assert (row.profit, row.commission, row.swap) == (
-        Decimal("75.00"),
-        Decimal("-4.20"),
-        Decimal("-1.36"),
+    assert (row.trade_id, row.position_key, row.side) == (KEY, KEY, "buy")
+    assert row.volume == row.closed_volume == DERIVED["qty_lots"]
+    assert (row.entry_price, row.exit_price) == (DERIVED["avg_entry"], avg_exit)
+    assert (row.profit, row.commission, row.swap, row.fees) == (
+        DERIVED["gross_profit"],
+        DERIVED["commission"],
+        DERIVED["swap"],
+        Decimal(0),
     )
-    assert row.opened_at == OPEN.executed_at and row.closed_at == LAST_CLOSE.executed_at
-    assert row.fill_count == 3 and row.trade_id == KEY
+    assert row.profit + row.commission + row.swap == DERIVED["net"]
+    assert row.opened_at == OPEN.executed_at
+    assert row.closed_at == LAST_CLOSE.executed_at
+    assert row.fill_count == 3
 
 
-def test_every_order_of_the_same_fills_gives_the_same_row() -> None:
-    rows = {
-        tuple(aggregate_position(KEY, p))
-        for p in itertools.permutations([OPEN, FIRST_CLOSE, LAST_CLOSE])
-    }
-    assert len(rows) == 1
+def test_the_closing_time_is_the_last_close_even_when_it_arrives_first() -> None:
+    row = only_row([LAST_CLOSE, OPEN, FIRST_CLOSE])
+    assert row.closed_at == LAST_CLOSE.executed_at
 
 
-def test_a_sell_position_takes_its_side_from_the_opening_fill() -> None:
-    row = only([fill(1, "in", "sell", "1", "1.1"), fill(2, "out", "buy", "1", "1.0", minutes=5)])
+def test_prices_are_exact_decimals_and_money_keeps_its_cents() -> None:
+    row = only_row([OPEN, FIRST_CLOSE, LAST_CLOSE])
+    assert str(row.exit_price) == "1.0875"
+    assert str(row.commission) == "-4.20"
+    assert str(row.profit) == "75.00"
+
+
+@pytest.mark.parametrize(
+    "order",
+    list(itertools.permutations([OPEN, FIRST_CLOSE, LAST_CLOSE])),
+    ids=lambda order: "-".join(f.broker_ref for f in order),
+)
+def test_every_arrival_order_of_the_fixture_gives_the_same_row(
+    order: tuple[PositionFill, ...],
+) -> None:
+    assert aggregate_position(KEY, order) == aggregate_position(
+        KEY, [OPEN, FIRST_CLOSE, LAST_CLOSE]
+    )
+
+
+# --- sides, missing opens, close-by ---------------------------------------------------------
+
+
+def test_a_sell_position_takes_its_side_from_the_opening_deal() -> None:
+    row = only_row(
+        [
+            fill(1, "in", "sell", "0.50", "1.2000"),
+            fill(2, "out", "buy", "0.20", "1.1900", profit="20", minutes=5),
+            fill(3, "out", "buy", "0.30", "1.1800", profit="60", minutes=9),
+        ]
+    )
     assert (row.side, row.status) == ("sell", "closed")
+    assert (row.entry_price, row.exit_price) == (Decimal("1.2"), Decimal("1.184"))
+    assert row.profit == Decimal("80")
 
 
-def test_closes_without_their_opening_fill_are_a_closed_trade_of_unknown_entry() -> None:
-    row = only([FIRST_CLOSE, LAST_CLOSE])
-    assert (row.status, row.side, row.volume, row.entry_price) == (
-        "closed",
-        "buy",
-        Decimal("0.30"),
-        None,
+def test_closes_whose_opening_predates_the_sync_are_a_closed_trade_of_unknown_entry() -> None:
+    row = only_row([FIRST_CLOSE, LAST_CLOSE])
+    assert row.status == "closed"
+    assert row.side == "buy"  # the opposite of the closing deals
+    assert row.volume == row.closed_volume == Decimal("0.30")
+    assert (row.entry_price, row.opened_at) == (None, None)
+    assert row.exit_price == Decimal("1.0875")
+    assert row.closed_at == LAST_CLOSE.executed_at
+    assert row.profit == Decimal("75.00")
+
+
+def test_a_close_by_closes_the_position() -> None:
+    close_by = fill(5, "out_by", "sell", "0.30", "1.0900", profit="150", minutes=3)
+    row = only_row([OPEN, close_by])
+    assert row.status == "closed"
+    assert (row.closed_volume, row.exit_price) == (Decimal("0.30"), Decimal("1.09"))
+    assert row.closed_at == close_by.executed_at
+
+
+def test_a_partial_close_by_leaves_the_rest_open() -> None:
+    row = only_row([OPEN, fill(5, "out_by", "sell", "0.10", "1.0900", profit="50", minutes=3)])
+    assert (row.status, row.closed_volume) == ("open", Decimal("0.10"))
+
+
+def test_adds_to_a_position_average_its_entry_by_volume() -> None:
+    row = only_row(
+        [
+            fill(1, "in", "buy", "1.0", "1.1000"),
+            fill(2, "in", "buy", "3.0", "1.2000", minutes=1),
+            fill(3, "out", "sell", "4.0", "1.3000", minutes=2),
+        ]
     )
+    assert (row.volume, row.entry_price, row.status) == (Decimal("4.0"), Decimal("1.175"), "closed")
 
 
-def test_a_close_by_counts_as_a_close() -> None:
-    row = only([OPEN, fill(5, "out_by", "sell", "0.30", "1.09", profit="150", minutes=3)])
-    assert row.status == "closed" and row.exit_price == Decimal("1.09")
+def test_a_position_with_no_fills_has_no_rows() -> None:
+    assert aggregate_position(KEY, []) == []
 
 
-def test_a_netting_reversal_closes_the_position_and_opens_the_rest_the_other_way() -> None:
-    opening = fill(1, "in", "buy", "1.0", "1.1000")
-    reversal = fill(2, "inout", "sell", "1.5", "1.1100", profit="100", commission="-3", minutes=9)
-    closed, reversed_ = aggregate_position(KEY, [reversal, opening])
-    assert (closed.trade_id, closed.status, closed.volume, closed.exit_price, closed.profit) == (
-        KEY,
-        "closed",
-        Decimal("1.0"),
-        Decimal("1.11"),
-        Decimal("100"),
-    )
-    assert closed.commission == Decimal("-3")
-    assert (reversed_.trade_id, reversed_.side, reversed_.status, reversed_.volume) == (
-        f"{KEY}:2",
-        "sell",
-        "open",
-        Decimal("0.5"),
-    )
-    assert reversed_.entry_price == Decimal("1.11") and reversed_.profit == 0
+# --- netting reversals ----------------------------------------------------------------------
+
+REVERSE_OPEN = fill(1, "in", "buy", "1.0", "1.1000", commission="-2")
+REVERSAL = fill(2, "inout", "sell", "1.5", "1.1100", profit="100", commission="-3", minutes=9)
 
 
-_fills = st.lists(
+def test_a_reversal_closes_the_original_row_with_its_profit() -> None:
+    closed, _ = aggregate_position(KEY, [REVERSAL, REVERSE_OPEN])
+    assert (closed.trade_id, closed.status, closed.side) == (KEY, "closed", "buy")
+    assert (closed.volume, closed.closed_volume) == (Decimal("1.0"), Decimal("1.0"))
+    assert (closed.entry_price, closed.exit_price) == (Decimal("1.1"), Decimal("1.11"))
+    assert (closed.profit, closed.commission) == (Decimal("100"), Decimal("-5"))
+    assert closed.closed_at == REVERSAL.executed_at
+
+
+def test_a_reversal_opens_the_remainder_the_other_way_as_its_own_row() -> None:
+    _, reversed_ = aggregate_position(KEY, [REVERSAL, REVERSE_OPEN])
+    assert (reversed_.trade_id, reversed_.position_key) == (f"{KEY}:2", KEY)
+    assert (reversed_.status, reversed_.side, reversed_.volume) == ("open", "sell", Decimal("0.5"))
+    assert (reversed_.entry_price, reversed_.exit_price) == (Decimal("1.11"), None)
+    assert reversed_.opened_at == REVERSAL.executed_at
+    assert (reversed_.profit, reversed_.commission) == (Decimal(0), Decimal(0))
+
+
+def test_closing_the_reversed_remainder_closes_its_row_only() -> None:
+    close = fill(3, "out", "buy", "0.5", "1.1000", profit="50", minutes=20)
+    closed, reversed_ = aggregate_position(KEY, [close, REVERSAL, REVERSE_OPEN])
+    assert closed.profit == Decimal("100")
+    assert (reversed_.status, reversed_.closed_volume) == ("closed", Decimal("0.5"))
+    assert (reversed_.exit_price, reversed_.profit) == (Decimal("1.1"), Decimal("50"))
+
+
+# --- properties over generated positions ----------------------------------------------------
+
+_fill_specs = st.lists(
     st.tuples(
-        st.sampled_from(["in", "out"]),
-        st.integers(min_value=1, max_value=500),
-        st.integers(min_value=10_000, max_value=20_000),
-        st.integers(min_value=-500, max_value=500),
-        st.integers(min_value=0, max_value=10_000),
+        st.sampled_from(["in", "out", "inout", "out_by"]),
+        st.sampled_from(["buy", "sell"]),
+        st.integers(min_value=1, max_value=500),  # volume in hundredths of a lot
+        st.integers(min_value=9_000, max_value=13_000),  # price in 1/10000
+        st.integers(min_value=-5_000, max_value=5_000),  # money in cents
+        st.integers(min_value=0, max_value=5),  # minutes: few values, so times often tie
     ),
     min_size=1,
-    max_size=8,
+    max_size=10,
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(specs=_fills, data=st.data())
-def test_any_order_of_any_fills_gives_the_same_rows(
-    specs: list[tuple[str, int, int, int, int]], data: st.DataObject
-) -> None:
-    fills = [
+def _generated(
+    specs: list[tuple[str, str, int, int, int, int]], tickets: list[int]
+) -> list[PositionFill]:
+    entries: dict[str, Entry] = {"in": "in", "out": "out", "inout": "inout", "out_by": "out_by"}
+    sides: dict[str, Side] = {"buy": "buy", "sell": "sell"}
+    return [
         fill(
-            i + 1,
-            entry,
-            "buy" if entry == "in" else "sell",
-            str(Decimal(v) / 100),
-            str(Decimal(p) / 10_000),
-            profit=str(money),
+            ticket,
+            entries[entry],
+            sides[side],
+            str(Decimal(volume) / 100),
+            str(Decimal(price) / 10_000),
+            profit=str(Decimal(money) / 100),
+            commission=str(Decimal(-(abs(money) % 700)) / 100),
+            swap=str(Decimal(money % 300 - 150) / 100),
+            fee=str(Decimal(abs(money) % 50) / 100),
             minutes=minute,
         )
-        for i, (entry, v, p, money, minute) in enumerate(specs)
+        for ticket, (entry, side, volume, price, money, minute) in zip(tickets, specs, strict=False)
     ]
-    shuffled = data.draw(st.permutations(fills))
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=_fill_specs, data=st.data())
+def test_any_order_of_the_same_fills_gives_identical_rows(
+    specs: list[tuple[str, str, int, int, int, int]], data: st.DataObject
+) -> None:
+    tickets = data.draw(
+        st.lists(
+            st.integers(min_value=1, max_value=10**9),
+            min_size=len(specs),
+            max_size=len(specs),
+            unique=True,
+        ),
+        label="tickets",
+    )
+    fills = _generated(specs, tickets)
+    shuffled = data.draw(st.permutations(fills), label="arrival order")
     assert aggregate_position(KEY, shuffled) == aggregate_position(KEY, fills)
-    [row] = aggregate_position(KEY, fills)
-    assert row.profit == sum((f.profit for f in fills), Decimal(0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=_fill_specs)
+def test_every_fills_money_lands_in_exactly_one_row(
+    specs: list[tuple[str, str, int, int, int, int]],
+) -> None:
+    fills = _generated(specs, list(range(1, len(specs) + 1)))
+    rows = aggregate_position(KEY, fills)
+    for money in ("profit", "commission", "swap"):
+        assert sum((getattr(r, money) for r in rows), Decimal(0)) == sum(
+            (getattr(f, money) for f in fills), Decimal(0)
+        )
+    assert sum((r.fees for r in rows), Decimal(0)) == sum((f.fee for f in fills), Decimal(0))
+    assert len({r.trade_id for r in rows}) == len(rows)
+    assert all(r.position_key == KEY for r in rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ins=st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=4),
+    outs=st.lists(st.integers(min_value=1, max_value=500), max_size=4),
+)
+def test_a_hedging_position_is_closed_exactly_when_its_closes_cover_its_opens(
+    ins: list[int], outs: list[int]
+) -> None:
+    fills = [fill(i, "in", "buy", str(Decimal(v) / 100), "1.1") for i, v in enumerate(ins, 1)]
+    fills += [
+        fill(100 + i, "out", "sell", str(Decimal(v) / 100), "1.2", minutes=1 + i)
+        for i, v in enumerate(outs)
+    ]
+    row = only_row(fills)
+    in_volume = Decimal(sum(ins)) / 100
+    out_volume = Decimal(sum(outs)) / 100
+    assert (row.volume, row.closed_volume) == (in_volume, out_volume)
+    assert row.status == ("closed" if out_volume >= in_volume else "open")
+    assert (row.closed_at is not None) == (row.status == "closed")
