@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from services.devstack.demo import run_demo
+from services.devstack.ports import PortInUse
 from services.devstack.stack import DevStack
 
 
@@ -36,6 +37,9 @@ def run_dev(
         asyncio.run(_serve(stack, demo, demo_positions, exit_after_demo))
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
+    except PortInUse as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
     finally:
         stack.stop()
         print("stopped: no process left behind", flush=True)

@@ -17,6 +17,19 @@ def free_port() -> int:
         return port
 
 
+class PortInUse(Exception):
+    """A port the stack was told to use is taken."""
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(
     port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30.0
 ) -> None:

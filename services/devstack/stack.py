@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from services.devstack.broker import EmbeddedBroker
-from services.devstack.ports import free_port
+from services.devstack.ports import PortInUse, free_port, port_is_free
 from services.devstack.postgres import EmbeddedPostgres
 from services.shared.crypto import new_master_key_base64
 from services.shared.kafka import TopicSpec, ensure_topics
@@ -94,6 +94,10 @@ class DevStack:
         return self
 
     def _start_infrastructure(self) -> None:
+        if self.port == 0:
+            self.port = free_port()
+        elif not port_is_free(self.port):
+            raise PortInUse(f"port {self.port} is in use: stop what holds it, or pass --port")
         if self.database_url is None:
             self._postgres = EmbeddedPostgres(log_path=self.logs / "postgres.log").start()
             self.database_url = self._postgres.dsn
@@ -102,8 +106,6 @@ class DevStack:
             self.kafka_bootstrap_servers = self._broker.bootstrap_servers
         if self.master_key is None:
             self.master_key = _stored_master_key(self.state_dir)
-        if self.port == 0:
-            self.port = free_port()
 
     async def _prepare(self) -> None:
         assert self.database_url and self.kafka_bootstrap_servers

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -35,6 +36,11 @@ class IngestWiring:
 
     connections: ConnectionLookup
     sink: EventSink
+    ready: Callable[[], Awaitable[bool]] = field(default=lambda: _always_ready())
+
+
+async def _always_ready() -> bool:
+    return True
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -90,8 +96,10 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    ready = getattr(request.app.state, "receiver", None) is not None
-    return JSONResponse({"status": "ready" if ready else "starting"}, 200 if ready else 503)
+    """Ready when started and both Postgres and Kafka answer: a load balancer's signal."""
+    wiring: IngestWiring | None = getattr(request.app.state, "wiring", None)
+    ready = wiring is not None and await wiring.ready()
+    return JSONResponse({"status": "ready" if ready else "unavailable"}, 200 if ready else 503)
 
 
 async def refusal_to_response(_: Request, exc: Exception) -> Response:
@@ -109,6 +117,7 @@ def create_app(settings: IngestSettings, wiring: IngestWiring | None = None) -> 
             active = wiring
             if active is None:
                 active = await _build_wiring(settings, stack)
+            app.state.wiring = active
             app.state.receiver = WebhookReceiver(
                 active.connections, active.sink, settings.signature_tolerance_seconds
             )
@@ -136,4 +145,12 @@ async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitSta
     stack.push_async_callback(producer.stop)
     directory = ConnectionDirectory(pool, CredentialVault(kek), settings.connection_cache_seconds)
     publisher = RawEventPublisher(producer, settings.topics.raw, settings.publish_timeout_seconds)
-    return IngestWiring(connections=directory, sink=publisher)
+
+    async def ready() -> bool:
+        try:
+            await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+        except Exception:
+            return False
+        return bool(producer.client.cluster.brokers())
+
+    return IngestWiring(connections=directory, sink=publisher, ready=ready)

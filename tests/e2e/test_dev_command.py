@@ -103,3 +103,30 @@ def test_a_signal_stops_every_process_the_stack_started(
     assert process.returncode == 0, output
     assert "stopped: no process left behind" in output
     assert not any(_listening(port) for port in ports)
+
+
+def test_a_taken_port_is_reported_clearly_and_nothing_is_left_running(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "dev",
+                "--state-dir",
+                str(tmp_path),
+                "--port",
+                str(port),
+                "--no-demo",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env_without_external_services(),
+        )
+    assert result.returncode == 1
+    assert f"error: port {port} is in use" in result.stdout
+    assert "stopped: no process left behind" in result.stdout
