@@ -46,6 +46,9 @@ async def create_connection(
     label: str,
     ingest_url: str,
 ) -> NewConnection:
+    if not account_number.strip() or not server.strip():
+        # Trade ids embed server and login: a blank one would accept no webhook at all.
+        raise ConnectionRefused("--account-number and --server must not be blank")
     async with conn.transaction():
         if not await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = $1)", user_id

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "create", help="create a connection; prints its webhook URL and secret (shown once)"
     )
     create.add_argument("--user-id", type=uuid.UUID, required=True)
-    create.add_argument("--broker", default="mt5")
+    create.add_argument("--broker", choices=("mt5",), default="mt5")
     create.add_argument("--type", dest="connection_type", choices=("demo", "live"), required=True)
     create.add_argument("--account-number", required=True)
     create.add_argument("--server", required=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from services.shared.canonical import CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
@@ -43,10 +43,14 @@ SELECT count(pg_advisory_xact_lock(hashtextextended(k, 7)))
 FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS ordered
 """
 
+# A position's fills are those its own connection delivered: nothing written under the same
+# key by anyone else can reach its journal row.
 _POSITION_FILLS = """
-SELECT fill_key, position_key, symbol, side, entry, volume, price, profit, commission, swap, fee,
-    executed_at, broker_ref
-FROM broker_fills WHERE position_key = ANY($1::text[])
+SELECT f.fill_key, f.position_key, f.symbol, f.side, f.entry, f.volume, f.price, f.profit,
+    f.commission, f.swap, f.fee, f.executed_at, f.broker_ref
+FROM broker_fills AS f
+JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
+    ON f.position_key = p.position_key AND f.connection_id = p.connection_id
 """
 
 _UPSERT_JOURNAL = """
@@ -93,12 +97,17 @@ INSERT INTO mt5_security_audit AS a (connection_id, user_id, monthly_sync_count,
     last_sync_at, last_event_id)
 VALUES ($1, $2, $3, date_trunc('month', $4 AT TIME ZONE 'UTC')::date, $4, $5)
 ON CONFLICT (connection_id) DO UPDATE SET
-    monthly_sync_count = CASE WHEN a.sync_month = EXCLUDED.sync_month
-        THEN a.monthly_sync_count + EXCLUDED.monthly_sync_count
-        ELSE EXCLUDED.monthly_sync_count END,
+    -- A newer month starts the count over; a late event from an older month changes nothing.
+    monthly_sync_count = CASE
+        WHEN a.sync_month IS NULL OR EXCLUDED.sync_month > a.sync_month
+            THEN EXCLUDED.monthly_sync_count
+        WHEN EXCLUDED.sync_month = a.sync_month
+            THEN a.monthly_sync_count + EXCLUDED.monthly_sync_count
+        ELSE a.monthly_sync_count END,
     sync_month = greatest(a.sync_month, EXCLUDED.sync_month),
     last_sync_at = greatest(a.last_sync_at, EXCLUDED.last_sync_at),
-    last_event_id = EXCLUDED.last_event_id,
+    last_event_id = CASE WHEN EXCLUDED.last_sync_at >= coalesce(a.last_sync_at, '-infinity')
+        THEN EXCLUDED.last_event_id ELSE a.last_event_id END,
     updated_at = now()
 """
 
@@ -200,10 +209,11 @@ class JournalRepository:
             return
         keys = sorted(positions)
         await conn.fetchval(_LOCK_POSITIONS, keys)
-        by_position: dict[str, list[PositionFill]] = {}
-        for row in await conn.fetch(_POSITION_FILLS, keys):
-            by_position.setdefault(row["position_key"], []).append(PositionFill(**dict(row)))
         owners = {f.position_key: b.connection for b in batches for f in b.fills}
+        by_position: dict[str, list[PositionFill]] = {}
+        rows_read = await conn.fetch(_POSITION_FILLS, keys, [owners[k].connection_id for k in keys])
+        for row in rows_read:
+            by_position.setdefault(row["position_key"], []).append(PositionFill(**dict(row)))
         rows = []
         for key in keys:
             for aggregate in aggregate_position(key, by_position.get(key, [])):
@@ -274,11 +284,15 @@ class JournalRepository:
             per_connection.setdefault(batch.connection.connection_id, []).append(batch)
         for connection_id, synced in sorted(per_connection.items()):
             latest = max(synced, key=lambda b: b.received_at)
+            # Counted toward the month of the latest event; older-month stragglers do not count.
+            in_latest_month = sum(
+                1 for b in synced if _same_month(b.received_at, latest.received_at)
+            )
             await conn.execute(
                 _AUDIT_SYNC,
                 connection_id,
                 latest.connection.user_id,
-                len(synced),
+                in_latest_month,
                 latest.received_at,
                 latest.event_id,
             )
@@ -287,6 +301,11 @@ class JournalRepository:
             at = [max(b.received_at for b in per_connection[i]) for i in ids]
             await conn.execute(_TOUCH_CONNECTIONS, ids, at)
         return first_time
+
+
+def _same_month(a: datetime, b: datetime) -> bool:
+    a, b = a.astimezone(UTC), b.astimezone(UTC)
+    return (a.year, a.month) == (b.year, b.month)
 
 
 def _snapshot_order(batch: CanonicalBatch) -> tuple[datetime, datetime]:

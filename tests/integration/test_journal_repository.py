@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,9 +16,11 @@ import pytest
 from services.devstack.demo import encode_body
 from services.normalizer.mappers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
+from services.shared.envelope import RawEvent
 from services.shared.vault import CredentialVault
 from services.writer.repository import JournalRepository
 from tests.support.builders import (
+    SERVER,
     TestConnection,
     fixture_deals,
     mt5_body,
@@ -28,6 +31,28 @@ from tests.support.builders import (
 pytestmark = pytest.mark.integration
 REPOSITORY = JournalRepository()
 
+# The fixture's derived_closed_trade, as its journal row: times carry the deals' milliseconds.
+CLOSED_FIXTURE_TRADE: dict[str, object] = {
+    "symbol": "EURUSD",
+    "side": "buy",
+    "volume": Decimal("0.30"),
+    "closed_volume": Decimal("0.30"),
+    "entry_price": Decimal("1.085"),
+    "exit_price": Decimal("1.0875"),
+    "profit": Decimal("75.00"),
+    "commission": Decimal("-4.20"),
+    "swap": Decimal("-1.36"),
+    "fees": Decimal("0"),
+    "opened_at": datetime(2024, 6, 3, 6, 0, 0, 123000, tzinfo=UTC),
+    "closed_at": datetime(2024, 6, 4, 9, 0, 0, 789000, tzinfo=UTC),
+    "status": "closed",
+    "fill_count": 3,
+}
+_JOURNAL_COLUMNS = (
+    "mt5_trade_id, position_key, user_id, account_id, connection_id, connection_type, broker, "
+    + ", ".join(CLOSED_FIXTURE_TRADE)
+)
+
 
 def batch(
     connection: TestConnection,
@@ -37,19 +62,27 @@ def batch(
     delivery: str | None = None,
     sent_at: datetime | None = None,
 ) -> CanonicalBatch:
+    """What the normalizer makes of one webhook carrying these deals."""
     body = encode_body(mt5_body(connection.login, deals, balance=balance))
     return map_event(raw_event(connection, body, delivery, sent_at)).batch
 
 
+def position_key(connection: TestConnection, position_id: int = 800001) -> str:
+    return f"mt5:{SERVER}:{connection.login}:{position_id}"
+
+
 async def journal(pool: asyncpg.Pool, connection: TestConnection) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT mt5_trade_id, user_id, account_id, connection_id, connection_type, broker,"
-        " symbol, side, volume, closed_volume, entry_price, exit_price, opened_at, closed_at,"
-        " profit, commission, swap, status, fill_count FROM trading_journal"
+        f"SELECT {_JOURNAL_COLUMNS} FROM trading_journal"  # noqa: S608 - constant column list
         " WHERE connection_id = $1 ORDER BY mt5_trade_id",
         connection.created.connection_id,
     )
     return [dict(r) for r in rows]
+
+
+def numbers(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's trade, without who owns it."""
+    return {column: row[column] for column in CLOSED_FIXTURE_TRADE}
 
 
 async def balance(pool: asyncpg.Pool, connection: TestConnection) -> Decimal:
@@ -59,38 +92,37 @@ async def balance(pool: asyncpg.Pool, connection: TestConnection) -> Decimal:
     return value
 
 
+async def fill_count(pool: asyncpg.Pool, connection: TestConnection) -> int:
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM broker_fills WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    return count
+
+
 @pytest.fixture
 async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
     async with pool.acquire() as conn:
         return await new_connection(conn, vault)
 
 
-async def test_the_fixture_position_becomes_one_closed_journal_row(
+async def test_the_fixture_position_becomes_one_closed_journal_row_owned_by_its_connection(
     pool: asyncpg.Pool, connection: TestConnection
 ) -> None:
     async with pool.acquire() as conn:
         [outcome] = await REPOSITORY.apply(conn, [batch(connection, fixture_deals())])
+
     assert (outcome.fills_inserted, outcome.positions_touched, outcome.first_time) == (3, 1, True)
     [row] = await journal(pool, connection)
-    assert row == row | {
-        "mt5_trade_id": f"mt5:PosCal-Test:{connection.login}:800001",
+    assert numbers(row) == CLOSED_FIXTURE_TRADE
+    assert {k: v for k, v in row.items() if k not in CLOSED_FIXTURE_TRADE} == {
+        "mt5_trade_id": position_key(connection),
+        "position_key": position_key(connection),
         "user_id": connection.user_id,
         "account_id": connection.created.account_id,
         "connection_id": connection.created.connection_id,
         "connection_type": "demo",
         "broker": "mt5",
-        "symbol": "EURUSD",
-        "side": "buy",
-        "volume": Decimal("0.30"),
-        "entry_price": Decimal("1.085"),
-        "exit_price": Decimal("1.0875"),
-        "profit": Decimal("75.00"),
-        "commission": Decimal("-4.20"),
-        "swap": Decimal("-1.36"),
-        "status": "closed",
-        "fill_count": 3,
-        "opened_at": datetime(2024, 6, 3, 6, 0, 0, 123000, tzinfo=UTC),
-        "closed_at": datetime(2024, 6, 4, 9, 0, 0, 789000, tzinfo=UTC),
     }
 
 
@@ -102,51 +134,95 @@ async def test_partial_closes_arriving_one_by_one_are_right_at_every_step(
         for deal in fixture_deals():
             await REPOSITORY.apply(conn, [batch(connection, [deal])])
             [row] = await journal(pool, connection)
-            steps.append((row["status"], row["closed_volume"], row["profit"]))
+            steps.append(numbers(row))
+
+    opened = {"status": "open", "closed_at": None}
     assert steps == [
-        ("open", Decimal("0"), Decimal("0.0")),
-        ("open", Decimal("0.10"), Decimal("15.00")),
-        ("closed", Decimal("0.30"), Decimal("75.00")),
+        CLOSED_FIXTURE_TRADE
+        | opened
+        | {
+            "closed_volume": Decimal("0"),
+            "exit_price": None,
+            "profit": Decimal("0"),
+            "commission": Decimal("-2.10"),
+            "swap": Decimal("0"),
+            "fill_count": 1,
+        },
+        CLOSED_FIXTURE_TRADE
+        | opened
+        | {
+            "closed_volume": Decimal("0.10"),
+            "exit_price": Decimal("1.0865"),
+            "profit": Decimal("15.00"),
+            "commission": Decimal("-2.80"),
+            "swap": Decimal("0"),
+            "fill_count": 2,
+        },
+        CLOSED_FIXTURE_TRADE,
     ]
 
 
-async def test_replays_and_resends_under_new_ids_change_nothing_and_count_syncs_once(
+async def test_replays_and_resends_under_a_new_delivery_change_nothing_and_count_each_event_once(
     pool: asyncpg.Pool, connection: TestConnection
 ) -> None:
     original = batch(connection, fixture_deals(), balance="1069.44")
+    resend = batch(connection, fixture_deals(), balance="1069.44", delivery="msg_resent")
     async with pool.acquire() as conn:
         await REPOSITORY.apply(conn, [original])
-        before = (await journal(pool, connection), await balance(pool, connection))
-        replayed = await REPOSITORY.apply(conn, [original, original])
-        resent = await REPOSITORY.apply(
-            conn, [batch(connection, fixture_deals(), balance="1069.44")]
+        before = (
+            await journal(pool, connection),
+            await fill_count(pool, connection),
+            await balance(pool, connection),
         )
-    assert (await journal(pool, connection), await balance(pool, connection)) == before
-    assert [o.fills_inserted for o in replayed + resent] == [0, 0, 0]
-    assert [o.first_time for o in replayed + resent] == [False, False, True]
-    counts = await pool.fetchrow(
-        "SELECT (SELECT count(*) FROM broker_fills WHERE connection_id = $1),"
-        " (SELECT count(*) FROM sync_events WHERE connection_id = $1),"
-        " (SELECT monthly_sync_count FROM mt5_security_audit WHERE connection_id = $1)",
+        replays = [
+            *await REPOSITORY.apply(conn, [original]),
+            *await REPOSITORY.apply(conn, [original, original]),
+            *await REPOSITORY.apply(conn, [resend]),
+            *await REPOSITORY.apply(conn, [resend]),
+        ]
+
+    after = (
+        await journal(pool, connection),
+        await fill_count(pool, connection),
+        await balance(pool, connection),
+    )
+    assert after == before
+    assert before[1:] == (3, Decimal("1069.44"))
+    assert [o.fills_inserted for o in replays] == [0, 0, 0, 0, 0]
+    assert [o.first_time for o in replays] == [False, False, False, True, False]
+    events = await pool.fetch(
+        "SELECT event_id, fills_received, fills_inserted FROM sync_events WHERE connection_id = $1",
         connection.created.connection_id,
     )
-    assert counts is not None and tuple(counts) == (3, 2, 2)
+    assert {r["event_id"]: (r["fills_received"], r["fills_inserted"]) for r in events} == {
+        original.event_id: (3, 3),
+        resend.event_id: (3, 0),
+    }
+    assert (
+        await pool.fetchval(
+            "SELECT monthly_sync_count FROM mt5_security_audit WHERE connection_id = $1",
+            connection.created.connection_id,
+        )
+        == 2
+    )
 
 
-async def test_every_delivery_order_converges_on_the_same_row(
-    pool: asyncpg.Pool, vault: CredentialVault
+@pytest.mark.parametrize(
+    "order",
+    list(itertools.permutations(range(3))),
+    ids=lambda order: "-".join(("in", "out1", "out2")[i] for i in order),
+)
+async def test_every_delivery_order_converges_on_the_in_order_row(
+    pool: asyncpg.Pool, connection: TestConnection, order: tuple[int, ...]
 ) -> None:
-    rows = []
-    for order in itertools.permutations(range(3)):
-        async with pool.acquire() as conn:
-            connection = await new_connection(conn, vault)
-            deals = fixture_deals()
-            for index in order:
-                await REPOSITORY.apply(conn, [batch(connection, [deals[index]])])
-        [row] = await journal(pool, connection)
-        rows.append({k: v for k, v in row.items() if "id" not in k})
-    assert all(row == rows[0] for row in rows)
-    assert rows[0]["status"] == "closed"
+    deals = fixture_deals()
+    async with pool.acquire() as conn:
+        for index in order:
+            await REPOSITORY.apply(conn, [batch(connection, [deals[index]])])
+
+    [row] = await journal(pool, connection)
+    assert numbers(row) == CLOSED_FIXTURE_TRADE
+    assert await fill_count(pool, connection) == 3
 
 
 async def test_only_a_newer_snapshot_moves_the_balance(
@@ -155,70 +231,148 @@ async def test_only_a_newer_snapshot_moves_the_balance(
     now = datetime.now(UTC)
     async with pool.acquire() as conn:
         await REPOSITORY.apply(conn, [batch(connection, [], balance="200.00", sent_at=now)])
-        late = await REPOSITORY.apply(
+        [late] = await REPOSITORY.apply(
             conn, [batch(connection, [], balance="100.00", sent_at=now - timedelta(minutes=5))]
         )
-        assert await balance(pool, connection) == Decimal("200.00")
-        newer = await REPOSITORY.apply(
+        after_late = await balance(pool, connection)
+        [newer] = await REPOSITORY.apply(
             conn, [batch(connection, [], balance="300.00", sent_at=now + timedelta(seconds=1))]
         )
-    assert await balance(pool, connection) == Decimal("300.00")
-    assert (late[0].balance_applied, newer[0].balance_applied) == (False, True)
+
+    assert (after_late, late.balance_applied) == (Decimal("200.00"), False)
+    assert (await balance(pool, connection), newer.balance_applied) == (Decimal("300.00"), True)
 
 
-async def test_within_one_batch_the_newest_snapshot_wins_whatever_its_position(
+async def test_within_one_call_the_newest_snapshot_wins_whatever_its_position(
     pool: asyncpg.Pool, connection: TestConnection
 ) -> None:
     now = datetime.now(UTC)
     async with pool.acquire() as conn:
-        await REPOSITORY.apply(
+        outcomes = await REPOSITORY.apply(
             conn,
             [
                 batch(connection, [], balance="300.00", sent_at=now),
                 batch(connection, [], balance="100.00", sent_at=now - timedelta(minutes=1)),
             ],
         )
+
     assert await balance(pool, connection) == Decimal("300.00")
+    assert [o.balance_applied for o in outcomes] == [True, False]
 
 
-async def test_concurrent_writers_with_overlapping_fills_agree(
-    pool: asyncpg.Pool, connection: TestConnection
+async def _wait_until_waiting_on_locks(pool: asyncpg.Pool, pids: list[int]) -> None:
+    for _ in range(1000):
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE pid = ANY($1::int[]) AND wait_event_type = 'Lock'",
+            pids,
+        )
+        if waiting == len(pids):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"backends {pids} never both waited on a lock")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [((0, 1), (1, 2)), ((0, 1), (2,)), ((0, 1, 2), (0, 1, 2))],
+    ids=["overlapping", "disjoint", "identical"],
+)
+async def test_two_writers_of_one_position_in_flight_together_agree_on_one_row(
+    pool: asyncpg.Pool, connection: TestConnection, first: tuple[int, ...], second: tuple[int, ...]
 ) -> None:
     deals = fixture_deals()
-
-    async def apply(chosen: list[dict[str, Any]]) -> None:
-        async with pool.acquire() as conn:
-            await REPOSITORY.apply(conn, [batch(connection, chosen)])
-
-    await asyncio.gather(apply(deals[:2]), apply(deals[1:]), apply(deals[::2]))
-    [row] = await journal(pool, connection)
-    assert (row["status"], row["fill_count"], row["profit"]) == ("closed", 3, Decimal("75.00"))
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM broker_fills WHERE connection_id = $1",
-            connection.created.connection_id,
+    batches = [batch(connection, [deals[i] for i in chosen]) for chosen in (first, second)]
+    async with pool.acquire() as a, pool.acquire() as b, pool.acquire() as gate:
+        # Holding the account row keeps whichever writer gets furthest from committing until
+        # the other one is in flight too, so the two transactions surely overlap.
+        held = gate.transaction()
+        await held.start()
+        await gate.execute(
+            "SELECT 1 FROM trading_accounts WHERE id = $1 FOR UPDATE", connection.created.account_id
         )
-        == 3
-    )
+        writers = asyncio.gather(
+            REPOSITORY.apply(a, [batches[0]]), REPOSITORY.apply(b, [batches[1]])
+        )
+        try:
+            await _wait_until_waiting_on_locks(pool, [a.get_server_pid(), b.get_server_pid()])
+        finally:
+            await held.commit()
+        outcomes = [o for outcome in await writers for o in outcome]
+
+    [row] = await journal(pool, connection)
+    assert numbers(row) == CLOSED_FIXTURE_TRADE
+    assert await fill_count(pool, connection) == 3
+    assert sum(o.fills_inserted for o in outcomes) == 3
 
 
 async def test_a_cash_movement_is_recorded_once_however_often_it_arrives(
     pool: asyncpg.Pool, connection: TestConnection
 ) -> None:
     deposit = fixture_deals()[0] | {
-        "ticket": 77,
-        "type": 2,
+        "ticket": 900000,
+        "order": 0,
+        "type": 2,  # DEAL_TYPE_BALANCE
+        "entry": 0,
         "position_id": 0,
         "symbol": "",
-        "volume": 0,
-        "price": 0,
+        "volume": Decimal("0"),
+        "price": Decimal("0"),
+        "commission": Decimal("0"),
         "profit": Decimal("500.00"),
+        "comment": "Deposit",
     }
+    first = batch(connection, [deposit])
     async with pool.acquire() as conn:
-        for _ in range(3):
-            await REPOSITORY.apply(conn, [batch(connection, [deposit])])
+        outcomes = [
+            *await REPOSITORY.apply(conn, [first]),
+            *await REPOSITORY.apply(conn, [first]),
+            *await REPOSITORY.apply(conn, [batch(connection, [deposit], delivery="msg_again")]),
+        ]
+
     rows = await pool.fetch(
-        "SELECT kind, amount, currency FROM broker_cash_movements WHERE connection_id = $1",
+        "SELECT movement_key, kind, amount, currency, executed_at, comment"
+        " FROM broker_cash_movements WHERE connection_id = $1",
         connection.created.connection_id,
     )
-    assert [tuple(r) for r in rows] == [("balance", Decimal("500.00"), "USD")]
+    assert [tuple(r) for r in rows] == [
+        (
+            f"mt5:{SERVER}:{connection.login}:deal:900000",
+            "balance",
+            Decimal("500.00"),
+            "USD",
+            datetime(2024, 6, 3, 6, 0, 0, 123000, tzinfo=UTC),
+            "Deposit",
+        )
+    ]
+    assert [o.cash_inserted for o in outcomes] == [1, 0, 0]
+    assert await journal(pool, connection) == []
+
+
+def _event_received_at(connection: TestConnection, received_at: datetime) -> CanonicalBatch:
+    body = encode_body(mt5_body(connection.login, []))
+    event = RawEvent.wrap(
+        source="webhook",
+        connection=connection.ref,
+        received_at=received_at,
+        delivery_id=f"msg_{uuid.uuid4().hex}",
+        body=body,
+    )
+    return map_event(event).batch
+
+
+async def test_a_late_event_from_last_month_leaves_this_months_sync_count_alone(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [_event_received_at(connection, now)])
+        await REPOSITORY.apply(conn, [_event_received_at(connection, now)])
+        await REPOSITORY.apply(conn, [_event_received_at(connection, now - timedelta(days=40))])
+
+    audit = await pool.fetchrow(
+        "SELECT monthly_sync_count, sync_month FROM mt5_security_audit WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert audit is not None
+    assert (audit["monthly_sync_count"], audit["sync_month"]) == (2, now.date().replace(day=1))

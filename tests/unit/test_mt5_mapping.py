@@ -381,10 +381,13 @@ def test_a_payload_for_another_server_is_an_account_mismatch() -> None:
     assert invalid_event_code(body(fixture_deals(), server="Broker-Live")) == "account_mismatch"
 
 
-def test_a_connection_without_a_server_accepts_the_logins_payload_from_any_server() -> None:
-    unpinned = CONNECTION.model_copy(update={"server": None})
-    mapping = map_event(event(body(fixture_deals(), server="Broker-Live"), connection=unpinned))
-    assert mapping.batch.fills[0].fill_key == "mt5:Broker-Live:52557820:deal:900001"
+@pytest.mark.parametrize("server", [None, ""])
+def test_a_connection_without_a_server_accepts_no_payload(server: str | None) -> None:
+    # Trade ids embed the server: an unpinned connection could write under any server's ids.
+    unpinned = CONNECTION.model_copy(update={"server": server})
+    with pytest.raises(InvalidEvent) as refused:
+        map_event(event(body(fixture_deals(), server="Broker-Live"), connection=unpinned))
+    assert refused.value.code == "account_mismatch"
 
 
 @pytest.mark.parametrize(

@@ -187,7 +187,7 @@ def _check_account(event: RawEvent, account: Mt5Account) -> None:
             f"payload is for login {account.login}, the connection is for "
             f"{connection.account_number}",
         )
-    if connection.server and account.server != connection.server:
+    if account.server != connection.server:
         raise InvalidEvent(
             "account_mismatch",
             f"payload is for server {account.server!r}, the connection is for "
