@@ -15,15 +15,9 @@ from services.cli.connections import (
     create_user,
 )
 from services.shared.vault import CredentialVault
-from tests.support.builders import SERVER, TestConnection, new_connection
+from tests.support.builders import SERVER, TestConnection
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
-    async with pool.acquire() as conn:
-        return await new_connection(conn, vault)
 
 
 async def connect(

@@ -21,12 +21,6 @@ PASSWORD_KIND = "mt5_investor_password"
 PASSWORD = b"investor-password-5f1e9c"
 
 
-@pytest.fixture
-async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
-    async with pool.acquire() as conn:
-        return await new_connection(conn, vault)
-
-
 async def store_password(
     pool: asyncpg.Pool,
     vault: CredentialVault,

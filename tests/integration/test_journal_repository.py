@@ -17,14 +17,12 @@ from services.devstack.demo import encode_body
 from services.normalizer.mappers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
 from services.shared.envelope import RawEvent
-from services.shared.vault import CredentialVault
 from services.writer.repository import JournalRepository
 from tests.support.builders import (
     SERVER,
     TestConnection,
     fixture_deals,
     mt5_body,
-    new_connection,
     raw_event,
 )
 
@@ -98,12 +96,6 @@ async def fill_count(pool: asyncpg.Pool, connection: TestConnection) -> int:
         connection.created.connection_id,
     )
     return count
-
-
-@pytest.fixture
-async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
-    async with pool.acquire() as conn:
-        return await new_connection(conn, vault)
 
 
 async def test_the_fixture_position_becomes_one_closed_journal_row_owned_by_its_connection(

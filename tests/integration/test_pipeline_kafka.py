@@ -59,12 +59,6 @@ async def _wait_for_journal(
     raise AssertionError(f"no {status} journal row within {wait_seconds}s")
 
 
-@pytest.fixture
-async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
-    async with pool.acquire() as conn:
-        return await new_connection(conn, vault)
-
-
 async def test_a_raw_event_becomes_a_journal_row(
     kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
 ) -> None:
