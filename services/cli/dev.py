@@ -23,8 +23,10 @@ def run_dev(
         kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
     )
     print(f"starting the stack in {state_dir} ...", flush=True)
-    # SIGTERM behaves like Ctrl-C from here on, so every exit path runs stack.stop().
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM behaves like Ctrl-C from here on, so every exit path runs stack.stop(). SIGINT is
+    # set too: a shell that starts us in the background without job control ignores it.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.default_int_handler)
     try:
         stack.start()
         env = stack.env()

@@ -41,9 +41,10 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _dev(state_dir: Path, *args: str) -> subprocess.Popen[str]:
+def _dev(state_dir: Path, *args: str, shell_prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
+            *shell_prefix,
             sys.executable,
             "-m",
             "services.cli",
@@ -81,11 +82,19 @@ def test_the_demo_streams_webhooks_into_the_journal_and_stops_cleanly(tmp_path: 
     assert not any(_listening(port) for port in _stack_ports(tmp_path))
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+# A shell without job control (`make run &`, CI scripts) starts background jobs ignoring SIGINT.
+IGNORING_SIGINT = ("sh", "-c", 'trap "" INT; exec "$@"', "sh")
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "shell_prefix"),
+    [(signal.SIGTERM, ()), (signal.SIGINT, ()), (signal.SIGINT, IGNORING_SIGINT)],
+    ids=["SIGTERM", "SIGINT", "SIGINT-inherited-as-ignored"],
+)
 def test_a_signal_stops_every_process_the_stack_started(
-    tmp_path: Path, stop_signal: signal.Signals
+    tmp_path: Path, stop_signal: signal.Signals, shell_prefix: tuple[str, ...]
 ) -> None:
-    process = _dev(tmp_path, "--no-demo")
+    process = _dev(tmp_path, "--no-demo", shell_prefix=shell_prefix)
     assert process.stdout is not None
     try:
         deadline = time.monotonic() + 60
