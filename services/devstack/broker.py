@@ -8,7 +8,13 @@ from contextlib import nullcontext
 from importlib.resources import files
 from pathlib import Path
 
-from services.devstack.ports import LocalServer, free_port, stop_process, wait_for_port
+from services.devstack.ports import (
+    LocalServer,
+    dies_with_parent,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
 
 
 def tansu_binary() -> Path:
@@ -49,6 +55,7 @@ class EmbeddedBroker(LocalServer):
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=dies_with_parent(signal.SIGKILL),  # memory storage: nothing to save
             )
         wait_for_port(self.port, self._process, "tansu broker")
         return self

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
+
+_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -58,6 +64,25 @@ def stop_process(
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def dies_with_parent(signal_number: int) -> Callable[[], None] | None:
+    """A `preexec_fn` asking Linux to signal the child when this process dies, even by SIGKILL.
+
+    Stops a killed `poscal-sync dev` or test run from orphaning its Postgres, broker and services.
+    Runs after `user=` has switched users, so the setting survives the switch. Elsewhere: None.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arrange() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal_number)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal_number)
+
+    return arrange
 
 
 class LocalServer:

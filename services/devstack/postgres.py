@@ -17,7 +17,13 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from services.devstack.ports import LocalServer, free_port, stop_process, wait_for_port
+from services.devstack.ports import (
+    LocalServer,
+    dies_with_parent,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
 
 _SEARCH = ("/usr/lib/postgresql/*/bin",)
 
@@ -125,6 +131,8 @@ class EmbeddedPostgres(LocalServer):
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                # SIGQUIT: immediate shutdown; its backends exit when the postmaster does.
+                preexec_fn=dies_with_parent(signal.SIGQUIT),
                 user=user,
                 group=group,
                 extra_groups=extra,

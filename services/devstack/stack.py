@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from services.devstack.broker import EmbeddedBroker
-from services.devstack.ports import PortInUse, free_port, port_is_free
+from services.devstack.ports import PortInUse, dies_with_parent, free_port, port_is_free
 from services.devstack.postgres import EmbeddedPostgres
 from services.shared.crypto import new_master_key_base64
 from services.shared.kafka import TopicSpec, ensure_topics
@@ -141,6 +141,7 @@ class DevStack:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=dies_with_parent(signal.SIGTERM),
             )
 
     def _wait_until_ready(self, timeout: float = 30.0) -> None:

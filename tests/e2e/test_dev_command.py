@@ -62,6 +62,14 @@ def _dev(state_dir: Path, *args: str, shell_prefix: tuple[str, ...] = ()) -> sub
     )
 
 
+def _wait_for_line(process: subprocess.Popen[str], text: str, timeout: float = 60) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if text in line or time.monotonic() > deadline:
+            return
+
+
 def test_the_demo_streams_webhooks_into_the_journal_and_stops_cleanly(tmp_path: Path) -> None:
     process = _dev(tmp_path, "--demo", "--demo-positions", "6", "--exit-after-demo")
     output, _ = process.communicate(timeout=120)
@@ -97,10 +105,7 @@ def test_a_signal_stops_every_process_the_stack_started(
     process = _dev(tmp_path, "--no-demo", shell_prefix=shell_prefix)
     assert process.stdout is not None
     try:
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            if "running; Ctrl-C to stop" in line or time.monotonic() > deadline:
-                break
+        _wait_for_line(process, "running; Ctrl-C to stop")
         ports = _stack_ports(tmp_path)
         assert all(_listening(port) for port in ports)
         process.send_signal(stop_signal)
@@ -112,6 +117,23 @@ def test_a_signal_stops_every_process_the_stack_started(
     assert process.returncode == 0, output
     assert "stopped: no process left behind" in output
     assert not any(_listening(port) for port in ports)
+
+
+def test_a_killed_stack_leaves_no_server_running(tmp_path: Path) -> None:
+    process = _dev(tmp_path, "--no-demo")
+    assert process.stdout is not None
+    try:
+        _wait_for_line(process, "running; Ctrl-C to stop")
+        ports = _stack_ports(tmp_path)
+        assert all(_listening(port) for port in ports)
+    finally:
+        process.kill()  # SIGKILL: no handler runs, no stack.stop()
+        process.communicate()
+
+    deadline = time.monotonic() + 30
+    while any(_listening(port) for port in ports) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [port for port in ports if _listening(port)] == []
 
 
 def test_a_taken_port_is_reported_clearly_and_nothing_is_left_running(tmp_path: Path) -> None:
