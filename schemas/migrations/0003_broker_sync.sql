@@ -104,12 +104,16 @@ CREATE TABLE public.broker_fills (
     broker_ref     text NOT NULL,
     order_ref      text,
     comment        text,
+    -- Set once when the broker cancels the execution; a cancelled fill counts in no position.
+    cancelled      boolean NOT NULL DEFAULT false,
     event_id       uuid NOT NULL,
     inserted_at    timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE INDEX broker_fills_position_key_idx ON public.broker_fills (position_key);
 CREATE INDEX broker_fills_user_id_idx ON public.broker_fills (user_id);
+-- The newest deal an account has recorded: a balance report older than that is stale.
+CREATE INDEX broker_fills_account_time_idx ON public.broker_fills (account_id, executed_at);
 
 CREATE TABLE public.broker_cash_movements (
     movement_key   text PRIMARY KEY,
@@ -128,6 +132,8 @@ CREATE TABLE public.broker_cash_movements (
 );
 
 CREATE INDEX broker_cash_movements_user_id_idx ON public.broker_cash_movements (user_id);
+CREATE INDEX broker_cash_movements_account_time_idx
+    ON public.broker_cash_movements (account_id, executed_at);
 
 -- One row per processed event (idempotent on event_id): what each sync brought and changed.
 CREATE TABLE public.sync_events (

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from services.devstack.demo import run_demo
 from services.devstack.ports import PortInUse
@@ -31,7 +32,7 @@ def run_dev(
         stack.start()
         env = stack.env()
         print(
-            f"ready: ingest {stack.ingest_url}, Postgres {env['DATABASE_URL']},"
+            f"ready: ingest {stack.ingest_url}, Postgres {without_password(env['DATABASE_URL'])},"
             f" Kafka {env['KAFKA_BOOTSTRAP_SERVERS']}",
             flush=True,
         )
@@ -46,6 +47,18 @@ def run_dev(
         stack.stop()
         print("stopped: no process left behind", flush=True)
     return 0
+
+
+def without_password(url: str) -> str:
+    """A database URL fit to print: any password is masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = urlencode(
+        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*"
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def _serve(stack: DevStack, demo: bool, demo_positions: int, exit_after_demo: bool) -> None:

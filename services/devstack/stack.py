@@ -43,9 +43,10 @@ def pipeline_topics(topics: Topics, partitions: int = 6) -> list[TopicSpec]:
 class DevStack:
     state_dir: Path
     port: int = 8080
-    database_url: str | None = None
+    # Either may hold a secret (a password in the URL, the key-encryption key): never in a repr.
+    database_url: str | None = field(default=None, repr=False)
     kafka_bootstrap_servers: str | None = None
-    master_key: str | None = None
+    master_key: str | None = field(default=None, repr=False)
     topics: Topics = field(default_factory=Topics)
     extra_env: dict[str, str] = field(default_factory=dict)
     _postgres: EmbeddedPostgres | None = None

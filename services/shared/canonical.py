@@ -41,6 +41,9 @@ class Fill(_Canonical):
     broker_ref: str
     order_ref: str | None = None
     comment: str | None = None
+    # The broker cancelled this execution (MT5 re-types the deal as BUY/SELL_CANCELED and books
+    # its money separately): it is kept, keyed as before, and no longer counts in its position.
+    cancelled: bool = False
 
     @field_validator("volume")
     @classmethod
@@ -63,12 +66,17 @@ class CashMovement(_Canonical):
 
 
 class AccountSnapshot(_Canonical):
-    """The account's balance as the broker reported it at `as_of`."""
+    """The account's balance as the broker reported it at `as_of`.
+
+    `deals_through` is the newest deal the report carried: a report whose deals are older than
+    ones already recorded is a stale copy re-sent late, and must not roll the balance back.
+    """
 
     currency: str | None = None
     balance: Decimal
     equity: Decimal | None = None
     as_of: AwareDatetime
+    deals_through: AwareDatetime | None = None
 
 
 class CanonicalBatch(_Canonical):

@@ -12,20 +12,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from services.shared.canonical import CanonicalBatch, CashMovement, Fill
+from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
 from services.shared.envelope import ConnectionRef
+from services.shared.logging import get_logger
 from services.writer.aggregation import PositionFill, TradeAggregate, aggregate_position
+
+_log = get_logger("poscal.writer")
 
 _INSERT_FILLS = """
 INSERT INTO broker_fills (fill_key, position_key, user_id, connection_id, account_id, broker,
     symbol, side, entry, volume, price, profit, commission, swap, fee, executed_at, broker_time,
-    broker_ref, order_ref, comment, event_id)
+    broker_ref, order_ref, comment, cancelled, event_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],
     $7::text[], $8::text[], $9::text[], $10::numeric[], $11::numeric[], $12::numeric[],
     $13::numeric[], $14::numeric[], $15::numeric[], $16::timestamptz[], $17::text[], $18::text[],
-    $19::text[], $20::text[], $21::uuid[])
-ON CONFLICT (fill_key) DO NOTHING
+    $19::text[], $20::text[], $21::bool[], $22::uuid[])
+-- A fill is written once; the one later change is its cancellation, which is final.
+ON CONFLICT (fill_key) DO UPDATE SET cancelled = true
+    WHERE EXCLUDED.cancelled AND NOT broker_fills.cancelled
 RETURNING fill_key, position_key
 """
 
@@ -51,6 +56,7 @@ SELECT f.fill_key, f.position_key, f.symbol, f.side, f.entry, f.volume, f.price,
 FROM broker_fills AS f
 JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
     ON f.position_key = p.position_key AND f.connection_id = p.connection_id
+WHERE NOT f.cancelled
 """
 
 _UPSERT_JOURNAL = """
@@ -65,21 +71,38 @@ ON CONFLICT (mt5_trade_id) DO UPDATE SET
     exit_price = EXCLUDED.exit_price, opened_at = EXCLUDED.opened_at,
     closed_at = EXCLUDED.closed_at, profit = EXCLUDED.profit, commission = EXCLUDED.commission,
     swap = EXCLUDED.swap, fees = EXCLUDED.fees, status = EXCLUDED.status,
-    fill_count = EXCLUDED.fill_count, synced_at = now(), updated_at = now()
+    fill_count = EXCLUDED.fill_count, account_id = EXCLUDED.account_id,
+    connection_id = EXCLUDED.connection_id, connection_type = EXCLUDED.connection_type,
+    synced_at = now(), updated_at = now()
 WHERE j.user_id = EXCLUDED.user_id
 """
 
-_DELETE_STALE_SEGMENTS = """
-DELETE FROM trading_journal
-WHERE position_key = ANY($1::text[]) AND NOT (mt5_trade_id = ANY($2::text[]))
+# Trade ids are unique across users; a row another user keeps under one (their history of an
+# account now connected by someone else) is left alone, and reported.
+_FOREIGN_JOURNAL_ROWS = """
+SELECT j.mt5_trade_id FROM trading_journal AS j
+JOIN unnest($1::text[], $2::uuid[]) AS v(trade_id, user_id)
+    ON j.mt5_trade_id = v.trade_id AND j.user_id <> v.user_id
 """
 
+_DELETE_STALE_SEGMENTS = """
+DELETE FROM trading_journal AS j
+USING unnest($1::text[], $2::uuid[]) AS p(position_key, user_id)
+WHERE j.position_key = p.position_key AND j.user_id = p.user_id
+    AND NOT (j.mt5_trade_id = ANY($3::text[]))
+"""
+
+# A newer report wins, unless its deals are older than deals already recorded for the account
+# (fills of this very batch included): that is an old report re-sent, and would roll back.
 _APPLY_BALANCE = """
 UPDATE trading_accounts
 SET current_balance = $2, equity = $3, currency = coalesce($4, currency),
     balance_as_of = $5, balance_received_at = $6, updated_at = now()
 WHERE id = $1 AND (balance_as_of IS NULL
     OR (balance_as_of, coalesce(balance_received_at, '-infinity')) < ($5, $6))
+AND ($7::timestamptz IS NULL OR $7 >= coalesce(greatest(
+    (SELECT max(executed_at) FROM broker_fills WHERE account_id = $1),
+    (SELECT max(executed_at) FROM broker_cash_movements WHERE account_id = $1)), '-infinity'))
 RETURNING id
 """
 
@@ -219,21 +242,21 @@ class JournalRepository:
             for aggregate in aggregate_position(key, by_position.get(key, [])):
                 rows.append(_journal_row(aggregate, owners[key]))
         await conn.executemany(_UPSERT_JOURNAL, rows)
-        await conn.execute(_DELETE_STALE_SEGMENTS, keys, [r[0] for r in rows])
+        trade_ids = [str(r[0]) for r in rows]
+        users = [owners[k].user_id for k in keys]
+        await conn.execute(_DELETE_STALE_SEGMENTS, keys, users, trade_ids)
+        foreign = await conn.fetch(_FOREIGN_JOURNAL_ROWS, trade_ids, [r[2] for r in rows])
+        if foreign:
+            _log.warning(
+                "journal rows another user keeps under these trade ids were left alone",
+                trade_ids=sorted(r["mt5_trade_id"] for r in foreign),
+            )
 
     async def _apply_balances(
         self, conn: Connection, batches: Sequence[CanonicalBatch]
     ) -> set[uuid.UUID]:
-        newest: dict[uuid.UUID, CanonicalBatch] = {}
-        for batch in batches:
-            if batch.account is None:
-                continue
-            account_id = batch.connection.account_id
-            current = newest.get(account_id)
-            if current is None or _snapshot_order(batch) > _snapshot_order(current):
-                newest[account_id] = batch
         applied = set()
-        for account_id, batch in sorted(newest.items()):
+        for account_id, batch in sorted(newest_snapshots(batches).items()):
             snapshot = batch.account
             assert snapshot is not None
             updated = await conn.fetchval(
@@ -244,6 +267,7 @@ class JournalRepository:
                 snapshot.currency,
                 snapshot.as_of,
                 batch.received_at,
+                snapshot.deals_through,
             )
             if updated is not None:
                 applied.add(batch.event_id)
@@ -308,9 +332,32 @@ def _same_month(a: datetime, b: datetime) -> bool:
     return (a.year, a.month) == (b.year, b.month)
 
 
-def _snapshot_order(batch: CanonicalBatch) -> tuple[datetime, datetime]:
-    assert batch.account is not None
-    return (batch.account.as_of, batch.received_at)
+def newest_snapshots(batches: Sequence[CanonicalBatch]) -> dict[uuid.UUID, CanonicalBatch]:
+    """Per account, the batch whose balance report is the one to apply.
+
+    The latest report wins, among those whose deals are not older than the newest deal any
+    report of these batches carried (an older one is a stale copy re-sent late).
+    """
+    reports: dict[uuid.UUID, list[tuple[CanonicalBatch, AccountSnapshot]]] = {}
+    for batch in batches:
+        if batch.account is not None:
+            reports.setdefault(batch.connection.account_id, []).append((batch, batch.account))
+    newest = {}
+    for account_id, candidates in reports.items():
+        newest_deal = max(
+            (report.deals_through for _, report in candidates if report.deals_through),
+            default=None,
+        )
+        current = [(b, r) for b, r in candidates if _reflects(r, newest_deal)]
+        newest[account_id] = max(current, key=lambda c: (c[1].as_of, c[0].received_at))[0]
+    return newest
+
+
+def _reflects(report: AccountSnapshot, newest_deal: datetime | None) -> bool:
+    """Whether a report is at least as recent as the newest deal known (or cannot tell)."""
+    if report.deals_through is None or newest_deal is None:
+        return True
+    return report.deals_through >= newest_deal
 
 
 def _fill_row(connection: ConnectionRef, event_id: uuid.UUID, f: Fill) -> tuple[object, ...]:
@@ -335,6 +382,7 @@ def _fill_row(connection: ConnectionRef, event_id: uuid.UUID, f: Fill) -> tuple[
         f.broker_ref,
         f.order_ref,
         f.comment,
+        f.cancelled,
         event_id,
     )
 

@@ -13,10 +13,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from services.cli.connections import create_connection, create_user
 from services.devstack.demo import encode_body
 from services.normalizer.mappers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
 from services.shared.envelope import RawEvent
+from services.shared.vault import CredentialVault
 from services.writer.repository import JournalRepository
 from tests.support.builders import (
     SERVER,
@@ -250,6 +252,135 @@ async def test_within_one_call_the_newest_snapshot_wins_whatever_its_position(
 
     assert await balance(pool, connection) == Decimal("300.00")
     assert [o.balance_applied for o in outcomes] == [True, False]
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["later", "in-one-call"])
+async def test_an_old_report_re_sent_under_a_new_id_does_not_roll_the_balance_back(
+    pool: asyncpg.Pool, connection: TestConnection, together: bool
+) -> None:
+    deals = fixture_deals()
+    now = datetime.now(UTC)
+    first = batch(connection, deals[:2], balance="1015.00", sent_at=now - timedelta(hours=1))
+    second = batch(connection, deals, balance="1072.00", sent_at=now - timedelta(minutes=1))
+    # The sender re-signs the first report: a new webhook id, a fresh timestamp, the old balance.
+    first_again = batch(connection, deals[:2], balance="1015.00", sent_at=now)
+    async with pool.acquire() as conn:
+        if together:
+            await REPOSITORY.apply(conn, [first, second, first_again])
+        else:
+            for report in (first, second, first_again):
+                await REPOSITORY.apply(conn, [report])
+
+    assert await balance(pool, connection) == Decimal("1072.00")
+
+
+async def test_a_newer_report_without_deals_moves_the_balance_after_one_with_deals(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(
+            conn, [batch(connection, fixture_deals(), balance="1069.44", sent_at=now)]
+        )
+        [heartbeat] = await REPOSITORY.apply(
+            conn, [batch(connection, [], balance="1069.44", sent_at=now + timedelta(seconds=30))]
+        )
+
+    assert heartbeat.balance_applied
+
+
+def cancelled(deal: dict[str, Any]) -> dict[str, Any]:
+    """The deal as MT5 re-reports it once the broker cancels it (DEAL_TYPE_*_CANCELED)."""
+    return deal | {"type": 13 + deal["type"], "profit": Decimal("0.00")}
+
+
+@pytest.mark.parametrize("order", ["cancel-after", "cancel-first"])
+async def test_a_cancelled_deal_no_longer_counts_in_its_position(
+    pool: asyncpg.Pool, connection: TestConnection, order: str
+) -> None:
+    deals = fixture_deals()
+    cancel = batch(connection, [cancelled(deals[1])])
+    async with pool.acquire() as conn:
+        if order == "cancel-first":
+            await REPOSITORY.apply(conn, [cancel])
+        await REPOSITORY.apply(conn, [batch(connection, deals)])
+        if order == "cancel-after":
+            await REPOSITORY.apply(conn, [cancel])
+        [replayed] = await REPOSITORY.apply(conn, [cancel])
+
+    [row] = await journal(pool, connection)
+    assert (row["closed_volume"], row["profit"], row["status"], row["fill_count"]) == (
+        Decimal("0.20"),
+        Decimal("60.00"),
+        "open",
+        2,
+    )
+    assert (replayed.fills_inserted, replayed.positions_touched) == (0, 0)
+
+
+async def test_a_position_whose_every_deal_is_cancelled_leaves_the_journal(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    [opening] = fixture_deals()[:1]
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [batch(connection, [opening])])
+        await REPOSITORY.apply(conn, [batch(connection, [cancelled(opening)])])
+
+    assert await journal(pool, connection) == []
+    assert await fill_count(pool, connection) == 1  # kept, as the broker's record
+
+
+async def reconnect(
+    pool: asyncpg.Pool, vault: CredentialVault, old: TestConnection, user_id: uuid.UUID
+) -> TestConnection:
+    """The old connection deleted, the same broker account connected again by `user_id`."""
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM mt5_connections WHERE id = $1", old.created.connection_id)
+        created = await create_connection(
+            conn,
+            vault,
+            user_id=user_id,
+            broker="mt5",
+            connection_type="demo",
+            account_number=str(old.login),
+            server=SERVER,
+            label="reconnected",
+            ingest_url="http://127.0.0.1:8080",
+        )
+    return TestConnection(user_id, old.login, created)
+
+
+async def test_a_reconnected_account_takes_its_journal_rows_back(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [batch(connection, fixture_deals())])
+    again = await reconnect(pool, vault, connection, connection.user_id)
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [batch(again, fixture_deals())])
+
+    [row] = await journal(pool, again)
+    assert (row["connection_id"], row["account_id"]) == (
+        again.created.connection_id,
+        again.created.account_id,
+    )
+    assert numbers(row) == CLOSED_FIXTURE_TRADE
+
+
+async def test_another_users_history_of_an_account_is_left_alone_when_it_is_reconnected(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    deals = fixture_deals()
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [batch(connection, deals[:2])])
+        newcomer = await create_user(conn, f"next-{uuid.uuid4().hex[:10]}@poscal.test")
+    kept = await pool.fetch("SELECT * FROM trading_journal WHERE user_id = $1", connection.user_id)
+    again = await reconnect(pool, vault, connection, newcomer)
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [batch(again, deals)])
+
+    after = await pool.fetch("SELECT * FROM trading_journal WHERE user_id = $1", connection.user_id)
+    assert [{**r, "connection_id": None} for r in map(dict, kept)] == [dict(r) for r in after]
 
 
 async def _wait_until_waiting_on_locks(pool: asyncpg.Pool, pids: list[int]) -> None:

@@ -250,8 +250,6 @@ def test_the_fixtures_money_adds_up_to_its_derived_trade() -> None:
         (10, "commission_agent_daily"),
         (11, "commission_agent_monthly"),
         (12, "interest"),
-        (13, "buy_canceled"),
-        (14, "sell_canceled"),
         (15, "dividend"),
         (16, "dividend_franked"),
         (17, "tax"),
@@ -264,6 +262,30 @@ def test_a_non_trade_deal_type_becomes_a_cash_movement_of_its_kind(
     assert batch.fills == ()
     [movement] = batch.cash_movements
     assert (movement.kind, movement.amount) == (kind, Decimal("-12.50"))
+
+
+def test_a_charge_booked_on_a_cash_deal_counts_in_its_amount() -> None:
+    charged = cash_deal(4242, 2, "100.00") | {
+        "commission": Decimal("-1.50"),
+        "swap": Decimal("-0.25"),
+        "fee": Decimal("-0.10"),
+    }
+    [movement] = mapped(body([charged])).cash_movements
+    assert movement.amount == Decimal("98.15")
+
+
+@pytest.mark.parametrize(("deal_type", "side"), [(13, "buy"), (14, "sell")])
+def test_a_cancelled_deal_is_its_fill_marked_cancelled_under_the_same_key(
+    deal_type: int, side: str
+) -> None:
+    original = fixture_deals()[0]
+    cancelled = original | {"type": deal_type, "profit": Decimal("0.00")}
+
+    [kept] = mapped(body([original])).fills
+    [fill] = mapped(body([cancelled])).fills
+
+    assert (fill.fill_key, fill.position_key) == (kept.fill_key, kept.position_key)
+    assert (fill.side, fill.cancelled, kept.cancelled) == (side, True, False)
 
 
 def test_a_deposit_is_keyed_like_a_deal_and_keeps_its_time_and_comment() -> None:
@@ -362,6 +384,23 @@ def test_a_deal_time_out_of_the_calendar_is_rejected_alone(time_msc: int) -> Non
     assert [r.index for r in mapping.rejected] == [1]
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"time_msc": 5},  # a millisecond clock that disagrees with `time`
+        {"time_msc": 1717412400456 + 5_000},
+        {"time": 0, "time_msc": 0},  # no time at all
+    ],
+)
+def test_a_deal_whose_times_disagree_or_are_missing_is_rejected_alone(
+    change: dict[str, Any],
+) -> None:
+    deals = fixture_deals()
+    mapping = map_event(event(body([deals[0], deals[1] | change, deals[2]])))
+    assert [f.broker_ref for f in mapping.batch.fills] == ["900001", "900311"]
+    assert [(r.index, r.code) for r in mapping.rejected] == [(1, "invalid_deal")]
+
+
 @pytest.mark.parametrize("change", [{"type": True}, {"entry": True}])
 def test_a_boolean_where_a_deal_enum_belongs_is_rejected(change: dict[str, Any]) -> None:
     deals = fixture_deals()
@@ -440,6 +479,19 @@ def test_the_snapshot_carries_the_reported_balance_as_of_the_signed_send_time() 
         "1071.00",
     )
     assert account.as_of == SENT_AT
+
+
+def test_the_snapshot_says_how_recent_the_deals_it_reflects_are() -> None:
+    deals = [cash_deal(1, 2, "1000.00"), *fixture_deals()]
+    account = mapped(body(deals)).account
+    assert account is not None
+    assert account.deals_through == utc(DERIVED["close_time_utc"]) + timedelta(milliseconds=789)
+
+
+def test_a_snapshot_without_deals_reflects_no_known_deal() -> None:
+    account = mapped(body([])).account
+    assert account is not None
+    assert account.deals_through is None
 
 
 def test_without_a_send_time_the_snapshot_is_as_of_receipt() -> None:

@@ -28,6 +28,9 @@ from services.shared.errors import InvalidEvent
 
 _ENTRIES: dict[int, FillEntry] = {0: "in", 1: "out", 2: "inout", 3: "out_by"}
 _SIDES: dict[int, Side] = {0: "buy", 1: "sell"}
+# DEAL_TYPE_BUY_CANCELED / SELL_CANCELED: MT5 re-types an executed deal when the broker cancels
+# it, zeroes its profit and books the money as a separate balance deal.
+_CANCELLED_SIDES: dict[int, Side] = {13: "buy", 14: "sell"}
 # ENUM_DEAL_TYPE values 2 and above: money movements, not trades.
 CASH_KINDS: dict[int, str] = {
     2: "balance",
@@ -41,8 +44,6 @@ CASH_KINDS: dict[int, str] = {
     10: "commission_agent_daily",
     11: "commission_agent_monthly",
     12: "interest",
-    13: "buy_canceled",
-    14: "sell_canceled",
     15: "dividend",
     16: "dividend_franked",
     17: "tax",
@@ -137,21 +138,36 @@ def server_time_to_utc(time_msc: int, offset_seconds: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=utc_ms)
 
 
+def _deal_time_msc(deal: Mt5Deal) -> int:
+    """The deal's server time in milliseconds; `time` and `time_msc` must name the same second."""
+    if deal.time == 0 and deal.time_msc == 0:
+        raise InvalidEvent("invalid_deal", "a deal needs a time")
+    if deal.time_msc == 0:
+        return deal.time * 1000
+    if abs(deal.time_msc // 1000 - deal.time) > 1:
+        raise InvalidEvent(
+            "invalid_deal", f"time {deal.time} and time_msc {deal.time_msc} disagree"
+        )
+    return deal.time_msc
+
+
 def _map_deal(deal: Mt5Deal, prefix: str, offset: int) -> Fill | CashMovement:
-    time_msc = deal.time_msc or deal.time * 1000
+    time_msc = _deal_time_msc(deal)
     executed_at = server_time_to_utc(time_msc, offset)
     key = f"{prefix}:deal:{deal.ticket}"
     if deal.type in CASH_KINDS:
         return CashMovement(
             movement_key=key,
             kind=CASH_KINDS[deal.type],
-            amount=deal.profit,
+            # Balance operations carry their amount in profit; any charge on them counts too.
+            amount=deal.profit + deal.commission + deal.swap + deal.fee,
             executed_at=executed_at,
             broker_time=str(time_msc),
             broker_ref=str(deal.ticket),
             comment=deal.comment or None,
         )
-    if deal.type not in _SIDES:
+    side = _SIDES.get(deal.type) or _CANCELLED_SIDES.get(deal.type)
+    if side is None:
         raise InvalidEvent("unknown_deal_type", f"deal type {deal.type} is not known")
     if not deal.symbol:
         raise InvalidEvent("invalid_deal", "a trade deal needs a symbol")
@@ -163,7 +179,7 @@ def _map_deal(deal: Mt5Deal, prefix: str, offset: int) -> Fill | CashMovement:
         fill_key=key,
         position_key=f"{prefix}:{deal.position_id}",
         symbol=deal.symbol,
-        side=_SIDES[deal.type],
+        side=side,
         entry=_ENTRIES[deal.entry],
         volume=deal.volume,
         price=deal.price,
@@ -176,6 +192,7 @@ def _map_deal(deal: Mt5Deal, prefix: str, offset: int) -> Fill | CashMovement:
         broker_ref=str(deal.ticket),
         order_ref=str(deal.order) if deal.order else None,
         comment=deal.comment or None,
+        cancelled=deal.type in _CANCELLED_SIDES,
     )
 
 
@@ -221,6 +238,9 @@ def map_event(event: RawEvent) -> Mapping:
         balance=webhook.account.balance,
         equity=webhook.account.equity,
         as_of=event.sent_at or event.received_at,
+        deals_through=max(
+            [f.executed_at for f in fills] + [c.executed_at for c in cash], default=None
+        ),
     )
     batch = CanonicalBatch(
         event_id=event.event_id,
