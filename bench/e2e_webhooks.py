@@ -1,6 +1,7 @@
 """End-to-end benchmark: signed MT5 webhooks through the dev stack into the journal.
 
-Measures webhook-to-row latency (client send -> the writer's commit, from `sync_events`) and
+Measures webhook-to-row latency (client send -> the writer's commit, from the commit timestamp
+of the event's `sync_events` row) and
 throughput, and a baseline in the same run on the same broker: the same payloads produced to and
 consumed from a bare topic. Prints one JSON object; the ratio is what to compare across machines.
 
@@ -66,7 +67,9 @@ async def _prepare(stack: DevStack, connections: int, events: int) -> list[Deliv
     return interleaved[:events]
 
 
-async def _drive(stack: DevStack, deliveries: list[Delivery], concurrency: int) -> dict[str, float]:
+async def _drive(
+    stack: DevStack, deliveries: list[Delivery], concurrency: int
+) -> tuple[dict[str, float], str]:
     env = stack.env()
     sent_at: dict[str, float] = {}
     queue: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -89,14 +92,19 @@ async def _drive(stack: DevStack, deliveries: list[Delivery], concurrency: int) 
         for connection_id in {d.connection.connection_id for d in deliveries}:
             expected = sum(1 for d in deliveries if d.connection.connection_id == connection_id)
             await wait_for_events(conn, connection_id, expected, wait_seconds=120)
+        # When the writer's transaction committed, where the server records it; otherwise the
+        # row's insert time, which is earlier than the commit by the rest of the transaction.
+        committed = await conn.fetchval("SHOW track_commit_timestamp") == "on"
+        written = "pg_xact_commit_timestamp(xmin)" if committed else "recorded_at"
         rows = await conn.fetch(
-            "SELECT event_id::text, extract(epoch FROM recorded_at)::float8 AS at"
+            f"SELECT event_id::text, extract(epoch FROM {written})::float8 AS at"  # noqa: S608
             " FROM sync_events WHERE event_id = ANY($1::uuid[])",
             list(sent_at),
         )
     finally:
         await conn.close()
-    return {row["event_id"]: row["at"] - sent_at[row["event_id"]] for row in rows}
+    latencies = {row["event_id"]: row["at"] - sent_at[row["event_id"]] for row in rows}
+    return latencies, "commit" if committed else "insert"
 
 
 async def _kafka_baseline(bootstrap: str, bodies: list[bytes]) -> float:
@@ -128,7 +136,7 @@ async def _kafka_baseline(bootstrap: str, bodies: list[bytes]) -> float:
 async def _measure(stack: DevStack, args: argparse.Namespace) -> dict[str, object]:
     deliveries = await _prepare(stack, args.connections, args.events)
     started = time.perf_counter()
-    latencies = await _drive(stack, deliveries, args.concurrency)
+    latencies, measured_to = await _drive(stack, deliveries, args.concurrency)
     seconds = time.perf_counter() - started
     baseline = await _kafka_baseline(
         stack.env()["KAFKA_BOOTSTRAP_SERVERS"], [d.body for d in deliveries]
@@ -146,6 +154,7 @@ async def _measure(stack: DevStack, args: argparse.Namespace) -> dict[str, objec
             "p50": round(_percentile(values_ms, 0.50), 1),
             "p99": round(_percentile(values_ms, 0.99), 1),
             "mean": round(statistics.fmean(values_ms), 1),
+            "to": measured_to,
         },
         "baseline": {"name": "bare_kafka_produce_consume", "events_per_s": round(baseline, 1)},
         "ratio_to_baseline": round(throughput / baseline, 4),

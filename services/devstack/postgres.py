@@ -127,6 +127,9 @@ class EmbeddedPostgres(LocalServer):
                     "full_page_writes=off",
                     "-c",
                     "max_connections=200",
+                    # Commit times, for measuring webhook-to-row latency (bench/).
+                    "-c",
+                    "track_commit_timestamp=on",
                 ],
                 stdout=log,
                 stderr=log,
