@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import traceback
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import partial
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import RecordMetadata
@@ -13,13 +14,17 @@ from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
 from services.normalizer.mappers import Mapping, mapper_for
-from services.shared.dead_letters import DeadLetterPublisher
+from services.shared.dead_letters import DeadLetterPublisher, ItemRejection
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
 from services.shared.logging import get_logger
 from services.shared.messaging import process_span, record_delivery, start_send_span
 
 _log = get_logger("poscal.normalizer")
+
+# The reason code of an event whose items were only partly mapped; each item's own code is
+# in the dead letter's `rejections`.
+REJECTED_ITEMS = "rejected_items"
 
 
 def normalize(event: RawEvent) -> Mapping:
@@ -37,6 +42,25 @@ def normalize(event: RawEvent) -> Mapping:
         ) from exc
 
 
+def describe_rejections(mapping: Mapping) -> str:
+    """`3 items rejected (37 mapped): invalid_deal x2, unknown_deal_type x1`."""
+    counts = Counter(r.code for r in mapping.rejected)
+    by_code = ", ".join(
+        f"{code} x{n}" for code, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+    )
+    mapped = len(mapping.batch.fills) + len(mapping.batch.cash_movements)
+    noun = "item" if len(mapping.rejected) == 1 else "items"
+    return f"{len(mapping.rejected)} {noun} rejected ({mapped} mapped): {by_code}"
+
+
+def item_rejections(mapping: Mapping) -> tuple[ItemRejection, ...]:
+    """The mapper's rejections as the dead letter lists them."""
+    return tuple(
+        ItemRejection(index=r.index, code=r.code, detail=r.detail, item=r.item)
+        for r in mapping.rejected
+    )
+
+
 class Normalizer:
     def __init__(
         self,
@@ -52,23 +76,20 @@ class Normalizer:
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         # Sends are pipelined: all enqueued, then every acknowledgement awaited before the loop
-        # may commit. Order per partition is kept by the producer.
-        pending: list[_PendingSend] = []
+        # may commit. Order per partition is kept by the producer. Each send's span ends when
+        # its delivery settles, so a batch abandoned part-way leaves no span open.
+        deliveries: list[asyncio.Future[RecordMetadata]] = []
         for record in records:
             with process_span(record, self._group):
                 mapping = await self._map(record)
                 if mapping is not None:
-                    pending.append(await self._enqueue(mapping))
+                    deliveries.append(await self._enqueue(mapping))
         failure: BaseException | None = None
-        for send in pending:
+        for delivery in deliveries:
             try:
-                metadata = await send.delivery
-                record_delivery(send.span, metadata.partition, metadata.offset)
+                await delivery
             except Exception as exc:
                 failure = failure or exc
-                send.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            finally:
-                send.span.end()
         if failure is not None:
             raise TransientError(f"canonical batch not acknowledged: {failure!r}") from failure
 
@@ -83,18 +104,21 @@ class Normalizer:
         except InvalidEvent as exc:
             await self._dead_letters.reject(record, exc.code, exc.detail, str(event.event_id))
             return None
-        for rejection in mapping.rejected:
-            await self._dead_letters.publish(
+        if mapping.rejected:
+            # One letter for the event, however many of its items were refused: the valid
+            # ones still go on, and the budget counts this event once.
+            await self._dead_letters.reject(
                 record,
-                rejection.code,
-                f"item {rejection.index}: {rejection.detail}",
-                event_id=str(event.event_id),
-                item=rejection.item,
+                REJECTED_ITEMS,
+                describe_rejections(mapping),
+                str(event.event_id),
+                rejections=item_rejections(mapping),
             )
-        self._dead_letters.accepted()
+        else:
+            self._dead_letters.accepted()
         return mapping
 
-    async def _enqueue(self, mapping: Mapping) -> _PendingSend:
+    async def _enqueue(self, mapping: Mapping) -> asyncio.Future[RecordMetadata]:
         key = str(mapping.batch.connection.connection_id)
         headers: list[tuple[str, bytes]] = [
             ("poscal-event-id", str(mapping.batch.event_id).encode())
@@ -102,19 +126,36 @@ class Normalizer:
         span = start_send_span(self._topic, key, headers)
         span.set_attribute("poscal.fills", len(mapping.batch.fills))
         try:
-            delivery = await self._producer.send(
+            delivery: asyncio.Future[RecordMetadata] = await self._producer.send(
                 self._topic,
                 mapping.batch.model_dump_json().encode(),
                 key=key.encode(),
                 headers=headers,
             )
         except Exception as exc:
-            span.end()
+            _end_failed(span, exc)
             raise TransientError(f"canonical batch not enqueued: {exc!r}") from exc
-        return _PendingSend(span, delivery)
+        except BaseException as exc:  # cancelled while waiting for buffer space
+            _end_failed(span, exc)
+            raise
+        delivery.add_done_callback(partial(_end_on_delivery, span))
+        return delivery
 
 
-@dataclass(frozen=True)
-class _PendingSend:
-    span: Span
-    delivery: asyncio.Future[RecordMetadata]
+def _end_on_delivery(span: Span, delivery: asyncio.Future[RecordMetadata]) -> None:
+    """Ends a send's span as its delivery settled, whether or not anyone still awaits it. The
+    producer settles every send it accepted: acknowledged, failed, or timed out (its stop
+    flushes first)."""
+    if delivery.cancelled():
+        _end_failed(span, asyncio.CancelledError())
+    elif (exc := delivery.exception()) is not None:
+        _end_failed(span, exc)
+    else:
+        metadata = delivery.result()
+        record_delivery(span, metadata.partition, metadata.offset)
+        span.end()
+
+
+def _end_failed(span: Span, exc: BaseException) -> None:
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    span.end()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -15,9 +16,30 @@ from services.shared.logging import get_logger
 Stage = Literal["normalizer", "writer"]
 _log = get_logger("poscal.dead_letters")
 
+# Kafka's default message limit (broker `message.max.bytes`, producer `max_request_size`) is
+# 1 MiB; the headroom covers the key, the copied headers and the record's framing.
+MAX_DEAD_LETTER_BYTES = 1024 * 1024 - 64 * 1024
+
+
+class ItemRejection(BaseModel):
+    """One item of a message that was set aside while the rest of the message went on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    code: str
+    detail: str
+    item: Any = None
+
 
 class DeadLetter(BaseModel):
-    """A message that could not be processed, with why, and exactly where it came from."""
+    """A message that could not be processed, with why, and exactly where it came from.
+
+    One letter per message, carrying the message once: either the whole message was refused
+    (no `rejections`), or only some of its items were, listed in `rejections`. A letter that
+    would be too large for the topic keeps only the first rejections that fit, marked
+    `rejections_truncated`; `rejected_count` and `reason` still count them all.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -31,8 +53,58 @@ class DeadLetter(BaseModel):
     offset: int
     key: str | None
     event_id: str | None = None
-    item: Any = None
+    rejected_count: int = 0
+    rejections: tuple[ItemRejection, ...] = ()
+    rejections_truncated: bool = False
     value_b64: str
+
+
+def dead_letter(
+    record: ConsumerRecord,
+    *,
+    stage: Stage,
+    reason_code: str,
+    reason: str,
+    failed_at: datetime,
+    event_id: str | None = None,
+    rejections: Sequence[ItemRejection] = (),
+) -> DeadLetter:
+    """The letter for `record`, refused as a whole or, with `rejections`, in some items."""
+    return DeadLetter(
+        stage=stage,
+        reason_code=reason_code,
+        reason=reason[:4000],
+        failed_at=failed_at,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+        event_id=event_id,
+        rejected_count=len(rejections),
+        rejections=tuple(rejections),
+        value_b64=base64.b64encode(record.value or b"").decode("ascii"),
+    )
+
+
+def fit_to_size(letter: DeadLetter, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> DeadLetter:
+    """The letter as it can be sent: if larger than `max_bytes`, its rejections are cut to the
+    first ones that fit. A letter too large to send would block its partition for good."""
+    if _size(letter) <= max_bytes:
+        return letter
+    bare = letter.model_copy(update={"rejections": (), "rejections_truncated": True})
+    room = max_bytes - _size(bare)
+    kept: list[ItemRejection] = []
+    for rejection in letter.rejections:
+        cost = _size(rejection) + (1 if kept else 0)  # and the comma before it
+        if cost > room:
+            break
+        kept.append(rejection)
+        room -= cost
+    return bare.model_copy(update={"rejections": tuple(kept)})
+
+
+def _size(model: BaseModel) -> int:
+    return len(model.model_dump_json().encode())
 
 
 class DeadLetterBudgetExceeded(PermanentError):
@@ -62,56 +134,69 @@ class DeadLetterPublisher:
     """Sends dead letters (acknowledged before returning) and keeps the budget of a consumer."""
 
     def __init__(
-        self, producer: AIOKafkaProducer, topic: str, stage: Stage, budget: DeadLetterBudget
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        stage: Stage,
+        budget: DeadLetterBudget,
+        max_bytes: int = MAX_DEAD_LETTER_BYTES,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._stage = stage
         self._budget = budget
+        self._max_bytes = max_bytes
 
     async def reject(
-        self, record: ConsumerRecord, reason_code: str, reason: str, event_id: str | None = None
+        self,
+        record: ConsumerRecord,
+        reason_code: str,
+        reason: str,
+        event_id: str | None = None,
+        *,
+        rejections: Sequence[ItemRejection] = (),
     ) -> None:
-        """Set a whole message aside: log it, dead-letter it, count it against the budget."""
+        """Set a message aside, whole or (with `rejections`) in some of its items: log it,
+        send one dead letter for it, and count that one letter against the budget."""
         _log.warning(
             "message dead-lettered",
             stage=self._stage,
             reason_code=reason_code,
             reason=reason[:500],
+            rejected_count=len(rejections),
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
         )
-        await self.publish(record, reason_code, reason, event_id=event_id)
+        letter = dead_letter(
+            record,
+            stage=self._stage,
+            reason_code=reason_code,
+            reason=reason,
+            failed_at=datetime.now(UTC),
+            event_id=event_id,
+            rejections=rejections,
+        )
+        sendable = fit_to_size(letter, self._max_bytes)
+        if sendable.rejections_truncated:
+            _log.warning(
+                "dead letter's rejections truncated to fit the topic",
+                kept=len(sendable.rejections),
+                rejected_count=sendable.rejected_count,
+                max_bytes=self._max_bytes,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        await self._send(record, sendable)
         self._budget.record_invalid()
 
     def accepted(self) -> None:
         """A message was processed: the run of invalid ones is over."""
         self._budget.record_valid()
 
-    async def publish(
-        self,
-        record: ConsumerRecord,
-        reason_code: str,
-        reason: str,
-        *,
-        event_id: str | None = None,
-        item: Any = None,
-    ) -> None:
-        letter = DeadLetter(
-            stage=self._stage,
-            reason_code=reason_code,
-            reason=reason[:4000],
-            failed_at=datetime.now(UTC),
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key.decode("utf-8", "replace") if record.key is not None else None,
-            event_id=event_id,
-            item=item,
-            value_b64=base64.b64encode(record.value or b"").decode("ascii"),
-        )
-        headers = [*(record.headers or ()), ("poscal-reason-code", reason_code.encode())]
+    async def _send(self, record: ConsumerRecord, letter: DeadLetter) -> None:
+        headers = [*(record.headers or ()), ("poscal-reason-code", letter.reason_code.encode())]
         try:
             await self._producer.send_and_wait(
                 self._topic, letter.model_dump_json().encode(), key=record.key, headers=headers
