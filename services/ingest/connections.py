@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -9,11 +10,24 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import ConnectionRef
+from services.shared.errors import TransientError
 from services.shared.vault import CredentialVault
 
 WEBHOOK_SECRET_KIND = "webhook_secret"  # noqa: S105 - a credential kind, not a secret
 _ACCEPTING = ("active", "error")
+# What an unreachable or failing database raises: refused, reset, timed out, pool closed.
+_DATABASE_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class UnreadableSecret(Exception):
+    """A connection's stored webhook secret does not open: the master key is not the one it was
+    sealed under, or the row was tampered with. Carries the connection id, never the secret."""
+
+    def __init__(self, connection_id: uuid.UUID) -> None:
+        super().__init__(f"the webhook secret of connection {connection_id} cannot be decrypted")
+        self.connection_id = connection_id
 
 
 @dataclass(frozen=True)
@@ -28,18 +42,35 @@ class VerifiableConnection:
 class ConnectionDirectory:
     """Connections that may deliver webhooks, cached briefly (misses too, against id spraying)."""
 
-    def __init__(self, pool: asyncpg.Pool, vault: CredentialVault, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        vault: CredentialVault,
+        ttl_seconds: float,
+        timeout_seconds: float = 5.0,
+    ) -> None:
         self._pool = pool
         self._vault = vault
         self._ttl = ttl_seconds
+        # Bounds waiting for a pooled connection too: a sender gets a 503 well before it gives up.
+        self._timeout = timeout_seconds
         self._cache: dict[uuid.UUID, tuple[float, VerifiableConnection | None]] = {}
 
     async def find(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
+        """The connection, or None if it is unknown or not accepting webhooks.
+
+        Raises UnreadableSecret if its secret does not decrypt, and TransientError if the
+        database cannot answer; neither is cached.
+        """
         now = time.monotonic()
         cached = self._cache.get(connection_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        found = await self._load(connection_id)
+        try:
+            async with asyncio.timeout(self._timeout):
+                found = await self._load(connection_id)
+        except _DATABASE_FAILURES as exc:
+            raise TransientError(f"connection lookup failed: {type(exc).__name__}") from exc
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[connection_id] = (now + self._ttl, found)
@@ -55,9 +86,12 @@ class ConnectionDirectory:
             )
             if row is None:
                 return None
-            keys = await self._vault.open_active(
-                conn, connection_id, WEBHOOK_SECRET_KIND, datetime.now(UTC)
-            )
+            try:
+                keys = await self._vault.open_active(
+                    conn, connection_id, WEBHOOK_SECRET_KIND, datetime.now(UTC)
+                )
+            except (DecryptionFailed, LookupError) as exc:  # LookupError: its data key is gone
+                raise UnreadableSecret(connection_id) from exc
         ref = ConnectionRef(
             connection_id=row["id"],
             user_id=row["user_id"],

@@ -1,9 +1,11 @@
 """What ingest answers when it refuses a delivery, mapped to HTTP in one place (app.py).
 
 IngestRefusal
- ├── Unauthorized      401: unknown connection or failed verification (indistinguishable)
+ ├── Unauthorized      401: unknown connection, a secret that does not decrypt, or failed
+ │                     verification (indistinguishable to the sender)
  ├── PayloadTooLarge   413
- └── Unavailable       503: the event could not be made durable; the sender should retry
+ └── Unavailable       503: the connection could not be looked up or the event could not be
+                       made durable; the sender should retry
 """
 
 from __future__ import annotations

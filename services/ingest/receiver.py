@@ -7,15 +7,19 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
-from services.ingest.connections import VerifiableConnection
+from services.ingest.connections import UnreadableSecret, VerifiableConnection
 from services.ingest.errors import Unauthorized, Unavailable
 from services.ingest.signatures import SignatureRejected, check_timestamp, parse_headers, verify
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
+from services.shared.logging import get_logger
+
+_log = get_logger("poscal.ingest")
 
 
 class ConnectionLookup(Protocol):
-    async def find(self, connection_id: uuid.UUID) -> VerifiableConnection | None: ...
+    async def find(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
+        """None if unknown; raises UnreadableSecret or, if it cannot answer, TransientError."""
 
 
 class EventSink(Protocol):
@@ -49,7 +53,19 @@ class WebhookReceiver:
             parsed_id = uuid.UUID(connection_id)
         except ValueError:
             raise Unauthorized("unknown_connection") from None
-        connection = await self._connections.find(parsed_id)
+        try:
+            connection = await self._connections.find(parsed_id)
+        except UnreadableSecret as exc:
+            # Our fault, not the sender's, but a sender must not learn which connections exist:
+            # the same 401 as an unknown one, and an error for whoever runs the service.
+            _log.error(
+                "webhook secret does not decrypt: is the master key the one it was sealed under?",
+                connection_id=str(exc.connection_id),
+                cause=type(exc.__cause__).__name__,
+            )
+            raise Unauthorized("unreadable_secret") from None
+        except TransientError as exc:
+            raise Unavailable(str(exc)) from exc
         if connection is None or connection.ref.broker != broker:
             raise Unauthorized("unknown_connection")
         try:

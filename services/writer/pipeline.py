@@ -4,7 +4,6 @@ the consume loop only after that transaction has committed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
@@ -19,23 +18,11 @@ from services.shared.dead_letters import DeadLetterPublisher
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
 from services.shared.messaging import start_process_span
+from services.writer.failures import Disposition, StopWriting, classify_database_failure
 from services.writer.repository import EventOutcome, JournalRepository
 
 _log = get_logger("poscal.writer")
 _tracer = trace.get_tracer("poscal.writer")
-
-_TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.QueryCanceledError,
-    asyncpg.exceptions.AdminShutdownError,
-    OSError,
-    asyncio.TimeoutError,
-)
 
 
 class Writer:
@@ -109,10 +96,24 @@ class Writer:
         try:
             async with self._pool.acquire() as conn:
                 return await self._repository.apply(conn, batches)
-        except _TRANSIENT_DB_ERRORS as exc:
-            raise TransientError(f"database unavailable: {type(exc).__name__}") from exc
-        except asyncpg.PostgresError as exc:
-            raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            sqlstate: str | None = getattr(exc, "sqlstate", None)
+            match classify_database_failure(exc):
+                case Disposition.RETRY:
+                    raise TransientError(
+                        f"database unavailable: {type(exc).__name__} (SQLSTATE {sqlstate})"
+                    ) from exc
+                case Disposition.DEAD_LETTER:
+                    raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
+                case Disposition.STOP:
+                    _log.error(
+                        "writer stopping: a failure no retry or dead letter can fix; nothing "
+                        "committed or dead-lettered, fix the cause and restart",
+                        sqlstate=sqlstate,
+                        error=type(exc).__name__,
+                        detail=str(exc)[:500],
+                    )
+                    raise StopWriting(sqlstate, f"{type(exc).__name__}: {exc}") from exc
 
 
 def _annotate(span: Span, outcome: EventOutcome) -> None:

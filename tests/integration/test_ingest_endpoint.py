@@ -3,21 +3,27 @@ exactly as received; anything unverifiable is refused with 401 and publishes not
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from structlog.testing import capture_logs
 
 from services.devstack.demo import encode_body, signed_headers
+from services.devstack.ports import free_port
 from services.ingest.app import IngestWiring, create_app
 from services.ingest.connections import ConnectionDirectory
 from services.ingest.publisher import RawEventPublisher
+from services.ingest.receiver import ConnectionLookup
 from services.ingest.settings import IngestSettings
+from services.shared.crypto import LocalKeyEncryptionKey, new_master_key_base64
+from services.shared.database import create_pool
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from services.shared.kafka import create_producer
@@ -235,3 +241,108 @@ async def test_ready_only_when_postgres_and_kafka_answer(
         not_ready = await client.get("/readyz")
         alive = await client.get("/healthz")
     assert (not_ready.status_code, alive.status_code) == (503, 200)
+
+
+async def _deliver_signed(
+    connections: ConnectionLookup,
+    connection: TestConnection,
+    sink: RawEventPublisher,
+    settings: IngestSettings,
+    url: str | None = None,
+) -> httpx.Response:
+    """One correctly signed delivery for `connection`, to an app looking connections up there."""
+    app = create_app(settings, IngestWiring(connections, sink))
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+        ) as client,
+    ):
+        return await client.post(
+            url or f"/v1/webhooks/mt5/{connection.created.connection_id}",
+            content=body,
+            headers=signed_headers(connection.created.webhook_secret, "msg_7", body),
+        )
+
+
+async def test_a_secret_that_does_not_decrypt_gets_the_401_of_an_unknown_connection(
+    pool: asyncpg.Pool,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+    kafka_bootstrap: str,
+) -> None:
+    # Started with another master key than the one the secret was sealed under.
+    wrong_key = CredentialVault(LocalKeyEncryptionKey.from_base64(new_master_key_base64()))
+    directory = ConnectionDirectory(pool, wrong_key, ttl_seconds=0)
+    sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
+    settings = _settings(master_key, database_url, kafka_bootstrap)
+    with capture_logs() as logs:
+        undecryptable = await _deliver_signed(directory, connection, sink, settings)
+    unknown = await _deliver_signed(
+        directory, connection, sink, settings, url=f"/v1/webhooks/mt5/{uuid.uuid4()}"
+    )
+    assert undecryptable.status_code == unknown.status_code == 401
+    assert undecryptable.json() == unknown.json()
+    assert await read_topic(kafka_bootstrap, topics.raw, expect=0, wait_seconds=1) == []
+    [error] = [entry for entry in logs if entry["log_level"] == "error"]
+    assert error["connection_id"] == str(connection.created.connection_id)
+    secret = connection.created.webhook_secret
+    assert secret not in repr(logs) and secret.split("_")[-1] not in repr(logs)
+
+
+@contextlib.asynccontextmanager
+async def _refusing_connections(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Postgres is down: nothing listens where the pool connects."""
+    pool = await create_pool(f"postgresql://poscal@127.0.0.1:{free_port()}/poscal", min_size=0)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _closed(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The pool was closed under the app (shutdown racing a request)."""
+    pool = await create_pool(database_url, min_size=0, max_size=1)
+    await pool.close()
+    yield pool
+
+
+@contextlib.asynccontextmanager
+async def _exhausted(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Every pooled connection is busy for longer than a lookup may wait."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire():
+            yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("outage", [_refusing_connections, _closed, _exhausted])
+async def test_a_database_outage_gets_503_with_retry_after_and_publishes_nothing(
+    outage: Callable[[str], contextlib.AbstractAsyncContextManager[asyncpg.Pool]],
+    vault: CredentialVault,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+    kafka_bootstrap: str,
+) -> None:
+    sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
+    settings = _settings(master_key, database_url, kafka_bootstrap)
+    async with outage(database_url) as unavailable:
+        directory = ConnectionDirectory(unavailable, vault, ttl_seconds=0, timeout_seconds=0.5)
+        response = await _deliver_signed(directory, connection, sink, settings)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json() == {
+        "error": "unavailable",
+        "detail": "the event could not be stored; retry later",
+    }
+    assert await read_topic(kafka_bootstrap, topics.raw, expect=0, wait_seconds=1) == []

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from services.devstack.demo import encode_body
-from services.normalizer.pipeline import Normalizer
+from services.normalizer.pipeline import Normalizer, normalize
 from services.shared.canonical import CanonicalBatch
 from services.shared.consuming import consume_batches
-from services.shared.database import Connection
+from services.shared.database import Connection, create_pool
 from services.shared.dead_letters import (
+    MAX_DEAD_LETTER_BYTES,
     DeadLetter,
     DeadLetterBudget,
     DeadLetterBudgetExceeded,
@@ -26,6 +29,8 @@ from services.shared.dead_letters import (
 from services.shared.kafka import create_consumer, create_producer
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
+from services.writer.failures import StopWriting
+from services.writer.pipeline import Writer
 from services.writer.repository import EventOutcome, JournalRepository
 from tests.support.builders import (
     TestConnection,
@@ -98,12 +103,13 @@ async def test_an_invalid_event_is_dead_lettered_with_its_reason_and_the_partiti
     assert envelope_letter.value_b64  # the original bytes, so it can be replayed after a fix
 
 
-async def test_a_bad_deal_is_dead_lettered_while_the_valid_deals_beside_it_are_written(
+async def test_bad_deals_are_one_dead_letter_while_the_valid_deals_beside_them_are_written(
     kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
 ) -> None:
     deals = fixture_deals()
     broken = {**deals[1], "ticket": 999, "volume": "lots"}
-    body = encode_body(mt5_body(connection.login, [deals[0], broken, deals[1], deals[2]]))
+    unknown = {**deals[1], "ticket": 998, "type": 99}
+    body = encode_body(mt5_body(connection.login, [deals[0], broken, deals[1], unknown, deals[2]]))
     async with running_pipeline(kafka_bootstrap, pool, topics) as pipeline:
         await pipeline.send_raw(raw_event(connection, body))
         [row] = await _wait_for_journal(pool, connection, "closed")
@@ -112,9 +118,33 @@ async def test_a_bad_deal_is_dead_lettered_while_the_valid_deals_beside_it_are_w
         DeadLetter.model_validate_json(r.value)
         for r in await read_topic(kafka_bootstrap, topics.dead_letter, expect=1)
     ]
-    assert letter.reason_code == "invalid_deal"
-    assert letter.reason.startswith("item 1: volume")
-    assert letter.item["ticket"] == 999
+    assert letter.reason_code == "rejected_items"
+    assert letter.reason == "2 items rejected (3 mapped): invalid_deal x1, unknown_deal_type x1"
+    assert [(r.index, r.code, r.item["ticket"]) for r in letter.rejections] == [
+        (1, "invalid_deal", 999),
+        (3, "unknown_deal_type", 998),
+    ]
+    assert letter.rejections[0].detail.startswith("volume")
+
+
+async def test_a_dead_letter_too_large_for_the_broker_is_cut_to_fit_and_the_partition_moves_on(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    deals = fixture_deals()
+    # A webhook over ingest's default limit: its raw copy alone is ~60% of a Kafka message.
+    bad = [{**deals[0], "ticket": 10_000 + i, "volume": "lots"} for i in range(1300)]
+    oversized = raw_event(connection, encode_body(mt5_body(connection.login, bad)))
+    after = raw_event(connection, encode_body(mt5_body(connection.login, deals)))
+    async with running_pipeline(kafka_bootstrap, pool, topics) as pipeline:
+        await pipeline.send_raw(oversized)
+        await pipeline.send_raw(after)
+        await _wait_for_journal(pool, connection, "closed")
+    [record] = await read_topic(kafka_bootstrap, topics.dead_letter, expect=1)
+    letter = DeadLetter.model_validate_json(record.value)
+    assert letter.event_id == str(oversized.event_id)
+    assert letter.rejections_truncated and letter.rejected_count == 1300
+    assert 0 < len(letter.rejections) < 1300
+    assert len(record.value) <= MAX_DEAD_LETTER_BYTES
 
 
 class FailingOnce(JournalRepository):
@@ -255,3 +285,50 @@ async def test_too_many_invalid_messages_in_a_row_stop_the_consumer_without_comm
         assert await committed_offset(kafka_bootstrap, f"budget-{topics.raw}", topics.raw) == 0
     finally:
         await asyncio.gather(consumer.stop(), producer.stop())
+
+
+async def test_a_writer_the_database_refuses_stops_without_committing_or_dead_lettering(
+    kafka_bootstrap: str,
+    database_url: str,
+    pool: asyncpg.Pool,
+    topics: Topics,
+    connection: TestConnection,
+) -> None:
+    # The writer runs as a role of its own with no grants: every write is refused (42501), as
+    # after a botched deploy. Dead-lettering would lose every event; retrying would hide it.
+    role = f"writer_without_grants_{uuid.uuid4().hex[:8]}"
+    group = f"refused-{topics.canonical}"
+    canonical = normalize(
+        raw_event(connection, encode_body(mt5_body(connection.login, fixture_deals())))
+    )
+    await pool.execute(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        refused = await create_pool(database_url, max_size=2, server_settings={"role": role})
+        producer = create_producer(kafka_bootstrap, "test-refused")
+        consumer = create_consumer(kafka_bootstrap, topics.canonical, group, "t", 2000)
+        await asyncio.gather(producer.start(), consumer.start())
+        try:
+            await producer.send_and_wait(
+                topics.canonical, canonical.batch.model_dump_json().encode(), key=b"k"
+            )
+            writer = Writer(
+                refused,
+                JournalRepository(),
+                DeadLetterPublisher(producer, topics.dead_letter, "writer", DeadLetterBudget(100)),
+                group,
+            )
+            with capture_logs() as logs, pytest.raises(StopWriting) as stopped:
+                await asyncio.wait_for(
+                    consume_batches(consumer, writer, asyncio.Event(), max_records=10), 20
+                )
+        finally:
+            await asyncio.gather(consumer.stop(), producer.stop(), refused.close())
+    finally:
+        await pool.execute(f'DROP ROLE "{role}"')
+    assert stopped.value.sqlstate == "42501"
+    assert [(x["log_level"], x["sqlstate"]) for x in logs if "stopping" in x["event"]] == [
+        ("error", "42501")
+    ]
+    assert await committed_offset(kafka_bootstrap, group, topics.canonical) == 0
+    assert await read_topic(kafka_bootstrap, topics.dead_letter, expect=0, wait_seconds=0.5) == []
+    assert await _journal(pool, connection) == []
