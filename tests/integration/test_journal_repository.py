@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.cli.connections import create_connection, create_user
+from services.cli.connections import create_user
 from services.devstack.demo import encode_body
 from services.normalizer.mappers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
@@ -23,6 +23,7 @@ from services.writer.repository import JournalRepository
 from tests.support.builders import (
     SERVER,
     TestConnection,
+    connect_account,
     fixture_deals,
     mt5_body,
     raw_event,
@@ -336,18 +337,7 @@ async def reconnect(
     """The old connection deleted, the same broker account connected again by `user_id`."""
     async with pool.acquire() as conn:
         await conn.execute("DELETE FROM mt5_connections WHERE id = $1", old.created.connection_id)
-        created = await create_connection(
-            conn,
-            vault,
-            user_id=user_id,
-            broker="mt5",
-            connection_type="demo",
-            account_number=str(old.login),
-            server=SERVER,
-            label="reconnected",
-            ingest_url="http://127.0.0.1:8080",
-        )
-    return TestConnection(user_id, old.login, created)
+        return await connect_account(conn, vault, user_id, old.login)
 
 
 async def test_a_reconnected_account_takes_its_journal_rows_back(

@@ -73,8 +73,20 @@ async def new_connection(
     vault: CredentialVault,
     ingest_url: str = "http://127.0.0.1:8080",
 ) -> TestConnection:
-    login = next(_logins)
+    """A new user with one MT5 demo connection to a new account."""
     user_id = await create_user(conn, f"trader-{uuid.uuid4().hex[:10]}@poscal.test")
+    return await connect_account(conn, vault, user_id, next(_logins), ingest_url=ingest_url)
+
+
+async def connect_account(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    vault: CredentialVault,
+    user_id: uuid.UUID,
+    login: int,
+    *,
+    ingest_url: str = "http://127.0.0.1:8080",
+) -> TestConnection:
+    """The user's MT5 demo connection to account `login` on the test server."""
     created = await create_connection(
         conn,
         vault,
@@ -87,6 +99,19 @@ async def new_connection(
         ingest_url=ingest_url,
     )
     return TestConnection(user_id, login, created)
+
+
+# A connection as a mapper sees it, for pure tests with no database.
+PINNED_LOGIN = 52557820
+PINNED_CONNECTION = ConnectionRef(
+    connection_id=uuid.UUID("0b6f3c52-5d0e-4f57-9a7e-3f1b1c2d4e5f"),
+    user_id=uuid.UUID("1c7a4d63-6e1f-4a68-8b8f-4a2c2d3e5f60"),
+    account_id=uuid.UUID("2d8b5e74-7f20-4b79-9c90-5b3d3e4f6071"),
+    broker="mt5",
+    connection_type="demo",
+    account_number=str(PINNED_LOGIN),
+    server=SERVER,
+)
 
 
 def raw_event(

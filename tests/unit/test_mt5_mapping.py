@@ -6,7 +6,6 @@ Expected values come from the shared fixture's `derived_closed_trade`, not from 
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,22 +18,14 @@ from services.normalizer.mappers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
-from tests.support.builders import FIXTURES
+from tests.support.builders import FIXTURES, PINNED_CONNECTION
 
 LOGIN, SERVER = 52557820, "Broker-Demo"
 PREFIX = f"mt5:{SERVER}:{LOGIN}"
 GMT_PLUS_3 = 10800
 SENT_AT = datetime(2024, 6, 4, 9, 0, 5, tzinfo=UTC)
 RECEIVED_AT = SENT_AT + timedelta(milliseconds=250)
-CONNECTION = ConnectionRef(
-    connection_id=uuid.UUID("0b6f3c52-5d0e-4f57-9a7e-3f1b1c2d4e5f"),
-    user_id=uuid.UUID("1c7a4d63-6e1f-4a68-8b8f-4a2c2d3e5f60"),
-    account_id=uuid.UUID("2d8b5e74-7f20-4b79-9c90-5b3d3e4f6071"),
-    broker="mt5",
-    connection_type="demo",
-    account_number=str(LOGIN),
-    server=SERVER,
-)
+CONNECTION = PINNED_CONNECTION.model_copy(update={"server": SERVER})
 
 
 def fixture() -> dict[str, Any]:

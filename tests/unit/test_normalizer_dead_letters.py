@@ -31,20 +31,12 @@ from services.shared.dead_letters import (
     DeadLetterBudgetExceeded,
     DeadLetterPublisher,
 )
-from services.shared.envelope import ConnectionRef, RawEvent
+from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
-from tests.support.builders import SERVER, fixture_deals, mt5_body
+from tests.support.builders import PINNED_CONNECTION, PINNED_LOGIN, fixture_deals, mt5_body
 
-LOGIN = 52557820
-CONNECTION = ConnectionRef(
-    connection_id=uuid.UUID("0b6f3c52-5d0e-4f57-9a7e-3f1b1c2d4e5f"),
-    user_id=uuid.UUID("1c7a4d63-6e1f-4a68-8b8f-4a2c2d3e5f60"),
-    account_id=uuid.UUID("2d8b5e74-7f20-4b79-9c90-5b3d3e4f6071"),
-    broker="mt5",
-    connection_type="demo",
-    account_number=str(LOGIN),
-    server=SERVER,
-)
+LOGIN = PINNED_LOGIN
+CONNECTION = PINNED_CONNECTION
 
 
 class FakeProducer:
