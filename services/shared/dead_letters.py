@@ -158,15 +158,14 @@ class DeadLetterPublisher:
     ) -> None:
         """Set a message aside, whole or (with `rejections`) in some of its items: log it,
         send one dead letter for it, and count that one letter against the budget."""
-        _log.warning(
+        log = _log.bind(
+            stage=self._stage, topic=record.topic, partition=record.partition, offset=record.offset
+        )
+        log.warning(
             "message dead-lettered",
-            stage=self._stage,
             reason_code=reason_code,
             reason=reason[:500],
             rejected_count=len(rejections),
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
         )
         letter = dead_letter(
             record,
@@ -179,14 +178,11 @@ class DeadLetterPublisher:
         )
         sendable = fit_to_size(letter, self._max_bytes)
         if sendable.rejections_truncated:
-            _log.warning(
+            log.warning(
                 "dead letter's rejections truncated to fit the topic",
                 kept=len(sendable.rejections),
                 rejected_count=sendable.rejected_count,
                 max_bytes=self._max_bytes,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
             )
         await self._send(record, sendable)
         self._budget.record_invalid()

@@ -63,8 +63,10 @@ _UPSERT_JOURNAL = """
 INSERT INTO trading_journal AS j (mt5_trade_id, position_key, user_id, account_id, connection_id,
     connection_type, broker, symbol, side, volume, closed_volume, entry_price, exit_price,
     opened_at, closed_at, profit, commission, swap, fees, status, fill_count, synced_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    $20, $21, now())
+SELECT *, now() FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
+    $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::numeric[],
+    $12::numeric[], $13::numeric[], $14::timestamptz[], $15::timestamptz[], $16::numeric[],
+    $17::numeric[], $18::numeric[], $19::numeric[], $20::text[], $21::int[])
 ON CONFLICT (mt5_trade_id) DO UPDATE SET
     symbol = EXCLUDED.symbol, side = EXCLUDED.side, volume = EXCLUDED.volume,
     closed_volume = EXCLUDED.closed_volume, entry_price = EXCLUDED.entry_price,
@@ -74,15 +76,10 @@ ON CONFLICT (mt5_trade_id) DO UPDATE SET
     fill_count = EXCLUDED.fill_count, account_id = EXCLUDED.account_id,
     connection_id = EXCLUDED.connection_id, connection_type = EXCLUDED.connection_type,
     synced_at = now(), updated_at = now()
+-- Trade ids are unique across users: a row another user keeps under one (their history of an
+-- account now connected by someone else) is left alone, and missing from what this returns.
 WHERE j.user_id = EXCLUDED.user_id
-"""
-
-# Trade ids are unique across users; a row another user keeps under one (their history of an
-# account now connected by someone else) is left alone, and reported.
-_FOREIGN_JOURNAL_ROWS = """
-SELECT j.mt5_trade_id FROM trading_journal AS j
-JOIN unnest($1::text[], $2::uuid[]) AS v(trade_id, user_id)
-    ON j.mt5_trade_id = v.trade_id AND j.user_id <> v.user_id
+RETURNING mt5_trade_id
 """
 
 _DELETE_STALE_SEGMENTS = """
@@ -241,15 +238,17 @@ class JournalRepository:
         for key in keys:
             for aggregate in aggregate_position(key, by_position.get(key, [])):
                 rows.append(_journal_row(aggregate, owners[key]))
-        await conn.executemany(_UPSERT_JOURNAL, rows)
         trade_ids = [str(r[0]) for r in rows]
+        written: set[str] = set()
+        if rows:
+            columns = list(zip(*rows, strict=True))
+            written = {r["mt5_trade_id"] for r in await conn.fetch(_UPSERT_JOURNAL, *columns)}
         users = [owners[k].user_id for k in keys]
         await conn.execute(_DELETE_STALE_SEGMENTS, keys, users, trade_ids)
-        foreign = await conn.fetch(_FOREIGN_JOURNAL_ROWS, trade_ids, [r[2] for r in rows])
-        if foreign:
+        if foreign := sorted(set(trade_ids) - written):
             _log.warning(
                 "journal rows another user keeps under these trade ids were left alone",
-                trade_ids=sorted(r["mt5_trade_id"] for r in foreign),
+                trade_ids=foreign,
             )
 
     async def _apply_balances(
