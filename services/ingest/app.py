@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.ingest.audit import Attempt, AuditTrail
+from services.ingest.change_listener import ConnectionChangeListener
+from services.ingest.client_ip import IPNetwork, client_address, parse_networks
 from services.ingest.connections import ConnectionDirectory
-from services.ingest.errors import IngestRefusal, PayloadTooLarge
+from services.ingest.errors import IngestRefusal, PayloadTooLarge, UnsupportedMediaType
+from services.ingest.lockout import Lockout
+from services.ingest.metrics import serve_metrics
+from services.ingest.openapi import serve_openapi
 from services.ingest.publisher import RawEventPublisher
-from services.ingest.receiver import ConnectionLookup, EventSink, WebhookReceiver
+from services.ingest.rate_limits import WebhookRateLimits
+from services.ingest.receiver import EventSink, WebhookReceiver
+from services.ingest.replays import DeliveryClaims
+from services.ingest.retention import Retention
 from services.ingest.settings import IngestSettings
 from services.shared.crypto import LocalKeyEncryptionKey
 from services.shared.database import create_pool
@@ -32,15 +45,62 @@ _log = get_logger("poscal.ingest")
 
 @dataclass
 class IngestWiring:
-    """What the endpoints use; the lifespan builds the real one, tests may pass fakes."""
+    """What the endpoints use; `wire` builds it from a pool, a vault and a sink."""
 
-    connections: ConnectionLookup
-    sink: EventSink
+    receiver: WebhookReceiver
+    audit: AuditTrail
+    retention: Retention | None = None
+    listener: ConnectionChangeListener | None = None
     ready: Callable[[], Awaitable[bool]] = field(default=lambda: _always_ready())
 
 
 async def _always_ready() -> bool:
     return True
+
+
+def wire(
+    settings: IngestSettings,
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    sink: EventSink,
+    *,
+    listen_for_changes: bool = True,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+) -> IngestWiring:
+    directory = ConnectionDirectory(pool, vault, settings.connection_cache_seconds)
+    receiver = WebhookReceiver(
+        connections=directory,
+        sink=sink,
+        # A claim outlives any publish that can still succeed before another replica takes it.
+        claims=DeliveryClaims(pool, lease_seconds=2 * settings.publish_timeout_seconds + 10),
+        lockout=Lockout(pool, settings.lockout_threshold, on_locked=directory.forget),
+        rate_limits=WebhookRateLimits(
+            settings.rate_limit_per_connection, settings.rate_limit_per_user
+        ),
+        tolerance_seconds=settings.signature_tolerance_seconds,
+    )
+    listener = None
+    if listen_for_changes and settings.connection_cache_seconds > 0:
+        listener = ConnectionChangeListener(settings.database_url.get_secret_value(), directory)
+    retention = Retention(
+        pool,
+        replay_window=timedelta(days=settings.replay_window_days),
+        attempt_retention=timedelta(days=settings.attempt_retention_days),
+    )
+    return IngestWiring(
+        receiver=receiver,
+        audit=AuditTrail(pool),
+        retention=retention,
+        listener=listener,
+        ready=ready or _always_ready,
+    )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -55,11 +115,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _attempt(request: Request, broker: str, trusted_proxies: tuple[IPNetwork, ...]) -> Attempt:
+    peer = request.client.host if request.client else None
+    attempt = Attempt(
+        broker=broker,
+        received_at=datetime.now(UTC),
+        client_ip=client_address(peer, request.headers.get("x-forwarded-for"), trusted_proxies),
+        user_agent=request.headers.get("user-agent"),
+    )
+    with contextlib.suppress(ValueError):
+        attempt.connection_id = uuid.UUID(request.path_params["connection_id"])
+    return attempt
+
+
 async def receive_webhook(request: Request) -> Response:
     settings: IngestSettings = request.app.state.settings
-    receiver: WebhookReceiver = request.app.state.receiver
+    wiring: IngestWiring = request.app.state.wiring
     broker = request.path_params["broker"]
     connection_id = request.path_params["connection_id"]
+    attempt = _attempt(request, broker, request.app.state.trusted_proxies)
     with _tracer.start_as_current_span(
         f"POST {WEBHOOK_ROUTE}",
         kind=SpanKind.SERVER,
@@ -71,9 +145,13 @@ async def receive_webhook(request: Request) -> Response:
         },
     ) as span:
         try:
+            if not _is_json(request.headers.get("content-type")):
+                raise UnsupportedMediaType("unsupported_media_type")
             body = await _read_body(request, settings.max_body_bytes)
-            event = await receiver.receive(broker, connection_id, request.headers, body)
+            event = await wiring.receiver.receive(attempt, connection_id, request.headers, body)
         except IngestRefusal as refusal:
+            attempt.status_code, attempt.reason = refusal.status_code, refusal.reason
+            wiring.audit.record(attempt)
             span.set_attribute("http.response.status_code", refusal.status_code)
             span.set_attribute("poscal.refusal_reason", refusal.reason)
             if refusal.status_code >= 500:
@@ -85,6 +163,8 @@ async def receive_webhook(request: Request) -> Response:
                 reason=refusal.reason,
             )
             raise
+        attempt.status_code, attempt.reason = 202, "accepted"
+        wiring.audit.record(attempt)
         span.set_attribute("http.response.status_code", 202)
         span.set_attribute("poscal.event_id", str(event.event_id))
         _log.info("webhook accepted", connection_id=connection_id, event_id=str(event.event_id))
@@ -104,23 +184,40 @@ async def readyz(request: Request) -> Response:
 
 async def refusal_to_response(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, IngestRefusal)
-    headers = {"Retry-After": "5"} if exc.status_code == 503 else None
     return JSONResponse(
-        {"error": exc.error, "detail": exc.public_detail}, exc.status_code, headers=headers
+        {"error": exc.error, "detail": exc.public_detail}, exc.status_code, headers=exc.headers()
     )
 
 
-def create_app(settings: IngestSettings, wiring: IngestWiring | None = None) -> Starlette:
+async def http_error_to_response(_: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404, 405) in the same JSON shape as ours."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return JSONResponse(
+        {"error": code, "detail": str(exc.detail)}, exc.status_code, headers=exc.headers
+    )
+
+
+def create_app(
+    settings: IngestSettings,
+    wiring: Callable[[contextlib.AsyncExitStack], Awaitable[IngestWiring]] | None = None,
+) -> Starlette:
+    """The app; `wiring` builds what it uses inside the lifespan (default: from settings)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            active = wiring
-            if active is None:
-                active = await _build_wiring(settings, stack)
+            build = wiring or (lambda exits: _build_wiring(settings, exits))
+            active = await build(stack)
+            active.audit.start()
+            stack.push_async_callback(active.audit.stop)
+            if active.retention is not None:
+                active.retention.start()
+                stack.push_async_callback(active.retention.stop)
+            if active.listener is not None:
+                await active.listener.start()
+                stack.push_async_callback(active.listener.stop)
             app.state.wiring = active
-            app.state.receiver = WebhookReceiver(
-                active.connections, active.sink, settings.signature_tolerance_seconds
-            )
             yield
 
     app = Starlette(
@@ -128,11 +225,17 @@ def create_app(settings: IngestSettings, wiring: IngestWiring | None = None) -> 
             Route(WEBHOOK_ROUTE, receive_webhook, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", serve_metrics),
+            Route("/openapi.json", serve_openapi),
         ],
-        exception_handlers={IngestRefusal: refusal_to_response},
+        exception_handlers={
+            IngestRefusal: refusal_to_response,
+            HTTPException: http_error_to_response,
+        },
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
     return app
 
 
@@ -143,7 +246,6 @@ async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitSta
     producer = create_producer(settings.kafka_bootstrap_servers, client_id="poscal-ingest")
     await producer.start()
     stack.push_async_callback(producer.stop)
-    directory = ConnectionDirectory(pool, CredentialVault(kek), settings.connection_cache_seconds)
     publisher = RawEventPublisher(producer, settings.topics.raw, settings.publish_timeout_seconds)
 
     async def ready() -> bool:
@@ -153,4 +255,4 @@ async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitSta
             return False
         return bool(producer.client.cluster.brokers())
 
-    return IngestWiring(connections=directory, sink=publisher, ready=ready)
+    return wire(settings, pool, CredentialVault(kek), publisher, ready=ready)

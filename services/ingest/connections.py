@@ -1,8 +1,11 @@
-"""Looks up a webhook's connection and its verification keys (decrypted only in memory)."""
+"""Looks up a webhook's connection and its verification keys (decrypted only in memory).
+
+Cached briefly per replica; Postgres notifications (see change_listener.py) make any change to a
+connection's status or credentials forget it at once, in every replica.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -10,15 +13,16 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from services.ingest.database_calls import database_call
+from services.ingest.signatures import VerificationKeys
+from services.shared import credential_kinds
 from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import ConnectionRef
-from services.shared.errors import TransientError
 from services.shared.vault import CredentialVault
 
-WEBHOOK_SECRET_KIND = "webhook_secret"  # noqa: S105 - a credential kind, not a secret
-_ACCEPTING = ("active", "error")
-# What an unreachable or failing database raises: refused, reset, timed out, pool closed.
-_DATABASE_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+WEBHOOK_SECRET_KIND = credential_kinds.WEBHOOK_SECRET
+# Connections webhooks are verified for; a locked one is answered 423 once a delivery verifies.
+_VERIFIABLE = ("active", "error", "locked")
 
 
 class UnreadableSecret(Exception):
@@ -33,10 +37,13 @@ class UnreadableSecret(Exception):
 @dataclass(frozen=True)
 class VerifiableConnection:
     ref: ConnectionRef
-    keys: tuple[bytes, ...]
+    keys: VerificationKeys
+    locked: bool = False
 
     def __repr__(self) -> str:  # never print keys
-        return f"VerifiableConnection({self.ref.connection_id}, {len(self.keys)} keys)"
+        return (
+            f"VerifiableConnection({self.ref.connection_id}, {self.keys!r}, locked={self.locked})"
+        )
 
 
 class ConnectionDirectory:
@@ -55,6 +62,14 @@ class ConnectionDirectory:
         # Bounds waiting for a pooled connection too: a sender gets a 503 well before it gives up.
         self._timeout = timeout_seconds
         self._cache: dict[uuid.UUID, tuple[float, VerifiableConnection | None]] = {}
+        # False while change notifications may be missed (the listener is reconnecting).
+        self.trust_cache = True
+
+    def forget(self, connection_id: uuid.UUID) -> None:
+        self._cache.pop(connection_id, None)
+
+    def forget_all(self) -> None:
+        self._cache.clear()
 
     async def find(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
         """The connection, or None if it is unknown or not accepting webhooks.
@@ -64,13 +79,10 @@ class ConnectionDirectory:
         """
         now = time.monotonic()
         cached = self._cache.get(connection_id)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and self.trust_cache:
             return cached[1]
-        try:
-            async with asyncio.timeout(self._timeout):
-                found = await self._load(connection_id)
-        except _DATABASE_FAILURES as exc:
-            raise TransientError(f"connection lookup failed: {type(exc).__name__}") from exc
+        async with database_call("connection lookup", self._timeout):
+            found = await self._load(connection_id)
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[connection_id] = (now + self._ttl, found)
@@ -80,15 +92,19 @@ class ConnectionDirectory:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT id, user_id, account_id, broker, connection_type, account_number, server"
-                " FROM mt5_connections WHERE id = $1 AND status = ANY($2::text[])",
+                ", status FROM mt5_connections WHERE id = $1 AND status = ANY($2::text[])",
                 connection_id,
-                list(_ACCEPTING),
+                list(_VERIFIABLE),
             )
             if row is None:
                 return None
+            now = datetime.now(UTC)
             try:
-                keys = await self._vault.open_active(
-                    conn, connection_id, WEBHOOK_SECRET_KIND, datetime.now(UTC)
+                secrets = await self._vault.open_active(
+                    conn, connection_id, WEBHOOK_SECRET_KIND, now
+                )
+                public_keys = await self._vault.open_active(
+                    conn, connection_id, credential_kinds.WEBHOOK_PUBLIC_KEY, now
                 )
             except (DecryptionFailed, LookupError) as exc:  # LookupError: its data key is gone
                 raise UnreadableSecret(connection_id) from exc
@@ -101,4 +117,5 @@ class ConnectionDirectory:
             account_number=row["account_number"],
             server=row["server"] or None,
         )
-        return VerifiableConnection(ref, tuple(keys))
+        keys = VerificationKeys(secrets=tuple(secrets), public_keys=tuple(public_keys))
+        return VerifiableConnection(ref, keys, locked=row["status"] == "locked")

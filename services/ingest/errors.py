@@ -1,11 +1,18 @@
 """What ingest answers when it refuses a delivery, mapped to HTTP in one place (app.py).
 
 IngestRefusal
- ├── Unauthorized      401: unknown connection, a secret that does not decrypt, or failed
- │                     verification (indistinguishable to the sender)
- ├── PayloadTooLarge   413
- └── Unavailable       503: the connection could not be looked up or the event could not be
-                       made durable; the sender should retry
+ ├── Unauthorized          401: unknown connection, a secret that does not decrypt, or failed
+ │                         verification (indistinguishable to the sender)
+ ├── Replay                409: this webhook id was already accepted for this connection
+ ├── PayloadTooLarge       413
+ ├── UnsupportedMediaType  415: the body is not declared as JSON
+ ├── Locked                423: too many failed verifications; rotate the secret to unlock
+ ├── RateLimited           429: with Retry-After
+ └── Unavailable           503: the connection could not be looked up or the event could not be
+                           made durable; the sender should retry
+
+`reason` is a code from a fixed set, for audit, logs and metrics only; the sender sees `error`
+and `public_detail`, which never say which part of a signature was wrong.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ class IngestRefusal(Exception):
     public_detail = "the request was refused"
 
     def __init__(self, reason: str) -> None:
-        # `reason` is for audit and logs only; the client sees `public_detail`.
         super().__init__(reason)
         self.reason = reason
+
+    def headers(self) -> dict[str, str]:
+        return {}
 
 
 class Unauthorized(IngestRefusal):
@@ -28,13 +37,49 @@ class Unauthorized(IngestRefusal):
     public_detail = "the webhook could not be verified for this connection"
 
 
+class Replay(IngestRefusal):
+    status_code = 409
+    error = "replay"
+    public_detail = "this webhook-id was already received for this connection"
+
+
 class PayloadTooLarge(IngestRefusal):
     status_code = 413
     error = "payload_too_large"
     public_detail = "the body is larger than this endpoint accepts"
 
 
+class UnsupportedMediaType(IngestRefusal):
+    status_code = 415
+    error = "unsupported_media_type"
+    public_detail = "the body must be JSON (content-type application/json)"
+
+
+class Locked(IngestRefusal):
+    status_code = 423
+    error = "locked"
+    public_detail = (
+        "this connection is locked after repeated failed verifications; rotate its secret"
+    )
+
+
+class RateLimited(IngestRefusal):
+    status_code = 429
+    error = "rate_limited"
+    public_detail = "too many webhooks; retry after the time in Retry-After"
+
+    def __init__(self, reason: str, retry_after_seconds: int) -> None:
+        super().__init__(reason)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
 class Unavailable(IngestRefusal):
     status_code = 503
     error = "unavailable"
     public_detail = "the event could not be stored; retry later"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}

@@ -1,15 +1,33 @@
-"""Accepting one webhook: verify it against its connection, then make it durable."""
+"""Accepting one webhook: find its connection, verify it, apply the abuse controls, claim its
+webhook id, then make it durable. The order matters:
+
+1. unknown connection or failed verification: 401, alike (a failure of a known connection is
+   counted towards its lockout);
+2. a locked connection: 423, told only to a sender whose delivery verifies;
+3. over the connection's or user's rate: 429;
+4. a webhook id already claimed for the connection: 409;
+5. published and acknowledged by Kafka: 202 (a failed publish releases the claim: 503).
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
+from services.ingest.audit import Attempt
 from services.ingest.connections import UnreadableSecret, VerifiableConnection
-from services.ingest.errors import Unauthorized, Unavailable
-from services.ingest.signatures import SignatureRejected, check_timestamp, parse_headers, verify
+from services.ingest.errors import Locked, RateLimited, Replay, Unauthorized, Unavailable
+from services.ingest.rate_limits import WebhookRateLimits
+from services.ingest.replays import Claim
+from services.ingest.signatures import (
+    SignatureRejected,
+    SignedDelivery,
+    check_timestamp,
+    parse_headers,
+    verify,
+)
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from services.shared.logging import get_logger
@@ -26,33 +44,71 @@ class EventSink(Protocol):
     async def publish(self, event: RawEvent) -> None: ...
 
 
+class Claims(Protocol):
+    async def claim(
+        self, connection_id: uuid.UUID, user_id: uuid.UUID, webhook_id: str, event_id: uuid.UUID
+    ) -> Claim | None: ...
+
+    async def release(self, claim: Claim) -> None: ...
+
+
+class FailureCounter(Protocol):
+    async def count_failure(self, attempt: Attempt) -> bool: ...
+
+
 class WebhookReceiver:
     def __init__(
         self,
+        *,
         connections: ConnectionLookup,
         sink: EventSink,
+        claims: Claims,
+        lockout: FailureCounter,
+        rate_limits: WebhookRateLimits,
         tolerance_seconds: int,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._connections = connections
         self._sink = sink
+        self._claims = claims
+        self._lockout = lockout
+        self._rate_limits = rate_limits
         self._tolerance = tolerance_seconds
-        self._clock = clock
 
     async def receive(
-        self, broker: str, connection_id: str, headers: Mapping[str, str], body: bytes
+        self, attempt: Attempt, connection_id: str, headers: Mapping[str, str], body: bytes
     ) -> RawEvent:
-        """Verify, then publish; returns the event once the broker has acknowledged it."""
-        received_at = self._clock()
+        """Returns the event once the broker has acknowledged it; raises an IngestRefusal."""
+        connection = await self._known_connection(attempt, connection_id)
+        delivery = await self._verified(attempt, connection, headers, body)
+        if connection.locked:
+            raise Locked("locked")
+        limited = self._rate_limits.take(connection.ref.connection_id, connection.ref.user_id)
+        if limited is not None:
+            raise RateLimited(*limited)
+        event = RawEvent.wrap(
+            source="webhook",
+            connection=connection.ref,
+            received_at=attempt.received_at,
+            delivery_id=delivery.webhook_id,
+            sent_at=datetime.fromtimestamp(delivery.timestamp, UTC),
+            content_type=headers.get("content-type", "application/json"),
+            body=body,
+        )
+        attempt.event_id = event.event_id
+        attempt.claim = await self._claim(connection, delivery, event)
         try:
-            delivery = parse_headers(headers)
-            check_timestamp(delivery.timestamp, received_at.timestamp(), self._tolerance)
-        except SignatureRejected as exc:
-            raise Unauthorized(exc.code) from None
+            await self._sink.publish(event)
+        except TransientError as exc:
+            await self._release(attempt.claim)
+            raise Unavailable("publish_failed") from exc
+        return event
+
+    async def _known_connection(self, attempt: Attempt, connection_id: str) -> VerifiableConnection:
         try:
             parsed_id = uuid.UUID(connection_id)
         except ValueError:
             raise Unauthorized("unknown_connection") from None
+        attempt.connection_id = parsed_id
         try:
             connection = await self._connections.find(parsed_id)
         except UnreadableSecret as exc:
@@ -65,24 +121,62 @@ class WebhookReceiver:
             )
             raise Unauthorized("unreadable_secret") from None
         except TransientError as exc:
-            raise Unavailable(str(exc)) from exc
-        if connection is None or connection.ref.broker != broker:
+            raise Unavailable("connection_lookup_failed") from exc
+        if connection is None or connection.ref.broker != attempt.broker:
             raise Unauthorized("unknown_connection")
+        attempt.user_id = connection.ref.user_id
+        return connection
+
+    async def _verified(
+        self,
+        attempt: Attempt,
+        connection: VerifiableConnection,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> SignedDelivery:
         try:
+            delivery = parse_headers(headers)
+            attempt.webhook_id = delivery.webhook_id
+            attempt.webhook_timestamp = delivery.timestamp
+            check_timestamp(delivery.timestamp, attempt.received_at.timestamp(), self._tolerance)
             verify(delivery, body, connection.keys)
         except SignatureRejected as exc:
+            attempt.reason = exc.code
+            if not connection.locked:
+                await self._count_failure(attempt)
             raise Unauthorized(exc.code) from None
-        event = RawEvent.wrap(
-            source="webhook",
-            connection=connection.ref,
-            received_at=received_at,
-            delivery_id=delivery.webhook_id,
-            sent_at=datetime.fromtimestamp(delivery.timestamp, UTC),
-            content_type=headers.get("content-type", "application/json"),
-            body=body,
-        )
+        return delivery
+
+    async def _count_failure(self, attempt: Attempt) -> None:
         try:
-            await self._sink.publish(event)
+            await self._lockout.count_failure(attempt)
         except TransientError as exc:
-            raise Unavailable(str(exc)) from exc
-        return event
+            # The sender's answer is a 401 either way; the count is lost, and said so.
+            _log.warning(
+                "failed verification not counted",
+                connection_id=str(attempt.connection_id),
+                cause=str(exc),
+            )
+
+    async def _claim(
+        self, connection: VerifiableConnection, delivery: SignedDelivery, event: RawEvent
+    ) -> Claim:
+        try:
+            claim = await self._claims.claim(
+                connection.ref.connection_id,
+                connection.ref.user_id,
+                delivery.webhook_id,
+                event.event_id,
+            )
+        except TransientError as exc:
+            raise Unavailable("replay_store_unavailable") from exc
+        if claim is None:
+            raise Replay("replay")
+        return claim
+
+    async def _release(self, claim: Claim) -> None:
+        try:
+            await self._claims.release(claim)
+        except TransientError as exc:
+            # The claim stays until its lease passes; a retry before then is answered 409.
+            _log.warning("webhook id not released after a failed publish", cause=str(exc))

@@ -1,8 +1,9 @@
 """Standard Webhooks signatures, pure: parse the three headers, check the time, verify, sign.
 
 Signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`; `webhook-signature` holds one
-or more space-separated `v1,<base64 HMAC-SHA256>` entries, and any entry matching any active key
-verifies (so secrets can rotate without downtime).
+or more space-separated entries: `v1,<base64 HMAC-SHA256>` (symmetric, `whsec_` secrets) or
+`v1a,<base64 ed25519 signature>` (asymmetric, `whpk_` public keys). Any entry matching any active
+key verifies, so keys can rotate without downtime.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the public prefix of every secret
+PUBLIC_KEY_PREFIX = "whpk_"
 _MAX_ID_LENGTH = 256
 _MAX_SIGNATURES = 10
 
@@ -68,22 +73,60 @@ def _signed_content(webhook_id: str, timestamp: int, body: bytes) -> bytes:
     return f"{webhook_id}.{timestamp}.".encode() + body
 
 
+@dataclass(frozen=True)
+class VerificationKeys:
+    """What a connection's deliveries may be signed with: HMAC secrets and ed25519 public keys."""
+
+    secrets: Sequence[bytes] = ()
+    public_keys: Sequence[bytes] = field(default=())
+
+    def __repr__(self) -> str:  # never print keys
+        return f"VerificationKeys({len(self.secrets)} secrets, {len(self.public_keys)} public)"
+
+
 def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
     digest = hmac.new(key, _signed_content(webhook_id, timestamp, body), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def verify(delivery: SignedDelivery, body: bytes, keys: Sequence[bytes]) -> None:
-    """Pass silently when any v1 signature matches any key; otherwise raise."""
+def sign_v1a(private_key: Ed25519PrivateKey, webhook_id: str, timestamp: int, body: bytes) -> str:
+    signature = private_key.sign(_signed_content(webhook_id, timestamp, body))
+    return "v1a," + base64.b64encode(signature).decode("ascii")
+
+
+def _decoded(value: str) -> bytes | None:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _matches_v1a(public_keys: Sequence[bytes], content: bytes, signature: bytes) -> bool:
+    matched = False
+    for raw in public_keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(raw).verify(signature, content)
+        except (InvalidSignature, ValueError):
+            continue
+        matched = True
+    return matched
+
+
+def verify(delivery: SignedDelivery, body: bytes, keys: VerificationKeys | Sequence[bytes]) -> None:
+    """Pass silently when any signature matches any active key of its version; otherwise raise."""
+    if not isinstance(keys, VerificationKeys):
+        keys = VerificationKeys(secrets=tuple(keys))
     content = _signed_content(delivery.webhook_id, delivery.timestamp, body)
-    expected = [hmac.new(key, content, hashlib.sha256).digest() for key in keys]
+    expected = [hmac.new(key, content, hashlib.sha256).digest() for key in keys.secrets]
     matched = False
     for version, value in delivery.signatures:
-        if version != "v1":
+        if version not in ("v1", "v1a"):
             continue
-        try:
-            given = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
+        given = _decoded(value)
+        if given is None:
+            continue
+        if version == "v1a":
+            matched |= len(given) == 64 and _matches_v1a(keys.public_keys, content, given)
             continue
         # Compare against every key without stopping early: timing says nothing about which.
         for digest in expected:
@@ -107,3 +150,19 @@ def decode_secret(secret: str) -> bytes:
 
 def encode_secret(key: bytes) -> str:
     return SECRET_PREFIX + base64.b64encode(key).decode("ascii")
+
+
+def decode_public_key(public_key: str) -> bytes:
+    """The raw ed25519 public key inside a `whpk_...` key (the prefix is optional)."""
+    raw = _decoded(public_key.strip().removeprefix(PUBLIC_KEY_PREFIX))
+    if raw is None or len(raw) != 32:
+        raise ValueError("not a valid webhook public key: expected whpk_ + base64 of 32 bytes")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise ValueError("not a valid webhook public key: not an ed25519 key") from None
+    return raw
+
+
+def encode_public_key(raw: bytes) -> str:
+    return PUBLIC_KEY_PREFIX + base64.b64encode(raw).decode("ascii")

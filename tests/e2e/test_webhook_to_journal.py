@@ -86,11 +86,11 @@ async def test_the_same_deals_resent_under_new_webhook_ids_change_nothing(
     async with pool.acquire() as conn:
         await wait_for_events(conn, connection.created.connection_id, 3)
     before = await _journal_state(pool, connection)
-    # Re-sent in another order, under new ids, plus the same delivery retried.
+    # Re-sent in another order, under new ids, plus one delivery replayed (refused: 409).
     for body in [bodies[2], bodies[0], bodies[1]]:
         assert (await _send(connection, body)).status_code == 202
     assert (await _send(connection, bodies[0], webhook_id="msg_retried")).status_code == 202
-    assert (await _send(connection, bodies[0], webhook_id="msg_retried")).status_code == 202
+    assert (await _send(connection, bodies[0], webhook_id="msg_retried")).status_code == 409
     async with pool.acquire() as conn:
         assert await wait_for_events(conn, connection.created.connection_id, 7) == 7
     assert await _journal_state(pool, connection) == before

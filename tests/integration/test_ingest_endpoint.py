@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -17,10 +17,9 @@ from structlog.testing import capture_logs
 
 from services.devstack.demo import encode_body, signed_headers
 from services.devstack.ports import free_port
-from services.ingest.app import IngestWiring, create_app
-from services.ingest.connections import ConnectionDirectory
+from services.ingest.app import IngestWiring, create_app, wire
 from services.ingest.publisher import RawEventPublisher
-from services.ingest.receiver import ConnectionLookup
+from services.ingest.receiver import EventSink
 from services.ingest.settings import IngestSettings
 from services.shared.crypto import LocalKeyEncryptionKey, new_master_key_base64
 from services.shared.database import create_pool
@@ -69,6 +68,19 @@ def _settings(master_key: str, database_url: str, kafka: str) -> IngestSettings:
     )
 
 
+def _wiring(
+    settings: IngestSettings,
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    sink: EventSink,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+) -> Callable[[contextlib.AsyncExitStack], Awaitable[IngestWiring]]:
+    async def build(_: contextlib.AsyncExitStack) -> IngestWiring:
+        return wire(settings, pool, vault, sink, ready=ready)
+
+    return build
+
+
 @pytest.fixture
 async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     producer = create_producer(kafka_bootstrap, "test-ingest")
@@ -89,11 +101,9 @@ async def ingest(
 ) -> AsyncIterator[Ingest]:
     async with pool.acquire() as conn:
         connection = await new_connection(conn, vault)
-    wiring = IngestWiring(
-        connections=ConnectionDirectory(pool, vault, ttl_seconds=0),
-        sink=RawEventPublisher(producer, topics.raw, timeout_seconds=5),
-    )
-    app = create_app(_settings(master_key, database_url, kafka_bootstrap), wiring)
+    settings = _settings(master_key, database_url, kafka_bootstrap)
+    sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
+    app = create_app(settings, _wiring(settings, pool, vault, sink))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
@@ -120,12 +130,19 @@ async def test_signed_webhook_is_published_exactly_as_received(
     assert any(name == "traceparent" for name, _ in record.headers)
 
 
-async def test_a_retried_delivery_keeps_its_event_id(ingest: Ingest) -> None:
+async def test_a_webhook_id_already_accepted_gets_409_and_publishes_nothing_more(
+    ingest: Ingest, kafka_bootstrap: str
+) -> None:
     body = ingest.body()
     secret = ingest.connection.created.webhook_secret
     first = await ingest.post(body, signed_headers(secret, "msg_same", body))
-    second = await ingest.post(body, signed_headers(secret, "msg_same", body))
-    assert first.json()["event_id"] == second.json()["event_id"]
+    again = await ingest.post(body, signed_headers(secret, "msg_same", body))
+    assert (first.status_code, again.status_code) == (202, 409)
+    assert again.json() == {
+        "error": "replay",
+        "detail": "this webhook-id was already received for this connection",
+    }
+    assert len(await read_topic(kafka_bootstrap, ingest.topics.raw, expect=1)) == 1
 
 
 async def test_bad_signature_gets_401_and_publishes_nothing(
@@ -230,8 +247,8 @@ async def test_an_event_the_broker_did_not_acknowledge_gets_503_with_retry_after
 ) -> None:
     async with pool.acquire() as conn:
         connection = await new_connection(conn, vault)
-    wiring = IngestWiring(ConnectionDirectory(pool, vault, ttl_seconds=0), RefusingSink())
-    app = create_app(_settings(master_key, database_url, kafka_bootstrap), wiring)
+    settings = _settings(master_key, database_url, kafka_bootstrap)
+    app = create_app(settings, _wiring(settings, pool, vault, RefusingSink()))
     body = encode_body(mt5_body(connection.login, fixture_deals()))
     async with (
         app.router.lifespan_context(app),
@@ -261,8 +278,8 @@ async def test_ready_only_when_postgres_and_kafka_answer(
     async def unreachable() -> bool:
         return False
 
-    wiring = IngestWiring(ConnectionDirectory(pool, vault, 0), RefusingSink(), ready=unreachable)
-    app = create_app(_settings(master_key, database_url, kafka_bootstrap), wiring)
+    settings = _settings(master_key, database_url, kafka_bootstrap)
+    app = create_app(settings, _wiring(settings, pool, vault, RefusingSink(), unreachable))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
@@ -275,14 +292,15 @@ async def test_ready_only_when_postgres_and_kafka_answer(
 
 
 async def _deliver_signed(
-    connections: ConnectionLookup,
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
     connection: TestConnection,
     sink: RawEventPublisher,
     settings: IngestSettings,
     url: str | None = None,
 ) -> httpx.Response:
-    """One correctly signed delivery for `connection`, to an app looking connections up there."""
-    app = create_app(settings, IngestWiring(connections, sink))
+    """One correctly signed delivery for `connection`, to an app using that pool and vault."""
+    app = create_app(settings, _wiring(settings, pool, vault, sink))
     body = encode_body(mt5_body(connection.login, fixture_deals()))
     async with (
         app.router.lifespan_context(app),
@@ -308,13 +326,12 @@ async def test_a_secret_that_does_not_decrypt_gets_the_401_of_an_unknown_connect
 ) -> None:
     # Started with another master key than the one the secret was sealed under.
     wrong_key = CredentialVault(LocalKeyEncryptionKey.from_base64(new_master_key_base64()))
-    directory = ConnectionDirectory(pool, wrong_key, ttl_seconds=0)
     sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
     settings = _settings(master_key, database_url, kafka_bootstrap)
     with capture_logs() as logs:
-        undecryptable = await _deliver_signed(directory, connection, sink, settings)
+        undecryptable = await _deliver_signed(pool, wrong_key, connection, sink, settings)
     unknown = await _deliver_signed(
-        directory, connection, sink, settings, url=f"/v1/webhooks/mt5/{uuid.uuid4()}"
+        pool, wrong_key, connection, sink, settings, url=f"/v1/webhooks/mt5/{uuid.uuid4()}"
     )
     assert undecryptable.status_code == unknown.status_code == 401
     assert undecryptable.json() == unknown.json()
@@ -368,8 +385,7 @@ async def test_a_database_outage_gets_503_with_retry_after_and_publishes_nothing
     sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
     settings = _settings(master_key, database_url, kafka_bootstrap)
     async with outage(database_url) as unavailable:
-        directory = ConnectionDirectory(unavailable, vault, ttl_seconds=0, timeout_seconds=0.5)
-        response = await _deliver_signed(directory, connection, sink, settings)
+        response = await _deliver_signed(unavailable, vault, connection, sink, settings)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json() == {

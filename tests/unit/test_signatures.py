@@ -5,17 +5,23 @@ from __future__ import annotations
 import base64
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ingest.signatures import (
     SignatureRejected,
     SignedDelivery,
+    VerificationKeys,
     check_timestamp,
+    decode_public_key,
     decode_secret,
+    encode_public_key,
     encode_secret,
     parse_headers,
     sign,
+    sign_v1a,
     verify,
 )
 
@@ -277,3 +283,52 @@ def test_any_single_byte_change_to_a_signed_body_is_rejected(
     tampered = body[:index] + bytes([replacement]) + body[index + 1 :]
     with pytest.raises(SignatureRejected, match="signature_mismatch"):
         verify(delivery, tampered, [key])
+
+
+# --- v1a: ed25519 signatures verified with the sender's public key --------------------------
+
+SENDER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+SENDER_PUBLIC = SENDER.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def v1a_delivery(signature: str) -> SignedDelivery:
+    return parse_headers(spec_headers(signature))
+
+
+def test_a_v1a_signature_verifies_with_the_senders_public_key() -> None:
+    signature = sign_v1a(SENDER, SPEC_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD)
+    verify(v1a_delivery(signature), SPEC_PAYLOAD, VerificationKeys(public_keys=[SENDER_PUBLIC]))
+
+
+def test_a_v1a_signature_over_another_body_is_rejected() -> None:
+    signature = sign_v1a(SENDER, SPEC_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD)
+    with pytest.raises(SignatureRejected):
+        verify(v1a_delivery(signature), b"{}", VerificationKeys(public_keys=[SENDER_PUBLIC]))
+
+
+def test_an_hmac_secret_never_verifies_a_v1a_entry_nor_a_public_key_a_v1_entry() -> None:
+    v1a = sign_v1a(SENDER, SPEC_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD)
+    with pytest.raises(SignatureRejected):
+        verify(v1a_delivery(v1a), SPEC_PAYLOAD, VerificationKeys(secrets=[SPEC_KEY]))
+    with pytest.raises(SignatureRejected):
+        verify(
+            v1a_delivery(SPEC_SIGNATURE),
+            SPEC_PAYLOAD,
+            VerificationKeys(public_keys=[SENDER_PUBLIC]),
+        )
+
+
+def test_mixed_entries_verify_if_any_matches_any_key_of_its_kind() -> None:
+    v1a = sign_v1a(SENDER, SPEC_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD)
+    delivery = v1a_delivery(f"{SPEC_WRONG_SIGNATURE} v1a,AAAA {v1a}")
+    verify(delivery, SPEC_PAYLOAD, VerificationKeys([SPEC_KEY], [SENDER_PUBLIC]))
+
+
+def test_public_keys_round_trip_through_their_whpk_form() -> None:
+    assert decode_public_key(encode_public_key(SENDER_PUBLIC)) == SENDER_PUBLIC
+
+
+@pytest.mark.parametrize("text", ["whpk_", "whpk_AAAA", "whpk_!!!", "whsec_" + "A" * 44])
+def test_a_malformed_public_key_is_refused_clearly(text: str) -> None:
+    with pytest.raises(ValueError, match="not a valid webhook public key"):
+        decode_public_key(text)

@@ -1,0 +1,224 @@
+"""The attempt log: every delivery attempt, accepted or refused, recorded off the request path.
+
+Records are queued in memory and written in batches (one transaction each): the attempt rows, the
+`accepted` mark of delivered webhook ids, and each connection's success aggregates in
+`mt5_security_audit`. Auditing never decides whether an event is accepted, so it can neither
+lose nor double one; if Postgres stays away the queue is bounded and what overflows is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.ingest.database_calls import DATABASE_FAILURES
+from services.ingest.metrics import AUDIT_DROPPED, AUDIT_FLUSH_FAILURES, WEBHOOKS
+from services.ingest.replays import Claim
+from services.shared.logging import get_logger
+
+_log = get_logger("poscal.ingest.audit")
+_MAX_TEXT = 512
+# Data this code let through that Postgres refuses anyway: retrying cannot help.
+_REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+def printable(text: str | None, limit: int = _MAX_TEXT) -> str | None:
+    """Header text fit for a column: printable characters only, bounded."""
+    if text is None:
+        return None
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text[:limit])
+
+
+def _text(text: str, limit: int = 64) -> str:
+    return printable(text, limit) or ""
+
+
+@dataclass
+class Attempt:
+    """One delivery attempt, filled in as the request goes on; recorded once it is answered."""
+
+    broker: str
+    received_at: datetime
+    client_ip: str | None
+    user_agent: str | None
+    connection_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    webhook_id: str | None = None
+    webhook_timestamp: int | None = None
+    event_id: uuid.UUID | None = None
+    claim: Claim | None = None
+    status_code: int = 0
+    reason: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.status_code == 202
+
+
+_INSERT_ATTEMPTS = """
+INSERT INTO webhook_attempts (connection_id, user_id, broker, outcome, status_code, reason,
+    client_ip, user_agent, webhook_id, webhook_timestamp, event_id, received_at)
+SELECT v.connection_id, u.id, v.broker, v.outcome, v.status_code, v.reason, v.client_ip,
+    v.user_agent, v.webhook_id, v.webhook_timestamp, v.event_id, v.received_at
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::smallint[], $6::text[],
+    $7::inet[], $8::text[], $9::text[], $10::bigint[], $11::uuid[], $12::timestamptz[])
+    WITH ORDINALITY AS v(connection_id, user_id, broker, outcome, status_code, reason, client_ip,
+         user_agent, webhook_id, webhook_timestamp, event_id, received_at, arrival)
+LEFT JOIN auth.users u ON u.id = v.user_id  -- a user deleted meanwhile: recorded without one
+ORDER BY v.arrival  -- ids follow the order attempts arrived in
+"""
+
+_MARK_ACCEPTED = """
+UPDATE webhook_deliveries AS d SET state = 'accepted', accepted_at = v.at
+FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[]) AS v(connection_id, webhook_id,
+    token, at)
+WHERE d.connection_id = v.connection_id AND d.webhook_id = v.webhook_id AND d.claim_token = v.token
+"""
+
+# A success resets the failure count unless a failure came after it (those are counted at once,
+# on the request path, and must not be undone by a batch written later).
+_RECORD_SUCCESSES = """
+UPDATE mt5_security_audit AS a SET
+    last_success_at = greatest(a.last_success_at, v.at),
+    last_ip = CASE WHEN v.at >= coalesce(greatest(a.last_success_at, a.last_failure_at),
+        '-infinity') THEN v.ip ELSE a.last_ip END,
+    last_user_agent = CASE WHEN v.at >= coalesce(greatest(a.last_success_at, a.last_failure_at),
+        '-infinity') THEN v.user_agent ELSE a.last_user_agent END,
+    consecutive_failures = CASE WHEN a.last_failure_at IS NULL OR a.last_failure_at <= v.at
+        THEN 0 ELSE a.consecutive_failures END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::timestamptz[], $3::inet[], $4::text[]) AS v(connection_id, at, ip,
+    user_agent)
+WHERE a.connection_id = v.connection_id
+"""
+
+
+def _latest_success_per_connection(batch: list[Attempt]) -> list[Attempt]:
+    latest: dict[uuid.UUID, Attempt] = {}
+    for attempt in batch:
+        if attempt.accepted and attempt.connection_id is not None:
+            seen = latest.get(attempt.connection_id)
+            if seen is None or attempt.received_at >= seen.received_at:
+                latest[attempt.connection_id] = attempt
+    return list(latest.values())
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        flush_interval_seconds: float = 0.2,
+        batch_size: int = 1000,
+        max_queued: int = 50_000,
+    ) -> None:
+        self._pool = pool
+        self._interval = flush_interval_seconds
+        self._batch_size = batch_size
+        self._max_queued = max_queued
+        self._queue: list[Attempt] = []
+        self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()  # one writer: a batch is taken from the queue once
+
+    def record(self, attempt: Attempt) -> None:
+        WEBHOOKS.labels("accepted" if attempt.accepted else "refused", attempt.reason).inc()
+        if len(self._queue) >= self._max_queued:
+            AUDIT_DROPPED.inc()
+            return
+        self._queue.append(attempt)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-trail")
+
+    async def stop(self, timeout_seconds: float = 5.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(TimeoutError, *DATABASE_FAILURES):
+            async with asyncio.timeout(timeout_seconds):
+                while self._queue:
+                    await self.flush()
+        if self._queue:
+            AUDIT_DROPPED.inc(len(self._queue))
+            _log.error("attempt records not written at shutdown", count=len(self._queue))
+
+    async def _run(self) -> None:
+        delay = self._interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.flush()
+                delay = self._interval
+            except DATABASE_FAILURES as exc:
+                AUDIT_FLUSH_FAILURES.inc()
+                delay = min(5.0, delay * 2)
+                _log.warning(
+                    "attempt records not written yet; retrying",
+                    cause=type(exc).__name__,
+                    queued=len(self._queue),
+                )
+
+    async def flush(self) -> None:
+        """Write what is queued, a batch at a time; a batch that fails stays queued."""
+        async with self._flushing:
+            await self._flush_queue()
+
+    async def _flush_queue(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._batch_size]
+            try:
+                await self._write(batch)
+            except _REFUSED_DATA:
+                # One record Postgres refuses must not cost the others: write them one by one.
+                for attempt in batch:
+                    await self._write_alone(attempt)
+            del self._queue[: len(batch)]
+
+    async def _write_alone(self, attempt: Attempt) -> None:
+        try:
+            await self._write([attempt])
+        except _REFUSED_DATA as exc:
+            AUDIT_DROPPED.inc()
+            _log.error("attempt record refused by the database", cause=type(exc).__name__)
+
+    async def _write(self, batch: list[Attempt]) -> None:
+        accepted = [a for a in batch if a.accepted and a.claim is not None]
+        successes = _latest_success_per_connection(batch)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                _INSERT_ATTEMPTS,
+                [a.connection_id for a in batch],
+                [a.user_id for a in batch],
+                [_text(a.broker) for a in batch],
+                ["accepted" if a.accepted else "refused" for a in batch],
+                [a.status_code for a in batch],
+                [a.reason for a in batch],
+                [a.client_ip for a in batch],
+                [printable(a.user_agent) for a in batch],
+                [printable(a.webhook_id, 256) for a in batch],
+                [a.webhook_timestamp for a in batch],
+                [a.event_id for a in batch],
+                [a.received_at for a in batch],
+            )
+            if accepted:
+                await conn.execute(
+                    _MARK_ACCEPTED,
+                    [a.claim.connection_id for a in accepted if a.claim],
+                    [a.claim.webhook_id for a in accepted if a.claim],
+                    [a.claim.token for a in accepted if a.claim],
+                    [a.received_at for a in accepted],
+                )
+            if successes:
+                await conn.execute(
+                    _RECORD_SUCCESSES,
+                    [a.connection_id for a in successes],
+                    [a.received_at for a in successes],
+                    [a.client_ip for a in successes],
+                    [printable(a.user_agent) for a in successes],
+                )

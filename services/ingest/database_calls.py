@@ -1,0 +1,25 @@
+"""How ingest calls Postgres on a request's path: bounded in time, and any failure to answer is
+a TransientError (the sender gets a 503 and retries), never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from services.shared.errors import TransientError
+
+# What an unreachable or failing database raises: refused, reset, timed out, pool closed.
+DATABASE_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@contextlib.asynccontextmanager
+async def database_call(what: str, timeout_seconds: float) -> AsyncIterator[None]:
+    """Bounds waiting for a pooled connection too: a sender gets a 503 before it gives up."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            yield
+    except DATABASE_FAILURES as exc:
+        raise TransientError(f"{what} failed: {type(exc).__name__}") from exc

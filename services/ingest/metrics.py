@@ -1,0 +1,28 @@
+"""Ingest's Prometheus metrics, served at /metrics. Labels come from fixed code sets only."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+WEBHOOKS = Counter(
+    "poscal_ingest_webhooks",
+    "Webhook deliveries by outcome and reason code",
+    ["outcome", "reason"],
+)
+LOCKOUTS = Counter(
+    "poscal_ingest_lockouts",
+    "Connections locked after repeated failed verifications (alert on any increase)",
+)
+AUDIT_DROPPED = Counter(
+    "poscal_ingest_audit_records_dropped",
+    "Attempt records dropped because the audit queue was full (the database was unreachable)",
+)
+AUDIT_FLUSH_FAILURES = Counter(
+    "poscal_ingest_audit_flush_failures", "Failed attempts to write a batch of attempt records"
+)
+
+
+async def serve_metrics(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,76 @@
+"""Forgets what is no longer needed: accepted webhook ids after the replay window, attempt
+records after their retention. In small chunks, so no lock is held for long; every replica may
+run it (deleting the same rows twice is harmless)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import asyncpg
+
+from services.ingest.database_calls import DATABASE_FAILURES
+from services.shared.logging import get_logger
+
+_log = get_logger("poscal.ingest.retention")
+_CHUNK = 5000
+
+_PRUNE_DELIVERIES = """
+DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM webhook_deliveries WHERE claimed_at < now() - $1::interval LIMIT $2))
+"""
+_PRUNE_ATTEMPTS = """
+DELETE FROM webhook_attempts WHERE id = ANY(ARRAY(
+    SELECT id FROM webhook_attempts WHERE received_at < now() - $1::interval LIMIT $2))
+"""
+
+
+class Retention:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        replay_window: timedelta,
+        attempt_retention: timedelta,
+        every_seconds: float = 900,
+    ) -> None:
+        self._pool = pool
+        self._replay_window = replay_window
+        self._attempt_retention = attempt_retention
+        self._every = every_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def prune_once(self) -> int:
+        """Delete everything past its time; returns how many rows went."""
+        removed = 0
+        for statement, age in (
+            (_PRUNE_DELIVERIES, self._replay_window),
+            (_PRUNE_ATTEMPTS, self._attempt_retention),
+        ):
+            while True:
+                status = await self._pool.execute(statement, age, _CHUNK)
+                count = int(status.split()[-1])
+                removed += count
+                if count < _CHUNK:
+                    break
+        return removed
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            try:
+                removed = await self.prune_once()
+            except DATABASE_FAILURES as exc:
+                _log.warning("retention pass failed; next pass retries", cause=type(exc).__name__)
+                continue
+            if removed:
+                _log.info("expired webhook ids and attempt records removed", count=removed)

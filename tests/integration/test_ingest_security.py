@@ -1,0 +1,609 @@
+"""Ingest's front door against the real Postgres: replays, media types, ed25519 and rotated
+secrets, rate limits, lockout, the attempt log, and a cache that hears about changes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from services.devstack.demo import encode_body, signed_headers
+from services.ingest.audit import AuditTrail
+from services.ingest.retention import Retention
+from services.ingest.signatures import encode_secret, sign, sign_v1a
+from services.shared import credential_kinds
+from services.shared.database import create_pool
+from services.shared.envelope import RawEvent
+from services.shared.errors import TransientError
+from services.shared.vault import CredentialVault
+from tests.support.builders import (
+    TestConnection,
+    connect_account,
+    fixture_deals,
+    mt5_body,
+    new_connection,
+)
+from tests.support.ingest import RecordingSink, RunningIngest, ingest_settings, running_ingest
+
+pytestmark = pytest.mark.integration
+
+
+def webhook_url(connection: TestConnection) -> str:
+    return f"/v1/webhooks/mt5/{connection.created.connection_id}"
+
+
+def body_of(connection: TestConnection) -> bytes:
+    return encode_body(mt5_body(connection.login, fixture_deals()))
+
+
+async def deliver(
+    ingest: RunningIngest,
+    connection: TestConnection,
+    webhook_id: str | None = None,
+    *,
+    secret: str | None = None,
+    extra_headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    body = body_of(connection)
+    headers = signed_headers(
+        secret or connection.created.webhook_secret, webhook_id or f"msg_{uuid.uuid4().hex}", body
+    )
+    return await ingest.client.post(
+        webhook_url(connection), content=body, headers=headers | (extra_headers or {})
+    )
+
+
+async def deliver_badly_signed(ingest: RunningIngest, connection: TestConnection) -> int:
+    forged = encode_secret(b"not the connection's secret at all")
+    return (await deliver(ingest, connection, secret=forged)).status_code
+
+
+async def attempts_of(pool: asyncpg.Pool, connection: TestConnection) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT user_id, status_code, reason, outcome, host(client_ip) AS client_ip, user_agent,"
+        " webhook_id, event_id FROM webhook_attempts WHERE connection_id = $1 ORDER BY id",
+        connection.created.connection_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def security_audit(pool: asyncpg.Pool, connection: TestConnection) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "SELECT consecutive_failures, last_success_at, last_failure_at, host(last_ip) AS last_ip,"
+        " last_user_agent FROM mt5_security_audit WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert row is not None
+    return dict(row)
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.fixture
+def settings(master_key: str, database_url: str) -> Any:
+    return ingest_settings(master_key, database_url)
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+# --- replays ------------------------------------------------------------------------------
+
+
+async def test_a_webhook_id_is_accepted_once_however_many_replicas_race_for_it(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+) -> None:
+    async with (
+        running_ingest(settings, pool, vault, sink) as first,
+        running_ingest(settings, pool, vault, sink) as second,
+    ):
+        answers = await asyncio.gather(
+            *(deliver(replica, connection, "msg_raced") for replica in [first, second] * 5)
+        )
+    assert sorted(a.status_code for a in answers) == [202] + [409] * 9
+    assert [e.delivery_id for e in sink.published] == ["msg_raced"]
+
+
+async def test_a_replay_is_refused_after_a_restart_and_audited(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+) -> None:
+    async with running_ingest(settings, pool, vault, sink) as before_restart:
+        accepted = await deliver(before_restart, connection, "msg_once")
+    async with running_ingest(settings, pool, vault, sink) as after_restart:
+        replayed = await deliver(after_restart, connection, "msg_once")
+
+    assert (accepted.status_code, replayed.status_code) == (202, 409)
+    assert len(sink.published) == 1
+    audited = await attempts_of(pool, connection)
+    assert [(a["status_code"], a["reason"], a["webhook_id"]) for a in audited] == [
+        (202, "accepted", "msg_once"),
+        (409, "replay", "msg_once"),
+    ]
+    assert (
+        await pool.fetchval(
+            "SELECT state FROM webhook_deliveries WHERE connection_id = $1 AND webhook_id = $2",
+            connection.created.connection_id,
+            "msg_once",
+        )
+        == "accepted"
+    )
+
+
+async def test_the_same_webhook_id_on_another_connection_is_not_a_replay(
+    pool: asyncpg.Pool, vault: CredentialVault, settings: Any, sink: RecordingSink
+) -> None:
+    async with pool.acquire() as conn:
+        one, other = [await new_connection(conn, vault) for _ in range(2)]
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        answers = [await deliver(ingest, c, "msg_shared") for c in (one, other)]
+    assert [a.status_code for a in answers] == [202, 202]
+
+
+class FailsOnce:
+    """Kafka refuses the first event, then acknowledges."""
+
+    def __init__(self) -> None:
+        self.published: list[RawEvent] = []
+        self._failed = False
+
+    async def publish(self, event: RawEvent) -> None:
+        if not self._failed:
+            self._failed = True
+            raise TransientError("broker unreachable")
+        self.published.append(event)
+
+
+async def test_a_webhook_id_whose_publish_failed_is_free_for_the_senders_retry(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection, settings: Any
+) -> None:
+    sink = FailsOnce()
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        failed = await deliver(ingest, connection, "msg_retry")
+        retried = await deliver(ingest, connection, "msg_retry")
+    assert (failed.status_code, retried.status_code) == (503, 202)
+    assert len(sink.published) == 1
+
+
+async def test_auditing_that_cannot_write_loses_and_doubles_nothing(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+    database_url: str,
+) -> None:
+    unwritable = await create_pool(database_url, min_size=0, max_size=1)
+    await unwritable.close()
+
+    def audit_into_a_closed_pool(wiring: Any) -> None:
+        wiring.audit = AuditTrail(unwritable)
+
+    async with running_ingest(
+        settings, pool, vault, sink, customize=audit_into_a_closed_pool
+    ) as ingest:
+        accepted = await deliver(ingest, connection, "msg_unaudited")
+        replayed = await deliver(ingest, connection, "msg_unaudited")
+    assert (accepted.status_code, replayed.status_code) == (202, 409)
+    assert len(sink.published) == 1
+
+
+# --- what a delivery must look like ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/xml", "json"])
+async def test_a_body_not_declared_as_json_gets_415_and_publishes_nothing(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+    content_type: str | None,
+) -> None:
+    body = body_of(connection)
+    headers = signed_headers(connection.created.webhook_secret, "msg_media", body)
+    del headers["content-type"]
+    if content_type is not None:
+        headers["content-type"] = content_type
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        response = await ingest.client.post(webhook_url(connection), content=body, headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_media_type"
+    assert sink.published == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/x+json"]
+)
+async def test_json_media_types_with_parameters_or_suffixes_are_accepted(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+    content_type: str,
+) -> None:
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        response = await deliver(ingest, connection, extra_headers={"content-type": content_type})
+    assert response.status_code == 202
+
+
+# --- keys: ed25519 and rotation overlap -----------------------------------------------------
+
+
+async def add_credential(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    kind: str,
+    value: bytes,
+    expires_at: datetime | None = None,
+) -> None:
+    async with pool.acquire() as conn:
+        await vault.store(
+            conn,
+            user_id=connection.user_id,
+            connection_id=connection.created.connection_id,
+            kind=kind,
+            plaintext=value,
+            expires_at=expires_at,
+        )
+
+
+async def test_a_v1a_signature_verifies_against_the_connections_ed25519_public_key(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+) -> None:
+    sender_key = Ed25519PrivateKey.generate()
+    public = sender_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    await add_credential(pool, vault, connection, credential_kinds.WEBHOOK_PUBLIC_KEY, public)
+    body = body_of(connection)
+
+    def v1a_headers(key: Ed25519PrivateKey, webhook_id: str) -> dict[str, str]:
+        now = int(time.time())
+        return {
+            "content-type": "application/json",
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign_v1a(key, webhook_id, now, body),
+        }
+
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        signed = await ingest.client.post(
+            webhook_url(connection), content=body, headers=v1a_headers(sender_key, "msg_ed1")
+        )
+        impostor = await ingest.client.post(
+            webhook_url(connection),
+            content=body,
+            headers=v1a_headers(Ed25519PrivateKey.generate(), "msg_ed2"),
+        )
+    assert (signed.status_code, impostor.status_code) == (202, 401)
+
+
+async def test_every_active_secret_verifies_and_an_expired_one_does_not(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+) -> None:
+    newer, expired = b"n" * 32, b"e" * 32
+    await add_credential(pool, vault, connection, credential_kinds.WEBHOOK_SECRET, newer)
+    await add_credential(
+        pool,
+        vault,
+        connection,
+        credential_kinds.WEBHOOK_SECRET,
+        expired,
+        expires_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        statuses = [
+            (await deliver(ingest, connection, secret=secret)).status_code
+            for secret in (connection.created.webhook_secret, encode_secret(newer))
+        ]
+        after_expiry = await deliver(ingest, connection, secret=encode_secret(expired))
+        statuses.append(after_expiry.status_code)
+    assert statuses == [202, 202, 401]
+
+
+async def test_a_header_with_several_signatures_verifies_if_any_matches(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+) -> None:
+    body = body_of(connection)
+    headers = signed_headers(connection.created.webhook_secret, "msg_multi", body)
+    stale = sign(b"a retired secret", "msg_multi", int(headers["webhook-timestamp"]), body)
+    headers["webhook-signature"] = f"{stale} v2,unknown {headers['webhook-signature']}"
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        response = await ingest.client.post(webhook_url(connection), content=body, headers=headers)
+    assert response.status_code == 202
+
+
+# --- rate limits ----------------------------------------------------------------------------
+
+
+async def test_a_connection_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected(
+    pool: asyncpg.Pool, vault: CredentialVault, master_key: str, database_url: str
+) -> None:
+    settings = ingest_settings(master_key, database_url, rate_limit_per_connection="3/minute")
+    async with pool.acquire() as conn:
+        busy, quiet = [await new_connection(conn, vault) for _ in range(2)]
+    sink = RecordingSink()
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        statuses = [(await deliver(ingest, busy)).status_code for _ in range(3)]
+        limited = await deliver(ingest, busy)
+        unaffected = await deliver(ingest, quiet)
+    assert statuses == [202, 202, 202]
+    assert limited.status_code == 429
+    assert limited.json()["error"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert unaffected.status_code == 202
+    assert len(sink.published) == 4
+
+
+async def test_a_user_over_their_rate_is_limited_across_their_connections(
+    pool: asyncpg.Pool, vault: CredentialVault, master_key: str, database_url: str
+) -> None:
+    settings = ingest_settings(master_key, database_url, rate_limit_per_user="4/minute")
+    async with pool.acquire() as conn:
+        first = await new_connection(conn, vault)
+        another_login = 90_000_000 + uuid.uuid4().int % 10**7
+        second = await connect_account(conn, vault, first.user_id, another_login)
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        statuses = [(await deliver(ingest, c)).status_code for c in [first, second] * 3]
+    assert statuses == [202, 202, 202, 202, 429, 429]
+
+
+# --- lockout --------------------------------------------------------------------------------
+
+
+async def test_repeated_failed_verifications_lock_the_connection_and_raise_an_alert(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = ingest_settings(master_key, database_url, lockout_threshold=3)
+    lockouts_before = metric("poscal_ingest_lockouts_total")
+    sink = RecordingSink()
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        with capture_logs() as logs:
+            failures = [await deliver_badly_signed(ingest, connection) for _ in range(3)]
+        correctly_signed = await deliver(ingest, connection)
+        still_forged = await deliver_badly_signed(ingest, connection)
+
+    assert failures == [401, 401, 401]
+    assert correctly_signed.status_code == 423
+    assert correctly_signed.json()["error"] == "locked"
+    assert still_forged == 401  # only a sender who can sign learns of the lock
+    assert sink.published == []
+    locked = await pool.fetchrow(
+        "SELECT status, locked_at, last_error FROM mt5_connections WHERE id = $1",
+        connection.created.connection_id,
+    )
+    assert locked is not None and locked["status"] == "locked" and locked["locked_at"]
+    assert "rotate" in locked["last_error"]
+    assert (await security_audit(pool, connection))["consecutive_failures"] == 3
+    forced = await pool.fetch(
+        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert [r["rotation_forced_reason"] for r in forced] == ["lockout"]
+    assert metric("poscal_ingest_lockouts_total") == lockouts_before + 1
+    [alert] = [entry for entry in logs if entry.get("alert") == "webhook_lockout"]
+    assert alert["log_level"] == "error"
+    assert alert["connection_id"] == str(connection.created.connection_id)
+
+
+async def test_a_verified_delivery_resets_the_failure_count(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = ingest_settings(master_key, database_url, lockout_threshold=3)
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        for _ in range(2):
+            await deliver_badly_signed(ingest, connection)
+        assert (await deliver(ingest, connection)).status_code == 202
+        await ingest.settle()
+        for _ in range(2):
+            await deliver_badly_signed(ingest, connection)
+        still_open = await deliver(ingest, connection)
+    assert still_open.status_code == 202
+    assert (
+        await pool.fetchval(
+            "SELECT status FROM mt5_connections WHERE id = $1", connection.created.connection_id
+        )
+        == "active"
+    )
+
+
+# --- the attempt log ------------------------------------------------------------------------
+
+
+async def test_every_attempt_is_recorded_with_who_sent_it_and_the_aggregates_follow(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+) -> None:
+    agent = {"user-agent": "PosCal-EA/2.1"}
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        accepted = await deliver(ingest, connection, "msg_seen", extra_headers=agent)
+        await deliver_badly_signed(ingest, connection)
+        await ingest.settle()
+
+    assert [(a["reason"], a["outcome"]) for a in await attempts_of(pool, connection)] == [
+        ("accepted", "accepted"),
+        ("signature_mismatch", "refused"),
+    ]
+    first = (await attempts_of(pool, connection))[0]
+    assert first == {
+        "user_id": connection.user_id,
+        "status_code": 202,
+        "reason": "accepted",
+        "outcome": "accepted",
+        "client_ip": "203.0.113.7",
+        "user_agent": "PosCal-EA/2.1",
+        "webhook_id": "msg_seen",
+        "event_id": uuid.UUID(accepted.json()["event_id"]),
+    }
+    audit = await security_audit(pool, connection)
+    assert audit["consecutive_failures"] == 1
+    assert audit["last_success_at"] < audit["last_failure_at"]
+    assert audit["last_ip"] == "203.0.113.7"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forwarded_for", "recorded"),
+    [
+        ("", "198.51.100.9", "203.0.113.7"),  # the peer is no proxy of ours: XFF is ignored
+        ("203.0.113.0/24", "198.51.100.9", "198.51.100.9"),
+        ("203.0.113.0/24, 10.0.0.0/8", "6.6.6.6, 198.51.100.9, 10.1.2.3", "198.51.100.9"),
+    ],
+)
+async def test_the_client_ip_honours_only_trusted_proxies(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+    trusted: str,
+    forwarded_for: str,
+    recorded: str,
+) -> None:
+    settings = ingest_settings(master_key, database_url, trusted_proxies=trusted)
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        await deliver(ingest, connection, extra_headers={"x-forwarded-for": forwarded_for})
+        await ingest.settle()
+    [attempt] = await attempts_of(pool, connection)
+    assert attempt["client_ip"] == recorded
+
+
+async def test_attempts_at_unknown_connections_are_recorded_for_no_user(
+    pool: asyncpg.Pool, vault: CredentialVault, settings: Any, sink: RecordingSink
+) -> None:
+    unknown = uuid.uuid4()
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        response = await ingest.client.post(
+            f"/v1/webhooks/mt5/{unknown}",
+            content=b"{}",
+            headers={"content-type": "application/json", "webhook-id": "msg_probe"},
+        )
+        await ingest.settle()
+    assert response.status_code == 401
+    row = await pool.fetchrow(
+        "SELECT user_id, reason FROM webhook_attempts WHERE connection_id = $1", unknown
+    )
+    assert row is not None and dict(row) == {"user_id": None, "reason": "unknown_connection"}
+
+
+async def test_refusals_are_counted_in_the_metrics(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    settings: Any,
+    sink: RecordingSink,
+) -> None:
+    labels = {"outcome": "refused", "reason": "signature_mismatch"}
+    before = metric("poscal_ingest_webhooks_total", labels)
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        await deliver_badly_signed(ingest, connection)
+        exposed = (await ingest.client.get("/metrics")).text
+    assert metric("poscal_ingest_webhooks_total", labels) == before + 1
+    assert "poscal_ingest_lockouts_total" in exposed
+
+
+# --- the connection cache -------------------------------------------------------------------
+
+
+async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = ingest_settings(master_key, database_url, connection_cache_seconds=600)
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        await asyncio.sleep(0.3)  # the listener connects
+        assert (await deliver(ingest, connection)).status_code == 202  # now cached
+        await pool.execute(
+            "UPDATE mt5_connections SET status = 'paused' WHERE id = $1",
+            connection.created.connection_id,
+        )
+        deadline = time.monotonic() + 5
+        while (status := (await deliver(ingest, connection)).status_code) == 202:
+            assert time.monotonic() < deadline, "the paused connection is still served from cache"
+            await asyncio.sleep(0.05)
+    assert status == 401
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+async def test_webhook_ids_and_attempts_are_forgotten_after_their_retention(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    ref = connection.created.connection_id
+    for webhook_id, age in [("msg_old", timedelta(days=8)), ("msg_recent", timedelta(days=6))]:
+        await pool.execute(
+            "INSERT INTO webhook_deliveries (connection_id, webhook_id, user_id, event_id, state,"
+            " claim_token, claimed_at) VALUES ($1, $2, $3, gen_random_uuid(), 'accepted',"
+            " gen_random_uuid(), now() - $4::interval)",
+            ref,
+            webhook_id,
+            connection.user_id,
+            age,
+        )
+        await pool.execute(
+            "INSERT INTO webhook_attempts (connection_id, user_id, broker, outcome, status_code,"
+            " reason, webhook_id, received_at) VALUES ($1, $2, 'mt5', 'accepted', 202,"
+            " 'accepted', $3, now() - $4::interval * 12)",
+            ref,
+            connection.user_id,
+            webhook_id,
+            age,
+        )
+    retention = Retention(pool, timedelta(days=7), timedelta(days=90))
+    await retention.prune_once()
+    kept_ids = await pool.fetch(
+        "SELECT webhook_id FROM webhook_deliveries WHERE connection_id = $1", ref
+    )
+    kept_attempts = await pool.fetch(
+        "SELECT webhook_id FROM webhook_attempts WHERE connection_id = $1", ref
+    )
+    assert [r["webhook_id"] for r in kept_ids] == ["msg_recent"]
+    assert [r["webhook_id"] for r in kept_attempts] == ["msg_recent"]

@@ -1,0 +1,75 @@
+"""The ingest app in-process on the session's Postgres, for HTTP-level specifications."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+
+from services.ingest.app import IngestWiring, create_app, wire
+from services.ingest.receiver import EventSink
+from services.ingest.settings import IngestSettings
+from services.shared.envelope import RawEvent
+from services.shared.vault import CredentialVault
+
+
+class RecordingSink:
+    """Stands in for Kafka where what matters is what would have been published."""
+
+    def __init__(self) -> None:
+        self.published: list[RawEvent] = []
+
+    async def publish(self, event: RawEvent) -> None:
+        self.published.append(event)
+
+
+def ingest_settings(master_key: str, database_url: str, **overrides: Any) -> IngestSettings:
+    values: dict[str, Any] = {
+        "master_key": master_key,
+        "database_url": database_url,
+        "kafka_bootstrap_servers": "127.0.0.1:1",
+        "connection_cache_seconds": 0,
+    }
+    return IngestSettings(**(values | overrides))
+
+
+@dataclass
+class RunningIngest:
+    client: httpx.AsyncClient
+    wiring: IngestWiring
+
+    async def settle(self) -> None:
+        """Write every queued attempt record now (the audit trail batches them)."""
+        await self.wiring.audit.flush()
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(
+    settings: IngestSettings,
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    sink: EventSink,
+    *,
+    client_address: tuple[str, int] = ("203.0.113.7", 40000),
+    customize: Callable[[IngestWiring], None] | None = None,
+) -> AsyncIterator[RunningIngest]:
+    built: list[IngestWiring] = []
+
+    async def build(_: contextlib.AsyncExitStack) -> IngestWiring:
+        wiring = wire(settings, pool, vault, sink)
+        if customize is not None:
+            customize(wiring)
+        built.append(wiring)
+        return wiring
+
+    app = create_app(settings, build)
+    transport = httpx.ASGITransport(app=app, client=client_address)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://ingest") as client,
+    ):
+        yield RunningIngest(client, built[0])
