@@ -1,22 +1,33 @@
-"""Creating broker connections: the account, the connection, and its webhook secret (shown once)."""
+"""Creating broker connections: the account, the connection, and its webhook secret (shown once);
+a broker with a poll adapter is also put on the poller's schedule."""
 
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 import asyncpg
 
-from services.ingest.connections import WEBHOOK_SECRET_KIND
 from services.ingest.signatures import encode_secret
+from services.poller.adapters import adapter_for
+from services.poller.schedule import schedule_connection
+from services.shared.credential_kinds import WEBHOOK_SECRET
 from services.shared.database import Connection
 from services.shared.vault import CredentialVault
 
 
 class ConnectionRefused(Exception):
-    """The connection cannot be created as asked; the message says why, for the operator."""
+    """A connection command cannot do as asked; the message says why, for the operator."""
+
+
+class ConnectionNotFound(ConnectionRefused):
+    def __init__(self, connection_id: uuid.UUID) -> None:
+        super().__init__(f"no connection {connection_id}")
+        self.connection_id = connection_id
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,7 @@ class NewConnection:
     account_id: uuid.UUID
     webhook_url: str
     webhook_secret: str
+    polled: bool = False
 
     def __repr__(self) -> str:
         return f"NewConnection({self.connection_id})"
@@ -32,6 +44,24 @@ class NewConnection:
 
 def webhook_url(base_url: str, broker: str, connection_id: uuid.UUID) -> str:
     return f"{base_url.rstrip('/')}/v1/webhooks/{broker}/{connection_id}"
+
+
+def is_polled(broker: str) -> bool:
+    """Whether the poller can sync this broker (it has `services/poller/adapters/<broker>.py`)."""
+    try:
+        adapter_for(broker)
+    except LookupError:
+        return False
+    return True
+
+
+def _checked_api_url(api_url: str | None) -> str | None:
+    if api_url is None:
+        return None
+    parts = urlsplit(api_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConnectionRefused(f"--api-url must be an http(s) base URL, got {api_url!r}")
+    return api_url.rstrip("/")
 
 
 async def create_connection(
@@ -45,10 +75,17 @@ async def create_connection(
     server: str,
     label: str,
     ingest_url: str,
+    api_url: str | None = None,
+    poll_interval_seconds: int = 60,
 ) -> NewConnection:
-    if not account_number.strip() or not server.strip():
-        # Trade ids embed server and login: a blank one would accept no webhook at all.
-        raise ConnectionRefused("--account-number and --server must not be blank")
+    """A live connection is created unable to sync until `enable-live` allows it."""
+    if not account_number.strip():
+        raise ConnectionRefused("--account-number must not be blank")
+    if broker == "mt5" and not server.strip():
+        # MT5 trade ids embed server and login: a blank one would accept no webhook at all.
+        raise ConnectionRefused("--server must not be blank for mt5")
+    polled = is_polled(broker)
+    api_url = _checked_api_url(api_url)
     async with conn.transaction():
         if not await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = $1)", user_id
@@ -66,7 +103,8 @@ async def create_connection(
         try:
             connection_id: uuid.UUID = await conn.fetchval(
                 "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
-                " account_number, server, label) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                " account_number, server, label, api_url)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                 user_id,
                 account_id,
                 broker,
@@ -74,6 +112,7 @@ async def create_connection(
                 account_number,
                 server,
                 label,
+                api_url,
             )
         except asyncpg.UniqueViolationError:
             raise ConnectionRefused(
@@ -89,14 +128,23 @@ async def create_connection(
             conn,
             user_id=user_id,
             connection_id=connection_id,
-            kind=WEBHOOK_SECRET_KIND,
+            kind=WEBHOOK_SECRET,
             plaintext=key,
         )
+        if polled:
+            # Staggered: the first sync falls anywhere in the first interval.
+            await schedule_connection(
+                conn,
+                connection_id,
+                poll_interval_seconds,
+                spread=random.random(),  # noqa: S311
+            )
     return NewConnection(
         connection_id=connection_id,
         account_id=account_id,
         webhook_url=webhook_url(ingest_url, broker, connection_id),
         webhook_secret=encode_secret(key),
+        polled=polled,
     )
 
 

@@ -1,15 +1,17 @@
-"""`poscal-sync`: run the services, the dev stack, migrations, and manage connections."""
+"""`poscal-sync`: run the services, the dev stack, migrations; manage connections and keys."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+
+from services.cli.connection_commands import add_connection_commands
+from services.cli.key_commands import add_key_commands
 
 DEFAULT_STATE_DIR = Path(".poscal/dev")
 
@@ -39,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("ingest", help="run the webhook ingest HTTP service")
     commands.add_parser("normalizer", help="run the normalizer consumer")
     commands.add_parser("writer", help="run the journal writer consumer")
+    commands.add_parser("poller", help="run the broker poller (OANDA, IBKR Flex)")
 
     traces = commands.add_parser("traces", help="print recent traces as trees with durations")
     traces.add_argument("--last", type=int, default=5)
@@ -49,17 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     create_user = user_commands.add_parser("create", help="create (or find) a user by email")
     create_user.add_argument("--email", required=True)
 
-    connections = commands.add_parser("connections", help="broker connections")
-    connection_commands = connections.add_subparsers(dest="connections_command", required=True)
-    create = connection_commands.add_parser(
-        "create", help="create a connection; prints its webhook URL and secret (shown once)"
-    )
-    create.add_argument("--user-id", type=uuid.UUID, required=True)
-    create.add_argument("--broker", choices=("mt5",), default="mt5")
-    create.add_argument("--type", dest="connection_type", choices=("demo", "live"), required=True)
-    create.add_argument("--account-number", required=True)
-    create.add_argument("--server", required=True)
-    create.add_argument("--label", required=True)
+    add_connection_commands(commands)
+    add_key_commands(commands)
     return parser
 
 
@@ -78,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.writer.main import main as writer_main
 
             return writer_main()
+        case "poller":
+            from services.poller.main import main as poller_main
+
+            return poller_main()
         case "migrate":
             return _migrate()
         case "export-schemas":
@@ -99,7 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "users":
             return asyncio.run(_create_user(args.email))
         case "connections":
-            return asyncio.run(_create_connection(args))
+            from services.cli.connection_commands import run_connection_command
+            from services.cli.settings import CliSettings
+
+            return run_connection_command(args, CliSettings(), sys.stdin)
+        case "keys":
+            from services.cli.key_commands import run_key_command
+            from services.cli.settings import CliSettings
+
+            return run_key_command(args, CliSettings())
     return 2
 
 
@@ -124,50 +130,4 @@ async def _create_user(email: str) -> int:
         print(orjson.dumps({"user_id": str(await create_user(conn, email))}).decode())
     finally:
         await conn.close()
-    return 0
-
-
-async def _create_connection(args: argparse.Namespace) -> int:
-    import asyncpg
-
-    from services.cli.connections import ConnectionRefused, create_connection
-    from services.cli.settings import CliSettings
-    from services.shared.crypto import LocalKeyEncryptionKey
-    from services.shared.vault import CredentialVault
-
-    settings = CliSettings()
-    if settings.master_key is None:
-        print("POSCAL_MASTER_KEY is not set (base64 of 32 bytes)", file=sys.stderr)
-        return 2
-    vault = CredentialVault(
-        LocalKeyEncryptionKey.from_base64(settings.master_key.get_secret_value())
-    )
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
-    try:
-        created = await create_connection(
-            conn,
-            vault,
-            user_id=args.user_id,
-            broker=args.broker,
-            connection_type=args.connection_type,
-            account_number=args.account_number,
-            server=args.server,
-            label=args.label,
-            ingest_url=settings.ingest_url,
-        )
-    except ConnectionRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await conn.close()
-    print(
-        orjson.dumps(
-            {
-                "connection_id": str(created.connection_id),
-                "account_id": str(created.account_id),
-                "webhook_url": created.webhook_url,
-                "webhook_secret": created.webhook_secret,
-            }
-        ).decode()
-    )
     return 0

@@ -27,8 +27,9 @@ from services.shared.kafka import TopicSpec, ensure_topics
 from services.shared.migrations import apply_migrations
 from services.shared.settings import Topics
 
-SERVICES = ("ingest", "normalizer", "writer")
-CONSUMERS = ("normalizer", "writer")
+SERVICES = ("ingest", "poller", "normalizer", "writer")
+# Services that report readiness through a ready file (ingest answers /readyz instead).
+READY_FILES = ("poller", "normalizer", "writer")
 
 
 def pipeline_topics(topics: Topics, partitions: int = 6) -> list[TopicSpec]:
@@ -159,9 +160,10 @@ class DevStack:
         return self.state_dir / "run" / f"{name}.ready"
 
     def _wait_for_consumers(self, timeout: float = 60.0) -> None:
-        """Until each consumer has joined its group: before that, events would only queue."""
+        """Until each consumer has joined its group (before that, events would only queue) and
+        the poller is polling."""
         deadline = time.monotonic() + timeout
-        while not all(self._ready_file(name).exists() for name in CONSUMERS):
+        while not all(self._ready_file(name).exists() for name in READY_FILES):
             self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"consumers not ready within {timeout}s; see {self.logs}")

@@ -32,9 +32,9 @@ from services.ingest.receiver import EventSink, WebhookReceiver
 from services.ingest.replays import DeliveryClaims
 from services.ingest.retention import Retention
 from services.ingest.settings import IngestSettings
-from services.shared.crypto import LocalKeyEncryptionKey
 from services.shared.database import create_pool
 from services.shared.kafka import create_producer
+from services.shared.keyring import load_key_ring
 from services.shared.logging import get_logger
 from services.shared.vault import CredentialVault
 
@@ -240,7 +240,10 @@ def create_app(
 
 
 async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitStack) -> IngestWiring:
-    kek = LocalKeyEncryptionKey.from_base64(settings.master_key.get_secret_value())
+    kek = load_key_ring(
+        settings.master_key.get_secret_value(),
+        settings.previous_master_keys.get_secret_value() if settings.previous_master_keys else None,
+    )
     pool = await create_pool(settings.database_url.get_secret_value(), max_size=10)
     stack.push_async_callback(pool.close)
     producer = create_producer(settings.kafka_bootstrap_servers, client_id="poscal-ingest")

@@ -39,6 +39,8 @@ class VerifiableConnection:
     ref: ConnectionRef
     keys: VerificationKeys
     locked: bool = False
+    # A live connection syncs only once `connections enable-live` allowed it.
+    live_enabled: bool = True
 
     def __repr__(self) -> str:  # never print keys
         return (
@@ -92,7 +94,8 @@ class ConnectionDirectory:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT id, user_id, account_id, broker, connection_type, account_number, server"
-                ", status FROM mt5_connections WHERE id = $1 AND status = ANY($2::text[])",
+                ", status, live_enabled_at FROM mt5_connections"
+                " WHERE id = $1 AND status = ANY($2::text[])",
                 connection_id,
                 list(_VERIFIABLE),
             )
@@ -118,4 +121,9 @@ class ConnectionDirectory:
             server=row["server"] or None,
         )
         keys = VerificationKeys(secrets=tuple(secrets), public_keys=tuple(public_keys))
-        return VerifiableConnection(ref, keys, locked=row["status"] == "locked")
+        return VerifiableConnection(
+            ref,
+            keys,
+            locked=row["status"] == "locked",
+            live_enabled=row["connection_type"] == "demo" or row["live_enabled_at"] is not None,
+        )

@@ -3,6 +3,7 @@
 IngestRefusal
  ├── Unauthorized          401: unknown connection, a secret that does not decrypt, or failed
  │                         verification (indistinguishable to the sender)
+ ├── LiveNotEnabled        403: a live connection before `connections enable-live`
  ├── Replay                409: this webhook id was already accepted for this connection
  ├── PayloadTooLarge       413
  ├── UnsupportedMediaType  415: the body is not declared as JSON
@@ -35,6 +36,12 @@ class Unauthorized(IngestRefusal):
     status_code = 401
     error = "unauthorized"
     public_detail = "the webhook could not be verified for this connection"
+
+
+class LiveNotEnabled(IngestRefusal):
+    status_code = 403
+    error = "live_not_enabled"
+    public_detail = "this live connection is not enabled yet; sync a demo connection first"
 
 
 class Replay(IngestRefusal):

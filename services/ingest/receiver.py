@@ -3,7 +3,8 @@ webhook id, then make it durable. The order matters:
 
 1. unknown connection or failed verification: 401, alike (a failure of a known connection is
    counted towards its lockout);
-2. a locked connection: 423, told only to a sender whose delivery verifies;
+2. a locked connection: 423, and a live one not enabled yet: 403, told only to a sender whose
+   delivery verifies;
 3. over the connection's or user's rate: 429;
 4. a webhook id already claimed for the connection: 409;
 5. published and acknowledged by Kafka: 202 (a failed publish releases the claim: 503).
@@ -18,7 +19,14 @@ from typing import Protocol
 
 from services.ingest.audit import Attempt
 from services.ingest.connections import UnreadableSecret, VerifiableConnection
-from services.ingest.errors import Locked, RateLimited, Replay, Unauthorized, Unavailable
+from services.ingest.errors import (
+    LiveNotEnabled,
+    Locked,
+    RateLimited,
+    Replay,
+    Unauthorized,
+    Unavailable,
+)
 from services.ingest.rate_limits import WebhookRateLimits
 from services.ingest.replays import Claim
 from services.ingest.signatures import (
@@ -82,6 +90,8 @@ class WebhookReceiver:
         delivery = await self._verified(attempt, connection, headers, body)
         if connection.locked:
             raise Locked("locked")
+        if not connection.live_enabled:
+            raise LiveNotEnabled("live_not_enabled")
         limited = self._rate_limits.take(connection.ref.connection_id, connection.ref.user_id)
         if limited is not None:
             raise RateLimited(*limited)

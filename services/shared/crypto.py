@@ -64,11 +64,14 @@ class LocalKeyEncryptionKey:
         self._key_id = "local:" + hashlib.sha256(b"poscal-kek-id" + key).hexdigest()[:16]
 
     @classmethod
-    def from_base64(cls, encoded: str) -> LocalKeyEncryptionKey:
+    def from_base64(cls, encoded: str, name: str = "POSCAL_MASTER_KEY") -> LocalKeyEncryptionKey:
+        """`name` says where the key came from in errors, which never quote the key."""
         try:
             key = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):  # ValueError: non-ASCII text
-            raise ValueError("POSCAL_MASTER_KEY is not valid base64") from None
+            raise ValueError(f"{name} is not valid base64") from None
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"{name} must be {KEY_BYTES} bytes (base64-encoded), got {len(key)}")
         return cls(key)
 
     @property

@@ -1,4 +1,8 @@
-"""The credential vault: secrets stored only as AES-256-GCM ciphertext under per-user data keys."""
+"""The credential vault: secrets stored only as AES-256-GCM ciphertext under per-user data keys.
+
+Data keys are wrapped by a key-encryption key: new ones by the current KEK, and each is unwrapped
+by the KEK its row names (`kek_id`), the current one or a previous one of the key ring.
+"""
 
 from __future__ import annotations
 
@@ -14,43 +18,52 @@ from services.shared.crypto import (
     unseal,
 )
 from services.shared.database import Connection
+from services.shared.keyring import KeyRing
 
 
 class CredentialVault:
     """Seals and opens credentials; plaintext exists only in memory, never in a row or a log."""
 
-    def __init__(self, kek: KeyEncryptionKey) -> None:
-        self._kek = kek
+    def __init__(self, kek: KeyEncryptionKey | KeyRing) -> None:
+        self._keys = KeyRing.of(kek)
+
+    @property
+    def key_ring(self) -> KeyRing:
+        return self._keys
 
     async def _current_data_key(self, conn: Connection, user_id: uuid.UUID) -> tuple[int, bytes]:
         row = await conn.fetchrow(
-            "SELECT version, wrapped_key FROM user_data_keys WHERE user_id = $1"
+            "SELECT version, kek_id, wrapped_key FROM user_data_keys WHERE user_id = $1"
             " ORDER BY version DESC LIMIT 1",
             user_id,
         )
         if row is None:
             # Racing creators both try version 1; the loser reads the winner's key.
-            wrapped = self._kek.wrap(generate_key(), data_key_aad(user_id, 1))
+            wrapped = self._keys.wrap(generate_key(), data_key_aad(user_id, 1))
             await conn.execute(
                 "INSERT INTO user_data_keys (user_id, version, kek_id, wrapped_key)"
                 " VALUES ($1, 1, $2, $3) ON CONFLICT DO NOTHING",
                 user_id,
-                self._kek.key_id,
+                self._keys.key_id,
                 wrapped,
             )
             return await self._current_data_key(conn, user_id)
         version: int = row["version"]
-        return version, self._kek.unwrap(row["wrapped_key"], data_key_aad(user_id, version))
+        return version, self._keys.unwrap_with(
+            row["kek_id"], row["wrapped_key"], data_key_aad(user_id, version)
+        )
 
     async def _data_key(self, conn: Connection, user_id: uuid.UUID, version: int) -> bytes:
-        wrapped = await conn.fetchval(
-            "SELECT wrapped_key FROM user_data_keys WHERE user_id = $1 AND version = $2",
+        row = await conn.fetchrow(
+            "SELECT kek_id, wrapped_key FROM user_data_keys WHERE user_id = $1 AND version = $2",
             user_id,
             version,
         )
-        if wrapped is None:
+        if row is None:
             raise LookupError(f"no data key version {version} for user {user_id}")
-        return self._kek.unwrap(wrapped, data_key_aad(user_id, version))
+        return self._keys.unwrap_with(
+            row["kek_id"], row["wrapped_key"], data_key_aad(user_id, version)
+        )
 
     async def store(
         self,

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from services.ingest.connections import WEBHOOK_SECRET_KIND
 from services.ingest.signatures import decode_secret
+from services.shared.credential_kinds import BROKER_CREDENTIALS, WEBHOOK_PUBLIC_KEY, WEBHOOK_SECRET
+from services.shared.crypto import LocalKeyEncryptionKey, new_master_key_base64
+from services.shared.database import create_pool
 from services.shared.vault import CredentialVault
+from tests.support.builders import TestConnection, new_connection
+from tests.support.scratch_database import scratch_database
 
 pytestmark = pytest.mark.e2e
 
 
-def poscal_sync(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def poscal_sync(
+    *args: str, env: dict[str, str], stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -73,9 +83,7 @@ async def test_creating_a_connection_prints_its_secret_once_and_stores_it_encryp
     secret: str = printed["webhook_secret"]
     assert secret.startswith("whsec_") and len(decode_secret(secret)) == 32
     async with pool.acquire() as conn:
-        opened = await vault.open_active(
-            conn, connection_id, WEBHOOK_SECRET_KIND, datetime.now(UTC)
-        )
+        opened = await vault.open_active(conn, connection_id, WEBHOOK_SECRET, datetime.now(UTC))
         dumped = await conn.fetchval(
             "SELECT string_agg(t::text, '') FROM mt5_credentials t WHERE connection_id = $1",
             connection_id,
@@ -130,4 +138,231 @@ def test_creating_a_connection_without_a_master_key_is_refused(cli_env: dict[str
         timeout=60,
         env={k: v for k, v in os.environ.items() if k != "POSCAL_MASTER_KEY"} | env,
     )
+    assert result.returncode == 2 and "POSCAL_MASTER_KEY" in result.stderr
+
+
+# --- connections set-credentials / rotate-secret / add-public-key / list -------------------
+
+
+@pytest.fixture
+async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
+    async with pool.acquire() as conn:
+        return await new_connection(conn, vault)
+
+
+async def test_broker_credentials_are_read_from_standard_input_and_never_printed(
+    cli_env: dict[str, str], pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    connection_id = connection.created.connection_id
+    credentials = '{"login": "52557820", "password": "pw-7c1d0e", "server": "X-Demo"}'
+
+    result = poscal_sync(
+        "connections", "set-credentials", str(connection_id), env=cli_env, stdin=credentials
+    )
+
+    assert result.returncode == 0, result.stderr
+    printed = orjson.loads(result.stdout)
+    assert set(printed) == {"connection_id", "stored_at"}
+    assert printed["connection_id"] == str(connection_id)
+    assert "pw-7c1d0e" not in result.stdout + result.stderr
+    async with pool.acquire() as conn:
+        (opened,) = await vault.open_active(
+            conn, connection_id, BROKER_CREDENTIALS, datetime.now(UTC)
+        )
+    assert orjson.loads(opened)["password"] == "pw-7c1d0e"
+
+
+@pytest.mark.parametrize(
+    ("stdin", "complaint"),
+    [
+        ("", "empty"),
+        ('{"login": "1", "password": "pw-7c1d0e"}', "'server' as a non-empty string"),
+    ],
+)
+def test_empty_or_incomplete_broker_credentials_are_refused_clearly(
+    cli_env: dict[str, str], connection: TestConnection, stdin: str, complaint: str
+) -> None:
+    result = poscal_sync(
+        "connections",
+        "set-credentials",
+        str(connection.created.connection_id),
+        env=cli_env,
+        stdin=stdin,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and complaint in result.stderr
+    assert "pw-7c1d0e" not in result.stderr
+
+
+async def test_rotating_the_secret_prints_the_new_one_once_and_the_old_ones_end(
+    cli_env: dict[str, str], pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    connection_id = connection.created.connection_id
+
+    result = poscal_sync(
+        "connections", "rotate-secret", str(connection_id), "--overlap", "30m", env=cli_env
+    )
+
+    assert result.returncode == 0, result.stderr
+    printed = orjson.loads(result.stdout)
+    assert set(printed) == {"connection_id", "webhook_secret", "previous_secrets_expire_at"}
+    expire_at = datetime.fromisoformat(printed["previous_secrets_expire_at"])
+    assert timedelta(minutes=29) < expire_at - datetime.now(UTC) <= timedelta(minutes=30)
+    new = decode_secret(printed["webhook_secret"])
+    async with pool.acquire() as conn:
+        assert await vault.open_active(conn, connection_id, WEBHOOK_SECRET, datetime.now(UTC)) == [
+            new,
+            decode_secret(connection.created.webhook_secret),
+        ]
+        assert await vault.open_active(
+            conn, connection_id, WEBHOOK_SECRET, expire_at + timedelta(seconds=1)
+        ) == [new]
+
+
+@pytest.mark.parametrize("overlap", ["24", "1w", "-1h", "31d"])
+def test_a_bad_overlap_is_refused_clearly(
+    cli_env: dict[str, str], connection: TestConnection, overlap: str
+) -> None:
+    result = poscal_sync(
+        "connections",
+        "rotate-secret",
+        str(connection.created.connection_id),
+        f"--overlap={overlap}",
+        env=cli_env,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: --overlap")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rotate-secret"],
+        ["set-credentials"],
+        ["add-public-key", "--key", "whpk_" + base64.b64encode(b"\x11" * 32).decode()],
+    ],
+)
+def test_every_connection_command_refuses_an_unknown_connection(
+    cli_env: dict[str, str], command: list[str]
+) -> None:
+    unknown = str(uuid.uuid4())
+    result = poscal_sync("connections", command[0], unknown, *command[1:], env=cli_env, stdin="tok")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == f"error: no connection {unknown}"
+
+
+async def test_a_public_key_is_added_and_a_malformed_one_refused(
+    cli_env: dict[str, str], pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    connection_id = connection.created.connection_id
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    added = poscal_sync(
+        "connections",
+        "add-public-key",
+        str(connection_id),
+        "--key",
+        "whpk_" + base64.b64encode(raw).decode(),
+        env=cli_env,
+    )
+    malformed = poscal_sync(
+        "connections",
+        "add-public-key",
+        str(connection_id),
+        "--key",
+        "whpk_" + base64.b64encode(raw[:31]).decode(),
+        env=cli_env,
+    )
+
+    assert added.returncode == 0, added.stderr
+    assert set(orjson.loads(added.stdout)) == {"connection_id", "added_at"}
+    assert malformed.returncode == 1
+    assert "not an Ed25519 public key (32 bytes, got 31)" in malformed.stderr
+    async with pool.acquire() as conn:
+        assert await vault.open_active(
+            conn, connection_id, WEBHOOK_PUBLIC_KEY, datetime.now(UTC)
+        ) == [raw]
+
+
+async def test_the_listing_is_json_lines_and_rotation_due_keeps_only_those_due(
+    cli_env: dict[str, str], pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    await pool.execute(
+        "UPDATE mt5_credentials SET created_at = now() - interval '95 days'"
+        " WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    user = ["--user-id", str(connection.user_id)]
+
+    everything = poscal_sync("connections", "list", *user, env=cli_env)
+    due = poscal_sync("connections", "list", "--rotation-due", *user, env=cli_env)
+    # Listing opens no credential: it needs no master key.
+    keyless = {k: v for k, v in cli_env.items() if k != "POSCAL_MASTER_KEY"}
+    without_key = poscal_sync("connections", "list", *user, env=keyless | {"POSCAL_MASTER_KEY": ""})
+
+    assert everything.returncode == due.returncode == 0, everything.stderr + due.stderr
+    (record,) = [orjson.loads(line) for line in everything.stdout.splitlines()]
+    assert record["connection_id"] == str(connection.created.connection_id)
+    assert (record["rotation"], record["credentials_age_days"]) == ("due", {"webhook_secret": 95})
+    assert due.stdout == everything.stdout
+    assert without_key.returncode == 0 and without_key.stdout == everything.stdout
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def test_a_new_master_key_is_base64_of_32_random_bytes(cli_env: dict[str, str]) -> None:
+    first, second = (poscal_sync("keys", "new", env=cli_env) for _ in range(2))
+    assert first.returncode == 0
+    assert len(base64.b64decode(first.stdout.strip(), validate=True)) == 32
+    assert first.stdout != second.stdout
+
+
+async def test_rotating_the_master_key_follows_the_runbook(
+    cli_env: dict[str, str], database_url: str
+) -> None:
+    old_key, new_key = new_master_key_base64(), new_master_key_base64()
+    old = LocalKeyEncryptionKey.from_base64(old_key)
+    async with scratch_database(database_url) as dsn:
+        pool = await create_pool(dsn, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                connections = [await new_connection(conn, CredentialVault(old)) for _ in range(3)]
+            env = cli_env | {"DATABASE_URL": dsn, "POSCAL_MASTER_KEY": new_key}
+            mid_rotation = env | {"POSCAL_PREVIOUS_MASTER_KEYS": old_key}
+
+            # Without the old key, the data keys under it cannot be re-wrapped: refused.
+            refused = poscal_sync("keys", "rotate", env=env)
+            interrupted = poscal_sync("keys", "rotate", "--limit", "1", env=mid_rotation)
+            finished = poscal_sync("keys", "rotate", env=mid_rotation)
+            # Step 3, the old key dropped: everything opens with the new key alone.
+            rotate_secret = poscal_sync(
+                "connections",
+                "rotate-secret",
+                str(connections[0].created.connection_id),
+                env=env,
+            )
+        finally:
+            await pool.close()
+
+    assert refused.returncode == 1 and old.key_id in refused.stderr
+    assert old_key not in refused.stderr + refused.stdout
+    new_id = LocalKeyEncryptionKey.from_base64(new_key).key_id
+    assert orjson.loads(interrupted.stdout) == {
+        "kek_id": new_id,
+        "rewrapped": 1,
+        "already_current": 0,
+        "remaining": 2,
+    }
+    assert orjson.loads(finished.stdout) == {
+        "kek_id": new_id,
+        "rewrapped": 2,
+        "already_current": 1,
+        "remaining": 0,
+    }
+    assert rotate_secret.returncode == 0, rotate_secret.stderr
+
+
+def test_rotating_without_a_master_key_is_refused(cli_env: dict[str, str]) -> None:
+    result = poscal_sync("keys", "rotate", env=cli_env | {"POSCAL_MASTER_KEY": ""})
     assert result.returncode == 2 and "POSCAL_MASTER_KEY" in result.stderr

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from services.cli.credentials import rotate_webhook_secret
 from services.devstack.demo import encode_body, signed_headers
 from services.ingest.audit import AuditTrail
 from services.ingest.retention import Retention
@@ -607,3 +608,28 @@ async def test_webhook_ids_and_attempts_are_forgotten_after_their_retention(
     )
     assert [r["webhook_id"] for r in kept_ids] == ["msg_recent"]
     assert [r["webhook_id"] for r in kept_attempts] == ["msg_recent"]
+
+
+async def test_rotating_the_secret_unlocks_and_the_suspect_secret_stops_verifying(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = ingest_settings(master_key, database_url, lockout_threshold=2)
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        for _ in range(2):
+            await deliver_badly_signed(ingest, connection)
+        assert (await deliver(ingest, connection)).status_code == 423
+        async with pool.acquire() as conn:
+            rotated = await rotate_webhook_secret(
+                conn, vault, connection.created.connection_id, overlap=None
+            )
+        with_new_secret = await deliver(ingest, connection, secret=rotated.webhook_secret)
+        with_old_secret = await deliver(ingest, connection)
+    assert rotated.unlocked
+    assert (with_new_secret.status_code, with_old_secret.status_code) == (202, 401)
+    assert await pool.fetchval(
+        "SELECT status FROM mt5_connections WHERE id = $1", connection.created.connection_id
+    ) == "active"

@@ -176,3 +176,10 @@ def test_a_new_master_key_is_base64_of_32_bytes_and_loads() -> None:
     encoded = new_master_key_base64()
     assert len(base64.b64decode(encoded, validate=True)) == KEY_BYTES
     LocalKeyEncryptionKey.from_base64(encoded)
+
+
+def test_a_bad_master_key_is_refused_naming_where_it_came_from_never_quoting_it() -> None:
+    short = base64.b64encode(b"k" * 16).decode()
+    with pytest.raises(ValueError, match=r"^POSCAL_PREVIOUS_MASTER_KEYS entry 2 must be 32") as bad:
+        LocalKeyEncryptionKey.from_base64(short, "POSCAL_PREVIOUS_MASTER_KEYS entry 2")
+    assert short not in str(bad.value)

@@ -28,9 +28,20 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """One item the mapper leaves out on purpose (an order, a heartbeat, a summary row)."""
+
+    index: int
+    type: str
+    id: str | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Mapping:
     batch: CanonicalBatch
     rejected: tuple[Rejection, ...] = field(default=())
+    skipped: tuple[Skipped, ...] = field(default=())
 
 
 Mapper = Callable[[RawEvent], Mapping]
@@ -41,9 +52,12 @@ _BROKER_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 def mapper_for(broker: str) -> Mapper:
     if not _BROKER_NAME.match(broker):
         raise InvalidEvent("unknown_broker", f"no mapper for broker {broker!r}")
+    name = f"{__name__}.{broker}"
     try:
-        module = importlib.import_module(f"{__name__}.{broker}")
-    except ModuleNotFoundError:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise  # the mapper exists but something it imports does not: a broken install
         raise InvalidEvent("unknown_broker", f"no mapper for broker {broker!r}") from None
     mapper: Mapper = module.map_event
     return mapper

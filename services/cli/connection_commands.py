@@ -1,0 +1,259 @@
+"""`poscal-sync connections ...`: the argument parsers and the shell around the connection
+operations (settings, the database connection, standard input, JSON out, errors to stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import asyncpg
+import orjson
+
+from services.cli.connection_list import list_connections
+from services.cli.connections import ConnectionRefused, create_connection
+from services.cli.credential_input import (
+    MAX_CREDENTIAL_BYTES,
+    InvalidInput,
+    parse_overlap,
+    parse_public_key,
+)
+from services.cli.credentials import add_public_key, rotate_webhook_secret, set_broker_credentials
+from services.cli.live import enable_live
+from services.cli.settings import CliSettings, MasterKeyMissing
+from services.shared.vault import CredentialVault
+
+_Record = dict[str, Any]
+# Brokers a connection can be created for: each has a normalizer mapper; oanda and ibkr are
+# polled (services/poller/adapters), mt5 pushes webhooks.
+BROKERS = ("mt5", "oanda", "ibkr")
+# A command's work in the database, returning the records it prints (as JSON lines).
+_Work = Callable[[asyncpg.Connection], Awaitable[list[_Record]]]
+
+
+def add_connection_commands(commands: Any) -> None:
+    """The `connections` group, on the top-level parser's subcommands."""
+    connections = commands.add_parser("connections", help="broker connections")
+    group = connections.add_subparsers(dest="connections_command", required=True)
+
+    create = group.add_parser(
+        "create", help="create a connection; prints its webhook URL and secret (shown once)"
+    )
+    create.add_argument("--user-id", type=uuid.UUID, required=True)
+    create.add_argument("--broker", choices=BROKERS, default="mt5")
+    create.add_argument(
+        "--type",
+        dest="connection_type",
+        choices=("demo", "live"),
+        required=True,
+        help="demo or live (OANDA: practice or fxtrade host); live syncs only after enable-live",
+    )
+    create.add_argument(
+        "--account-number", required=True, help="MT5 login, OANDA account id, IBKR account"
+    )
+    create.add_argument("--server", default="", help="the MT5 trade server (required for mt5)")
+    create.add_argument("--label", required=True)
+    create.add_argument(
+        "--api-url", help="override the broker API's base URL (polled brokers: proxies, tests)"
+    )
+    create.add_argument(
+        "--poll-interval", type=int, default=60, help="seconds between syncs (polled brokers)"
+    )
+
+    enable = group.add_parser(
+        "enable-live",
+        help="let a live connection sync, once a demo connection of its broker has synced",
+    )
+    enable.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+
+    set_credentials = group.add_parser(
+        "set-credentials",
+        help="store the broker sign-in credentials, read from standard input",
+        description=(
+            "Reads the credential from standard input (never from the command line). For mt5:"
+            ' a JSON object {"login": "...", "password": "...", "server": "..."}; for token'
+            " brokers: the API token. Replaces (revokes) the connection's previous broker"
+            " credentials. Prints {connection_id, stored_at}, never the credential."
+        ),
+    )
+    set_credentials.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+
+    rotate = group.add_parser(
+        "rotate-secret",
+        help="replace the webhook secret (prints the new one once); unlocks a locked connection",
+        description=(
+            "Generates a new webhook secret and prints it once. The secrets it replaces keep"
+            " verifying until the overlap ends, so the sender can switch without losing"
+            " deliveries. Rotating clears a forced-rotation mark and unlocks a locked"
+            " connection."
+        ),
+    )
+    rotate.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+    rotate.add_argument(
+        "--overlap",
+        default=None,
+        help=(
+            "how long the replaced secrets keep verifying: 24h, 30m, 90s, 2d, or 0 (default"
+            " 24h; 0 for a locked connection, whose old secret is suspect)"
+        ),
+    )
+
+    public_key = group.add_parser(
+        "add-public-key", help="add an Ed25519 key (whpk_...) that verifies v1a webhook signatures"
+    )
+    public_key.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+    public_key.add_argument("--key", required=True, help="whpk_ followed by base64 of 32 bytes")
+
+    listing = group.add_parser(
+        "list",
+        help="connections as JSON lines, with health and credential rotation state",
+        description=(
+            "rotation is ok, warning (a kind's newest active credential is over 60 days old),"
+            " due (over 90 days) or forced (suspicious activity marked it; see rotation_reason)."
+        ),
+    )
+    listing.add_argument(
+        "--rotation-due", action="store_true", help="only connections whose rotation is not ok"
+    )
+    listing.add_argument("--user-id", type=uuid.UUID)
+
+
+def run_connection_command(args: argparse.Namespace, settings: CliSettings, stdin: TextIO) -> int:
+    """Errors go to stderr: 1 when the command is refused, 2 when settings are missing."""
+    try:
+        work = _work(args, settings, stdin)
+    except (MasterKeyMissing, ValueError) as exc:  # InvalidInput is a ValueError too
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, InvalidInput) else 2
+    return asyncio.run(_execute(settings, work))
+
+
+def _work(args: argparse.Namespace, settings: CliSettings, stdin: TextIO) -> _Work:
+    """What the command does in the database, once its input is checked."""
+    command: str = args.connections_command
+    if command == "list":
+        return lambda conn: _list(conn, args.user_id, args.rotation_due)
+    vault = CredentialVault(settings.key_ring())
+    match command:
+        case "create":
+            return lambda conn: _create(conn, vault, settings, args)
+        case "enable-live":
+            return lambda conn: _enable_live(conn, args.connection_id)
+        case "set-credentials":
+            text = _read_credential(stdin)
+            return lambda conn: _set_credentials(conn, vault, args.connection_id, text)
+        case "rotate-secret":
+            overlap = None if args.overlap is None else parse_overlap(args.overlap)
+            return lambda conn: _rotate_secret(conn, vault, args.connection_id, overlap)
+        case "add-public-key":
+            raw_key = parse_public_key(args.key)
+            return lambda conn: _add_public_key(conn, vault, args.connection_id, raw_key)
+    raise AssertionError(f"unhandled connections command {command!r}")
+
+
+def _read_credential(stdin: TextIO) -> str:
+    if stdin.isatty():
+        print("reading the credential from standard input; end with Ctrl-D", file=sys.stderr)
+    return stdin.read(MAX_CREDENTIAL_BYTES + 1)
+
+
+async def _execute(settings: CliSettings, work: _Work) -> int:
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        records = await work(conn)
+    except (ConnectionRefused, InvalidInput) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    for record in records:
+        print(orjson.dumps(record, default=_uuid_as_text).decode(), flush=True)
+    return 0
+
+
+def _uuid_as_text(value: object) -> str:
+    # asyncpg's UUIDs subclass uuid.UUID, which orjson serialises only as the exact type.
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not printable as JSON")
+
+
+async def _create(
+    conn: asyncpg.Connection, vault: CredentialVault, settings: CliSettings, args: Any
+) -> list[_Record]:
+    created = await create_connection(
+        conn,
+        vault,
+        user_id=args.user_id,
+        broker=args.broker,
+        connection_type=args.connection_type,
+        account_number=args.account_number,
+        server=args.server,
+        label=args.label,
+        ingest_url=settings.ingest_url,
+        api_url=args.api_url,
+        poll_interval_seconds=args.poll_interval,
+    )
+    record: _Record = {
+        "connection_id": created.connection_id,
+        "account_id": created.account_id,
+        "webhook_url": created.webhook_url,
+        "webhook_secret": created.webhook_secret,
+        "polled": created.polled,
+    }
+    next_steps = []
+    if created.polled:
+        next_steps.append("store its credentials: poscal-sync connections set-credentials ID")
+    if args.connection_type == "live":
+        next_steps.append("enable it once a demo connection has synced: connections enable-live ID")
+    if next_steps:
+        record["next"] = next_steps
+    return [record]
+
+
+async def _enable_live(conn: asyncpg.Connection, connection_id: uuid.UUID) -> list[_Record]:
+    return [
+        {"connection_id": connection_id, "live_enabled_at": await enable_live(conn, connection_id)}
+    ]
+
+
+async def _set_credentials(
+    conn: asyncpg.Connection, vault: CredentialVault, connection_id: uuid.UUID, text: str
+) -> list[_Record]:
+    stored = await set_broker_credentials(conn, vault, connection_id, text)
+    return [{"connection_id": stored.connection_id, "stored_at": stored.stored_at}]
+
+
+async def _rotate_secret(
+    conn: asyncpg.Connection,
+    vault: CredentialVault,
+    connection_id: uuid.UUID,
+    overlap: timedelta | None,
+) -> list[_Record]:
+    rotated = await rotate_webhook_secret(conn, vault, connection_id, overlap)
+    return [
+        {
+            "connection_id": rotated.connection_id,
+            "webhook_secret": rotated.webhook_secret,
+            "previous_secrets_expire_at": rotated.previous_secrets_expire_at,
+        }
+    ]
+
+
+async def _add_public_key(
+    conn: asyncpg.Connection, vault: CredentialVault, connection_id: uuid.UUID, raw_key: bytes
+) -> list[_Record]:
+    added = await add_public_key(conn, vault, connection_id, raw_key)
+    return [{"connection_id": added.connection_id, "added_at": added.stored_at}]
+
+
+async def _list(
+    conn: asyncpg.Connection, user_id: uuid.UUID | None, rotation_due: bool
+) -> list[_Record]:
+    return await list_connections(
+        conn, datetime.now(UTC), user_id=user_id, rotation_due_only=rotation_due
+    )

@@ -1,0 +1,87 @@
+"""`connections list`: every connection with its health and whether its credentials are due for
+rotation (the policy is `services.cli.rotation`; this module only reads the rows)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.cli.rotation import ActiveCredential, classify_rotation
+from services.shared.database import Connection
+
+
+async def list_connections(
+    conn: Connection,
+    now: datetime,
+    *,
+    user_id: uuid.UUID | None = None,
+    rotation_due_only: bool = False,
+) -> list[dict[str, Any]]:
+    """One plain record per connection, oldest first. `rotation_due_only` keeps those whose
+    rotation is not "ok", leaving out revoked connections (nothing to rotate there)."""
+    rows = await conn.fetch(
+        "SELECT c.id, c.user_id, c.broker, c.connection_type, c.account_number, c.server,"
+        " c.label, c.status, c.last_sync_at, c.last_error, c.locked_at, c.live_enabled_at,"
+        " coalesce(a.consecutive_failures, 0) AS consecutive_failures,"
+        " s.connection_id IS NOT NULL AS polled, s.last_success_at, s.next_sync_at,"
+        " coalesce(s.consecutive_failures, 0) AS sync_failures, s.last_error AS sync_error,"
+        " s.credentials_rejected_at"
+        " FROM mt5_connections c LEFT JOIN mt5_security_audit a ON a.connection_id = c.id"
+        " LEFT JOIN sync_schedule s ON s.connection_id = c.id"
+        " WHERE ($1::uuid IS NULL OR c.user_id = $1) ORDER BY c.created_at, c.id",
+        user_id,
+    )
+    credentials: dict[uuid.UUID, list[ActiveCredential]] = {}
+    for row in await conn.fetch(
+        "SELECT connection_id, kind, created_at, rotation_forced_at, rotation_forced_reason"
+        " FROM mt5_credentials WHERE connection_id = ANY($1::uuid[]) AND revoked_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > $2)",
+        [r["id"] for r in rows],
+        now,
+    ):
+        credentials.setdefault(row["connection_id"], []).append(
+            ActiveCredential(
+                kind=row["kind"],
+                created_at=row["created_at"],
+                rotation_forced_at=row["rotation_forced_at"],
+                rotation_forced_reason=row["rotation_forced_reason"],
+            )
+        )
+    listed = [_record(row, credentials.get(row["id"], []), now) for row in rows]
+    if rotation_due_only:
+        return [r for r in listed if r["rotation"] != "ok" and r["status"] != "revoked"]
+    return listed
+
+
+def _record(
+    row: asyncpg.Record, credentials: list[ActiveCredential], now: datetime
+) -> dict[str, Any]:
+    status = classify_rotation(credentials, now)
+    return {
+        "connection_id": row["id"],
+        "user_id": row["user_id"],
+        "broker": row["broker"],
+        "connection_type": row["connection_type"],
+        "account_number": row["account_number"],
+        "server": row["server"],
+        "label": row["label"],
+        "status": row["status"],
+        "last_sync_at": row["last_sync_at"],
+        "last_error": row["last_error"],
+        "consecutive_failures": row["consecutive_failures"],
+        "locked_at": row["locked_at"],
+        "live_enabled_at": row["live_enabled_at"],
+        # Polled connections: how the poller is doing with them.
+        "polled": row["polled"],
+        "last_sync_success_at": row["last_success_at"],
+        "next_sync_at": row["next_sync_at"],
+        "sync_failures": row["sync_failures"],
+        "last_sync_error": row["sync_error"],
+        "credentials_rejected_at": row["credentials_rejected_at"],
+        "credentials_age_days": status.age_days,
+        "rotation": status.rotation,
+        "rotation_reason": status.reason,
+    }

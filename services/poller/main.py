@@ -1,0 +1,70 @@
+"""The poller entrypoint: wires Postgres, Kafka and an HTTP client once, then polls until told
+to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+
+from services.ingest.publisher import RawEventPublisher
+from services.poller.schedule import SyncSchedule
+from services.poller.service import Poller, UserSyncRate
+from services.poller.settings import PollerSettings
+from services.poller.sync import ConnectionSync, RetryPolicy
+from services.shared.database import create_pool
+from services.shared.kafka import create_producer
+from services.shared.keyring import load_key_ring
+from services.shared.lifecycle import mark_ready, run_service
+from services.shared.logging import get_logger
+from services.shared.vault import CredentialVault
+
+_log = get_logger("poscal.poller")
+
+
+async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(
+            settings.database_url.get_secret_value(), max_size=settings.concurrency + 2
+        )
+        stack.push_async_callback(pool.close)
+        producer = create_producer(settings.kafka_bootstrap_servers, "poscal-poller")
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        http = httpx.AsyncClient(timeout=settings.broker_timeout_seconds, follow_redirects=False)
+        stack.push_async_callback(http.aclose)
+        kek = load_key_ring(
+            settings.master_key.get_secret_value(),
+            settings.previous_master_keys.get_secret_value()
+            if settings.previous_master_keys
+            else None,
+        )
+        schedule = SyncSchedule(pool, settings.owner, settings.lease_seconds)
+        sync = ConnectionSync(
+            pool=pool,
+            vault=CredentialVault(kek),
+            schedule=schedule,
+            sink=RawEventPublisher(producer, settings.topics.raw, settings.publish_timeout_seconds),
+            http=http,
+            retry=RetryPolicy(
+                settings.retry_base_seconds,
+                settings.retry_cap_seconds,
+                settings.failures_before_error,
+            ),
+        )
+        poller = Poller(
+            schedule,
+            sync.run,
+            concurrency=settings.concurrency,
+            tick_seconds=settings.tick_seconds,
+            user_rate=UserSyncRate(settings.sync_rate_per_user),
+        )
+        mark_ready(settings.ready_file)
+        _log.info("poller running", owner=settings.owner, concurrency=settings.concurrency)
+        await poller.run(stop)
+
+
+def main() -> int:
+    settings = PollerSettings()
+    return run_service("poller", settings, lambda stop: serve(settings, stop))

@@ -1,0 +1,63 @@
+"""The poller's settings, from the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from limits import parse
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+
+from services.shared.settings import ServiceSettings
+
+
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class PollerSettings(ServiceSettings):
+    master_key: SecretStr = Field(validation_alias=AliasChoices("POSCAL_MASTER_KEY", "master_key"))
+    previous_master_keys: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("POSCAL_PREVIOUS_MASTER_KEYS", "previous_master_keys")
+    )
+    # Names this replica's leases, so a lease it lost is never written to.
+    owner: str = Field(
+        default_factory=_default_owner, validation_alias=AliasChoices("POSCAL_POLLER_ID")
+    )
+    # How often the poller looks for connections due for sync.
+    tick_seconds: float = Field(
+        1.0, gt=0, validation_alias=AliasChoices("POSCAL_POLLER_TICK_SECONDS")
+    )
+    # Syncs run at once by this replica.
+    concurrency: int = Field(4, ge=1, validation_alias=AliasChoices("POSCAL_POLLER_CONCURRENCY"))
+    # A lease outlives a stuck replica by at most this; each published page renews it.
+    lease_seconds: float = Field(
+        120.0, ge=5, validation_alias=AliasChoices("POSCAL_POLLER_LEASE_SECONDS")
+    )
+    # Consecutive failures after which the connection's status becomes `error`, with an alert.
+    failures_before_error: int = Field(
+        3, ge=1, validation_alias=AliasChoices("POSCAL_POLLER_FAILURES_BEFORE_ERROR")
+    )
+    # Failed syncs back off exponentially with jitter from this base up to the cap.
+    retry_base_seconds: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("POSCAL_POLLER_RETRY_BASE_SECONDS")
+    )
+    retry_cap_seconds: float = Field(
+        3600.0, gt=0, validation_alias=AliasChoices("POSCAL_POLLER_RETRY_CAP_SECONDS")
+    )
+    # Per user, per replica (`limits` syntax): a user's many connections cannot hog the poller.
+    sync_rate_per_user: str = Field(
+        "30/minute", validation_alias=AliasChoices("POSCAL_SYNC_RATE_PER_USER")
+    )
+    publish_timeout_seconds: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("POSCAL_PUBLISH_TIMEOUT_SECONDS")
+    )
+    broker_timeout_seconds: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("POSCAL_BROKER_TIMEOUT_SECONDS")
+    )
+
+    @field_validator("sync_rate_per_user")
+    @classmethod
+    def _a_rate_limit(cls, value: str) -> str:
+        parse(value)
+        return value

@@ -1,0 +1,202 @@
+"""One connection's sync: open its credentials in memory, pull each page of what changed since
+its cursor, publish the page, and only then move the cursor. A crash between the publish and the
+cursor save re-polls the same page next time: the same event id downstream, so no effect."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import asyncpg
+import httpx
+from opentelemetry import trace
+
+from services.poller.adapters import (
+    AdapterContext,
+    AdapterFactory,
+    BrokerUnavailable,
+    CredentialsRejected,
+    adapter_for,
+)
+from services.poller.metrics import ALERTS, PAGES, SYNCS
+from services.poller.retry import retry_delay
+from services.poller.schedule import DueSync, LeaseLost, SyncSchedule
+from services.shared import credential_kinds
+from services.shared.crypto import DecryptionFailed
+from services.shared.envelope import RawEvent
+from services.shared.logging import get_logger
+from services.shared.vault import CredentialVault
+
+_log = get_logger("poscal.poller")
+_tracer = trace.get_tracer("poscal.poller")
+
+
+class EventSink(Protocol):
+    async def publish(self, event: RawEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float
+    cap_seconds: float
+    failures_before_error: int
+
+
+class NoCredentials(Exception):
+    """Nothing stored to sign in with."""
+
+
+class ConnectionSync:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        vault: CredentialVault,
+        schedule: SyncSchedule,
+        sink: EventSink,
+        http: httpx.AsyncClient,
+        retry: RetryPolicy,
+        jitter: Callable[[], float] = random.random,
+        adapters: Callable[[str], AdapterFactory] = adapter_for,
+    ) -> None:
+        self._pool = pool
+        self._vault = vault
+        self._schedule = schedule
+        self._sink = sink
+        self._http = http
+        self._retry = retry
+        self._jitter = jitter
+        self._adapters = adapters
+
+    async def run(self, due: DueSync) -> str:
+        """Sync one leased connection; returns the outcome (also recorded in the schedule)."""
+        ref = due.connection
+        with _tracer.start_as_current_span(
+            "poller sync",
+            attributes={
+                "poscal.connection_id": str(ref.connection_id),
+                "poscal.broker": ref.broker,
+            },
+        ) as span:
+            outcome = await self._outcome(due)
+            span.set_attribute("poscal.sync_outcome", outcome)
+        SYNCS.labels(ref.broker, outcome).inc()
+        return outcome
+
+    async def _outcome(self, due: DueSync) -> str:
+        connection_id = due.connection.connection_id
+        try:
+            pages = await self._pull_and_publish(due)
+            await self._schedule.succeeded(connection_id, self._jitter())
+        except LeaseLost:
+            _log.warning(
+                "lease lost mid-sync; another replica has it", connection_id=str(connection_id)
+            )
+            return "lease_lost"
+        except (CredentialsRejected, NoCredentials) as exc:
+            await self._credentials_rejected(due, exc)
+            return "credentials_rejected"
+        except Exception as exc:  # every other failure is retried later, with backoff
+            await self._failed(due, exc)
+            return "failed"
+        _log.info("synced", connection_id=str(connection_id), pages=pages)
+        return "synced"
+
+    async def _pull_and_publish(self, due: DueSync) -> int:
+        ref = due.connection
+        credentials = await self._credentials(due)
+        adapter = self._adapters(ref.broker)(
+            AdapterContext(
+                connection=ref, credentials=credentials, api_url=due.api_url, http=self._http
+            )
+        )
+        await adapter.authenticate()
+        pages = 0
+        async for delta in adapter.fetch_closed_trades(due.cursor):
+            event = RawEvent.wrap(
+                source="poller",
+                connection=ref,
+                received_at=datetime.now(UTC),
+                delivery_id=delta.delivery_id,
+                content_type=delta.content_type,
+                body=delta.body,
+            )
+            await self._sink.publish(event)  # acknowledged by Kafka (acks=all) before...
+            await self._schedule.save_cursor(ref.connection_id, delta.next_cursor)  # ...this
+            PAGES.labels(ref.broker).inc()
+            pages += 1
+        return pages
+
+    async def _credentials(self, due: DueSync) -> bytes:
+        async with self._pool.acquire() as conn:
+            opened = await self._vault.open_active(
+                conn,
+                due.connection.connection_id,
+                credential_kinds.BROKER_CREDENTIALS,
+                datetime.now(UTC),
+            )
+        if not opened:
+            raise NoCredentials(
+                "no broker credentials stored: `poscal-sync connections set-credentials`"
+            )
+        return opened[0]
+
+    async def _credentials_rejected(self, due: DueSync, exc: Exception) -> None:
+        reason = (
+            f"credentials: {exc}; store new ones with `poscal-sync connections set-credentials`"
+        )
+        turned = await self._schedule.credentials_rejected(due.connection.connection_id, reason)
+        _log.error(
+            "ALERT broker credentials refused; syncing stops until they are replaced",
+            alert="sync_credentials_rejected",
+            connection_id=str(due.connection.connection_id),
+            broker=due.connection.broker,
+            newly_in_error=turned,
+        )
+        if turned:
+            ALERTS.labels("credentials_rejected").inc()
+
+    async def _failed(self, due: DueSync, exc: Exception) -> None:
+        failures = due.consecutive_failures + 1
+        retry_after = exc.retry_after if isinstance(exc, BrokerUnavailable) else None
+        delay = retry_delay(
+            failures, self._retry.base_seconds, self._retry.cap_seconds, self._jitter(), retry_after
+        )
+        reason = _describe(exc)
+        try:
+            failures, turned = await self._schedule.failed(
+                due.connection.connection_id, reason, delay, self._retry.failures_before_error
+            )
+        except LeaseLost:
+            return
+        _log.warning(
+            "sync failed; retrying later",
+            connection_id=str(due.connection.connection_id),
+            reason=reason,
+            consecutive_failures=failures,
+            retry_in_seconds=round(delay, 1),
+        )
+        if turned:
+            ALERTS.labels("repeated_failures").inc()
+            _log.error(
+                "ALERT connection sync keeps failing; status set to error",
+                alert="sync_failing",
+                connection_id=str(due.connection.connection_id),
+                broker=due.connection.broker,
+                consecutive_failures=failures,
+                reason=reason,
+            )
+
+
+def _describe(exc: Exception) -> str:
+    """What went wrong, for the connection's last_error: adapters never put secrets in messages."""
+    if isinstance(exc, DecryptionFailed):
+        return (
+            "stored credentials do not decrypt (is the master key the one they were sealed under?)"
+        )
+    if isinstance(exc, LookupError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:500]

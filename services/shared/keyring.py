@@ -1,0 +1,100 @@
+"""Key-encryption-key rotation, pure: the current KEK wraps new data keys, and it or any previous
+KEK unwraps a data key by the `kek_id` stored beside it.
+
+Rotating the master key, without downtime:
+
+1. deploy every service with the new key in `POSCAL_MASTER_KEY` and the old one in
+   `POSCAL_PREVIOUS_MASTER_KEYS` (comma-separated, base64);
+2. run `poscal-sync keys rotate` until it reports `"remaining": 0`;
+3. drop the old key from `POSCAL_PREVIOUS_MASTER_KEYS` and deploy again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.shared.crypto import DecryptionFailed, KeyEncryptionKey, LocalKeyEncryptionKey
+
+
+class UnknownKeyEncryptionKey(DecryptionFailed):
+    """A data key is wrapped under a KEK that is neither the current one nor a previous one.
+
+    Names the KEK by its id (a fingerprint), never by the key itself.
+    """
+
+    def __init__(self, kek_id: str) -> None:
+        super().__init__(
+            f"a data key is wrapped under key-encryption key {kek_id!r}, which is neither the"
+            " current master key nor one of POSCAL_PREVIOUS_MASTER_KEYS"
+        )
+        self.kek_id = kek_id
+
+
+class KeyRing:
+    """The current KEK plus previous ones. As a KeyEncryptionKey it is its current key; the
+    vault unwraps through `unwrap_with`, which picks the key a data key was wrapped under."""
+
+    def __init__(
+        self, current: KeyEncryptionKey, previous: Iterable[KeyEncryptionKey] = ()
+    ) -> None:
+        self._current = current
+        self._by_id: dict[str, KeyEncryptionKey] = {}
+        for kek in previous:
+            self._by_id.setdefault(kek.key_id, kek)
+        self._by_id[current.key_id] = current
+
+    @classmethod
+    def of(cls, kek: KeyEncryptionKey | KeyRing) -> KeyRing:
+        """A ring as is, or a lone KEK as a ring with no previous keys."""
+        return kek if isinstance(kek, KeyRing) else cls(kek)
+
+    @property
+    def current(self) -> KeyEncryptionKey:
+        return self._current
+
+    @property
+    def key_id(self) -> str:
+        return self._current.key_id
+
+    @property
+    def previous_ids(self) -> tuple[str, ...]:
+        return tuple(kek_id for kek_id in self._by_id if kek_id != self.key_id)
+
+    def knows(self, kek_id: str) -> bool:
+        return kek_id in self._by_id
+
+    def find(self, kek_id: str) -> KeyEncryptionKey:
+        try:
+            return self._by_id[kek_id]
+        except KeyError:
+            raise UnknownKeyEncryptionKey(kek_id) from None
+
+    def wrap(self, data_key: bytes, aad: bytes) -> bytes:
+        return self._current.wrap(data_key, aad)
+
+    def unwrap(self, wrapped: bytes, aad: bytes) -> bytes:
+        return self._current.unwrap(wrapped, aad)
+
+    def unwrap_with(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        """Unwrap with the KEK named `kek_id`; fails closed if the ring does not hold it."""
+        return self.find(kek_id).unwrap(wrapped, aad)
+
+    def rewrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        """The same data key, wrapped under the current KEK (with the same associated data)."""
+        return self.wrap(self.unwrap_with(kek_id, wrapped, aad), aad)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(current={self.key_id}, previous={list(self.previous_ids)})"
+
+
+def load_key_ring(master_key: str, previous_master_keys: str | None = None) -> KeyRing:
+    """The ring from `POSCAL_MASTER_KEY` and `POSCAL_PREVIOUS_MASTER_KEYS` (comma-separated
+    base64 of 32 bytes each; blank entries are ignored). Errors never quote a key."""
+    current = LocalKeyEncryptionKey.from_base64(master_key)
+    entries = [e.strip() for e in (previous_master_keys or "").split(",")]
+    previous = [
+        LocalKeyEncryptionKey.from_base64(encoded, f"POSCAL_PREVIOUS_MASTER_KEYS entry {position}")
+        for position, encoded in enumerate(entries, start=1)
+        if encoded
+    ]
+    return KeyRing(current, previous)

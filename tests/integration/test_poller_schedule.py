@@ -1,0 +1,396 @@
+"""The poller's schedule and sync against the real Postgres, with a scripted broker: leases keep
+replicas off each other's connections, the cursor moves only after a publish, failures back off
+and turn into an alert, refused credentials stop syncing until new ones arrive, live waits for
+demo, and one user's connections take turns."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from services.cli.connections import ConnectionRefused
+from services.cli.credentials import set_broker_credentials
+from services.cli.live import enable_live
+from services.poller.adapters import (
+    AdapterContext,
+    AdapterFactory,
+    BrokerAdapter,
+    BrokerUnavailable,
+    CredentialsRejected,
+    Delta,
+)
+from services.poller.schedule import DueSync, LeaseLost, SyncSchedule, schedule_connection
+from services.poller.service import Poller, UserSyncRate
+from services.poller.sync import ConnectionSync, RetryPolicy
+from services.shared import credential_kinds
+from services.shared.vault import CredentialVault
+from tests.support.builders import TestConnection, connect_account, new_connection
+from tests.support.ingest import RecordingSink
+
+pytestmark = pytest.mark.integration
+TOKEN = b"scripted-broker-token"
+
+
+@dataclass
+class ScriptedBroker:
+    """A broker whose next answers the test decides; remembers the cursors it was asked from."""
+
+    pages: list[Delta] = field(default_factory=list)
+    failure: Exception | None = None
+    asked_from: list[str | None] = field(default_factory=list)
+    credentials_seen: list[bytes] = field(default_factory=list)
+
+    def factory(self) -> Callable[[str], AdapterFactory]:
+        broker = self
+
+        class Adapter:
+            def __init__(self, context: AdapterContext) -> None:
+                broker.credentials_seen.append(context.credentials)
+
+            async def authenticate(self) -> None:
+                if broker.failure is not None:
+                    raise broker.failure
+
+            async def fetch_account(self) -> dict[str, Any]:
+                return {}
+
+            async def fetch_closed_trades(self, cursor: str | None) -> AsyncIterator[Delta]:
+                broker.asked_from.append(cursor)
+                for page in broker.pages:
+                    yield page
+
+            async def fetch_open_trades(self) -> list[dict[str, Any]]:
+                return []
+
+        def create(context: AdapterContext) -> BrokerAdapter:
+            return Adapter(context)
+
+        return lambda _broker: create
+
+
+def page(number: int) -> Delta:
+    return Delta(
+        body=b'{"page": %d}' % number,
+        content_type="application/json",
+        delivery_id=f"scripted:page:{number}",
+        next_cursor=str(number * 100),
+    )
+
+
+async def polled(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection | None = None
+) -> TestConnection:
+    """A connection on the schedule, due now, with broker credentials stored."""
+    async with pool.acquire() as conn:
+        connection = connection or await new_connection(conn, vault)
+        await schedule_connection(conn, connection.created.connection_id)
+        await conn.execute(
+            "UPDATE sync_schedule SET next_sync_at = now() - interval '1 second'"
+            " WHERE connection_id = $1",
+            connection.created.connection_id,
+        )
+        await vault.store(
+            conn,
+            user_id=connection.user_id,
+            connection_id=connection.created.connection_id,
+            kind=credential_kinds.BROKER_CREDENTIALS,
+            plaintext=TOKEN,
+        )
+    return connection
+
+
+async def schedule_row(pool: asyncpg.Pool, connection: TestConnection) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "SELECT s.*, c.status, c.last_error AS connection_error FROM sync_schedule s"
+        " JOIN mt5_connections c ON c.id = s.connection_id WHERE s.connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert row is not None
+    return dict(row)
+
+
+async def make_due(pool: asyncpg.Pool, connection: TestConnection) -> None:
+    await pool.execute(
+        "UPDATE sync_schedule SET next_sync_at = now() - interval '1 second'"
+        " WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+
+
+async def lease_one(schedule: SyncSchedule, connection: TestConnection) -> DueSync | None:
+    """Lease what is due and keep only `connection` (other tests' rows may be due too)."""
+    for due in await schedule.lease_due(1000):
+        if due.connection.connection_id == connection.created.connection_id:
+            return due
+        await schedule.postpone(due.connection.connection_id, 0)
+    return None
+
+
+def syncer(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    schedule: SyncSchedule,
+    broker: ScriptedBroker,
+    sink: Any,
+) -> ConnectionSync:
+    return ConnectionSync(
+        pool=pool,
+        vault=vault,
+        schedule=schedule,
+        sink=sink,
+        http=None,  # type: ignore[arg-type]  # the scripted broker makes no HTTP calls
+        retry=RetryPolicy(base_seconds=30, cap_seconds=3600, failures_before_error=3),
+        jitter=lambda: 0.5,
+        adapters=broker.factory(),
+    )
+
+
+async def test_two_replicas_racing_for_due_connections_never_lease_the_same_one(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connections = [await polled(pool, vault) for _ in range(6)]
+    ours = {c.created.connection_id for c in connections}
+    first, second = SyncSchedule(pool, "replica-a", 60), SyncSchedule(pool, "replica-b", 60)
+    leased_a, leased_b = await asyncio.gather(first.lease_due(1000), second.lease_due(1000))
+    a = {d.connection.connection_id for d in leased_a} & ours
+    b = {d.connection.connection_id for d in leased_b} & ours
+    assert not a & b
+    assert a | b == ours
+
+
+async def test_a_leased_connection_is_free_again_only_when_its_lease_has_run_out(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    stuck, rescuer = SyncSchedule(pool, "stuck", 300), SyncSchedule(pool, "rescuer", 300)
+    assert await lease_one(stuck, connection) is not None
+    assert await lease_one(rescuer, connection) is None
+
+    await pool.execute(
+        "UPDATE sync_schedule SET lease_until = now() - interval '1 second'"
+        " WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert await lease_one(rescuer, connection) is not None
+    with pytest.raises(LeaseLost):  # the stuck replica wakes up: it may no longer write
+        await stuck.save_cursor(connection.created.connection_id, "999")
+
+
+async def test_each_page_is_published_before_its_cursor_is_saved_and_the_next_sync_resumes_there(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker, sink = ScriptedBroker(pages=[page(1), page(2)]), RecordingSink()
+    schedule = SyncSchedule(pool, "replica", 60)
+    sync = syncer(pool, vault, schedule, broker, sink)
+
+    due = await lease_one(schedule, connection)
+    assert due is not None and await sync.run(due) == "synced"
+    assert [e.delivery_id for e in sink.published] == ["scripted:page:1", "scripted:page:2"]
+    assert all(e.source == "poller" for e in sink.published)
+    assert broker.credentials_seen == [TOKEN]
+    row = await schedule_row(pool, connection)
+    assert row["cursor"] == "200" and row["last_success_at"] is not None
+    assert row["lease_owner"] is None
+    assert timedelta(seconds=50) < row["next_sync_at"] - datetime.now(UTC) < timedelta(seconds=70)
+
+    await make_due(pool, connection)
+    broker.pages = []
+    again = await lease_one(schedule, connection)
+    assert again is not None and await sync.run(again) == "synced"
+    assert broker.asked_from == [None, "200"]
+
+
+class CrashAfterPublish(RecordingSink):
+    """Publishes, then the process dies before the cursor is saved."""
+
+    def __init__(self, crash_on: int) -> None:
+        super().__init__()
+        self._crash_on = crash_on
+
+    async def publish(self, event: Any) -> None:
+        await super().publish(event)
+        if len(self.published) == self._crash_on:
+            raise RuntimeError("killed between publish and cursor save")
+
+
+async def test_a_crash_between_publish_and_cursor_save_republishes_the_same_event(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker, sink = ScriptedBroker(pages=[page(1)]), CrashAfterPublish(crash_on=1)
+    schedule = SyncSchedule(pool, "replica", 60)
+    sync = syncer(pool, vault, schedule, broker, sink)
+    due = await lease_one(schedule, connection)
+    assert due is not None and await sync.run(due) == "failed"
+    assert (await schedule_row(pool, connection))["cursor"] is None
+
+    await make_due(pool, connection)
+    retried = await lease_one(schedule, connection)
+    assert retried is not None and await sync.run(retried) == "synced"
+    first, second = sink.published
+    assert first.event_id == second.event_id  # the writer records it once
+    assert (await schedule_row(pool, connection))["cursor"] == "100"
+
+
+async def test_failures_back_off_and_more_than_three_in_a_row_raise_an_alert_and_an_error(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker = ScriptedBroker(failure=BrokerUnavailable("HTTP 503 from the broker"))
+    schedule = SyncSchedule(pool, "replica", 60)
+    sync = syncer(pool, vault, schedule, broker, RecordingSink())
+    delays = []
+    with capture_logs() as logs:
+        for _ in range(4):
+            await make_due(pool, connection)
+            due = await lease_one(schedule, connection)
+            assert due is not None and await sync.run(due) == "failed"
+            row = await schedule_row(pool, connection)
+            delays.append((row["next_sync_at"] - datetime.now(UTC)).total_seconds())
+            statuses = row["status"]
+
+    assert row["consecutive_failures"] == 4
+    assert [round(d / 10) * 10 for d in delays] == [20, 40, 90, 180]  # 0.75 x 30 s x 2^n
+    assert statuses == "error"
+    assert "HTTP 503" in row["connection_error"]
+    [alert] = [entry for entry in logs if entry.get("alert") == "sync_failing"]
+    assert alert["log_level"] == "error"
+
+    broker.failure = None
+    await make_due(pool, connection)
+    recovered = await lease_one(schedule, connection)
+    assert recovered is not None and await sync.run(recovered) == "synced"
+    row = await schedule_row(pool, connection)
+    assert (row["status"], row["consecutive_failures"], row["last_error"]) == ("active", 0, None)
+
+
+async def test_a_retry_after_from_the_broker_is_honoured(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker = ScriptedBroker(failure=BrokerUnavailable("HTTP 429", retry_after=900))
+    schedule = SyncSchedule(pool, "replica", 60)
+    due = await lease_one(schedule, connection)
+    assert due is not None
+    await syncer(pool, vault, schedule, broker, RecordingSink()).run(due)
+    wait = (await schedule_row(pool, connection))["next_sync_at"] - datetime.now(UTC)
+    assert wait > timedelta(seconds=890)
+
+
+async def test_refused_credentials_stop_syncing_until_new_ones_are_stored(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker = ScriptedBroker(failure=CredentialsRejected(401, "invalid token"))
+    schedule = SyncSchedule(pool, "replica", 60)
+    sync = syncer(pool, vault, schedule, broker, RecordingSink())
+    due = await lease_one(schedule, connection)
+    assert due is not None and await sync.run(due) == "credentials_rejected"
+
+    row = await schedule_row(pool, connection)
+    assert row["status"] == "error" and row["credentials_rejected_at"] is not None
+    assert "set-credentials" in row["connection_error"]
+    marked = await pool.fetchval(
+        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1 AND kind = $2",
+        connection.created.connection_id,
+        credential_kinds.BROKER_CREDENTIALS,
+    )
+    assert marked == "rejected_by_broker"
+    await make_due(pool, connection)
+    assert await lease_one(schedule, connection) is None  # no point asking again
+
+    replaced = '{"login": "7001", "password": "a new one", "server": "PosCal-Test"}'
+    async with pool.acquire() as conn:
+        await set_broker_credentials(conn, vault, connection.created.connection_id, replaced)
+    broker.failure = None
+    retried = await lease_one(schedule, connection)
+    assert retried is not None and await sync.run(retried) == "synced"
+    assert b"a new one" in broker.credentials_seen[-1]
+    assert (await schedule_row(pool, connection))["status"] == "active"
+
+
+async def test_a_connection_without_credentials_waits_for_them(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    await pool.execute(
+        "DELETE FROM mt5_credentials WHERE connection_id = $1 AND kind = $2",
+        connection.created.connection_id,
+        credential_kinds.BROKER_CREDENTIALS,
+    )
+    schedule = SyncSchedule(pool, "replica", 60)
+    due = await lease_one(schedule, connection)
+    assert due is not None
+    outcome = await syncer(pool, vault, schedule, ScriptedBroker(), RecordingSink()).run(due)
+    assert outcome == "credentials_rejected"
+    assert "no broker credentials" in (await schedule_row(pool, connection))["last_error"]
+
+
+async def test_a_live_connection_syncs_only_after_a_demo_sync_of_its_broker(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    async with pool.acquire() as conn:
+        demo = await new_connection(conn, vault)
+        live_login = 95_000_000 + uuid.uuid4().int % 10**6
+        live = await connect_account(conn, vault, demo.user_id, live_login)
+        await conn.execute(
+            "UPDATE mt5_connections SET connection_type = 'live' WHERE id = $1",
+            live.created.connection_id,
+        )
+    await polled(pool, vault, live)
+    schedule = SyncSchedule(pool, "replica", 60)
+    assert await lease_one(schedule, live) is None
+    async with pool.acquire() as conn:
+        with pytest.raises(ConnectionRefused, match="no mt5 demo connection that has synced"):
+            await enable_live(conn, live.created.connection_id)
+
+    await polled(pool, vault, demo)
+    demo_due = await lease_one(schedule, demo)
+    assert demo_due is not None
+    sync = syncer(pool, vault, schedule, ScriptedBroker(), RecordingSink())
+    assert await sync.run(demo_due) == "synced"
+    async with pool.acquire() as conn:
+        enabled_at = await enable_live(conn, live.created.connection_id)
+        assert await enable_live(conn, live.created.connection_id) == enabled_at  # idempotent
+    assert await lease_one(schedule, live) is not None
+
+
+async def test_one_users_many_connections_take_turns_under_the_per_user_rate(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    async with pool.acquire() as conn:
+        first = await new_connection(conn, vault)
+        second = await connect_account(
+            conn, vault, first.user_id, 96_000_000 + uuid.uuid4().int % 10**6
+        )
+    for connection in (first, second):
+        await polled(pool, vault, connection)
+    mine = {first.created.connection_id, second.created.connection_id}
+    schedule = SyncSchedule(pool, "replica", 60)
+    synced: list[uuid.UUID] = []
+
+    async def record(due: DueSync) -> str:
+        synced.append(due.connection.connection_id)
+        await schedule.postpone(due.connection.connection_id, 600)
+        return "synced"
+
+    poller = Poller(
+        schedule, record, concurrency=1000, tick_seconds=1, user_rate=UserSyncRate("1/minute")
+    )
+    await poller.tick()
+    await poller.drain()
+    assert len([c for c in synced if c in mine]) == 1
+    postponed = await pool.fetchval(
+        "SELECT min(next_sync_at) FROM sync_schedule WHERE connection_id = ANY($1::uuid[])",
+        list(mine),
+    )
+    assert postponed > datetime.now(UTC) + timedelta(seconds=1)
