@@ -29,9 +29,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: end-to-end webhook benchmark through the dev stack; prints JSON
+## bench: webhooks through the dev stack, then ingest against a minimal endpoint; JSON lines
 bench: $(STAMP)
 	$(BIN)/python -m bench.e2e_webhooks
+	$(BIN)/python -m bench.ingest_overhead
 
 clean:
 	rm -rf $(VENV) .poscal .pytest_cache .mypy_cache .ruff_cache

@@ -43,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("writer", help="run the journal writer consumer")
     commands.add_parser("poller", help="run the broker poller (OANDA, IBKR Flex)")
 
+    normalize = commands.add_parser(
+        "normalize",
+        help="print the canonical events a broker payload would become (no Kafka, no Postgres)",
+    )
+    normalize.add_argument("--broker", required=True, choices=["mt5", "oanda", "ibkr"])
+    normalize.add_argument(
+        "--account-number",
+        default=None,
+        help="the account the payload must belong to (default: read from it)",
+    )
+    normalize.add_argument("file", type=Path)
+
     traces = commands.add_parser("traces", help="print recent traces as trees with durations")
     traces.add_argument("--last", type=int, default=5)
     traces.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -79,9 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "migrate":
             return _migrate()
         case "export-schemas":
+            from services.ingest.openapi import export as export_openapi
             from services.shared.contracts import export
 
-            for path in export():
+            for path in [*export(), export_openapi()]:
                 print(path)
             return 0
         case "dev":
@@ -90,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_dev(
                 args.state_dir, args.port, args.demo, args.demo_positions, args.exit_after_demo
             )
+        case "normalize":
+            from services.cli.normalize import run_normalize
+
+            return run_normalize(args.broker, args.file, sys.stdout, args.account_number)
         case "traces":
             from services.cli.traces import run
 

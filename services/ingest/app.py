@@ -105,7 +105,8 @@ def _is_json(content_type: str | None) -> bool:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge("declared_length_over_limit")
     body = bytearray()
     async for chunk in request.stream():
@@ -219,6 +220,9 @@ def create_app(
                 stack.push_async_callback(active.listener.stop)
             app.state.wiring = active
             yield
+        # uvicorn re-raises SIGTERM once it has shut down, so nothing after it runs in main:
+        # export the last spans here.
+        _flush_spans()
 
     app = Starlette(
         routes=[
@@ -237,6 +241,13 @@ def create_app(
     app.state.settings = settings
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
     return app
+
+
+def _flush_spans() -> None:
+    provider = trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is not None:
+        force_flush(5000)
 
 
 async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitStack) -> IngestWiring:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections import Counter
+from collections import Counter as Tally
 from collections.abc import Sequence
 from functools import partial
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import RecordMetadata
 from opentelemetry.trace import Span, Status, StatusCode
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services.normalizer.mappers import Mapping, mapper_for
@@ -21,6 +22,10 @@ from services.shared.logging import get_logger
 from services.shared.messaging import process_span, record_delivery, start_send_span
 
 _log = get_logger("poscal.normalizer")
+# By broker only: the item types come from payloads, so they must not become label values.
+SKIPPED_ITEMS = Counter(
+    "poscal_normalizer_items_skipped", "Payload items recorded and skipped", ["broker"]
+)
 
 # The reason code of an event whose items were only partly mapped; each item's own code is
 # in the dead letter's `rejections`.
@@ -44,7 +49,7 @@ def normalize(event: RawEvent) -> Mapping:
 
 def describe_rejections(mapping: Mapping) -> str:
     """`3 items rejected (37 mapped): invalid_deal x2, unknown_deal_type x1`."""
-    counts = Counter(r.code for r in mapping.rejected)
+    counts = Tally(r.code for r in mapping.rejected)
     by_code = ", ".join(
         f"{code} x{n}" for code, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
     )
@@ -116,6 +121,15 @@ class Normalizer:
             )
         else:
             self._dead_letters.accepted()
+        if mapping.skipped:
+            # Recorded, never fatal: transaction types the journal has no use for (orders,
+            # configuration changes, aggregate rows...).
+            SKIPPED_ITEMS.labels(event.connection.broker).inc(len(mapping.skipped))
+            _log.info(
+                "items skipped",
+                event_id=str(event.event_id),
+                skipped=dict(Tally(s.type[:64] for s in mapping.skipped)),
+            )
         return mapping
 
     async def _enqueue(self, mapping: Mapping) -> asyncio.Future[RecordMetadata]:

@@ -27,6 +27,7 @@ from services.poller.schedule import DueSync, LeaseLost, SyncSchedule
 from services.shared import credential_kinds
 from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import RawEvent
+from services.shared.errors import PermanentError
 from services.shared.logging import get_logger
 from services.shared.vault import CredentialVault
 
@@ -166,9 +167,12 @@ class ConnectionSync:
             failures, self._retry.base_seconds, self._retry.cap_seconds, self._jitter(), retry_after
         )
         reason = _describe(exc)
+        # A permanent failure (a request the broker will always refuse, an account that is not
+        # the connection's) needs a person now, not after a few more tries.
+        error_after = 0 if isinstance(exc, PermanentError) else self._retry.failures_before_error
         try:
             failures, turned = await self._schedule.failed(
-                due.connection.connection_id, reason, delay, self._retry.failures_before_error
+                due.connection.connection_id, reason, delay, error_after
             )
         except LeaseLost:
             return

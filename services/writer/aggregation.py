@@ -3,7 +3,9 @@
 A position is IN fills (open/add) and OUT fills (partial or full closes). Entry and exit prices
 are volume-weighted; money is summed. A netting account's reversal (INOUT) closes what is open
 and opens the rest the other way: that second leg becomes its own journal row, keyed by the
-reversing fill, so each row describes one direction.
+reversing fill, so each row describes one direction. Likewise a position that went flat and
+opens again (IBKR keys positions by instrument) starts a new row keyed by its first fill, so each
+round trip is its own row.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ def _segments(position_key: str, fills: Iterable[PositionFill]) -> list[_Segment
     open_volume = _ZERO
     for fill in sorted(fills, key=_order):
         if fill.entry == "in":
+            if open_volume == 0 and (current.ins or current.outs):
+                # Fully closed, now opened again: a new round trip, not an add to a closed row.
+                current = _Segment(f"{position_key}:{fill.broker_ref}")
+                segments.append(current)
             current.side = current.side or fill.side
             current.ins.append(fill)
             current.money.append(fill)

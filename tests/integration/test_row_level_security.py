@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,7 @@ from services.writer.repository import JournalRepository
 from tests.support.builders import (
     SERVER,
     TestConnection,
+    deposit_deal,
     fixture_deals,
     mt5_body,
     new_connection,
@@ -50,12 +52,19 @@ async def set_claims(conn: Connection, claims: dict[str, str]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def signed_in(conn: Connection, user_id: uuid.UUID) -> AsyncIterator[None]:
-    """One transaction as the app's signed-in user, the way Supabase's API runs a request."""
+async def acting_as(conn: Connection, role: str, sub: uuid.UUID | None) -> AsyncIterator[None]:
+    """One transaction as `role` presenting a JWT with this `sub`, as Supabase's API runs one
+    request."""
     async with conn.transaction():
-        await conn.execute("SET LOCAL ROLE authenticated")
-        await set_claims(conn, {"sub": str(user_id), "role": "authenticated"})
+        await conn.execute(f"SET LOCAL ROLE {role}")
+        if sub is not None:
+            await set_claims(conn, {"sub": str(sub), "role": role})
         yield
+
+
+def signed_in(conn: Connection, user_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[None]:
+    """One transaction as the app's signed-in user."""
+    return acting_as(conn, "authenticated", user_id)
 
 
 def journal_batch(connection: TestConnection, deals: list[dict[str, Any]]) -> CanonicalBatch:
@@ -268,3 +277,339 @@ async def test_a_signed_in_user_can_relabel_and_delete_their_connection_and_keep
     )
     assert (relabelled, deleted) == ("UPDATE 1", "DELETE 1")
     assert [(r["connection_id"], r["status"]) for r in kept] == [(None, "closed")]
+
+
+# --- Every table that holds user data ---------------------------------------------------------
+#
+# The tables are found in the catalogue when the tests run, not listed here: a table added later
+# with a `user_id` column is covered the moment it exists, and fails until it has an owner-only
+# policy (and, below, rows to test it with).
+
+# What a caller did to rows that are not theirs: nothing. Either the statement was refused or
+# it matched no row; anything else is spelled out as the statement's status ("UPDATE 2").
+UNTOUCHED = "untouched"
+# The rows `anon` may call its own: none (the nil uuid is nobody's id).
+NOBODY = uuid.UUID(int=0)
+
+
+async def tables_holding_user_data(conn: Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT c.table_name FROM information_schema.columns c"
+        " JOIN information_schema.tables t USING (table_schema, table_name)"
+        " WHERE c.table_schema = 'public' AND c.column_name = 'user_id'"
+        " AND t.table_type = 'BASE TABLE' ORDER BY c.table_name"
+    )
+    return [row["table_name"] for row in rows]
+
+
+def quoted(table: str) -> str:
+    return 'public."' + table.replace('"', '""') + '"'
+
+
+async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnection:
+    """A user with rows in every table that holds user data, written the way the services (or,
+    for taken trades, the app) write them. A new table needs its rows added here."""
+    user = await new_connection(conn, vault)
+    connection_id = user.created.connection_id
+    await REPOSITORY.apply(conn, [journal_batch(user, [deposit_deal(900000), *fixture_deals()])])
+    await conn.execute(
+        "INSERT INTO taken_trades (user_id, account_id, symbol, side) VALUES ($1, $2, 'EURUSD',"
+        " 'buy')",
+        user.user_id,
+        user.created.account_id,
+    )
+    await conn.execute(
+        "INSERT INTO webhook_deliveries (connection_id, webhook_id, user_id, event_id, state,"
+        " claim_token, accepted_at) VALUES ($1, $2, $3, gen_random_uuid(), 'accepted',"
+        " gen_random_uuid(), now())",
+        connection_id,
+        f"msg_{uuid.uuid4().hex}",
+        user.user_id,
+    )
+    await conn.execute(
+        "INSERT INTO webhook_attempts (connection_id, user_id, broker, outcome, status_code,"
+        " reason, client_ip, user_agent, webhook_id, received_at) VALUES ($1, $2, 'mt5',"
+        " 'accepted', 202, 'accepted', '203.0.113.7', 'MT5-TradeWebhook/1.0', $3, now())",
+        connection_id,
+        user.user_id,
+        f"msg_{uuid.uuid4().hex}",
+    )
+    await conn.execute(
+        "INSERT INTO sync_schedule (connection_id, user_id, cursor, last_error)"
+        " VALUES ($1, $2, '900311', 'broker answered 503')",
+        connection_id,
+        user.user_id,
+    )
+    return user
+
+
+async def record_attempt_at_an_unknown_connection(conn: Connection) -> None:
+    """What an attack looks like: an attempt with no user, which no signed-in user may see."""
+    await conn.execute(
+        "INSERT INTO webhook_attempts (connection_id, broker, outcome, status_code, reason,"
+        " received_at) VALUES (gen_random_uuid(), 'mt5', 'refused', 401, 'unknown_connection',"
+        " now())"
+    )
+
+
+@pytest.fixture
+async def owner(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
+    """User A: rows in every table, which nobody else may read or write."""
+    async with pool.acquire() as conn:
+        await record_attempt_at_an_unknown_connection(conn)
+        return await seed_user_data(conn, vault)
+
+
+@pytest.fixture
+async def intruder(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
+    """User B: a signed-in user with rows of their own everywhere, reaching for A's."""
+    async with pool.acquire() as conn:
+        return await seed_user_data(conn, vault)
+
+
+async def rows_of(conn: Connection, table: str, user_id: uuid.UUID) -> int:
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM {quoted(table)} WHERE user_id = $1",  # noqa: S608
+        user_id,
+    )
+    return count
+
+
+async def outcome(conn: Connection, sql: str, *args: object) -> str:
+    """What the statement did, in the caller's transaction, undone afterwards."""
+    savepoint = conn.transaction()
+    await savepoint.start()
+    try:
+        status = await conn.execute(sql, *args)
+    except asyncpg.InsufficientPrivilegeError:
+        return UNTOUCHED
+    except asyncpg.PostgresError as exc:
+        return f"failed: {type(exc).__name__}: {exc}"
+    finally:
+        await savepoint.rollback()
+    verb, *_, count = status.split()
+    return UNTOUCHED if count == "0" else f"{verb} {count}"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who reaches for A's rows: a database role, and the JWT `sub` it presents."""
+
+    role: str
+    sub: uuid.UUID
+    own_rows: uuid.UUID  # the user_id of the rows that are the caller's own
+
+
+def another_user(owner: TestConnection, intruder: TestConnection) -> Caller:
+    return Caller("authenticated", intruder.user_id, intruder.user_id)
+
+
+def anon_with_the_owners_sub(owner: TestConnection, intruder: TestConnection) -> Caller:
+    # Policies are for `authenticated`: a `sub` claim must give `anon` nothing.
+    return Caller("anon", owner.user_id, NOBODY)
+
+
+async def read_statement(
+    conn: Connection, table: str, victim: uuid.UUID, caller: Caller
+) -> tuple[str, tuple[object, ...]]:
+    # Every row but the caller's: A's, and rows that belong to no user at all.
+    return f"SELECT 1 FROM {quoted(table)} WHERE user_id IS DISTINCT FROM $1", (caller.own_rows,)  # noqa: S608
+
+
+async def insert_statement(
+    conn: Connection, table: str, victim: uuid.UUID, caller: Caller
+) -> tuple[str, tuple[object, ...]]:
+    """A row for A, as small as the table allows: its required columns, copied from one of A's
+    rows (so nothing but its owner can be wrong with it)."""
+    columns = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
+        " AND NOT attisdropped AND attidentity = '' AND attgenerated = ''"
+        " AND (attname = 'user_id' OR (attnotnull AND NOT atthasdef)) ORDER BY attnum",
+        quoted(table),
+    )
+    names = ", ".join(f'"{c["attname"]}"' for c in columns)
+    values = await conn.fetchval(
+        f"SELECT row_to_json(t)::text FROM {quoted(table)} t WHERE user_id = $1 LIMIT 1",  # noqa: S608
+        victim,
+    )
+    return (
+        f"INSERT INTO {quoted(table)} ({names})"  # noqa: S608
+        f" SELECT {names} FROM json_populate_record(NULL::{quoted(table)}, $1::json)",
+        (values,),
+    )
+
+
+async def update_statement(
+    conn: Connection, table: str, victim: uuid.UUID, caller: Caller
+) -> tuple[str, tuple[object, ...]]:
+    # A column the caller's role may update, so the row policy is what is tested; user_id first.
+    column = await conn.fetchval(
+        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
+        " AND NOT attisdropped AND has_column_privilege($2, attrelid, attnum, 'UPDATE')"
+        " ORDER BY attname <> 'user_id', attnum LIMIT 1",
+        quoted(table),
+        caller.role,
+    )
+    column = column or "user_id"
+    return f'UPDATE {quoted(table)} SET "{column}" = "{column}" WHERE user_id = $1', (victim,)  # noqa: S608
+
+
+async def delete_statement(
+    conn: Connection, table: str, victim: uuid.UUID, caller: Caller
+) -> tuple[str, tuple[object, ...]]:
+    return f"DELETE FROM {quoted(table)} WHERE user_id = $1", (victim,)  # noqa: S608
+
+
+async def test_every_table_holding_user_data_is_found_and_has_rows_of_both_users_to_test_on(
+    pool: asyncpg.Pool, owner: TestConnection, intruder: TestConnection
+) -> None:
+    async with pool.acquire() as conn:
+        tables = await tables_holding_user_data(conn)
+        without_rows = {
+            table: [
+                name
+                for name, user in (("owner", owner), ("intruder", intruder))
+                if await rows_of(conn, table, user.user_id) == 0
+            ]
+            for table in tables
+        }
+
+    assert {*OWNED_TABLES, "taken_trades", "broker_cash_movements"} <= set(tables)
+    assert {"webhook_deliveries", "webhook_attempts"} <= set(tables)
+    # A table listed here needs rows in seed_user_data, or the specs below prove nothing for it.
+    assert {table: users for table, users in without_rows.items() if users} == {}
+
+
+async def test_every_table_holding_user_data_has_row_level_security_enabled(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        tables = await tables_holding_user_data(conn)
+        enabled = {
+            table: await conn.fetchval(
+                "SELECT relrowsecurity FROM pg_class WHERE oid = $1::regclass", quoted(table)
+            )
+            for table in tables
+        }
+
+    assert enabled == dict.fromkeys(tables, True)
+
+
+async def test_no_view_shows_user_data_past_row_level_security(pool: asyncpg.Pool) -> None:
+    # A view runs as its owner, who bypasses RLS, unless it is a security_invoker view.
+    views = await pool.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'user_id'"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')"
+        " AND NOT coalesce('security_invoker=true' = ANY (c.reloptions), false)"
+    )
+
+    assert [view["relname"] for view in views] == []
+
+
+STATEMENTS = {
+    "read": read_statement,
+    "insert": insert_statement,
+    "update": update_statement,
+    "delete": delete_statement,
+}
+CALLERS = {
+    "another_signed_in_user": another_user,
+    "anon_presenting_the_owners_sub": anon_with_the_owners_sub,
+}
+
+
+@pytest.mark.parametrize("operation", list(STATEMENTS))
+@pytest.mark.parametrize("caller_kind", list(CALLERS))
+async def test_nobody_but_the_owner_reads_inserts_updates_or_deletes_a_users_rows_in_any_table(
+    pool: asyncpg.Pool,
+    owner: TestConnection,
+    intruder: TestConnection,
+    caller_kind: str,
+    operation: str,
+) -> None:
+    caller = CALLERS[caller_kind](owner, intruder)
+    async with pool.acquire() as conn:
+        tables = await tables_holding_user_data(conn)
+        before = {table: await rows_of(conn, table, owner.user_id) for table in tables}
+        statements = {
+            table: await STATEMENTS[operation](conn, table, owner.user_id, caller)
+            for table in tables
+        }
+        async with acting_as(conn, caller.role, caller.sub):
+            outcomes = {
+                table: await outcome(conn, sql, *args) for table, (sql, args) in statements.items()
+            }
+        after = {table: await rows_of(conn, table, owner.user_id) for table in tables}
+
+    assert outcomes == dict.fromkeys(tables, UNTOUCHED)
+    assert after == before
+
+
+async def test_a_signed_in_user_reads_every_row_they_own_in_every_table(
+    pool: asyncpg.Pool, owner: TestConnection, intruder: TestConnection
+) -> None:
+    async with pool.acquire() as conn:
+        tables = await tables_holding_user_data(conn)
+        owned = {table: await rows_of(conn, table, owner.user_id) for table in tables}
+        async with signed_in(conn, owner.user_id):
+            visible = {table: await rows_of(conn, table, owner.user_id) for table in tables}
+
+    assert visible == owned
+
+
+async def test_the_service_role_reads_and_rewrites_any_users_rows_without_a_claim(
+    pool: asyncpg.Pool, owner: TestConnection
+) -> None:
+    async with pool.acquire() as conn:
+        tables = await tables_holding_user_data(conn)
+        owned = {table: await rows_of(conn, table, owner.user_id) for table in tables}
+        async with acting_as(conn, "service_role", None):
+            outcomes = {
+                table: tuple(
+                    [await outcome(conn, sql, owner.user_id) for sql in every_statement_on(table)]
+                )
+                for table in tables
+            }
+
+    assert outcomes == {table: (f"SELECT {n}", f"UPDATE {n}") for table, n in owned.items()}
+
+
+def every_statement_on(table: str) -> tuple[str, str]:
+    """Read and rewrite one user's rows ($1) of a table. (Deleting is the same USING clause as
+    updating, and some rows cannot go alone: credentials hold on to their data key.)"""
+    where = "WHERE user_id = $1"
+    return (
+        f"SELECT 1 FROM {quoted(table)} {where}",  # noqa: S608
+        f"UPDATE {quoted(table)} SET user_id = user_id {where}",  # noqa: S608
+    )
+
+
+async def test_a_tables_owner_reads_every_users_rows_because_no_table_forces_row_security(
+    pool: asyncpg.Pool, owner: TestConnection, intruder: TestConnection
+) -> None:
+    # The services may connect as the tables' owner (no BYPASSRLS needed). The test's own role
+    # is a superuser, which bypasses RLS anyway, so a plain role takes ownership for the length
+    # of one transaction that is rolled back.
+    probe = f"poscal_owner_probe_{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as conn:
+        tables = await tables_holding_user_data(conn)
+        everyones = {
+            table: await conn.fetchval(f"SELECT count(*) FROM {quoted(table)}")  # noqa: S608
+            for table in tables
+        }
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute(f"CREATE ROLE {probe} NOLOGIN NOSUPERUSER NOBYPASSRLS")
+            for table in tables:
+                await conn.execute(f"ALTER TABLE {quoted(table)} OWNER TO {probe}")
+            await conn.execute(f"SET LOCAL ROLE {probe}")
+            seen_by_owner = {
+                table: await conn.fetchval(f"SELECT count(*) FROM {quoted(table)}")  # noqa: S608
+                for table in tables
+            }
+        finally:
+            await transaction.rollback()
+
+    assert seen_by_owner == everyones

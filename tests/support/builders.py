@@ -129,3 +129,20 @@ def raw_event(
         body=body,
         sent_at=sent_at or now,
     )
+
+
+def deposit_deal(ticket: int, amount: str = "500.00") -> dict[str, Any]:
+    """An MT5 balance deal (DEAL_TYPE_BALANCE): money in, not a trade."""
+    return fixture_deals()[0] | {
+        "ticket": ticket,
+        "order": 0,
+        "type": 2,
+        "entry": 0,
+        "position_id": 0,
+        "symbol": "",
+        "volume": Decimal("0"),
+        "price": Decimal("0"),
+        "commission": Decimal("0"),
+        "profit": Decimal(amount),
+        "comment": "Deposit",
+    }

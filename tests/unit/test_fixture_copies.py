@@ -9,9 +9,21 @@ import pytest
 from tests.support.builders import FIXTURES
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+VENDORED = sorted(
+    str(p.relative_to(FIXTURES))
+    for folder in ("mt5", "oanda", "ibkr")
+    for p in (FIXTURES / folder).iterdir()
+)
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/fixtures is not beside this clone")
-@pytest.mark.parametrize("name", sorted(p.name for p in (FIXTURES / "mt5").glob("*.json")))
-def test_vendored_mt5_fixture_matches_the_shared_one(name: str) -> None:
-    assert (FIXTURES / "mt5" / name).read_bytes() == (SHARED / "mt5" / name).read_bytes()
+@pytest.mark.parametrize("name", VENDORED)
+def test_vendored_fixture_matches_the_shared_one(name: str) -> None:
+    assert (FIXTURES / name).read_bytes() == (SHARED / name).read_bytes()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/fixtures is not beside this clone")
+@pytest.mark.parametrize("folder", ["mt5", "oanda", "ibkr"])
+def test_every_shared_sample_is_vendored(folder: str) -> None:
+    shared = {p.name for p in (SHARED / folder).iterdir()}
+    assert shared <= {p.name for p in (FIXTURES / folder).iterdir()}

@@ -352,3 +352,85 @@ def test_a_hedging_position_is_closed_exactly_when_its_closes_cover_its_opens(
     assert (row.volume, row.closed_volume) == (in_volume, out_volume)
     assert row.status == ("closed" if out_volume >= in_volume else "open")
     assert (row.closed_at is not None) == (row.status == "closed")
+
+
+# --- a position that goes flat and opens again ----------------------------------------------
+# IBKR keys a position by instrument, so one key sees round trip after round trip. MT5 and
+# OANDA keys never reopen: every case above is unchanged by this rule.
+
+FIRST_OPEN = fill(1, "in", "buy", "100", "10.00", commission="-1")
+FIRST_CLOSE_ALL = fill(2, "out", "sell", "100", "11.00", profit="100", commission="-1", minutes=5)
+SECOND_OPEN = fill(3, "in", "sell", "50", "12.00", commission="-0.5", minutes=10)
+SECOND_CLOSE_ALL = fill(4, "out", "buy", "50", "11.50", profit="25", minutes=15)
+
+
+def test_a_position_that_went_flat_and_opens_again_is_a_second_row() -> None:
+    first, second = aggregate_position(KEY, [FIRST_OPEN, FIRST_CLOSE_ALL, SECOND_OPEN])
+    assert (first.trade_id, first.status, first.side) == (KEY, "closed", "buy")
+    assert (first.volume, first.closed_volume, first.profit) == (
+        Decimal("100"),
+        Decimal("100"),
+        Decimal("100"),
+    )
+    assert (second.trade_id, second.position_key) == (f"{KEY}:3", KEY)
+    assert (second.status, second.side, second.volume) == ("open", "sell", Decimal("50"))
+    assert (second.entry_price, second.opened_at) == (Decimal("12"), SECOND_OPEN.executed_at)
+    assert (second.profit, second.commission, second.fill_count) == (
+        Decimal(0),
+        Decimal("-0.5"),
+        1,
+    )
+
+
+def test_each_round_trip_closes_its_own_row_with_its_own_money() -> None:
+    first, second = aggregate_position(
+        KEY, [SECOND_CLOSE_ALL, SECOND_OPEN, FIRST_CLOSE_ALL, FIRST_OPEN]
+    )
+    assert (first.profit, first.commission, first.closed_at) == (
+        Decimal("100"),
+        Decimal("-2"),
+        FIRST_CLOSE_ALL.executed_at,
+    )
+    assert (second.status, second.closed_volume, second.exit_price) == (
+        "closed",
+        Decimal("50"),
+        Decimal("11.5"),
+    )
+    assert (second.profit, second.closed_at) == (Decimal("25"), SECOND_CLOSE_ALL.executed_at)
+
+
+def test_three_round_trips_are_three_rows_keyed_by_their_opening_fills() -> None:
+    third_open = fill(5, "in", "buy", "10", "11.00", minutes=20)
+    rows = aggregate_position(
+        KEY, [FIRST_OPEN, FIRST_CLOSE_ALL, SECOND_OPEN, SECOND_CLOSE_ALL, third_open]
+    )
+    assert [(r.trade_id, r.status) for r in rows] == [
+        (KEY, "closed"),
+        (f"{KEY}:3", "closed"),
+        (f"{KEY}:5", "open"),
+    ]
+
+
+def test_an_add_while_still_open_stays_in_the_same_row() -> None:
+    partial = fill(2, "out", "sell", "40", "11.00", profit="40", minutes=5)
+    add = fill(3, "in", "buy", "20", "10.50", minutes=10)
+    row = only_row([FIRST_OPEN, partial, add])
+    assert (row.volume, row.closed_volume, row.status) == (Decimal("120"), Decimal("40"), "open")
+
+
+def test_opening_again_after_an_exact_reversal_close_is_a_new_row() -> None:
+    # A netting INOUT that closes exactly what is open and reopens nothing leaves the key flat.
+    exact_reversal = fill(2, "inout", "sell", "100", "11.00", profit="100", minutes=5)
+    rows = aggregate_position(KEY, [FIRST_OPEN, exact_reversal, SECOND_OPEN])
+    assert [(r.trade_id, r.status, r.side) for r in rows] == [
+        (KEY, "closed", "buy"),
+        (f"{KEY}:3", "open", "sell"),
+    ]
+
+
+def test_closes_of_an_unseen_opening_do_not_make_the_position_flat() -> None:
+    # Flat means the seen opens were closed exactly; closes beyond them leave it undecided.
+    early_close = fill(1, "out", "sell", "30", "11.00", profit="30")
+    row = only_row([early_close, fill(2, "in", "buy", "30", "10.00", minutes=5)])
+    assert row.trade_id == KEY
+    assert row.fill_count == 2

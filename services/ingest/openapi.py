@@ -1,0 +1,350 @@
+"""The ingest HTTP API's OpenAPI 3.1 document, served at /openapi.json and kept in schemas/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+OPENAPI_DIR = Path(__file__).resolve().parents[2] / "schemas" / "openapi"
+OPENAPI_FILE = "ingest.json"
+
+# The `error` codes of the webhook's refusals, with the status each is sent with.
+WEBHOOK_ERRORS: dict[str, int] = {
+    "unauthorized": 401,
+    "live_not_enabled": 403,
+    "replay": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "locked": 423,
+    "rate_limited": 429,
+    "unavailable": 503,
+}
+# The router's own refusals of a path or method it does not serve, in the same shape.
+ROUTING_ERRORS: dict[str, int] = {"not_found": 404, "method_not_allowed": 405}
+ERROR_STATUSES = WEBHOOK_ERRORS | ROUTING_ERRORS
+JSON_MEDIA_TYPES = ("application/json", "application/*+json")
+
+_SECURITY = """\
+Every delivery is signed as [Standard Webhooks](https://www.standardwebhooks.com/) describe: the
+signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`, exactly the bytes sent.
+`webhook-signature` holds space-separated entries, any of which may verify:
+
+- `v1,<base64 HMAC-SHA256>` keyed with the base64-decoded connection secret (after `whsec_`);
+- `v1a,<base64 Ed25519 signature>` checked against the connection's public keys.
+
+Several secrets or keys may be active while one rotates. A timestamp further than
+`POSCAL_SIGNATURE_TOLERANCE_SECONDS` (default 300) from the server's clock is refused. Unknown
+connections, wrong brokers and failed verifications all get the same 401, so a sender learns
+nothing about which connections exist. After `POSCAL_LOCKOUT_THRESHOLD` (default 10) failed
+verifications a connection is locked (423) until its secret is rotated. Deliveries are
+rate-limited per connection (`POSCAL_RATE_LIMIT_PER_CONNECTION`, default `120/minute`) and per
+user (`POSCAL_RATE_LIMIT_PER_USER`, default `600/minute`); client addresses are taken from
+forwarding headers only when the peer is in `POSCAL_TRUSTED_PROXIES`."""
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json(schema: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref("schemas", schema)}}
+
+
+def _refusal(description: str, *errors: str, retry_after: bool = False) -> dict[str, Any]:
+    example = errors[0]
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": _ref("schemas", "Error"),
+                "example": {"error": example, "detail": "a sentence for people, not programs"},
+            }
+        },
+    }
+    if retry_after:
+        response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
+    return response
+
+
+def _webhook_operation() -> dict[str, Any]:
+    return {
+        "operationId": "receiveWebhook",
+        "summary": "Deliver one signed broker webhook",
+        "description": (
+            "Verifies the delivery against its connection, then publishes the exact raw body to"
+            " the raw topic. 202 is answered only once Kafka has acknowledged the event"
+            " (`acks=all`): a 202 is durable. The event id is derived from the connection and"
+            " the `webhook-id`, so a sender's retry of one delivery is the same event."
+        ),
+        "tags": ["webhooks"],
+        "security": [{"standardWebhooks": []}],
+        "parameters": [
+            _ref("parameters", "Broker"),
+            _ref("parameters", "ConnectionId"),
+            _ref("parameters", "WebhookId"),
+            _ref("parameters", "WebhookTimestamp"),
+            _ref("parameters", "WebhookSignature"),
+        ],
+        "requestBody": {
+            "required": True,
+            "description": (
+                "The broker's payload, any JSON object or array, at most `POSCAL_MAX_BODY_BYTES`"
+                " (default 262144) bytes. Signed and stored byte for byte: it is never"
+                " re-serialised. Content type `application/json` or any `application/*+json`."
+            ),
+            "content": {
+                media_type: {"schema": _ref("schemas", "WebhookPayload")}
+                for media_type in JSON_MEDIA_TYPES
+            },
+        },
+        "responses": {
+            "202": {
+                "description": "Verified, and acknowledged by Kafka.",
+                "content": _json("Accepted"),
+            },
+            "401": _refusal(
+                "Unknown connection, wrong broker, missing or malformed webhook headers, a"
+                " timestamp outside the tolerance, or no matching signature: indistinguishable"
+                " on purpose.",
+                "unauthorized",
+            ),
+            "403": _refusal(
+                "A live connection that `poscal-sync connections enable-live` has not enabled"
+                " yet (a demo connection of the same broker must have synced first). Only"
+                " correctly signed deliveries learn this.",
+                "live_not_enabled",
+            ),
+            "409": _refusal(
+                "This connection has already accepted a delivery with this `webhook-id`.",
+                "replay",
+            ),
+            "413": _refusal(
+                "The body (or its declared `Content-Length`) is over `POSCAL_MAX_BODY_BYTES`.",
+                "payload_too_large",
+            ),
+            "415": _refusal(
+                "The body is not declared as JSON: its content type is neither"
+                " `application/json` nor `application/*+json`.",
+                "unsupported_media_type",
+            ),
+            "423": _refusal(
+                "The connection is locked after repeated failed verifications; rotate its"
+                " secret to unlock it. Only correctly signed deliveries learn this: failed ones"
+                " still get 401.",
+                "locked",
+            ),
+            "429": _refusal(
+                "Over the connection's or the user's delivery rate; retry after `Retry-After`.",
+                "rate_limited",
+                retry_after=True,
+            ),
+            "503": _refusal(
+                "The connection could not be looked up or the event could not be made durable;"
+                " nothing was accepted. Retry after `Retry-After`.",
+                "unavailable",
+                retry_after=True,
+            ),
+        },
+    }
+
+
+def _components() -> dict[str, Any]:
+    return {
+        "securitySchemes": {
+            "standardWebhooks": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "webhook-signature",
+                "description": _SECURITY,
+            }
+        },
+        "parameters": {
+            "Broker": {
+                "name": "broker",
+                "in": "path",
+                "required": True,
+                "description": "The connection's broker; any other broker gets 401.",
+                "schema": {"type": "string", "examples": ["mt5"]},
+            },
+            "ConnectionId": {
+                "name": "connection_id",
+                "in": "path",
+                "required": True,
+                "description": "The connection's id, as printed when it was created.",
+                "schema": {"type": "string", "format": "uuid"},
+            },
+            "WebhookId": {
+                "name": "webhook-id",
+                "in": "header",
+                "required": True,
+                "description": (
+                    "The sender's unique id for this delivery; the same on every retry of it."
+                ),
+                "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                "example": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+            },
+            "WebhookTimestamp": {
+                "name": "webhook-timestamp",
+                "in": "header",
+                "required": True,
+                "description": "When the delivery was signed, in whole Unix seconds.",
+                "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                "example": "1767225600",
+            },
+            "WebhookSignature": {
+                "name": "webhook-signature",
+                "in": "header",
+                "required": True,
+                "description": (
+                    "Space-separated `v1,<base64 HMAC-SHA256>` and/or `v1a,<base64 Ed25519>`"
+                    " entries; see the `standardWebhooks` security scheme."
+                ),
+                "schema": {"type": "string", "minLength": 1},
+                "example": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+            },
+        },
+        "headers": {
+            "RetryAfter": {
+                "description": "Seconds to wait before retrying.",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "example": "5",
+            }
+        },
+        "schemas": {
+            "WebhookPayload": {
+                "description": "Any JSON object or array; the broker adapter reads it later.",
+                "type": ["object", "array"],
+            },
+            "Accepted": {
+                "type": "object",
+                "required": ["status", "event_id"],
+                "additionalProperties": False,
+                "properties": {
+                    "status": {"const": "accepted"},
+                    "event_id": {"type": "string", "format": "uuid"},
+                },
+            },
+            "Error": {
+                "description": (
+                    "Every refusal, including the router's own 404 (`not_found`) and 405"
+                    " (`method_not_allowed`). `error` is for programs; `detail` is for people"
+                    " and may change. Neither says more than the status does."
+                ),
+                "type": "object",
+                "required": ["error", "detail"],
+                "additionalProperties": False,
+                "properties": {
+                    "error": {"type": "string", "enum": list(ERROR_STATUSES)},
+                    "detail": {"type": "string"},
+                },
+            },
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "additionalProperties": False,
+                "properties": {"status": {"const": "ok"}},
+            },
+            "Readiness": {
+                "type": "object",
+                "required": ["status"],
+                "additionalProperties": False,
+                "properties": {"status": {"enum": ["ready", "unavailable"]}},
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "PosCal broker sync ingest",
+            "version": "1",
+            "summary": "Signed broker webhooks in; durable raw events out to Kafka.",
+            "description": _SECURITY,
+        },
+        "tags": [
+            {"name": "webhooks", "description": "Deliveries from brokers and bridges."},
+            {"name": "operations", "description": "For load balancers and monitoring."},
+        ],
+        "paths": {
+            "/v1/webhooks/{broker}/{connection_id}": {"post": _webhook_operation()},
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness: the process answers",
+                    "tags": ["operations"],
+                    "responses": {"200": {"description": "Alive.", "content": _json("Health")}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readiness",
+                    "summary": "Readiness: Postgres and Kafka both answer",
+                    "tags": ["operations"],
+                    "responses": {
+                        "200": {"description": "Ready for traffic.", "content": _json("Readiness")},
+                        "503": {
+                            "description": "Not ready: keep traffic away.",
+                            "content": _json("Readiness"),
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics",
+                    "tags": ["operations"],
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "tags": ["operations"],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI 3.1 document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": _components(),
+    }
+
+
+def render() -> bytes:
+    """The document as the file under schemas/openapi/ holds it: stable key order, indented."""
+    return (
+        orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    )
+
+
+def export(directory: Path = OPENAPI_DIR) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / OPENAPI_FILE
+    path.write_bytes(render())
+    return path
+
+
+async def serve_openapi(_: Request) -> Response:
+    return Response(render(), media_type="application/json")
+
+
+if __name__ == "__main__":
+    print(export())

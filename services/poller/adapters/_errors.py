@@ -1,0 +1,68 @@
+"""What an adapter raises besides the contract's two errors (in `adapters/__init__.py`).
+
+CredentialsRejected (contract)   stop polling until the credentials are replaced
+ └── CredentialsUnreadable       the stored credentials are not in this broker's form
+BrokerUnavailable (contract)     transient: retry later, after `retry_after` if given
+PermanentError (shared)
+ ├── BrokerRequestFailed         the broker refused the request itself (a 4xx other than
+ │                               401/403/429, or a Flex error code retrying cannot fix)
+ ├── UnexpectedResponse          the broker answered something the adapter cannot read
+ └── AccountMismatch             the broker answered for another account than the connection's
+
+The module is private (leading underscore) so `adapter_for` can never mistake it for a broker.
+No message ever holds a token: callers redact before building one.
+"""
+
+from __future__ import annotations
+
+from services.poller.adapters import CredentialsRejected
+from services.shared.errors import PermanentError
+
+
+class CredentialsUnreadable(CredentialsRejected):
+    """Rejected before any request: `status_code` is 0 because no broker answered."""
+
+    def __init__(self, broker: str, expected: str) -> None:
+        super().__init__(0, f"the stored {broker} credentials are not {expected}")
+        self.broker = broker
+
+
+class BrokerRequestFailed(PermanentError):
+    """The broker answered that this request is wrong; sending it again cannot help."""
+
+    def __init__(
+        self,
+        broker: str,
+        target: str,
+        detail: str,
+        *,
+        status_code: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        answer = f"HTTP {status_code}" if error_code is None else f"error {error_code}"
+        super().__init__(f"{broker} refused {target} ({answer}): {detail}")
+        self.broker = broker
+        self.target = target
+        self.status_code = status_code
+        self.error_code = error_code
+
+
+class UnexpectedResponse(PermanentError):
+    """The broker's answer is not in the form the adapter (and its mapper) reads."""
+
+    def __init__(self, broker: str, target: str, detail: str) -> None:
+        super().__init__(f"{broker} answered {target} unexpectedly: {detail}")
+        self.broker = broker
+        self.target = target
+
+
+class AccountMismatch(PermanentError):
+    """Polling would file another account's trades under this connection."""
+
+    def __init__(self, broker: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{broker} returned account {actual!r}, but the connection is for {expected!r}"
+        )
+        self.broker = broker
+        self.expected = expected
+        self.actual = actual

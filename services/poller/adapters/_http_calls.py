@@ -1,0 +1,244 @@
+"""One broker request the way every adapter sends it: under a rate limit, retried with jittered
+backoff (or the broker's Retry-After) on 429, 5xx and network errors, and answered with the
+adapter errors. The deciding parts are pure functions; `BrokerHttp.get` is the only I/O.
+
+No token reaches a message: request targets drop the query (Flex puts its token there) and every
+detail taken from a response or an httpx exception is redacted first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+from services.poller.adapters import BrokerUnavailable, CredentialsRejected
+from services.poller.adapters._errors import BrokerRequestFailed, UnexpectedResponse
+from services.shared.backoff import Backoff
+from services.shared.logging import get_logger
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], datetime]
+Verdict = Literal["ok", "credentials", "retry", "refused"]
+
+REDACTED = "[redacted]"
+_DETAIL_CHARS = 300
+_log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one request may hold up a poll before it hands the wait to the poller."""
+
+    tries: int = 5  # the first request and four retries
+    backoff_base_seconds: float = 0.5
+    backoff_cap_seconds: float = 20.0
+    # A Retry-After longer than this ends the poll at once with BrokerUnavailable(retry_after).
+    longest_wait_seconds: float = 60.0
+
+    def backoff(self) -> Backoff:
+        return Backoff(base_seconds=self.backoff_base_seconds, cap_seconds=self.backoff_cap_seconds)
+
+
+def verdict(status_code: int) -> Verdict:
+    """What an HTTP status means for a broker request."""
+    if 200 <= status_code < 300:
+        return "ok"
+    if status_code in (401, 403):
+        return "credentials"
+    if status_code == 429 or status_code >= 500:
+        return "retry"
+    return "refused"  # other 4xx, and redirects: never followed, they could carry a token away
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """A Retry-After header (delay-seconds or an HTTP date) as seconds from `now`; None if absent
+    or unreadable."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT by definition
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def request_target(url: httpx.URL) -> str:
+    """Where a request went, for messages: scheme, host and path, never the query."""
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}{url.path}"
+
+
+def response_detail(response: httpx.Response, secrets: Iterable[str]) -> str:
+    """The broker's own words about a failed request, short and redacted."""
+    text = response.text
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("errorMessage"), str):
+        text = document["errorMessage"]
+    # Redact before cutting short: a secret cut in half would no longer be recognised.
+    text = redact(" ".join(text.split()), secrets)
+    return text[:_DETAIL_CHARS] or response.reason_phrase
+
+
+def read_json_object(response: httpx.Response, broker: str) -> dict[str, Any]:
+    """A JSON object answer, numbers kept exact (Decimal), never float."""
+    try:
+        document = json.loads(response.content, parse_float=Decimal)
+    except ValueError as exc:
+        raise UnexpectedResponse(
+            broker, request_target(response.request.url), f"not JSON ({exc.__class__.__name__})"
+        ) from None
+    if not isinstance(document, dict):
+        raise UnexpectedResponse(broker, request_target(response.request.url), "not a JSON object")
+    return document
+
+
+# One limiter per key (a broker host, or a token) per event loop: adapters come and go with
+# each poll, while the broker's limit holds for every connection from this address.
+_limiters: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, float], AsyncLimiter]
+] = weakref.WeakKeyDictionary()
+
+
+def shared_limiter(key: str, requests_per_second: float) -> AsyncLimiter:
+    """The process-wide limiter for `key` at this rate (must be called inside the event loop)."""
+    per_loop = _limiters.setdefault(asyncio.get_running_loop(), {})
+    limiter = per_loop.get((key, requests_per_second))
+    if limiter is None:
+        # A bucket of one second's worth: short bursts pass, sustained load is held to the rate.
+        limiter = AsyncLimiter(max(1.0, requests_per_second), 1.0)
+        per_loop[(key, requests_per_second)] = limiter
+    return limiter
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class BrokerHttp:
+    """Sends a broker's GET requests; one per adapter, sharing the host's limiter."""
+
+    broker: str
+    http: httpx.AsyncClient
+    limiter: AsyncLimiter
+    retry: RetryPolicy
+    sleep: Sleep
+    clock: Clock = _utc_now
+
+    async def get(
+        self,
+        url: str,
+        *,
+        secrets: Iterable[str],
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """A 2xx response, or CredentialsRejected (401/403, at once), BrokerRequestFailed
+        (other 4xx, at once) or BrokerUnavailable (429/5xx/network, once retries run out)."""
+        secret_list = [secret for secret in secrets if secret]
+        backoff = self.retry.backoff()
+        retry_after: float | None = None
+        problem = ""
+        target = ""
+        for attempt in range(1, self.retry.tries + 1):
+            request = self.http.build_request("GET", url, params=params, headers=headers)
+            target = request_target(request.url)
+            await self.limiter.acquire()
+            try:
+                response = await self.http.send(request, follow_redirects=False)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {redact(str(exc), secret_list)}".rstrip(": ")
+                retry_after = None
+            else:
+                match verdict(response.status_code):
+                    case "ok":
+                        return response
+                    case "credentials":
+                        raise CredentialsRejected(
+                            response.status_code, response_detail(response, secret_list)
+                        )
+                    case "refused":
+                        raise BrokerRequestFailed(
+                            self.broker,
+                            target,
+                            response_detail(response, secret_list),
+                            status_code=response.status_code,
+                        )
+                    case "retry":
+                        problem = (
+                            f"HTTP {response.status_code}: {response_detail(response, secret_list)}"
+                        )
+                        retry_after = retry_after_seconds(
+                            response.headers.get("Retry-After"), self.clock()
+                        )
+            if attempt == self.retry.tries:
+                break
+            if retry_after is not None and retry_after > self.retry.longest_wait_seconds:
+                raise BrokerUnavailable(
+                    f"{self.broker} {target} asked to wait {retry_after:.0f}s ({problem})",
+                    retry_after=retry_after,
+                )
+            delay = retry_after if retry_after is not None else backoff.next_delay()
+            _log.warning(
+                "broker_request_retried",
+                broker=self.broker,
+                target=target,
+                attempt=attempt,
+                delay_seconds=round(delay, 3),
+                problem=problem,
+            )
+            await self.sleep(delay)
+        raise BrokerUnavailable(
+            f"{self.broker} {target} failed {self.retry.tries} times; last: {problem}",
+            retry_after=retry_after,
+        )
+
+
+class RedactQueryToken(logging.Filter):
+    """httpx logs every request URL at INFO; Flex carries its token in the `t` query parameter.
+    This rewrites such records before any handler sees them."""
+
+    _TOKEN_PARAMETER = re.compile(r"([?&]t=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._TOKEN_PARAMETER.sub(rf"\g<1>{REDACTED}", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_query_tokens_in_httpx_logs() -> None:
+    """Install the filter once on httpx's logger (idempotent)."""
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, RedactQueryToken) for existing in logger.filters):
+        logger.addFilter(RedactQueryToken())
