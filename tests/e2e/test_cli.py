@@ -366,3 +366,145 @@ async def test_rotating_the_master_key_follows_the_runbook(
 def test_rotating_without_a_master_key_is_refused(cli_env: dict[str, str]) -> None:
     result = poscal_sync("keys", "rotate", env=cli_env | {"POSCAL_MASTER_KEY": ""})
     assert result.returncode == 2 and "POSCAL_MASTER_KEY" in result.stderr
+
+
+# --- polled brokers -------------------------------------------------------------------------
+
+
+def new_user(cli_env: dict[str, str]) -> str:
+    created = poscal_sync(
+        "users", "create", "--email", f"{uuid.uuid4().hex}@poscal.test", env=cli_env
+    )
+    user_id: str = orjson.loads(created.stdout)["user_id"]
+    return user_id
+
+
+def oanda_connection(cli_env: dict[str, str], user_id: str, kind: str) -> dict[str, object]:
+    result = poscal_sync(
+        "connections",
+        "create",
+        "--user-id",
+        user_id,
+        "--broker",
+        "oanda",
+        "--type",
+        kind,
+        "--account-number",
+        f"101-004-{uuid.uuid4().int % 10**7:07d}-001",
+        "--label",
+        "OANDA",
+        "--api-url",
+        "http://127.0.0.1:9/oanda",
+        env=cli_env,
+    )
+    assert result.returncode == 0, result.stderr
+    record: dict[str, object] = orjson.loads(result.stdout)
+    return record
+
+
+async def test_an_oanda_connection_is_put_on_the_poll_schedule_with_its_api_url(
+    cli_env: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    created = oanda_connection(cli_env, new_user(cli_env), "demo")
+    assert created["polled"] is True
+    assert "set-credentials" in str(created["next"])
+    connection_id = uuid.UUID(str(created["connection_id"]))
+    row = await pool.fetchrow(
+        "SELECT c.api_url, s.interval_seconds FROM mt5_connections c"
+        " JOIN sync_schedule s ON s.connection_id = c.id WHERE c.id = $1",
+        connection_id,
+    )
+    assert row is not None and dict(row) == {
+        "api_url": "http://127.0.0.1:9/oanda",
+        "interval_seconds": 60,
+    }
+
+
+def test_a_bad_api_url_is_refused_clearly(cli_env: dict[str, str]) -> None:
+    result = poscal_sync(
+        "connections",
+        "create",
+        "--user-id",
+        new_user(cli_env),
+        "--broker",
+        "oanda",
+        "--type",
+        "demo",
+        "--account-number",
+        "101-1",
+        "--label",
+        "x",
+        "--api-url",
+        "ftp://example.test",
+        env=cli_env,
+    )
+    assert result.returncode == 1
+    assert "--api-url must be an http(s) base URL" in result.stderr
+
+
+async def test_enable_live_refuses_until_a_demo_connection_of_the_broker_has_synced(
+    cli_env: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    user_id = new_user(cli_env)
+    live = oanda_connection(cli_env, user_id, "live")
+    demo = oanda_connection(cli_env, user_id, "demo")
+    assert "enable-live" in str(live["next"])
+
+    refused = poscal_sync("connections", "enable-live", str(live["connection_id"]), env=cli_env)
+    assert refused.returncode == 1
+    assert "no oanda demo connection that has synced" in refused.stderr
+
+    await pool.execute(
+        "UPDATE sync_schedule SET last_success_at = now() WHERE connection_id = $1",
+        uuid.UUID(str(demo["connection_id"])),
+    )
+    enabled = poscal_sync("connections", "enable-live", str(live["connection_id"]), env=cli_env)
+    assert enabled.returncode == 0, enabled.stderr
+    assert orjson.loads(enabled.stdout)["live_enabled_at"]
+
+    demo_refused = poscal_sync(
+        "connections", "enable-live", str(demo["connection_id"]), env=cli_env
+    )
+    assert demo_refused.returncode == 1 and "only live ones need enabling" in demo_refused.stderr
+
+
+def test_ibkr_credentials_need_a_token_and_a_query_id(cli_env: dict[str, str]) -> None:
+    result = poscal_sync(
+        "connections",
+        "create",
+        "--user-id",
+        new_user(cli_env),
+        "--broker",
+        "ibkr",
+        "--type",
+        "demo",
+        "--account-number",
+        f"U{uuid.uuid4().int % 10**7}",
+        "--label",
+        "IBKR",
+        env=cli_env,
+    )
+    connection_id = str(orjson.loads(result.stdout)["connection_id"])
+    incomplete = poscal_sync(
+        "connections", "set-credentials", connection_id, env=cli_env, stdin='{"token": "1"}'
+    )
+    assert incomplete.returncode == 1 and "'query_id'" in incomplete.stderr
+    stored = poscal_sync(
+        "connections",
+        "set-credentials",
+        connection_id,
+        env=cli_env,
+        stdin='{"token": "271828", "query_id": "987654"}',
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert "271828" not in stored.stdout + stored.stderr
+
+
+def test_normalize_prints_what_a_payload_would_become_without_kafka_or_postgres() -> None:
+    page = "tests/fixtures/constructed/oanda_open_reduce_close_page.json"
+    result = poscal_sync(
+        "normalize", "--broker", "oanda", page, env={"DATABASE_URL": "postgresql://nowhere:1/x"}
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = [orjson.loads(line)["kind"] for line in result.stdout.splitlines()]
+    assert kinds.count("fill") >= 3 and "skipped" not in kinds[: kinds.count("fill")]

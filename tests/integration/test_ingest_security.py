@@ -630,6 +630,9 @@ async def test_rotating_the_secret_unlocks_and_the_suspect_secret_stops_verifyin
         with_old_secret = await deliver(ingest, connection)
     assert rotated.unlocked
     assert (with_new_secret.status_code, with_old_secret.status_code) == (202, 401)
-    assert await pool.fetchval(
-        "SELECT status FROM mt5_connections WHERE id = $1", connection.created.connection_id
-    ) == "active"
+    assert (
+        await pool.fetchval(
+            "SELECT status FROM mt5_connections WHERE id = $1", connection.created.connection_id
+        )
+        == "active"
+    )

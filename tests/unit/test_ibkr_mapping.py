@@ -205,7 +205,11 @@ def test_side_entry_and_amounts_come_from_the_row() -> None:
     )
     assert (closing.side, closing.entry, closing.volume) == ("sell", "out", Decimal("100"))
     # IBKR's realized P/L is net of the charges: they are kept for reading, not booked twice.
-    assert (str(closing.profit), closing.commission, closing.fee) == ("547.85", 0, 0)
+    assert (str(closing.profit), closing.commission, closing.fee) == (
+        "547.85",
+        Decimal(0),
+        Decimal(0),
+    )
     assert closing.comment == "commission -1.02; taxes -0.13"
     assert closing.order_ref == "5002"
     assert fills["7003"].comment is not None and fills["7003"].comment.startswith("P")

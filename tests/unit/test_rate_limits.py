@@ -45,3 +45,34 @@ def test_a_refused_delivery_uses_up_no_allowance() -> None:
         assert limits.take(connection, USER) is not None
     other_user_same_connection_budget = limits.take(connection, OTHER_USER)
     assert other_user_same_connection_budget is None  # the connection's count went up once
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_wait_is_the_time_until_the_next_delivery_fits_and_then_it_does() -> None:
+    clock = Clock()
+    limits = WebhookRateLimits("6/minute", "100/minute", clock=clock)
+    connection = uuid.uuid4()
+    for _ in range(6):
+        assert limits.take(connection, USER) is None
+    refused = limits.take(connection, USER)
+    assert refused == ("rate_limited_connection", 10)  # one delivery's worth refills in 10 s
+    clock.now += 10
+    assert limits.take(connection, USER) is None
+    assert limits.take(connection, USER) is not None
+
+
+def test_several_limits_on_one_scope_all_apply() -> None:
+    clock = Clock()
+    limits = WebhookRateLimits("2/second;3/minute", "100/minute", clock=clock)
+    connection = uuid.uuid4()
+    assert [limits.take(connection, USER) is None for _ in range(3)] == [True, True, False]
+    clock.now += 1
+    assert limits.take(connection, USER) is None  # the second's bucket refilled...
+    assert limits.take(connection, USER) is not None  # ...the minute's has not

@@ -65,7 +65,6 @@ class _Refused(Exception):
     """A document feature refused before it can be expanded (DTDs, entity declarations)."""
 
 
-
 _CHARGES = (("ibCommission", "commission"), ("taxes", "taxes"))
 
 
@@ -77,6 +76,7 @@ def _charges_comment(row: AttributeMap[str, str]) -> str | None:
     if notes:
         parts.insert(0, notes)
     return "; ".join(parts) or None
+
 
 def parse_flex(body: bytes) -> ET.Element:
     """The document's root element. A DTD is refused outright: Flex never sends one, and
