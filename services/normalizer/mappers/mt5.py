@@ -7,14 +7,14 @@ offset the sender reports. Positions are keyed by `position_id`; each deal by it
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from services.normalizer.mappers import Mapping, Rejection
+from services.normalizer.mappers._payloads import describe_validation_error, parse_json_payload
 from services.shared.canonical import (
     AccountSnapshot,
     CanonicalBatch,
@@ -109,23 +109,7 @@ class Mt5Webhook(_Strict):
 
 
 def _parse_body(body: bytes) -> Mt5Webhook:
-    try:
-        # Decimal straight from the text: 0.1 stays 0.1, never a binary float.
-        document = json.loads(body, parse_float=Decimal)
-    except (ValueError, InvalidOperation) as exc:
-        raise InvalidEvent("malformed_json", str(exc)) from None
-    except RecursionError:
-        raise InvalidEvent("malformed_json", "nested too deeply") from None
-    try:
-        return Mt5Webhook.model_validate(document)
-    except ValidationError as exc:
-        raise InvalidEvent("invalid_payload", _describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()
-    )
+    return parse_json_payload(body, Mt5Webhook)
 
 
 def rounded_offset(offset_seconds: int) -> int:
@@ -224,7 +208,9 @@ def map_event(event: RawEvent) -> Mapping:
             deal = Mt5Deal.model_validate(item)
             mapped = _map_deal(deal, prefix, webhook.server_time_offset_seconds)
         except ValidationError as exc:
-            rejected.append(Rejection("invalid_deal", _describe(exc), index, _jsonable(item)))
+            rejected.append(
+                Rejection("invalid_deal", describe_validation_error(exc), index, _jsonable(item))
+            )
             continue
         except InvalidEvent as exc:
             rejected.append(Rejection(exc.code, exc.detail, index, _jsonable(item)))

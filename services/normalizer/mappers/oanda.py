@@ -21,17 +21,17 @@ TRANSFER_FUNDS and DIVIDEND_ADJUSTMENT are cash movements; every other type is s
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from services.normalizer.mappers import Mapping, Rejection, Skipped
+from services.normalizer.mappers._payloads import describe_validation_error, parse_json_payload
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill, Side
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
@@ -308,22 +308,7 @@ _MAPPED: dict[str, Callable[[Any, str], list[Fill] | CashMovement]] = {
 
 
 def _parse_body(body: bytes) -> _Page:
-    try:
-        document = json.loads(body, parse_float=Decimal)
-    except (ValueError, InvalidOperation) as exc:
-        raise InvalidEvent("malformed_json", str(exc)) from None
-    except RecursionError:
-        raise InvalidEvent("malformed_json", "nested too deeply") from None
-    try:
-        return _Page.model_validate(document)
-    except ValidationError as exc:
-        raise InvalidEvent("invalid_payload", _describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()
-    )
+    return parse_json_payload(body, _Page)
 
 
 def _check_account(event: RawEvent, page: _Page) -> None:
@@ -349,7 +334,9 @@ def _snapshot(event: RawEvent, page: _Page) -> AccountSnapshot | None:
     try:
         account = _Account.model_validate(page.account)
     except ValidationError as exc:
-        raise InvalidEvent("invalid_payload", "account: " + _describe(exc)) from None
+        raise InvalidEvent(
+            "invalid_payload", "account: " + describe_validation_error(exc)
+        ) from None
     if account.id is not None and account.id != page.account_id:
         raise InvalidEvent(
             "account_mismatch", f"the summary is for account {account.id}, not {page.account_id}"
@@ -400,7 +387,9 @@ def map_event(event: RawEvent) -> Mapping:
             mapped = mapper(item, prefix)
         except ValidationError as exc:
             rejected.append(
-                Rejection("invalid_transaction", _describe(exc), index, _jsonable(item))
+                Rejection(
+                    "invalid_transaction", describe_validation_error(exc), index, _jsonable(item)
+                )
             )
             continue
         except InvalidEvent as exc:
