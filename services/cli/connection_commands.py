@@ -25,12 +25,13 @@ from services.cli.credential_input import (
 from services.cli.credentials import add_public_key, rotate_webhook_secret, set_broker_credentials
 from services.cli.live import enable_live
 from services.cli.settings import CliSettings, MasterKeyMissing
+from services.normalizer.mappers import available_brokers
 from services.shared.vault import CredentialVault
 
 _Record = dict[str, Any]
-# Brokers a connection can be created for: each has a normalizer mapper; oanda and ibkr are
-# polled (services/poller/adapters), mt5 pushes webhooks.
-BROKERS = ("mt5", "oanda", "ibkr")
+# Brokers a connection can be created for: those with a normalizer mapper. Those with a poll
+# adapter too (services/poller/adapters) are polled; the others push webhooks.
+BROKERS = available_brokers()
 # A command's work in the database, returning the records it prints (as JSON lines).
 _Work = Callable[[asyncpg.Connection], Awaitable[list[_Record]]]
 

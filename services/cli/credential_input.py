@@ -13,6 +13,8 @@ from datetime import timedelta
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from services.poller.adapters import credential_fields
+
 PUBLIC_KEY_PREFIX = "whpk_"
 MAX_OVERLAP = timedelta(days=30)
 MAX_CREDENTIAL_BYTES = 64 * 1024
@@ -65,23 +67,26 @@ def parse_overlap(text: str) -> timedelta:
     return overlap
 
 
-# Credentials that are a JSON object of non-empty strings, by broker; any other broker's
-# credential is a single token.
-JSON_CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "mt5": MT5_FIELDS,
-    "ibkr": ("token", "query_id"),  # a Flex Web Service token and the Flex query it runs
-}
+def _json_fields(broker: str) -> tuple[str, ...] | None:
+    """The fields of a broker's credentials when they are a JSON object of non-empty strings:
+    MT5's sign-in, or what a poll adapter declares; None for a single token (OANDA)."""
+    if broker == "mt5":
+        return MT5_FIELDS
+    try:
+        return credential_fields(broker)
+    except LookupError:
+        return None
 
 
 def parse_broker_credential(broker: str, text: str) -> bytes:
     """The bytes to seal: for MT5 a JSON object of non-empty strings `login`, `password` and
-    `server`, for IBKR `token` and `query_id` (stored in that canonical form); for token brokers
-    (OANDA) the token, whitespace stripped."""
+    `server`, for IBKR `token` and `query_id` (as its adapter declares; stored in that canonical
+    form); for token brokers (OANDA) the token, whitespace stripped."""
     if len(text.encode()) > MAX_CREDENTIAL_BYTES:
         raise InvalidInput(f"the credential on standard input is over {MAX_CREDENTIAL_BYTES} bytes")
     if not text.strip():
         raise InvalidInput("no credential on standard input: it was empty")
-    fields = JSON_CREDENTIAL_FIELDS.get(broker)
+    fields = _json_fields(broker)
     if fields is None:
         return text.strip().encode()
     shape = "{" + ", ".join(f'"{f}": ...' for f in fields) + "}"

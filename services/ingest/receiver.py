@@ -152,14 +152,14 @@ class WebhookReceiver:
             verify(delivery, body, connection.keys)
         except SignatureRejected as exc:
             attempt.reason = exc.code
-            if not connection.locked:
-                await self._count_failure(attempt)
-            raise Unauthorized(exc.code) from None
+            locked_now = not connection.locked and await self._count_failure(attempt)
+            # The attempt that locks the connection is audited as the lockout itself.
+            raise Unauthorized("lockout" if locked_now else exc.code) from None
         return delivery
 
-    async def _count_failure(self, attempt: Attempt) -> None:
+    async def _count_failure(self, attempt: Attempt) -> bool:
         try:
-            await self._lockout.count_failure(attempt)
+            return await self._lockout.count_failure(attempt)
         except TransientError as exc:
             # The sender's answer is a 401 either way; the count is lost, and said so.
             _log.warning(
@@ -167,6 +167,7 @@ class WebhookReceiver:
                 connection_id=str(attempt.connection_id),
                 cause=str(exc),
             )
+            return False
 
     async def _claim(
         self, connection: VerifiableConnection, delivery: SignedDelivery, event: RawEvent

@@ -423,6 +423,15 @@ async def test_repeated_failed_verifications_lock_the_connection_and_raise_an_al
     [alert] = [entry for entry in logs if entry.get("alert") == "webhook_lockout"]
     assert alert["log_level"] == "error"
     assert alert["connection_id"] == str(connection.created.connection_id)
+    await ingest.settle()
+    audited = [(a["status_code"], a["reason"]) for a in await attempts_of(pool, connection)]
+    assert audited == [
+        (401, "signature_mismatch"),
+        (401, "signature_mismatch"),
+        (401, "lockout"),
+        (423, "locked"),
+        (401, "signature_mismatch"),
+    ]
 
 
 async def test_a_verified_delivery_resets_the_failure_count(

@@ -173,13 +173,13 @@ async def test_requests_say_who_asks_and_want_rfc3339_times(
 async def test_429_waits_exactly_as_long_as_retry_after_says(
     oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
 ) -> None:
-    oanda.fail_next(2, 429, retry_after="3", path_suffix="/idrange")
+    oanda.fail_next(2, 429, retry_after="3", path_suffix="/sinceid")
 
     found = await pages(make_adapter(http, oanda.url, sleeps), "2400")
 
     assert sleeps.delays == [3.0, 3.0]
     assert [d.next_cursor for d in found] == ["2500"]
-    assert oanda.requests.count("/idrange") == 3
+    assert oanda.requests.count("/sinceid") == 3
 
 
 async def test_a_retry_after_too_long_to_wait_in_a_poll_goes_to_the_poller(
@@ -309,3 +309,13 @@ async def test_the_adapter_is_found_by_broker_name(
     adapter = adapter_for("oanda")(context)
     found = [delta async for delta in adapter.fetch_closed_trades("2499")]
     assert [d.delivery_id for d in found] == [f"oanda:{ACCOUNT_ID}:txn:2500-2500"]
+
+
+async def test_a_delta_that_fits_one_page_is_read_since_the_cursor_and_cut_at_the_window(
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    [page] = await pages(make_adapter(http, oanda.url, sleeps), "2490")
+    ids = [t["id"] for t in json.loads(page.body)["transactions"]]
+    assert ids == [str(n) for n in range(2491, 2501)]
+    assert (oanda.requests.count("/sinceid"), oanda.requests.count("/idrange")) == (1, 0)
+    assert page.delivery_id.endswith(":txn:2491-2500")

@@ -6,6 +6,7 @@ Each mapper module defines `map_event(event: RawEvent) -> Mapping`, pure: no I/O
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,17 @@ class Mapping:
 
 Mapper = Callable[[RawEvent], Mapping]
 _BROKER_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+
+
+def available_brokers() -> tuple[str, ...]:
+    """Every broker with a mapper module here, so the commands offer exactly those."""
+    return tuple(
+        sorted(
+            info.name
+            for info in pkgutil.iter_modules(__path__)
+            if _BROKER_NAME.match(info.name) and not info.ispkg
+        )
+    )
 
 
 @cache

@@ -13,6 +13,7 @@ import importlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
 import httpx
@@ -81,16 +82,26 @@ class AdapterFactory(Protocol):
 _BROKER_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 
 
-def adapter_for(broker: str) -> AdapterFactory:
-    """The `create` function of `adapters/<broker>.py`; LookupError if there is none."""
+def _adapter_module(broker: str) -> ModuleType:
     if not _BROKER_NAME.match(broker):
         raise LookupError(f"no poll adapter for broker {broker!r}")
     name = f"{__name__}.{broker}"
     try:
-        module = importlib.import_module(name)
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name != name:
             raise  # the adapter exists but something it imports does not: a broken install
         raise LookupError(f"no poll adapter for broker {broker!r}") from None
-    factory: AdapterFactory = module.create
+
+
+def adapter_for(broker: str) -> AdapterFactory:
+    """The `create` function of `adapters/<broker>.py`; LookupError if there is none."""
+    factory: AdapterFactory = _adapter_module(broker).create
     return factory
+
+
+def credential_fields(broker: str) -> tuple[str, ...] | None:
+    """The fields of a broker's credentials when they are a JSON object (an adapter module's
+    `CREDENTIAL_FIELDS`); None when they are a single token. LookupError: no such adapter."""
+    fields: tuple[str, ...] | None = getattr(_adapter_module(broker), "CREDENTIAL_FIELDS", None)
+    return fields

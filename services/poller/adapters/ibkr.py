@@ -75,6 +75,10 @@ _TIMESTAMP = re.compile(
     r"(?:(?:[;,T] ?| )?(?P<h>\d{2}):?(?P<mi>\d{2})(?::?(?P<s>\d{2}))?)?"
 )
 
+# What `poscal-sync connections set-credentials` asks for: a Flex Web Service token and the id
+# of the Flex query (with a Trades section) it runs.
+CREDENTIAL_FIELDS = ("token", "query_id")
+
 
 @dataclass(frozen=True)
 class FlexOptions:

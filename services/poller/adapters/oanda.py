@@ -1,9 +1,11 @@
 """OANDA v20 REST: an account's transactions after a cursor, in windows of at most 1000 ids,
 each handed over as one JSON page that the oanda mapper reads.
 
-Pages always come from `/transactions/idrange`, never `/sinceid`: the window is fixed by the
-summary's lastTransactionID read at the start of the poll, so a page's content and its delivery
-id depend only on its window, even while the trader keeps trading during the poll.
+The window is fixed by the summary's lastTransactionID read at the start of the poll, so a
+page's content and its delivery id depend only on its window, even while the trader keeps
+trading during the poll. A delta that fits one page (the usual poll) is read with
+`/transactions/sinceid` and cut at the window's end; a longer one (a first sync, a long outage)
+is paged with `/transactions/idrange`.
 """
 
 from __future__ import annotations
@@ -176,7 +178,10 @@ class OandaAdapter:
             )
         windows = id_windows(after, last_id, self._options.page_ids)
         for window in windows:
-            transactions = await self._transactions(window)
+            if len(windows) == 1 and after > 0:
+                transactions = await self._transactions_since(after, window)
+            else:
+                transactions = await self._transactions(window)
             final = window is windows[-1]
             body = page_body(
                 account_id=self._account_id,
@@ -210,6 +215,16 @@ class OandaAdapter:
         if not isinstance(transactions, list):
             raise self._unexpected("transactions/idrange", "no `transactions` list")
         return transactions
+
+    async def _transactions_since(self, after: int, window: IdWindow) -> list[Any]:
+        document = await self._get_object(
+            f"{self._account_path}/transactions/sinceid", {"id": str(after)}
+        )
+        transactions = document.get("transactions")
+        if not isinstance(transactions, list):
+            raise self._unexpected("transactions/sinceid", "no `transactions` list")
+        # Whatever happened after the summary was read belongs to the next poll's window.
+        return [t for t in transactions if (_id_of(t) or 0) <= window.last]
 
     def _account_of(self, summary: dict[str, Any]) -> dict[str, Any]:
         account = summary.get("account")
@@ -246,6 +261,11 @@ class OandaAdapter:
 
     def _unexpected(self, what: str, detail: str) -> UnexpectedResponse:
         return UnexpectedResponse("oanda", f"{self._base}{self._account_path}/{what}", detail)
+
+
+def _id_of(transaction: object) -> int | None:
+    raw = transaction.get("id") if isinstance(transaction, dict) else None
+    return int(raw) if isinstance(raw, str) and raw.isascii() and raw.isdigit() else None
 
 
 def create(context: AdapterContext) -> BrokerAdapter:
