@@ -12,7 +12,8 @@ create() {  # name, retention.ms
     "$TOPICS_BIN" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists --topic "$1" \
         --partitions "$PARTITIONS" --replication-factor "$REPLICATION" \
         --config min.insync.replicas="$MIN_ISR" --config retention.ms="$2" \
-        --config unclean.leader.election.enable=false
+        --config unclean.leader.election.enable=false \
+        --config max.message.bytes=4194304
 }
 
 create "${POSCAL_TOPIC_RAW:-poscal.raw.v1}" $((14 * 24 * 3600 * 1000))           # replay window

@@ -22,7 +22,12 @@ from services.cli.credential_input import (
     parse_overlap,
     parse_public_key,
 )
-from services.cli.credentials import add_public_key, rotate_webhook_secret, set_broker_credentials
+from services.cli.credentials import (
+    add_public_key,
+    revoke_public_key,
+    rotate_webhook_secret,
+    set_broker_credentials,
+)
 from services.cli.live import enable_live
 from services.cli.settings import CliSettings, MasterKeyMissing
 from services.normalizer.mappers import available_brokers
@@ -109,6 +114,12 @@ def add_connection_commands(commands: Any) -> None:
     public_key.add_argument("connection_id", type=uuid.UUID, metavar="ID")
     public_key.add_argument("--key", required=True, help="whpk_ followed by base64 of 32 bytes")
 
+    revoke_key = group.add_parser(
+        "revoke-public-key", help="stop an Ed25519 key (whpk_...) verifying v1a signatures"
+    )
+    revoke_key.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+    revoke_key.add_argument("--key", required=True, help="whpk_ followed by base64 of 32 bytes")
+
     listing = group.add_parser(
         "list",
         help="connections as JSON lines, with health and credential rotation state",
@@ -153,6 +164,9 @@ def _work(args: argparse.Namespace, settings: CliSettings, stdin: TextIO) -> _Wo
         case "add-public-key":
             raw_key = parse_public_key(args.key)
             return lambda conn: _add_public_key(conn, vault, args.connection_id, raw_key)
+        case "revoke-public-key":
+            raw_key = parse_public_key(args.key)
+            return lambda conn: _revoke_public_key(conn, vault, args.connection_id, raw_key)
     raise AssertionError(f"unhandled connections command {command!r}")
 
 
@@ -258,3 +272,10 @@ async def _list(
     return await list_connections(
         conn, datetime.now(UTC), user_id=user_id, rotation_due_only=rotation_due
     )
+
+
+async def _revoke_public_key(
+    conn: asyncpg.Connection, vault: CredentialVault, connection_id: uuid.UUID, raw_key: bytes
+) -> list[_Record]:
+    revoked_at = await revoke_public_key(conn, vault, connection_id, raw_key)
+    return [{"connection_id": connection_id, "revoked_at": revoked_at}]

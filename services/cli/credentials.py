@@ -175,3 +175,23 @@ async def add_public_key(
             plaintext=raw_key,
         )
         return StoredCredential(connection_id, await _created_at(conn, credential_id))
+
+
+async def revoke_public_key(
+    conn: Connection, vault: CredentialVault, connection_id: uuid.UUID, raw_key: bytes
+) -> datetime:
+    """Stop an Ed25519 key verifying (a leaked sender key); when it was revoked."""
+    async with conn.transaction():
+        await _lock_connection(conn, connection_id)
+        now: datetime = await conn.fetchval("SELECT now()")
+        active = await vault.open_active_rows(conn, connection_id, WEBHOOK_PUBLIC_KEY, now)
+        matching = [row_id for row_id, key in active if key == raw_key]
+        if not matching:
+            raise ConnectionRefused(
+                f"{encode_public_key(raw_key)} is not an active webhook public key of"
+                f" connection {connection_id}"
+            )
+        await conn.execute(
+            "UPDATE mt5_credentials SET revoked_at = $2 WHERE id = ANY($1::uuid[])", matching, now
+        )
+    return now

@@ -9,58 +9,21 @@ that order; canonical records appear as the canonical topic would carry them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
-from services.normalizer.mappers import Mapping, mapper_for
-from services.normalizer.mappers.ibkr import parse_flex
-from services.shared.envelope import ConnectionRef, ConnectionType, EventSource, RawEvent
+from services.normalizer.mappers import Mapping, mapper_for, payloads_of
+from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
 
 _PROGRAM = "poscal-sync normalize"
 _PLACEHOLDER = uuid.UUID(int=0)
-_CONTENT_TYPES = {"ibkr": "application/xml"}
-_SOURCES: dict[str, EventSource] = {"mt5": "webhook"}
-
-
-@dataclass(frozen=True)
-class PayloadOwner:
-    """The account a payload names, read without judging the rest of it."""
-
-    account_number: str
-    server: str | None = None
-    connection_type: ConnectionType = "demo"
-
-
-def payload_owner(broker: str, body: bytes) -> PayloadOwner | None:
-    """Best effort: None when the payload names no account (the mapper will say what is wrong)."""
-    try:
-        if broker == "ibkr":
-            statement = parse_flex(body).find("./FlexStatements/FlexStatement")
-            account = None if statement is None else statement.get("accountId")
-            return PayloadOwner(account) if account else None
-        document = json.loads(body, parse_float=Decimal)
-    except (InvalidEvent, ValueError, RecursionError):
-        return None
-    if not isinstance(document, dict):
-        return None
-    if broker == "mt5" and isinstance(account := document.get("account"), dict):
-        login, server = account.get("login"), account.get("server")
-        if isinstance(login, int) and not isinstance(login, bool):
-            return PayloadOwner(str(login), server if isinstance(server, str) else None)
-    if broker == "oanda" and isinstance(account_id := document.get("accountID"), str):
-        live = document.get("environment") == "live"
-        return PayloadOwner(account_id, connection_type="live" if live else "demo")
-    return None
 
 
 def records(mapping: Mapping) -> Iterator[dict[str, Any]]:
@@ -93,7 +56,12 @@ def run_normalize(
     except OSError as exc:
         print(f"{_PROGRAM}: cannot read {path}: {exc.strerror or exc}", file=err)
         return 1
-    owner = payload_owner(broker, body)
+    try:
+        payloads = payloads_of(broker)
+    except InvalidEvent as exc:
+        print(f"{_PROGRAM}: {exc.code}: {exc.detail}", file=err)
+        return 1
+    owner = payloads.owner(body)
     if account_number is None and owner is not None:
         print(
             f"{_PROGRAM}: account number {owner.account_number} taken from the payload "
@@ -110,12 +78,12 @@ def run_normalize(
         server=owner.server if owner else None,
     )
     event = RawEvent.wrap(
-        source=_SOURCES.get(broker, "poller"),
+        source=payloads.source,
         connection=connection,
         received_at=now or datetime.now(UTC),
         delivery_id=f"file:{path.name}",
         body=body,
-        content_type=_CONTENT_TYPES.get(broker, "application/json"),
+        content_type=payloads.content_type,
     )
     try:
         mapping = mapper_for(broker)(event)

@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -22,19 +22,24 @@ from services.ingest.audit import Attempt, AuditTrail
 from services.ingest.change_listener import ConnectionChangeListener
 from services.ingest.client_ip import IPNetwork, client_address, parse_networks
 from services.ingest.connections import ConnectionDirectory
-from services.ingest.errors import IngestRefusal, PayloadTooLarge, UnsupportedMediaType
+from services.ingest.errors import (
+    IncompleteBody,
+    IngestRefusal,
+    PayloadTooLarge,
+    RateLimited,
+    UnsupportedMediaType,
+)
 from services.ingest.lockout import Lockout
 from services.ingest.metrics import serve_metrics
 from services.ingest.openapi import serve_openapi
 from services.ingest.publisher import RawEventPublisher
-from services.ingest.rate_limits import WebhookRateLimits
+from services.ingest.rate_limits import TokenBuckets, WebhookRateLimits
 from services.ingest.receiver import EventSink, WebhookReceiver
 from services.ingest.replays import DeliveryClaims
 from services.ingest.retention import Retention
 from services.ingest.settings import IngestSettings
 from services.shared.database import create_pool
 from services.shared.kafka import create_producer
-from services.shared.keyring import load_key_ring
 from services.shared.logging import get_logger
 from services.shared.vault import CredentialVault
 
@@ -49,6 +54,8 @@ class IngestWiring:
 
     receiver: WebhookReceiver
     audit: AuditTrail
+    claims: DeliveryClaims
+    refusals: TokenBuckets
     retention: Retention | None = None
     listener: ConnectionChangeListener | None = None
     ready: Callable[[], Awaitable[bool]] = field(default=lambda: _always_ready())
@@ -68,11 +75,12 @@ def wire(
     ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> IngestWiring:
     directory = ConnectionDirectory(pool, vault, settings.connection_cache_seconds)
+    # A claim outlives any publish that can still succeed before another replica takes it.
+    claims = DeliveryClaims(pool, lease_seconds=2 * settings.publish_timeout_seconds + 10)
     receiver = WebhookReceiver(
         connections=directory,
         sink=sink,
-        # A claim outlives any publish that can still succeed before another replica takes it.
-        claims=DeliveryClaims(pool, lease_seconds=2 * settings.publish_timeout_seconds + 10),
+        claims=claims,
         lockout=Lockout(pool, settings.lockout_threshold, on_locked=directory.forget),
         rate_limits=WebhookRateLimits(
             settings.rate_limit_per_connection, settings.rate_limit_per_user
@@ -90,6 +98,8 @@ def wire(
     return IngestWiring(
         receiver=receiver,
         audit=AuditTrail(pool),
+        claims=claims,
+        refusals=TokenBuckets(settings.refusals_per_client),
         retention=retention,
         listener=listener,
         ready=ready or _always_ready,
@@ -109,10 +119,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge("declared_length_over_limit")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge("body_over_limit")  # stop reading: the rest never arrives
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge("body_over_limit")  # stop reading: the rest never arrives
+    except ClientDisconnect:
+        raise IncompleteBody("client_disconnected") from None
     return bytes(body)
 
 
@@ -121,7 +134,10 @@ def _attempt(request: Request, broker: str, trusted_proxies: tuple[IPNetwork, ..
     attempt = Attempt(
         broker=broker,
         received_at=datetime.now(UTC),
-        client_ip=client_address(peer, request.headers.get("x-forwarded-for"), trusted_proxies),
+        # Every X-Forwarded-For line, in order: a proxy may add its own line rather than append.
+        client_ip=client_address(
+            peer, ",".join(request.headers.getlist("x-forwarded-for")) or None, trusted_proxies
+        ),
         user_agent=request.headers.get("user-agent"),
     )
     with contextlib.suppress(ValueError):
@@ -145,12 +161,18 @@ async def receive_webhook(request: Request) -> Response:
             "poscal.connection_id": connection_id,
         },
     ) as span:
+        client = attempt.client_ip or "unknown"
         try:
+            wait = wiring.refusals.wait(client)
+            if wait is not None:
+                raise RateLimited("rate_limited_refusals", wait)
             if not _is_json(request.headers.get("content-type")):
                 raise UnsupportedMediaType("unsupported_media_type")
             body = await _read_body(request, settings.max_body_bytes)
             event = await wiring.receiver.receive(attempt, connection_id, request.headers, body)
         except IngestRefusal as refusal:
+            if refusal.status_code == 401:
+                wiring.refusals.spend(client)
             attempt.status_code, attempt.reason = refusal.status_code, refusal.reason
             wiring.audit.record(attempt)
             span.set_attribute("http.response.status_code", refusal.status_code)
@@ -214,6 +236,7 @@ def create_app(
             active = await build(stack)
             active.audit.start()
             stack.push_async_callback(active.audit.stop)
+            stack.push_async_callback(active.claims.drain)
             if active.retention is not None:
                 active.retention.start()
                 stack.push_async_callback(active.retention.stop)
@@ -257,10 +280,7 @@ def _flush_spans() -> None:
 
 
 async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitStack) -> IngestWiring:
-    kek = load_key_ring(
-        settings.master_key.get_secret_value(),
-        settings.previous_master_keys.get_secret_value() if settings.previous_master_keys else None,
-    )
+    kek = settings.key_ring()
     pool = await create_pool(
         settings.database_url.get_secret_value(),
         max_size=20,

@@ -73,15 +73,8 @@ LEFT JOIN auth.users u ON u.id = v.user_id  -- a user deleted meanwhile: recorde
 ORDER BY v.arrival  -- ids follow the order attempts arrived in
 """
 
-_MARK_ACCEPTED = """
-UPDATE webhook_deliveries AS d SET state = 'accepted', accepted_at = v.at
-FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[]) AS v(connection_id, webhook_id,
-    token, at)
-WHERE d.connection_id = v.connection_id AND d.webhook_id = v.webhook_id AND d.claim_token = v.token
-"""
-
-# A success resets the failure count unless a failure came after it (those are counted at once,
-# on the request path, and must not be undone by a batch written later).
+# The latest address and agent a connection was seen with, and its last success (the failure
+# count is reset on the request path, with the acceptance: see replays.py).
 _RECORD_SUCCESSES = """
 UPDATE mt5_security_audit AS a SET
     last_success_at = greatest(a.last_success_at, v.at),
@@ -89,8 +82,6 @@ UPDATE mt5_security_audit AS a SET
         '-infinity') THEN v.ip ELSE a.last_ip END,
     last_user_agent = CASE WHEN v.at >= coalesce(greatest(a.last_success_at, a.last_failure_at),
         '-infinity') THEN v.user_agent ELSE a.last_user_agent END,
-    consecutive_failures = CASE WHEN a.last_failure_at IS NULL OR a.last_failure_at <= v.at
-        THEN 0 ELSE a.consecutive_failures END,
     updated_at = now()
 FROM unnest($1::uuid[], $2::timestamptz[], $3::inet[], $4::text[]) AS v(connection_id, at, ip,
     user_agent)
@@ -175,9 +166,12 @@ class AuditTrail:
             try:
                 await self._write(batch)
             except _REFUSED_DATA:
-                # One record Postgres refuses must not cost the others: write them one by one.
+                # One record Postgres refuses must not cost the others: write them one by one,
+                # each off the queue once written (an outage midway must not write it twice).
                 for attempt in batch:
                     await self._write_alone(attempt)
+                    self._queue.remove(attempt)
+                continue
             del self._queue[: len(batch)]
 
     async def _write_alone(self, attempt: Attempt) -> None:
@@ -188,7 +182,6 @@ class AuditTrail:
             _log.error("attempt record refused by the database", cause=type(exc).__name__)
 
     async def _write(self, batch: list[Attempt]) -> None:
-        accepted = [a for a in batch if a.accepted and a.claim is not None]
         successes = _latest_success_per_connection(batch)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -206,14 +199,6 @@ class AuditTrail:
                 [a.event_id for a in batch],
                 [a.received_at for a in batch],
             )
-            if accepted:
-                await conn.execute(
-                    _MARK_ACCEPTED,
-                    [a.claim.connection_id for a in accepted if a.claim],
-                    [a.claim.webhook_id for a in accepted if a.claim],
-                    [a.claim.token for a in accepted if a.claim],
-                    [a.received_at for a in accepted],
-                )
             if successes:
                 await conn.execute(
                     _RECORD_SUCCESSES,

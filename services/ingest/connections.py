@@ -23,6 +23,7 @@ from services.shared.vault import CredentialVault
 WEBHOOK_SECRET_KIND = credential_kinds.WEBHOOK_SECRET
 # Connections webhooks are verified for; a locked one is answered 423 once a delivery verifies.
 _VERIFIABLE = ("active", "error", "locked")
+_MAX_CACHED = 100_000
 
 
 class UnreadableSecret(Exception):
@@ -63,15 +64,29 @@ class ConnectionDirectory:
         self._ttl = ttl_seconds
         # Bounds waiting for a pooled connection too: a sender gets a 503 well before it gives up.
         self._timeout = timeout_seconds
-        self._cache: dict[uuid.UUID, tuple[float, VerifiableConnection | None]] = {}
+        self._known: dict[uuid.UUID, tuple[float, VerifiableConnection]] = {}
+        # Misses are kept apart and bounded on their own: spraying random ids must not push
+        # real connections out.
+        self._unknown: dict[uuid.UUID, float] = {}
+        # Bumped by every change notification, so a load that was already reading when the
+        # change happened is not cached (it may have read the row as it was before).
+        self._generation = 0
+        self._changes: dict[uuid.UUID, int] = {}
         # False while change notifications may be missed (the listener is reconnecting).
         self.trust_cache = True
 
     def forget(self, connection_id: uuid.UUID) -> None:
-        self._cache.pop(connection_id, None)
+        self._changes[connection_id] = self._changes.get(connection_id, 0) + 1
+        self._known.pop(connection_id, None)
+        self._unknown.pop(connection_id, None)
+        if len(self._changes) > _MAX_CACHED:
+            self.forget_all()
 
     def forget_all(self) -> None:
-        self._cache.clear()
+        self._generation += 1
+        self._changes.clear()
+        self._known.clear()
+        self._unknown.clear()
 
     async def find(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
         """The connection, or None if it is unknown or not accepting webhooks.
@@ -80,15 +95,34 @@ class ConnectionDirectory:
         database cannot answer; neither is cached.
         """
         now = time.monotonic()
-        cached = self._cache.get(connection_id)
-        if cached is not None and cached[0] > now and self.trust_cache:
-            return cached[1]
+        if self.trust_cache:
+            known = self._known.get(connection_id)
+            if known is not None and known[0] > now:
+                return known[1]
+            unknown_until = self._unknown.get(connection_id)
+            if unknown_until is not None and unknown_until > now:
+                return None
+        version = self._version(connection_id)
         async with database_call("connection lookup", self._timeout):
             found = await self._load(connection_id)
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[connection_id] = (now + self._ttl, found)
+        if self.trust_cache and self._version(connection_id) == version:
+            self._remember(connection_id, found, now + self._ttl)
         return found
+
+    def _version(self, connection_id: uuid.UUID) -> tuple[int, int]:
+        return (self._generation, self._changes.get(connection_id, 0))
+
+    def _remember(
+        self, connection_id: uuid.UUID, found: VerifiableConnection | None, until: float
+    ) -> None:
+        if found is None:
+            if len(self._unknown) >= _MAX_CACHED:
+                self._unknown.clear()
+            self._unknown[connection_id] = until
+            return
+        if len(self._known) >= _MAX_CACHED:
+            self._known.clear()
+        self._known[connection_id] = (until, found)
 
     async def _load(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
         async with self._pool.acquire() as conn:

@@ -1,6 +1,7 @@
 """What ingest answers when it refuses a delivery, mapped to HTTP in one place (app.py).
 
 IngestRefusal
+ ├── IncompleteBody        400: the sender went away before the whole body arrived
  ├── Unauthorized          401: unknown connection, a secret that does not decrypt, or failed
  │                         verification (indistinguishable to the sender)
  ├── LiveNotEnabled        403: a live connection before `connections enable-live`
@@ -30,6 +31,12 @@ class IngestRefusal(Exception):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+
+class IncompleteBody(IngestRefusal):
+    status_code = 400
+    error = "incomplete_body"
+    public_detail = "the body ended before it was complete"
 
 
 class Unauthorized(IngestRefusal):

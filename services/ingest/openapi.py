@@ -14,6 +14,7 @@ OPENAPI_FILE = "ingest.json"
 
 # The `error` codes of the webhook's refusals, with the status each is sent with.
 WEBHOOK_ERRORS: dict[str, int] = {
+    "incomplete_body": 400,
     "unauthorized": 401,
     "live_not_enabled": 403,
     "replay": 409,
@@ -106,6 +107,10 @@ def _webhook_operation() -> dict[str, Any]:
                 "description": "Verified, and acknowledged by Kafka.",
                 "content": _json("Accepted"),
             },
+            "400": _refusal(
+                "The connection closed before the whole body arrived (nothing was accepted).",
+                "incomplete_body",
+            ),
             "401": _refusal(
                 "Unknown connection, wrong broker, missing or malformed webhook headers, a"
                 " timestamp outside the tolerance, or no matching signature: indistinguishable"

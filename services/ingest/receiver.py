@@ -57,6 +57,8 @@ class Claims(Protocol):
         self, connection_id: uuid.UUID, user_id: uuid.UUID, webhook_id: str, event_id: uuid.UUID
     ) -> Claim | None: ...
 
+    def accepted(self, claim: Claim, at: datetime) -> None: ...
+
     async def release(self, claim: Claim) -> None: ...
 
 
@@ -105,12 +107,18 @@ class WebhookReceiver:
             body=body,
         )
         attempt.event_id = event.event_id
-        attempt.claim = await self._claim(connection, delivery, event)
+        try:
+            attempt.claim = await self._claim(connection, delivery, event)
+        except Replay:
+            # A replay delivers nothing: it must not use up the sender's allowance.
+            self._rate_limits.give_back(connection.ref.connection_id, connection.ref.user_id)
+            raise
         try:
             await self._sink.publish(event)
         except TransientError as exc:
             await self._release(attempt.claim)
             raise Unavailable("publish_failed") from exc
+        self._claims.accepted(attempt.claim, attempt.received_at)
         return event
 
     async def _known_connection(self, attempt: Attempt, connection_id: str) -> VerifiableConnection:

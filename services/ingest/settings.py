@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from limits import parse
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from services.ingest.client_ip import parse_networks
-from services.shared.settings import ServiceSettings
+from services.shared.settings import KeyedServiceSettings
 
 
-class IngestSettings(ServiceSettings):
+class IngestSettings(KeyedServiceSettings):
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("POSCAL_INGEST_HOST", "host"))
     port: int = Field(8080, validation_alias=AliasChoices("POSCAL_INGEST_PORT", "port"))
-    master_key: SecretStr = Field(validation_alias=AliasChoices("POSCAL_MASTER_KEY", "master_key"))
-    # Keys that wrapped data keys before the current one, while `keys rotate` re-wraps them.
-    previous_master_keys: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("POSCAL_PREVIOUS_MASTER_KEYS", "previous_master_keys")
-    )
     signature_tolerance_seconds: int = Field(
         300, ge=1, validation_alias=AliasChoices("POSCAL_SIGNATURE_TOLERANCE_SECONDS")
     )
@@ -39,6 +34,11 @@ class IngestSettings(ServiceSettings):
     rate_limit_per_user: str = Field(
         "600/minute", validation_alias=AliasChoices("POSCAL_RATE_LIMIT_PER_USER")
     )
+    # Refused deliveries (401) a client address may cause before it is answered 429 without
+    # any lookup: what keeps floods of forged or misdirected requests cheap.
+    refusals_per_client: str = Field(
+        "120/minute", validation_alias=AliasChoices("POSCAL_REFUSALS_PER_CLIENT")
+    )
     # Consecutive failed verifications after which a connection is locked until its secret is
     # rotated.
     lockout_threshold: int = Field(
@@ -54,11 +54,21 @@ class IngestSettings(ServiceSettings):
         90, ge=1, validation_alias=AliasChoices("POSCAL_ATTEMPT_RETENTION_DAYS")
     )
 
-    @field_validator("rate_limit_per_connection", "rate_limit_per_user")
+    @field_validator("rate_limit_per_connection", "rate_limit_per_user", "refusals_per_client")
     @classmethod
     def _a_rate_limit(cls, value: str) -> str:
         parse(value)  # raises ValueError with the offending text
         return value
+
+    @model_validator(mode="after")
+    def _replays_outlive_the_tolerance(self) -> IngestSettings:
+        # A webhook id forgotten while its signature is still within the tolerance could be
+        # replayed: the window must be longer.
+        if self.signature_tolerance_seconds >= self.replay_window_days * 86400:
+            raise ValueError(
+                "POSCAL_SIGNATURE_TOLERANCE_SECONDS must be shorter than POSCAL_REPLAY_WINDOW_DAYS"
+            )
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -9,13 +9,13 @@ import contextlib
 import httpx
 
 from services.ingest.publisher import RawEventPublisher
+from services.poller.metrics import serve_metrics
 from services.poller.schedule import SyncSchedule
-from services.poller.service import Poller, UserSyncRate
+from services.poller.service import Poller
 from services.poller.settings import PollerSettings
 from services.poller.sync import ConnectionSync, RetryPolicy
 from services.shared.database import create_pool
 from services.shared.kafka import create_producer
-from services.shared.keyring import load_key_ring
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
 from services.shared.vault import CredentialVault
@@ -25,6 +25,8 @@ _log = get_logger("poscal.poller")
 
 async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
+        if settings.metrics_port:
+            stack.callback(serve_metrics(settings.metrics_host, settings.metrics_port))
         pool = await create_pool(
             settings.database_url.get_secret_value(), max_size=settings.concurrency + 2
         )
@@ -34,13 +36,10 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
         stack.push_async_callback(producer.stop)
         http = httpx.AsyncClient(timeout=settings.broker_timeout_seconds, follow_redirects=False)
         stack.push_async_callback(http.aclose)
-        kek = load_key_ring(
-            settings.master_key.get_secret_value(),
-            settings.previous_master_keys.get_secret_value()
-            if settings.previous_master_keys
-            else None,
+        kek = settings.key_ring()
+        schedule = SyncSchedule(
+            pool, settings.owner, settings.lease_seconds, user_limit=settings.user_sync_limit
         )
-        schedule = SyncSchedule(pool, settings.owner, settings.lease_seconds)
         sync = ConnectionSync(
             pool=pool,
             vault=CredentialVault(kek),
@@ -58,7 +57,6 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
             sync.run,
             concurrency=settings.concurrency,
             tick_seconds=settings.tick_seconds,
-            user_rate=UserSyncRate(settings.sync_rate_per_user),
         )
         mark_ready(settings.ready_file)
         _log.info("poller running", owner=settings.owner, concurrency=settings.concurrency)

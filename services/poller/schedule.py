@@ -1,8 +1,12 @@
 """The sync schedule in Postgres: leasing due connections, saving cursors, recording outcomes.
 
-Leases are taken with `FOR UPDATE SKIP LOCKED`, so replicas racing for due rows each get
-different ones, and every later write names its owner: a replica whose lease ran out (and was
-taken over) cannot move the cursor or the schedule any more.
+Every lease gets a fresh `lease_token`, and every later write names it: a replica whose lease
+ran out and was taken over (even by itself) can no longer move the cursor or the schedule.
+`lease_owner` only says who holds the lease, for people looking at the table.
+
+A broker's request to wait (a long Retry-After) is not counted as a failure when the previous
+attempt ended well; it leaves `last_error` set (without counting), so a request to wait on the
+very next attempt is counted, as is every one after, until a success clears `last_error`.
 """
 
 from __future__ import annotations
@@ -11,42 +15,90 @@ import uuid
 from dataclasses import dataclass
 
 import asyncpg
+from limits import parse_many
 
 from services.shared import credential_kinds
 from services.shared.envelope import ConnectionRef
 
+# Leasing is serialized across replicas (one short transaction per tick each) so that the
+# per-user count below sees every lease another replica has just taken: without it, two
+# replicas reading at once would each grant the same user's last free sync.
+_LEASE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('poscal.poller.lease_due'))"
+
+# A user's connections are not leased while that user already had `$6` syncs attempted within
+# the last `$7` seconds (counted as the user's connections attempted in that window: each
+# connection counts once, and its own interval keeps it from syncing more often).
 _LEASE_DUE = """
-WITH due AS (
-    SELECT s.connection_id
+WITH candidates AS (
+    SELECT s.connection_id, s.user_id, s.next_sync_at,
+           row_number() OVER (PARTITION BY s.user_id ORDER BY s.next_sync_at, s.connection_id)
+               AS turn
     FROM sync_schedule s
     JOIN mt5_connections c ON c.id = s.connection_id
     WHERE s.next_sync_at <= now()
       AND (s.lease_until IS NULL OR s.lease_until < now())
-      AND c.status IN ('active', 'error')
+      AND NOT s.connection_id = ANY($5::uuid[])
+      -- A webhook lockout ('locked') concerns the webhook secret, not the broker's API.
+      AND c.status IN ('active', 'error', 'locked')
       AND (c.connection_type = 'demo' OR c.live_enabled_at IS NOT NULL)
       -- Refused credentials wait for new ones: no point asking the broker again.
       AND (s.credentials_rejected_at IS NULL OR EXISTS (
           SELECT 1 FROM mt5_credentials k
           WHERE k.connection_id = s.connection_id AND k.kind = $4 AND k.revoked_at IS NULL
             AND k.created_at > s.credentials_rejected_at))
-    ORDER BY s.next_sync_at
+),
+recent AS (
+    SELECT s.user_id, count(*) AS attempts
+    FROM sync_schedule s
+    WHERE s.user_id IN (SELECT user_id FROM candidates)
+      AND s.last_attempt_at > now() - make_interval(secs => $7::float8)
+    GROUP BY s.user_id
+),
+allowed AS (
+    SELECT candidates.connection_id
+    FROM candidates LEFT JOIN recent ON recent.user_id = candidates.user_id
+    WHERE $6::integer IS NULL OR candidates.turn <= $6::integer - coalesce(recent.attempts, 0)
+    ORDER BY candidates.next_sync_at
     LIMIT $2
+),
+due AS (
+    SELECT s.connection_id
+    FROM sync_schedule s
+    WHERE s.connection_id IN (SELECT connection_id FROM allowed)
+      AND s.next_sync_at <= now()
+      AND (s.lease_until IS NULL OR s.lease_until < now())
     FOR UPDATE OF s SKIP LOCKED
 )
 UPDATE sync_schedule s
-SET lease_owner = $1, lease_until = now() + make_interval(secs => $3::float8),
+SET lease_owner = $1, lease_token = gen_random_uuid(),
+    lease_until = now() + make_interval(secs => $3::float8),
     last_attempt_at = now(), updated_at = now()
 FROM due, mt5_connections c
 WHERE s.connection_id = due.connection_id AND c.id = s.connection_id
-RETURNING s.connection_id, s.cursor, s.consecutive_failures, s.interval_seconds,
+RETURNING s.connection_id, s.lease_token, s.cursor, s.consecutive_failures,
+    s.last_error IS NOT NULL AS had_error,
     c.user_id, c.account_id, c.broker, c.connection_type, c.account_number, c.server, c.api_url
 """
 
+_RENEW = """
+UPDATE sync_schedule
+SET lease_until = now() + make_interval(secs => $3::float8), updated_at = now()
+WHERE connection_id = $1 AND lease_token = $2
+RETURNING connection_id
+"""
+
+# A digit-string cursor never moves back (a transaction id); any other form is the adapter's
+# own and is taken as given.
 _SAVE_CURSOR = """
 UPDATE sync_schedule
-SET cursor = $3, lease_until = now() + make_interval(secs => $4::float8), updated_at = now()
-WHERE connection_id = $1 AND lease_owner = $2
-RETURNING connection_id
+SET cursor = CASE
+        WHEN cursor ~ '^[0-9]+$' AND $3::text ~ '^[0-9]+$'
+             AND $3::text::numeric < cursor::numeric THEN cursor
+        ELSE $3::text
+    END,
+    lease_until = now() + make_interval(secs => $4::float8), updated_at = now()
+WHERE connection_id = $1 AND lease_token = $2
+RETURNING cursor
 """
 
 _SUCCEEDED = """
@@ -54,10 +106,11 @@ WITH done AS (
     UPDATE sync_schedule
     SET consecutive_failures = 0, last_success_at = now(), last_error = NULL,
         credentials_rejected_at = NULL, lease_owner = NULL, lease_until = NULL,
+        lease_token = NULL,
         -- Staggered: +-10 % of the interval, so connections spread out instead of bunching.
         next_sync_at = now() + make_interval(secs => interval_seconds * (0.9 + 0.2 * $3::float8)),
         updated_at = now()
-    WHERE connection_id = $1 AND lease_owner = $2
+    WHERE connection_id = $1 AND lease_token = $2
     RETURNING connection_id
 )
 UPDATE mt5_connections c
@@ -72,8 +125,8 @@ _FAILED = """
 UPDATE sync_schedule
 SET consecutive_failures = consecutive_failures + 1, last_error = $3, last_error_at = now(),
     next_sync_at = now() + make_interval(secs => $4::float8),
-    lease_owner = NULL, lease_until = NULL, updated_at = now()
-WHERE connection_id = $1 AND lease_owner = $2
+    lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now()
+WHERE connection_id = $1 AND lease_token = $2
 RETURNING consecutive_failures
 """
 
@@ -87,8 +140,8 @@ _CREDENTIALS_REJECTED = """
 UPDATE sync_schedule
 SET credentials_rejected_at = now(), consecutive_failures = consecutive_failures + 1,
     last_error = $3, last_error_at = now(), lease_owner = NULL, lease_until = NULL,
-    updated_at = now()
-WHERE connection_id = $1 AND lease_owner = $2
+    lease_token = NULL, updated_at = now()
+WHERE connection_id = $1 AND lease_token = $2
 RETURNING connection_id
 """
 
@@ -102,11 +155,21 @@ UPDATE mt5_security_audit SET last_failure_at = now(), updated_at = now()
 WHERE connection_id = $1
 """
 
+_TOLD_TO_WAIT = """
+UPDATE sync_schedule
+SET next_sync_at = now() + make_interval(secs => $3::float8),
+    last_error = $4, last_error_at = now(),
+    lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now()
+WHERE connection_id = $1 AND lease_token = $2
+RETURNING connection_id
+"""
+
 _POSTPONE = """
 UPDATE sync_schedule
 SET next_sync_at = now() + make_interval(secs => $3::float8),
-    lease_owner = NULL, lease_until = NULL, updated_at = now()
-WHERE connection_id = $1 AND lease_owner = $2
+    lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now()
+WHERE connection_id = $1 AND lease_token = $2
+RETURNING connection_id
 """
 
 _SCHEDULE = """
@@ -118,15 +181,46 @@ ON CONFLICT (connection_id) DO NOTHING
 
 
 class LeaseLost(Exception):
-    """Another replica holds this connection now: stop without writing anything."""
+    """Another lease holds this connection now: stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One lease of one connection: only its holder may write the connection's schedule."""
+
+    connection_id: uuid.UUID
+    token: uuid.UUID
+
+
+@dataclass(frozen=True)
+class UserSyncLimit:
+    """At most `amount` syncs of one user's connections per `window_seconds`, across replicas."""
+
+    amount: int
+    window_seconds: int
+
+    @classmethod
+    def parse(cls, rate: str) -> UserSyncLimit:
+        """From `limits` syntax ("30/minute"); one limit only. ValueError if unreadable."""
+        items = parse_many(rate)
+        if len(items) != 1:
+            raise ValueError(f"one per-user sync limit, not {len(items)}: {rate!r}")
+        return cls(amount=items[0].amount, window_seconds=items[0].get_expiry())
 
 
 @dataclass(frozen=True)
 class DueSync:
     connection: ConnectionRef
+    lease_token: uuid.UUID
     cursor: str | None
     consecutive_failures: int
     api_url: str | None
+    # The previous attempt ended in a failure or a request to wait (see the module docstring).
+    had_error: bool = False
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.connection.connection_id, self.lease_token)
 
 
 async def schedule_connection(
@@ -140,15 +234,44 @@ async def schedule_connection(
 
 
 class SyncSchedule:
-    def __init__(self, pool: asyncpg.Pool, owner: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        owner: str,
+        lease_seconds: float,
+        *,
+        user_limit: UserSyncLimit | None = None,
+    ) -> None:
         self._pool = pool
         self._owner = owner
         self._lease = lease_seconds
+        self._user_limit = user_limit
 
-    async def lease_due(self, limit: int) -> list[DueSync]:
-        rows = await self._pool.fetch(
-            _LEASE_DUE, self._owner, limit, self._lease, credential_kinds.BROKER_CREDENTIALS
-        )
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease
+
+    @property
+    def renew_every_seconds(self) -> float:
+        """How often a running sync renews its lease: a missed renewal or two still holds it."""
+        return self._lease / 3
+
+    async def lease_due(
+        self, limit: int, exclude: frozenset[uuid.UUID] = frozenset()
+    ) -> list[DueSync]:
+        """Lease up to `limit` due connections, none of `exclude` (those this replica runs)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_LEASE_LOCK)
+            rows = await conn.fetch(
+                _LEASE_DUE,
+                self._owner,
+                limit,
+                self._lease,
+                credential_kinds.BROKER_CREDENTIALS,
+                list(exclude),
+                self._user_limit.amount if self._user_limit else None,
+                self._user_limit.window_seconds if self._user_limit else 0,
+            )
         return [
             DueSync(
                 connection=ConnectionRef(
@@ -160,59 +283,80 @@ class SyncSchedule:
                     account_number=r["account_number"],
                     server=r["server"] or None,
                 ),
+                lease_token=r["lease_token"],
                 cursor=r["cursor"],
                 consecutive_failures=r["consecutive_failures"],
                 api_url=r["api_url"],
+                had_error=r["had_error"],
             )
             for r in rows
         ]
 
-    async def save_cursor(self, connection_id: uuid.UUID, cursor: str) -> None:
-        """Advance the cursor (and renew the lease); LeaseLost if it is no longer ours."""
-        saved = await self._pool.fetchval(
-            _SAVE_CURSOR, connection_id, self._owner, cursor, self._lease
+    async def renew(self, lease: Lease) -> None:
+        """Extend the lease by another `lease_seconds`; LeaseLost if it is no longer ours."""
+        if await self._pool.fetchval(_RENEW, lease.connection_id, lease.token, self._lease) is None:
+            raise LeaseLost(str(lease.connection_id))
+
+    async def save_cursor(self, lease: Lease, cursor: str) -> str:
+        """Advance the cursor (and renew the lease); returns the cursor now stored, which is
+        the old one if a numeric `cursor` would move it back. LeaseLost if not ours."""
+        saved: str | None = await self._pool.fetchval(
+            _SAVE_CURSOR, lease.connection_id, lease.token, cursor, self._lease
         )
         if saved is None:
-            raise LeaseLost(str(connection_id))
+            raise LeaseLost(str(lease.connection_id))
+        return saved
 
-    async def succeeded(self, connection_id: uuid.UUID, jitter: float) -> None:
+    async def succeeded(self, lease: Lease, jitter: float) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.fetchval(_SUCCEEDED, connection_id, self._owner, jitter)
+            if await conn.fetchval(_SUCCEEDED, lease.connection_id, lease.token, jitter) is None:
+                raise LeaseLost(str(lease.connection_id))
 
     async def failed(
-        self, connection_id: uuid.UUID, reason: str, retry_in_seconds: float, error_after: int
+        self, lease: Lease, reason: str, retry_in_seconds: float, error_after: int
     ) -> tuple[int, bool]:
         """Count a failure; (failures in a row, whether this one turned the connection to error)."""
         async with self._pool.acquire() as conn, conn.transaction():
             failures = await conn.fetchval(
-                _FAILED, connection_id, self._owner, reason, retry_in_seconds
+                _FAILED, lease.connection_id, lease.token, reason, retry_in_seconds
             )
             if failures is None:
-                raise LeaseLost(str(connection_id))
+                raise LeaseLost(str(lease.connection_id))
             turned = False
             if failures > error_after:
-                turned = await conn.fetchval(_MARK_ERROR, connection_id, reason) is not None
-            await conn.execute(_AUDIT_FAILURE, connection_id)
+                turned = await conn.fetchval(_MARK_ERROR, lease.connection_id, reason) is not None
+            await conn.execute(_AUDIT_FAILURE, lease.connection_id)
         return failures, turned
 
-    async def credentials_rejected(self, connection_id: uuid.UUID, reason: str) -> bool:
+    async def credentials_rejected(self, lease: Lease, reason: str) -> bool:
         """Stop syncing until new credentials are stored; True if it turned to error now."""
         async with self._pool.acquire() as conn, conn.transaction():
             if (
-                await conn.fetchval(_CREDENTIALS_REJECTED, connection_id, self._owner, reason)
+                await conn.fetchval(_CREDENTIALS_REJECTED, lease.connection_id, lease.token, reason)
                 is None
             ):
-                raise LeaseLost(str(connection_id))
+                raise LeaseLost(str(lease.connection_id))
             await conn.execute(
                 _MARK_CREDENTIALS_INVALID,
-                connection_id,
+                lease.connection_id,
                 credential_kinds.BROKER_CREDENTIALS,
                 "rejected_by_broker",
             )
-            await conn.execute(_AUDIT_FAILURE, connection_id)
-            turned = await conn.fetchval(_MARK_ERROR, connection_id, reason) is not None
+            await conn.execute(_AUDIT_FAILURE, lease.connection_id)
+            turned = await conn.fetchval(_MARK_ERROR, lease.connection_id, reason) is not None
         return turned
 
-    async def postpone(self, connection_id: uuid.UUID, seconds: float) -> None:
-        """Give the lease back without a verdict (a rate limit, a shutdown)."""
-        await self._pool.execute(_POSTPONE, connection_id, self._owner, seconds)
+    async def told_to_wait(self, lease: Lease, seconds: float, reason: str) -> None:
+        """The broker asked to wait: try again then, no failure counted, `reason` noted."""
+        if (
+            await self._pool.fetchval(
+                _TOLD_TO_WAIT, lease.connection_id, lease.token, seconds, reason
+            )
+            is None
+        ):
+            raise LeaseLost(str(lease.connection_id))
+
+    async def postpone(self, lease: Lease, seconds: float) -> None:
+        """Give the lease back without a verdict; LeaseLost if it was no longer ours."""
+        if await self._pool.fetchval(_POSTPONE, lease.connection_id, lease.token, seconds) is None:
+            raise LeaseLost(str(lease.connection_id))

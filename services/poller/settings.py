@@ -5,22 +5,18 @@ from __future__ import annotations
 import os
 import socket
 
-from limits import parse
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, field_validator
 
-from services.shared.settings import ServiceSettings
+from services.poller.schedule import UserSyncLimit
+from services.shared.settings import KeyedServiceSettings
 
 
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class PollerSettings(ServiceSettings):
-    master_key: SecretStr = Field(validation_alias=AliasChoices("POSCAL_MASTER_KEY", "master_key"))
-    previous_master_keys: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("POSCAL_PREVIOUS_MASTER_KEYS", "previous_master_keys")
-    )
-    # Names this replica's leases, so a lease it lost is never written to.
+class PollerSettings(KeyedServiceSettings):
+    # Shown as the holder of this replica's leases (each lease has its own token for writing).
     owner: str = Field(
         default_factory=_default_owner, validation_alias=AliasChoices("POSCAL_POLLER_ID")
     )
@@ -30,7 +26,7 @@ class PollerSettings(ServiceSettings):
     )
     # Syncs run at once by this replica.
     concurrency: int = Field(4, ge=1, validation_alias=AliasChoices("POSCAL_POLLER_CONCURRENCY"))
-    # A lease outlives a stuck replica by at most this; each published page renews it.
+    # A lease outlives a stuck replica by at most this; a running sync renews it every third.
     lease_seconds: float = Field(
         120.0, ge=5, validation_alias=AliasChoices("POSCAL_POLLER_LEASE_SECONDS")
     )
@@ -45,7 +41,8 @@ class PollerSettings(ServiceSettings):
     retry_cap_seconds: float = Field(
         3600.0, gt=0, validation_alias=AliasChoices("POSCAL_POLLER_RETRY_CAP_SECONDS")
     )
-    # Per user, per replica (`limits` syntax): a user's many connections cannot hog the poller.
+    # Per user, across all replicas (`limits` syntax, one limit): a user's many connections
+    # cannot hog the poller.
     sync_rate_per_user: str = Field(
         "30/minute", validation_alias=AliasChoices("POSCAL_SYNC_RATE_PER_USER")
     )
@@ -55,9 +52,20 @@ class PollerSettings(ServiceSettings):
     broker_timeout_seconds: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("POSCAL_BROKER_TIMEOUT_SECONDS")
     )
+    # Prometheus metrics on this port (None or 0: not served), bound to this host.
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, validation_alias=AliasChoices("POSCAL_POLLER_METRICS_PORT")
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", validation_alias=AliasChoices("POSCAL_POLLER_METRICS_HOST")
+    )
 
     @field_validator("sync_rate_per_user")
     @classmethod
     def _a_rate_limit(cls, value: str) -> str:
-        parse(value)
+        UserSyncLimit.parse(value)
         return value
+
+    @property
+    def user_sync_limit(self) -> UserSyncLimit:
+        return UserSyncLimit.parse(self.sync_rate_per_user)

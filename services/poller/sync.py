@@ -1,14 +1,21 @@
 """One connection's sync: open its credentials in memory, pull each page of what changed since
-its cursor, publish the page, and only then move the cursor. A crash between the publish and the
-cursor save re-polls the same page next time: the same event id downstream, so no effect."""
+its cursor, publish the page, and only then move the cursor, renewing the lease meanwhile.
+
+A crash between the publish and the cursor save re-polls from the old cursor next time. If
+nothing new arrived in between, that is the same page and the same event id downstream. If new
+transactions did arrive, the re-polled page spans a different window and gets another event id:
+its transactions are published twice, but downstream keys fills per transaction, so nothing
+doubles."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import asyncpg
 import httpx
@@ -23,7 +30,7 @@ from services.poller.adapters import (
 )
 from services.poller.metrics import ALERTS, PAGES, SYNCS
 from services.poller.retry import retry_delay
-from services.poller.schedule import DueSync, LeaseLost, SyncSchedule
+from services.poller.schedule import DueSync, Lease, LeaseLost, SyncSchedule
 from services.shared import credential_kinds
 from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import RawEvent
@@ -88,23 +95,64 @@ class ConnectionSync:
         return outcome
 
     async def _outcome(self, due: DueSync) -> str:
-        connection_id = due.connection.connection_id
         try:
-            pages = await self._pull_and_publish(due)
-            await self._schedule.succeeded(connection_id, self._jitter())
+            pages = await self._under_lease(due)
+            await self._schedule.succeeded(due.lease, self._jitter())
         except LeaseLost:
-            _log.warning(
-                "lease lost mid-sync; another replica has it", connection_id=str(connection_id)
-            )
-            return "lease_lost"
+            return self._lease_lost(due)
         except (CredentialsRejected, NoCredentials) as exc:
-            await self._credentials_rejected(due, exc)
-            return "credentials_rejected"
+            return await self._credentials_rejected(due, exc)
+        except BrokerUnavailable as exc:
+            if exc.retry_after is not None and not due.had_error:
+                return await self._told_to_wait(due, exc, exc.retry_after)
+            return await self._failed(due, exc)
         except Exception as exc:  # every other failure is retried later, with backoff
-            await self._failed(due, exc)
-            return "failed"
-        _log.info("synced", connection_id=str(connection_id), pages=pages)
+            return await self._failed(due, exc)
+        _log.info("synced", connection_id=str(due.connection.connection_id), pages=pages)
         return "synced"
+
+    async def _under_lease(self, due: DueSync) -> int:
+        """Pull and publish while a heartbeat renews the lease; if the heartbeat finds the lease
+        lost, the pull is cancelled (nothing more published or saved) and LeaseLost raised."""
+        work = asyncio.create_task(self._pull_and_publish(due))
+        heartbeat = asyncio.create_task(self._keep_lease(due.lease))
+        try:
+            await asyncio.wait({work, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this sync is cancelled: neither may outlive it
+            for task in (work, heartbeat):
+                task.cancel()
+            await asyncio.gather(work, heartbeat, return_exceptions=True)
+        if work.cancelled():
+            heartbeat.result()  # raises what ended the heartbeat: LeaseLost
+        return work.result()
+
+    async def _keep_lease(self, lease: Lease) -> NoReturn:
+        """Renew the lease until cancelled; LeaseLost once it is someone else's, or once it may
+        have run out because the database could not be reached to renew it."""
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(self._schedule.renew_every_seconds)
+            try:
+                await self._schedule.renew(lease)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if time.monotonic() - renewed >= self._schedule.lease_seconds:
+                    raise LeaseLost(str(lease.connection_id)) from exc
+                _log.warning(
+                    "cannot renew the lease; trying again",
+                    connection_id=str(lease.connection_id),
+                    cause=type(exc).__name__,
+                )
+            else:
+                renewed = time.monotonic()
+
+    def _lease_lost(self, due: DueSync) -> str:
+        _log.warning(
+            "lease lost mid-sync; stopped without writing",
+            connection_id=str(due.connection.connection_id),
+        )
+        return "lease_lost"
 
     async def _pull_and_publish(self, due: DueSync) -> int:
         ref = due.connection
@@ -126,7 +174,7 @@ class ConnectionSync:
                 body=delta.body,
             )
             await self._sink.publish(event)  # acknowledged by Kafka (acks=all) before...
-            await self._schedule.save_cursor(ref.connection_id, delta.next_cursor)  # ...this
+            await self._schedule.save_cursor(due.lease, delta.next_cursor)  # ...this
             PAGES.labels(ref.broker).inc()
             pages += 1
         return pages
@@ -145,11 +193,14 @@ class ConnectionSync:
             )
         return opened[0]
 
-    async def _credentials_rejected(self, due: DueSync, exc: Exception) -> None:
+    async def _credentials_rejected(self, due: DueSync, exc: Exception) -> str:
         reason = (
             f"credentials: {exc}; store new ones with `poscal-sync connections set-credentials`"
         )
-        turned = await self._schedule.credentials_rejected(due.connection.connection_id, reason)
+        try:
+            turned = await self._schedule.credentials_rejected(due.lease, reason)
+        except LeaseLost:
+            return self._lease_lost(due)
         _log.error(
             "ALERT broker credentials refused; syncing stops until they are replaced",
             alert="sync_credentials_rejected",
@@ -159,8 +210,26 @@ class ConnectionSync:
         )
         if turned:
             ALERTS.labels("credentials_rejected").inc()
+        return "credentials_rejected"
 
-    async def _failed(self, due: DueSync, exc: Exception) -> None:
+    async def _told_to_wait(self, due: DueSync, exc: BrokerUnavailable, seconds: float) -> str:
+        """The broker asked for a pause (a long Retry-After): its call, not a failure of ours.
+        Only after an attempt that ended well, though: asked again on the very next attempt
+        (or after a failure) it counts as a failure (`_failed`, still waiting at least as long
+        as asked), so a broker that keeps refusing still ends in backoff and an alert."""
+        reason = _describe(exc)
+        try:
+            await self._schedule.told_to_wait(due.lease, seconds, reason)
+        except LeaseLost:
+            return self._lease_lost(due)
+        _log.info(
+            "the broker asked to wait; trying again then",
+            connection_id=str(due.connection.connection_id),
+            retry_in_seconds=round(seconds, 1),
+        )
+        return "told_to_wait"
+
+    async def _failed(self, due: DueSync, exc: Exception) -> str:
         failures = due.consecutive_failures + 1
         retry_after = exc.retry_after if isinstance(exc, BrokerUnavailable) else None
         delay = retry_delay(
@@ -171,11 +240,9 @@ class ConnectionSync:
         # the connection's) needs a person now, not after a few more tries.
         error_after = 0 if isinstance(exc, PermanentError) else self._retry.failures_before_error
         try:
-            failures, turned = await self._schedule.failed(
-                due.connection.connection_id, reason, delay, error_after
-            )
+            failures, turned = await self._schedule.failed(due.lease, reason, delay, error_after)
         except LeaseLost:
-            return
+            return self._lease_lost(due)
         _log.warning(
             "sync failed; retrying later",
             connection_id=str(due.connection.connection_id),
@@ -193,6 +260,7 @@ class ConnectionSync:
                 consecutive_failures=failures,
                 reason=reason,
             )
+        return "failed"
 
 
 def _describe(exc: Exception) -> str:

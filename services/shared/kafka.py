@@ -15,6 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+# The largest message a producer sends (aiokafka's `max_request_size`, also its per-record cap).
+# Kafka's own default is 1 MiB, and a raw event carries its body in base64 (4/3 of it): poll
+# pages are kept far below that (the adapters' MAX_PAGE_BYTES); this is headroom for what cannot
+# be split. Topics must allow as much (`max.message.bytes`, set in infra/kafka-topics.sh):
+# otherwise the broker still refuses anything over its own 1 MiB default.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -31,6 +38,7 @@ def create_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
         enable_idempotence=False,
         linger_ms=2,
         request_timeout_ms=15000,
+        max_request_size=MAX_MESSAGE_BYTES,
     )
 
 

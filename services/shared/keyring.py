@@ -11,6 +11,7 @@ Rotating the master key, without downtime:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 
 from services.shared.crypto import DecryptionFailed, KeyEncryptionKey, LocalKeyEncryptionKey
@@ -87,14 +88,45 @@ class KeyRing:
         return f"KeyRing(current={self.key_id}, previous={list(self.previous_ids)})"
 
 
-def load_key_ring(master_key: str, previous_master_keys: str | None = None) -> KeyRing:
+def load_kek_provider(spec: str) -> KeyEncryptionKey:
+    """A KMS-backed key-encryption key from `POSCAL_KEK_PROVIDER` = `package.module:factory`:
+    the factory is called with no arguments (it reads its own configuration) and returns an
+    object with `key_id`, `wrap` and `unwrap`."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"POSCAL_KEK_PROVIDER must be 'package.module:factory', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"POSCAL_KEK_PROVIDER {spec!r} cannot be loaded: {exc}") from None
+    if not callable(factory):
+        raise ValueError(f"POSCAL_KEK_PROVIDER {spec!r} is not callable")
+    kek = factory()
+    if not all(hasattr(kek, name) for name in ("key_id", "wrap", "unwrap")):
+        raise ValueError(f"POSCAL_KEK_PROVIDER {spec!r} did not return a key-encryption key")
+    provided: KeyEncryptionKey = kek
+    return provided
+
+
+def load_key_ring(
+    master_key: str | None,
+    previous_master_keys: str | None = None,
+    provider: str | None = None,
+) -> KeyRing:
     """The ring from `POSCAL_MASTER_KEY` and `POSCAL_PREVIOUS_MASTER_KEYS` (comma-separated
-    base64 of 32 bytes each; blank entries are ignored). Errors never quote a key."""
-    current = LocalKeyEncryptionKey.from_base64(master_key)
+    base64 of 32 bytes each; blank entries are ignored), or with `POSCAL_KEK_PROVIDER` a KMS key
+    as the current one (a master key given too then only unwraps what it wrapped: the way from
+    a local key to a KMS). Errors never quote a key."""
     entries = [e.strip() for e in (previous_master_keys or "").split(",")]
-    previous = [
+    previous: list[KeyEncryptionKey] = [
         LocalKeyEncryptionKey.from_base64(encoded, f"POSCAL_PREVIOUS_MASTER_KEYS entry {position}")
         for position, encoded in enumerate(entries, start=1)
         if encoded
     ]
-    return KeyRing(current, previous)
+    if provider:
+        if master_key:
+            previous.insert(0, LocalKeyEncryptionKey.from_base64(master_key))
+        return KeyRing(load_kek_provider(provider), previous)
+    if not master_key:
+        raise ValueError("POSCAL_MASTER_KEY is not set (base64 of 32 bytes)")
+    return KeyRing(LocalKeyEncryptionKey.from_base64(master_key), previous)

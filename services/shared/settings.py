@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from services.shared.keyring import KeyRing
 
 
 class Topics(BaseSettings):
@@ -52,3 +55,31 @@ class ServiceSettings(BaseSettings):
     trace_file: Path | None = Field(
         None, validation_alias=AliasChoices("POSCAL_TRACE_FILE", "trace_file")
     )
+
+
+class KeyedServiceSettings(ServiceSettings):
+    """A service that opens credentials: where its key-encryption key comes from."""
+
+    master_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("POSCAL_MASTER_KEY", "master_key")
+    )
+    # Comma-separated base64 keys that still unwrap data keys during a master key rotation.
+    previous_master_keys: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("POSCAL_PREVIOUS_MASTER_KEYS", "previous_master_keys"),
+    )
+    # A KMS instead of a key in the environment: `package.module:factory`.
+    kek_provider: str | None = Field(
+        None, validation_alias=AliasChoices("POSCAL_KEK_PROVIDER", "kek_provider")
+    )
+
+    def key_ring(self) -> KeyRing:
+        """Raises ValueError (never quoting a key) when no key is configured or one does not
+        load."""
+        from services.shared.keyring import load_key_ring
+
+        return load_key_ring(
+            self.master_key.get_secret_value() if self.master_key else None,
+            self.previous_master_keys.get_secret_value() if self.previous_master_keys else None,
+            self.kek_provider,
+        )

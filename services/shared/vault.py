@@ -94,8 +94,17 @@ class CredentialVault:
         self, conn: Connection, connection_id: uuid.UUID, kind: str, now: datetime
     ) -> list[bytes]:
         """Every unexpired, unrevoked credential of this kind, newest first."""
+        return [
+            plaintext
+            for _, plaintext in await self.open_active_rows(conn, connection_id, kind, now)
+        ]
+
+    async def open_active_rows(
+        self, conn: Connection, connection_id: uuid.UUID, kind: str, now: datetime
+    ) -> list[tuple[uuid.UUID, bytes]]:
+        """The same, each with its row id (to revoke one)."""
         rows = await conn.fetch(
-            "SELECT user_id, ciphertext, data_key_version FROM mt5_credentials"
+            "SELECT id, user_id, ciphertext, data_key_version FROM mt5_credentials"
             " WHERE connection_id = $1 AND kind = $2 AND revoked_at IS NULL"
             " AND (expires_at IS NULL OR expires_at > $3) ORDER BY created_at DESC",
             connection_id,
@@ -108,11 +117,10 @@ class CredentialVault:
             ref = (row["user_id"], row["data_key_version"])
             if ref not in keys:
                 keys[ref] = await self._data_key(conn, *ref)
-            opened.append(
-                unseal(
-                    keys[ref],
-                    row["ciphertext"],
-                    credential_aad(connection_id, kind, row["data_key_version"]),
-                )
+            plaintext = unseal(
+                keys[ref],
+                row["ciphertext"],
+                credential_aad(connection_id, kind, row["data_key_version"]),
             )
+            opened.append((row["id"], plaintext))
         return opened

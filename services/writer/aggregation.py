@@ -96,7 +96,7 @@ def _segments(position_key: str, fills: Iterable[PositionFill]) -> list[_Segment
     open_volume = _ZERO
     for fill in sorted(fills, key=_order):
         if fill.entry == "in":
-            if open_volume == 0 and (current.ins or current.outs):
+            if open_volume <= 0 and (current.ins or current.outs):
                 # Fully closed, now opened again: a new round trip, not an add to a closed row.
                 current = _Segment(f"{position_key}:{fill.broker_ref}")
                 segments.append(current)
@@ -108,7 +108,9 @@ def _segments(position_key: str, fills: Iterable[PositionFill]) -> list[_Segment
             current.side = current.side or _opposite(fill.side)
             current.outs.append(fill)
             current.money.append(fill)
-            open_volume -= fill.volume
+            # Closes of what was opened before the history we have leave nothing open, not less
+            # than nothing: a later opening starts a round trip of its own.
+            open_volume = max(open_volume - fill.volume, _ZERO)
         else:  # inout: close what is open, open the remainder the other way
             closing = min(max(open_volume, _ZERO), fill.volume)
             reopening = fill.volume - closing

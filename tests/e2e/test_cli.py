@@ -508,3 +508,39 @@ def test_normalize_prints_what_a_payload_would_become_without_kafka_or_postgres(
     assert result.returncode == 0, result.stderr
     kinds = [orjson.loads(line)["kind"] for line in result.stdout.splitlines()]
     assert kinds.count("fill") >= 3 and "skipped" not in kinds[: kinds.count("fill")]
+
+
+async def test_a_leaked_public_key_is_revoked_and_stops_verifying(
+    cli_env: dict[str, str], pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    connection_id = str(connection.created.connection_id)
+    leaked, kept = (
+        "whpk_"
+        + base64.b64encode(
+            Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        ).decode()
+        for _ in range(2)
+    )
+    for key in (leaked, kept):
+        assert (
+            poscal_sync(
+                "connections", "add-public-key", connection_id, "--key", key, env=cli_env
+            ).returncode
+            == 0
+        )
+
+    revoked = poscal_sync(
+        "connections", "revoke-public-key", connection_id, "--key", leaked, env=cli_env
+    )
+    again = poscal_sync(
+        "connections", "revoke-public-key", connection_id, "--key", leaked, env=cli_env
+    )
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert set(orjson.loads(revoked.stdout)) == {"connection_id", "revoked_at"}
+    assert again.returncode == 1 and "is not an active webhook public key" in again.stderr
+    async with pool.acquire() as conn:
+        active = await vault.open_active(
+            conn, connection.created.connection_id, WEBHOOK_PUBLIC_KEY, datetime.now(UTC)
+        )
+    assert active == [base64.b64decode(kept.removeprefix("whpk_"))]

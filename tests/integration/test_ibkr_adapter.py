@@ -1,14 +1,17 @@
 """The IBKR Flex adapter against a fake Flex Web Service over real HTTP: the two steps, waiting
-out "generation in progress", expired tokens, statements for another account, and the token
-(which Flex carries in the URL) never written anywhere."""
+out "generation in progress", expired tokens, statements for another account, only what is newer
+than the cursor handed over, large statements in parts, a period that leaves a gap, and the
+token (which Flex carries in the URL) never written anywhere."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import traceback
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -16,16 +19,30 @@ from aiolimiter import AsyncLimiter
 from structlog.testing import capture_logs
 
 from services.devstack.ports import free_port
+from services.normalizer.mappers.ibkr import map_event
 from services.poller.adapters import (
     BrokerUnavailable,
     CredentialsRejected,
     Delta,
     adapter_for,
 )
-from services.poller.adapters._errors import AccountMismatch, BrokerRequestFailed
-from services.poller.adapters._http_calls import RetryPolicy
+from services.poller.adapters._errors import (
+    AccountMismatch,
+    BrokerRequestFailed,
+    UnexpectedResponse,
+)
+from services.poller.adapters._http_calls import HostHoldOffs, RetryPolicy
 from services.poller.adapters.ibkr import FlexOptions, IbkrFlexAdapter
-from tests.support.fake_flex import ACCOUNT, QUERY_ID, TOKEN, FakeFlex, flex_statement
+from services.shared.envelope import RawEvent
+from tests.support.builders import PINNED_CONNECTION
+from tests.support.fake_flex import (
+    ACCOUNT,
+    QUERY_ID,
+    TOKEN,
+    FakeFlex,
+    execution,
+    flex_statement,
+)
 from tests.support.poll_adapters import RecordedSleeps, adapter_context
 
 OPTIONS = FlexOptions(
@@ -73,6 +90,7 @@ def make_adapter(
     *,
     stored: bytes | None = None,
     account: str = ACCOUNT,
+    options: FlexOptions = OPTIONS,
 ) -> IbkrFlexAdapter:
     context = adapter_context(
         http,
@@ -82,8 +100,11 @@ def make_adapter(
         api_url=api_url,
         connection_type="live",
     )
-    # Flex allows about one request a second; these specifications need not wait for it.
-    return IbkrFlexAdapter(context, OPTIONS, sleep=sleeps, limiter=AsyncLimiter(1000, 1))
+    # Flex allows about one request a second; these specifications need not wait for it. The
+    # limiter and the hold-offs are shared by host by default, so across specifications.
+    return IbkrFlexAdapter(
+        context, options, sleep=sleeps, limiter=AsyncLimiter(1000, 1), hold_offs=HostHoldOffs()
+    )
 
 
 async def pages(adapter: IbkrFlexAdapter, cursor: str | None = None) -> list[Delta]:
@@ -205,10 +226,19 @@ async def test_an_unchanged_statement_generated_again_is_the_same_delivery(
     flex.statement = flex_statement(generated="20240802;083000")
     (first,) = await pages(make_adapter(http, flex.url, sleeps))
     flex.statement = flex_statement(generated="20240802;093000")
-    (again,) = await pages(make_adapter(http, flex.url, sleeps), first.next_cursor)
+    (again,) = await pages(make_adapter(http, flex.url, sleeps))
 
     assert again.delivery_id == first.delivery_id
     assert again.next_cursor == first.next_cursor
+
+
+async def test_an_unchanged_statement_polled_from_its_cursor_hands_nothing_over(
+    flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    (first,) = await pages(make_adapter(http, flex.url, sleeps))
+    flex.statement = flex_statement(generated="20240802;093000")
+
+    assert await pages(make_adapter(http, flex.url, sleeps), first.next_cursor) == []
 
 
 async def test_a_new_trade_is_a_new_delivery_and_advances_the_cursor(
@@ -222,11 +252,135 @@ async def test_a_new_trade_is_a_new_delivery_and_advances_the_cursor(
     assert second.next_cursor == "20240805;101500"
 
 
-async def test_a_cursor_newer_than_every_trade_is_kept(
+async def test_a_cursor_newer_than_every_trade_hands_nothing_over(
     flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
 ) -> None:
-    (page,) = await pages(make_adapter(http, flex.url, sleeps), "20250101;000000")
-    assert page.next_cursor == "20250101;000000"
+    assert await pages(make_adapter(http, flex.url, sleeps), "20250101;000000") == []
+
+
+async def test_a_statement_starting_after_the_cursor_is_handed_over_with_a_gap_warning(
+    flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    # Either the account was quiet for longer than the query's period, or trades were passed
+    # by: the cursor cannot tell, so someone is told, and what the statement has is not lost.
+    flex.statement = flex_statement(from_date="20240805", extra_rows=[NEW_TRADE])
+
+    with capture_logs() as logs:
+        handed_over = [
+            delta
+            async for delta in make_adapter(http, flex.url, sleeps).fetch_closed_trades(
+                "20240801;153045"
+            )
+        ]
+
+    assert len(handed_over) == 1
+    [warning] = [entry for entry in logs if entry.get("alert") == "flex_period_gap"]
+    assert warning["log_level"] == "warning"
+    assert "widen the Flex query's period" in warning["detail"]
+
+
+async def test_a_trade_time_the_mapper_cannot_read_stops_the_poll_before_publishing(
+    flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    flex.statement = flex_statement(
+        extra_rows=[NEW_TRADE.replace("20240805;101500", "2024-08-05, 10:15:00")]
+    )
+
+    with pytest.raises(UnexpectedResponse, match="'2024-08-05, 10:15:00' is not in a format"):
+        await pages(make_adapter(http, flex.url, sleeps))
+
+
+# A day trader's statement: 400 executions over two days, one of them cancelled at the end.
+MANY = [
+    execution(10_000 + n, f"2024080{2 + n // 200};{9 + n % 200 // 30:02d}{n % 30 * 2:02d}00")
+    for n in range(400)
+] + [execution(10_400, "20240803;170000", quantity="-10", cancels=10_003)]
+BUDGET = 64 * 1024
+CONNECTION = PINNED_CONNECTION.model_copy(
+    update={"broker": "ibkr", "account_number": ACCOUNT, "server": None}
+)
+
+
+def fills_by_key(*bodies: bytes) -> dict[str, tuple[str, bool]]:
+    found: dict[str, tuple[str, bool]] = {}
+    for body in bodies:
+        event = RawEvent.wrap(
+            source="poller",
+            connection=CONNECTION,
+            received_at=datetime(2024, 8, 4, tzinfo=UTC),
+            delivery_id="d",
+            body=body,
+            content_type="application/xml",
+        )
+        for fill in map_event(event).batch.fills:
+            assert fill.fill_key not in found
+            found[fill.fill_key] = (str(fill.volume), fill.cancelled)
+    return found
+
+
+async def test_a_large_statement_is_handed_over_in_parts_under_the_budget(
+    flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    flex.statement = flex_statement(extra_rows=MANY)
+    options = dataclasses.replace(OPTIONS, page_bytes=BUDGET)
+    assert len(flex.statement) > 3 * BUDGET
+
+    found = await pages(make_adapter(http, flex.url, sleeps, options=options))
+
+    assert len(found) >= 4
+    assert all(len(delta.body) <= BUDGET for delta in found)
+    assert len({delta.delivery_id for delta in found}) == len(found)
+    cursors = [delta.next_cursor for delta in found]
+    assert cursors == sorted(cursors) and cursors[-1] == "20240803;170000"
+    # Together the parts are the statement: the same fills, the cancelled one cancelled.
+    parts = fills_by_key(*(delta.body for delta in found))
+    assert parts == fills_by_key(flex.statement)
+    assert parts[f"ibkr:{ACCOUNT}:exec:10003"] == ("10", True)
+
+
+async def test_parts_are_the_same_deliveries_when_polled_again(
+    flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    flex.statement = flex_statement(extra_rows=MANY, generated="20240804;080000")
+    options = dataclasses.replace(OPTIONS, page_bytes=BUDGET)
+    first = await pages(make_adapter(http, flex.url, sleeps, options=options))
+    flex.statement = flex_statement(extra_rows=MANY, generated="20240804;090000")
+    again = await pages(make_adapter(http, flex.url, sleeps, options=options))
+
+    assert [d.delivery_id for d in again] == [d.delivery_id for d in first]
+    assert (
+        await pages(make_adapter(http, flex.url, sleeps, options=options), "20240803;170000") == []
+    )
+
+
+async def test_after_a_crash_between_parts_the_next_poll_hands_over_the_rest(
+    flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    flex.statement = flex_statement(extra_rows=MANY)
+    options = dataclasses.replace(OPTIONS, page_bytes=BUDGET)
+    every = await pages(make_adapter(http, flex.url, sleeps, options=options))
+
+    # The poller saved the cursor of the second part, then stopped.
+    rest = await pages(make_adapter(http, flex.url, sleeps, options=options), every[1].next_cursor)
+
+    assert [d.delivery_id for d in rest] == [d.delivery_id for d in every[2:]]
+
+
+async def test_only_the_parts_with_trades_newer_than_the_cursor_are_handed_over(
+    flex: FakeFlex, http: httpx.AsyncClient, sleeps: RecordedSleeps
+) -> None:
+    flex.statement = flex_statement(extra_rows=MANY)
+    options = dataclasses.replace(OPTIONS, page_bytes=BUDGET)
+    every = await pages(make_adapter(http, flex.url, sleeps, options=options))
+    late = execution(10_500, "20240804;093000", conid=4_815_162)
+    flex.statement = flex_statement(extra_rows=[*MANY, late])
+
+    (new,) = await pages(
+        make_adapter(http, flex.url, sleeps, options=options), every[-1].next_cursor
+    )
+
+    assert new.next_cursor == "20240804;093000"
+    assert b'tradeID="10500"' in new.body
 
 
 async def test_the_token_is_never_in_an_exception_or_a_log_line(

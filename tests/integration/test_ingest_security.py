@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from services.cli.credentials import rotate_webhook_secret
 from services.devstack.demo import encode_body, signed_headers
 from services.ingest.audit import AuditTrail
+from services.ingest.connections import ConnectionDirectory, VerifiableConnection
 from services.ingest.retention import Retention
 from services.ingest.signatures import encode_secret, sign, sign_v1a
 from services.shared import credential_kinds
@@ -645,3 +646,95 @@ async def test_rotating_the_secret_unlocks_and_the_suspect_secret_stops_verifyin
         )
         == "active"
     )
+
+
+# --- review follow-ups ----------------------------------------------------------------------
+
+
+async def test_replays_do_not_use_up_the_senders_allowance(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = ingest_settings(master_key, database_url, rate_limit_per_connection="3/minute")
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        first = await deliver(ingest, connection, "msg_captured")
+        replays = [
+            (await deliver(ingest, connection, "msg_captured")).status_code for _ in range(5)
+        ]
+        fresh = [(await deliver(ingest, connection)).status_code for _ in range(2)]
+    assert (first.status_code, replays, fresh) == (202, [409] * 5, [202, 202])
+
+
+async def test_a_client_causing_many_refusals_is_held_off_before_any_lookup(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = ingest_settings(
+        master_key, database_url, refusals_per_client="3/minute", trusted_proxies="203.0.113.0/24"
+    )
+    noisy, quiet = {"x-forwarded-for": "198.51.100.66"}, {"x-forwarded-for": "198.51.100.7"}
+    forged = encode_secret(b"not the connection's secret at all")
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        refused = [
+            (await deliver(ingest, connection, secret=forged, extra_headers=noisy)).status_code
+            for _ in range(3)
+        ]
+        held_off = await deliver(ingest, connection, extra_headers=noisy)
+        elsewhere = await deliver(ingest, connection, extra_headers=quiet)
+        await ingest.settle()
+    assert refused == [401, 401, 401]
+    assert held_off.status_code == 429 and int(held_off.headers["retry-after"]) >= 1
+    assert elsewhere.status_code == 202
+    reasons = [a["reason"] for a in await attempts_of(pool, connection)]
+    assert "rate_limited_refusals" in reasons
+
+
+async def test_every_forwarded_for_line_counts_not_only_the_first(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = ingest_settings(master_key, database_url, trusted_proxies="203.0.113.0/24")
+    body = body_of(connection)
+    headers = list(signed_headers(connection.created.webhook_secret, "msg_xff", body).items())
+    # The client forged a first line; our proxy added its own line with the real address.
+    headers += [("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.9")]
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        response = await ingest.client.post(webhook_url(connection), content=body, headers=headers)
+        await ingest.settle()
+    assert response.status_code == 202
+    [attempt] = await attempts_of(pool, connection)
+    assert attempt["client_ip"] == "198.51.100.9"
+
+
+async def test_a_connection_changed_while_it_was_being_read_is_not_cached(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    reading, changed = asyncio.Event(), asyncio.Event()
+
+    class SlowDirectory(ConnectionDirectory):
+        async def _load(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
+            found = await super()._load(connection_id)
+            reading.set()
+            await changed.wait()  # the change notification arrives now
+            return found
+
+    directory = SlowDirectory(pool, vault, ttl_seconds=600)
+    lookup = asyncio.create_task(directory.find(connection.created.connection_id))
+    await reading.wait()
+    directory.forget(connection.created.connection_id)
+    changed.set()
+    assert await lookup is not None
+    loads_before = reading.is_set()
+    reading.clear()
+    changed.set()
+    await directory.find(connection.created.connection_id)
+    assert loads_before and reading.is_set(), "the stale read was served from the cache"

@@ -1,9 +1,11 @@
-"""The OANDA adapter against a fake OANDA over real HTTP: paging by id windows, nothing new,
-rate limits and outages retried within bounds, refused tokens never retried, and the token never
-written anywhere."""
+"""The OANDA adapter against a fake OANDA over real HTTP: paging by id windows (halved while a
+page is over the size budget), nothing new, rate limits and outages retried within bounds, a
+Retry-After holding off every adapter on the host, refused tokens never retried, and the token
+never written anywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import traceback
@@ -24,12 +26,28 @@ from services.poller.adapters import (
     adapter_for,
 )
 from services.poller.adapters._errors import BrokerRequestFailed
-from services.poller.adapters._http_calls import RetryPolicy
+from services.poller.adapters._http_calls import HostHoldOffs, RetryPolicy
 from services.poller.adapters.oanda import OandaAdapter, OandaOptions
 from tests.support.fake_oanda import ACCOUNT_ID, TOKEN, FakeOanda, numbered_transactions
 from tests.support.poll_adapters import RecordedSleeps, adapter_context
 
 RETRY = RetryPolicy(tries=5, backoff_base_seconds=0.5, backoff_cap_seconds=4.0)
+OPTIONS = OandaOptions(retry=RETRY)
+
+
+class VirtualTime(RecordedSleeps):
+    """A sleep that records each wait and moves a clock on by it, instead of waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+
+    async def __call__(self, seconds: float) -> None:
+        await super().__call__(seconds)
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +69,19 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def sleeps() -> RecordedSleeps:
-    return RecordedSleeps()
+def sleeps() -> VirtualTime:
+    return VirtualTime()
 
 
 def make_adapter(
     http: httpx.AsyncClient,
     api_url: str,
-    sleeps: RecordedSleeps,
+    sleeps: VirtualTime,
     *,
     token: str = TOKEN,
     account: str = ACCOUNT_ID,
+    options: OandaOptions = OPTIONS,
+    hold_offs: HostHoldOffs | None = None,
 ) -> OandaAdapter:
     context = adapter_context(
         http,
@@ -70,9 +90,14 @@ def make_adapter(
         credentials=f"{token}\n".encode(),
         api_url=api_url,
     )
-    # The default limiter is shared by host, so across specifications; each gets its own here.
+    # The default limiter and hold-offs are shared by host, so across specifications; each
+    # gets its own here, on the specification's virtual clock.
     return OandaAdapter(
-        context, OandaOptions(retry=RETRY), sleep=sleeps, limiter=AsyncLimiter(1000, 1)
+        context,
+        options,
+        sleep=sleeps,
+        limiter=AsyncLimiter(1000, 1),
+        hold_offs=hold_offs or HostHoldOffs(clock=sleeps.monotonic),
     )
 
 
@@ -86,7 +111,7 @@ def read(delta: Delta) -> dict[str, Any]:
 
 
 async def test_first_sync_reads_2500_transactions_as_three_pages_oldest_first(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     found = await pages(make_adapter(http, oanda.url, sleeps), None)
 
@@ -112,7 +137,7 @@ async def test_first_sync_reads_2500_transactions_as_three_pages_oldest_first(
 
 
 async def test_only_the_last_page_carries_the_account_and_its_open_trades(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     bodies = [read(d) for d in await pages(make_adapter(http, oanda.url, sleeps), None)]
 
@@ -126,7 +151,7 @@ async def test_only_the_last_page_carries_the_account_and_its_open_trades(
 
 
 async def test_nothing_new_since_the_cursor_is_no_page_and_no_transaction_request(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     assert await pages(make_adapter(http, oanda.url, sleeps), "2500") == []
     assert oanda.requests.count("/summary") == 1
@@ -134,7 +159,7 @@ async def test_nothing_new_since_the_cursor_is_no_page_and_no_transaction_reques
 
 
 async def test_transactions_made_after_a_sync_come_with_the_next_poll(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     adapter = make_adapter(http, oanda.url, sleeps)
     cursor = (await pages(adapter, None))[-1].next_cursor
@@ -148,7 +173,7 @@ async def test_transactions_made_after_a_sync_come_with_the_next_poll(
 
 
 async def test_a_repeated_poll_of_the_same_window_is_the_same_page(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     adapter = make_adapter(http, oanda.url, sleeps)
     first = await pages(adapter, "2000")
@@ -157,7 +182,7 @@ async def test_a_repeated_poll_of_the_same_window_is_the_same_page(
 
 
 async def test_requests_say_who_asks_and_want_rfc3339_times(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     adapter = make_adapter(http, oanda.url, sleeps)
     await adapter.authenticate()
@@ -171,7 +196,7 @@ async def test_requests_say_who_asks_and_want_rfc3339_times(
 
 
 async def test_429_waits_exactly_as_long_as_retry_after_says(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     oanda.fail_next(2, 429, retry_after="3", path_suffix="/sinceid")
 
@@ -183,7 +208,7 @@ async def test_429_waits_exactly_as_long_as_retry_after_says(
 
 
 async def test_a_retry_after_too_long_to_wait_in_a_poll_goes_to_the_poller(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     oanda.fail_next(1, 429, retry_after="600")
 
@@ -194,8 +219,54 @@ async def test_a_retry_after_too_long_to_wait_in_a_poll_goes_to_the_poller(
     assert sleeps.delays == []
 
 
+async def test_a_retry_after_over_ten_seconds_is_handed_to_the_poller_at_once(
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
+) -> None:
+    oanda.fail_next(1, 429, retry_after="30")
+
+    with pytest.raises(BrokerUnavailable, match="asked to wait 30s") as caught:
+        await make_adapter(http, oanda.url, sleeps).authenticate()
+
+    assert caught.value.retry_after == 30.0
+    assert sleeps.delays == [] and oanda.requests.count() == 1
+
+
+async def test_a_retry_after_holds_off_every_adapter_calling_that_host(
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
+) -> None:
+    hold_offs = HostHoldOffs(clock=sleeps.monotonic)
+    once = dataclasses.replace(OPTIONS, retry=dataclasses.replace(RETRY, tries=1))
+    oanda.fail_next(1, 429, retry_after="5")
+    with pytest.raises(BrokerUnavailable):
+        await make_adapter(
+            http, oanda.url, sleeps, options=once, hold_offs=hold_offs
+        ).authenticate()
+
+    # Another connection's adapter on the same host waits the rest before asking at all.
+    await make_adapter(http, oanda.url, sleeps, hold_offs=hold_offs).authenticate()
+
+    assert sleeps.delays == [5.0]
+    assert oanda.requests.count("/summary") == 2
+
+
+async def test_a_long_hold_off_fails_other_adapters_on_the_host_without_a_request(
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
+) -> None:
+    hold_offs = HostHoldOffs(clock=sleeps.monotonic)
+    oanda.fail_next(1, 429, retry_after="600")
+    with pytest.raises(BrokerUnavailable):
+        await make_adapter(http, oanda.url, sleeps, hold_offs=hold_offs).authenticate()
+    sleeps.now += 100
+
+    with pytest.raises(BrokerUnavailable, match="500s more") as caught:
+        await pages(make_adapter(http, oanda.url, sleeps, hold_offs=hold_offs), None)
+
+    assert caught.value.retry_after == 500.0
+    assert oanda.requests.count() == 1 and sleeps.delays == []
+
+
 async def test_server_errors_are_retried_with_growing_jittered_waits_then_succeed(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     oanda.fail_next(3, 503)
 
@@ -209,7 +280,7 @@ async def test_server_errors_are_retried_with_growing_jittered_waits_then_succee
 
 
 async def test_a_broker_that_stays_down_is_unavailable_after_a_bounded_number_of_tries(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     oanda.fail_next(100, 502)
 
@@ -221,7 +292,7 @@ async def test_a_broker_that_stays_down_is_unavailable_after_a_bounded_number_of
 
 
 async def test_an_unreachable_broker_is_unavailable_after_the_same_bounded_tries(
-    http: httpx.AsyncClient, sleeps: RecordedSleeps
+    http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
 
@@ -232,7 +303,7 @@ async def test_an_unreachable_broker_is_unavailable_after_the_same_bounded_tries
 
 
 async def test_a_refused_token_is_reported_at_once_and_never_retried(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     adapter = make_adapter(http, oanda.url, sleeps, token="revoked-token-1234567890")
 
@@ -245,7 +316,7 @@ async def test_a_refused_token_is_reported_at_once_and_never_retried(
 
 
 async def test_an_account_the_token_may_not_read_is_refused_credentials(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     with pytest.raises(CredentialsRejected) as caught:
         await make_adapter(http, oanda.url, sleeps, account="101-004-9999999-001").authenticate()
@@ -253,7 +324,7 @@ async def test_an_account_the_token_may_not_read_is_refused_credentials(
 
 
 async def test_another_client_error_is_a_failed_request_not_an_outage(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     oanda.fail_next(1, 400, path_suffix="/idrange")
 
@@ -268,7 +339,7 @@ async def test_another_client_error_is_a_failed_request_not_an_outage(
 async def test_the_token_is_never_in_an_exception_or_a_log_line(
     oanda: FakeOanda,
     http: httpx.AsyncClient,
-    sleeps: RecordedSleeps,
+    sleeps: VirtualTime,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -312,10 +383,37 @@ async def test_the_adapter_is_found_by_broker_name(
 
 
 async def test_a_delta_that_fits_one_page_is_read_since_the_cursor_and_cut_at_the_window(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: RecordedSleeps
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
 ) -> None:
     [page] = await pages(make_adapter(http, oanda.url, sleeps), "2490")
     ids = [t["id"] for t in json.loads(page.body)["transactions"]]
     assert ids == [str(n) for n in range(2491, 2501)]
     assert (oanda.requests.count("/sinceid"), oanda.requests.count("/idrange")) == (1, 0)
     assert page.delivery_id.endswith(":txn:2491-2500")
+
+
+async def test_a_window_whose_page_is_over_the_size_budget_is_handed_over_in_halves(
+    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
+) -> None:
+    budget = 200_000  # a 1000-id page of the samples is ~360 KB, a 500-id one ~180 KB
+    adapter = make_adapter(
+        http, oanda.url, sleeps, options=dataclasses.replace(OPTIONS, page_bytes=budget)
+    )
+
+    found = await pages(adapter, None)
+
+    assert [d.delivery_id.rsplit(":", 1)[1] for d in found] == [
+        "1-500",
+        "501-1000",
+        "1001-1500",
+        "1501-2000",
+        "2001-2500",
+    ]
+    assert all(len(d.body) <= budget for d in found)
+    assert [d.next_cursor for d in found] == ["500", "1000", "1500", "2000", "2500"]
+    bodies = [read(d) for d in found]
+    assert [t for b in bodies for t in b["transactions"]] == oanda.transactions
+    assert [(b["from_id"], b["to_id"]) for b in bodies][:2] == [("1", "500"), ("501", "1000")]
+    assert [b["account"] is None for b in bodies] == [True, True, True, True, False]
+    assert oanda.id_ranges == [(1, 1000), (1001, 2000), (2001, 2500)]  # nothing asked twice
+    assert await pages(adapter, None) == found  # the same windows again: the same pages

@@ -1,7 +1,9 @@
 """The poller's schedule and sync against the real Postgres, with a scripted broker: leases keep
-replicas off each other's connections, the cursor moves only after a publish, failures back off
-and turn into an alert, refused credentials stop syncing until new ones arrive, live waits for
-demo, and one user's connections take turns."""
+replicas off each other's connections (each lease has its own token, a running sync renews it and
+stops once it is lost), the cursor moves only after a publish and never back, failures back off
+and turn into an alert, a broker's request to wait is not a failure the first time, refused
+credentials stop syncing until new ones arrive, live waits for demo, a webhook lockout does not
+stop polling, and one user's connections take turns across replicas."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from services.cli.connections import ConnectionRefused
@@ -27,8 +30,14 @@ from services.poller.adapters import (
     CredentialsRejected,
     Delta,
 )
-from services.poller.schedule import DueSync, LeaseLost, SyncSchedule, schedule_connection
-from services.poller.service import Poller, UserSyncRate
+from services.poller.schedule import (
+    DueSync,
+    LeaseLost,
+    SyncSchedule,
+    UserSyncLimit,
+    schedule_connection,
+)
+from services.poller.service import Poller
 from services.poller.sync import ConnectionSync, RetryPolicy
 from services.shared import credential_kinds
 from services.shared.vault import CredentialVault
@@ -45,6 +54,9 @@ class ScriptedBroker:
 
     pages: list[Delta] = field(default_factory=list)
     failure: Exception | None = None
+    # Seconds the broker takes before each page; after `stall_after` pages it never answers.
+    page_delay: float = 0.0
+    stall_after: int | None = None
     asked_from: list[str | None] = field(default_factory=list)
     credentials_seen: list[bytes] = field(default_factory=list)
 
@@ -64,7 +76,10 @@ class ScriptedBroker:
 
             async def fetch_closed_trades(self, cursor: str | None) -> AsyncIterator[Delta]:
                 broker.asked_from.append(cursor)
-                for page in broker.pages:
+                for number, page in enumerate(broker.pages):
+                    if number == broker.stall_after:
+                        await asyncio.Event().wait()
+                    await asyncio.sleep(broker.page_delay)
                     yield page
 
             async def fetch_open_trades(self) -> list[dict[str, Any]]:
@@ -130,7 +145,7 @@ async def lease_one(schedule: SyncSchedule, connection: TestConnection) -> DueSy
     for due in await schedule.lease_due(1000):
         if due.connection.connection_id == connection.created.connection_id:
             return due
-        await schedule.postpone(due.connection.connection_id, 0)
+        await schedule.postpone(due.lease, 0)
     return None
 
 
@@ -171,7 +186,8 @@ async def test_a_leased_connection_is_free_again_only_when_its_lease_has_run_out
 ) -> None:
     connection = await polled(pool, vault)
     stuck, rescuer = SyncSchedule(pool, "stuck", 300), SyncSchedule(pool, "rescuer", 300)
-    assert await lease_one(stuck, connection) is not None
+    held = await lease_one(stuck, connection)
+    assert held is not None
     assert await lease_one(rescuer, connection) is None
 
     await pool.execute(
@@ -181,7 +197,7 @@ async def test_a_leased_connection_is_free_again_only_when_its_lease_has_run_out
     )
     assert await lease_one(rescuer, connection) is not None
     with pytest.raises(LeaseLost):  # the stuck replica wakes up: it may no longer write
-        await stuck.save_cursor(connection.created.connection_id, "999")
+        await stuck.save_cursor(held.lease, "999")
 
 
 async def test_each_page_is_published_before_its_cursor_is_saved_and_the_next_sync_resumes_there(
@@ -273,17 +289,50 @@ async def test_failures_back_off_and_more_than_three_in_a_row_raise_an_alert_and
     assert (row["status"], row["consecutive_failures"], row["last_error"]) == ("active", 0, None)
 
 
-async def test_a_retry_after_from_the_broker_is_honoured(
+async def test_a_broker_asking_to_wait_is_waited_out_and_counts_as_a_failure_only_when_repeated(
     pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
     connection = await polled(pool, vault)
     broker = ScriptedBroker(failure=BrokerUnavailable("HTTP 429", retry_after=900))
     schedule = SyncSchedule(pool, "replica", 60)
+    sync = syncer(pool, vault, schedule, broker, RecordingSink())
+
+    async def attempt() -> tuple[str, dict[str, Any]]:
+        await make_due(pool, connection)
+        due = await lease_one(schedule, connection)
+        assert due is not None
+        outcome = await sync.run(due)
+        return outcome, await schedule_row(pool, connection)
+
+    outcome, row = await attempt()
+    assert outcome == "told_to_wait"
+    assert row["next_sync_at"] - datetime.now(UTC) > timedelta(seconds=890)
+    assert (row["consecutive_failures"], row["status"]) == (0, "active")
+    assert "HTTP 429" in row["last_error"]
+
+    for failures in (1, 2):  # asked again on the very next attempt: now it counts
+        outcome, row = await attempt()
+        assert outcome == "failed"
+        assert row["consecutive_failures"] == failures
+        assert row["next_sync_at"] - datetime.now(UTC) > timedelta(seconds=890)
+
+    broker.failure = None
+    assert (await attempt())[0] == "synced"
+    broker.failure = BrokerUnavailable("HTTP 429", retry_after=900)
+    outcome, row = await attempt()  # after a success, a first request to wait is free again
+    assert (outcome, row["consecutive_failures"]) == ("told_to_wait", 0)
+
+
+async def test_a_broker_failure_without_retry_after_is_counted_at_once(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker = ScriptedBroker(failure=BrokerUnavailable("HTTP 503"))
+    schedule = SyncSchedule(pool, "replica", 60)
     due = await lease_one(schedule, connection)
     assert due is not None
-    await syncer(pool, vault, schedule, broker, RecordingSink()).run(due)
-    wait = (await schedule_row(pool, connection))["next_sync_at"] - datetime.now(UTC)
-    assert wait > timedelta(seconds=890)
+    assert await syncer(pool, vault, schedule, broker, RecordingSink()).run(due) == "failed"
+    assert (await schedule_row(pool, connection))["consecutive_failures"] == 1
 
 
 async def test_refused_credentials_stop_syncing_until_new_ones_are_stored(
@@ -364,33 +413,228 @@ async def test_a_live_connection_syncs_only_after_a_demo_sync_of_its_broker(
     assert await lease_one(schedule, live) is not None
 
 
-async def test_one_users_many_connections_take_turns_under_the_per_user_rate(
+class SignallingSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_published = asyncio.Event()
+
+    async def publish(self, event: Any) -> None:
+        await super().publish(event)
+        self.first_published.set()
+
+
+async def steal_lease(pool: asyncpg.Pool, connection: TestConnection) -> None:
+    """Another replica takes the connection over (as after this one's lease ran out)."""
+    await pool.execute(
+        "UPDATE sync_schedule SET lease_owner = 'thief', lease_token = gen_random_uuid(),"
+        " lease_until = now() + interval '5 minutes' WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+
+
+def syncs_counted(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "poscal_poller_syncs_total", {"broker": "mt5", "outcome": outcome}
+        )
+        or 0.0
+    )
+
+
+async def test_a_replica_that_leases_a_connection_again_cannot_write_with_its_old_lease(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    schedule = SyncSchedule(pool, "one-replica", 60)
+    old = await lease_one(schedule, connection)
+    assert old is not None
+    await pool.execute(
+        "UPDATE sync_schedule SET lease_until = now() - interval '1 second'"
+        " WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    new = await lease_one(schedule, connection)  # the same owner, a new lease
+    assert new is not None and new.lease_token != old.lease_token
+
+    for write in (
+        schedule.save_cursor(old.lease, "999"),
+        schedule.renew(old.lease),
+        schedule.succeeded(old.lease, 0.5),
+        schedule.failed(old.lease, "late", 30, 3),
+        schedule.credentials_rejected(old.lease, "late"),
+        schedule.told_to_wait(old.lease, 30, "late"),
+        schedule.postpone(old.lease, 30),
+    ):
+        with pytest.raises(LeaseLost):
+            await write
+    row = await schedule_row(pool, connection)
+    assert (row["cursor"], row["consecutive_failures"], row["last_error"]) == (None, 0, None)
+    assert row["lease_token"] == new.lease_token and row["lease_owner"] == "one-replica"
+    assert await schedule.save_cursor(new.lease, "100") == "100"
+
+
+async def test_a_numeric_cursor_never_moves_back_and_other_cursors_are_taken_as_given(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    schedule = SyncSchedule(pool, "replica", 60)
+    due = await lease_one(schedule, connection)
+    assert due is not None
+    assert await schedule.save_cursor(due.lease, "900") == "900"
+    assert await schedule.save_cursor(due.lease, "200") == "900"
+    assert await schedule.save_cursor(due.lease, "1000") == "1000"  # as numbers, not as text
+    assert await schedule.save_cursor(due.lease, "2024-05-01;10:00:00") == "2024-05-01;10:00:00"
+    assert await schedule.save_cursor(due.lease, "2023-01-01;00:00:00") == "2023-01-01;00:00:00"
+    assert (await schedule_row(pool, connection))["cursor"] == "2023-01-01;00:00:00"
+
+
+async def test_a_sync_longer_than_its_lease_keeps_the_lease_by_heartbeat(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker, sink = ScriptedBroker(pages=[page(1)], page_delay=2.5), RecordingSink()
+    schedule = SyncSchedule(pool, "replica", lease_seconds=1.5)
+    due = await lease_one(schedule, connection)
+    assert due is not None
+    running = asyncio.create_task(syncer(pool, vault, schedule, broker, sink).run(due))
+    await asyncio.sleep(2.0)  # longer than the lease: only renewals can still hold it
+    assert await lease_one(SyncSchedule(pool, "rescuer", 60), connection) is None
+    assert await running == "synced"
+    assert (await schedule_row(pool, connection))["cursor"] == "100"
+
+
+async def test_a_sync_whose_lease_is_taken_over_stops_without_writing_anything_more(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    broker = ScriptedBroker(pages=[page(1), page(2)], stall_after=1)
+    sink = SignallingSink()
+    schedule = SyncSchedule(pool, "replica", lease_seconds=1.5)
+    due = await lease_one(schedule, connection)
+    assert due is not None
+    lost_before = syncs_counted("lease_lost")
+    running = asyncio.create_task(syncer(pool, vault, schedule, broker, sink).run(due))
+    await asyncio.wait_for(sink.first_published.wait(), timeout=10)
+    await steal_lease(pool, connection)
+
+    assert await asyncio.wait_for(running, timeout=10) == "lease_lost"
+    assert [e.delivery_id for e in sink.published] == ["scripted:page:1"]
+    row = await schedule_row(pool, connection)
+    assert (row["cursor"], row["consecutive_failures"], row["last_error"]) == ("100", 0, None)
+    assert row["lease_owner"] == "thief" and row["last_success_at"] is None
+    assert syncs_counted("lease_lost") == lost_before + 1
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        None,
+        CredentialsRejected(401, "invalid token"),
+        BrokerUnavailable("HTTP 503"),
+        BrokerUnavailable("HTTP 429", retry_after=900),
+    ],
+    ids=["succeeded", "credentials_rejected", "failed", "told_to_wait"],
+)
+async def test_an_outcome_found_to_have_lost_the_lease_is_reported_not_written(
+    pool: asyncpg.Pool, vault: CredentialVault, failure: Exception | None
+) -> None:
+    connection = await polled(pool, vault)
+    schedule = SyncSchedule(pool, "replica", 60)
+    sync = syncer(pool, vault, schedule, ScriptedBroker(failure=failure), RecordingSink())
+    due = await lease_one(schedule, connection)
+    assert due is not None
+    await steal_lease(pool, connection)
+
+    assert await sync.run(due) == "lease_lost"
+    row = await schedule_row(pool, connection)
+    assert (row["status"], row["consecutive_failures"], row["last_error"]) == ("active", 0, None)
+    assert row["credentials_rejected_at"] is None and row["last_success_at"] is None
+
+
+async def test_a_poller_never_starts_a_second_sync_of_a_connection_it_is_syncing(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    schedule = SyncSchedule(pool, "replica", 60)
+    release = asyncio.Event()
+    started: list[uuid.UUID] = []
+
+    async def sync(due: DueSync) -> str:
+        if due.connection.connection_id != connection.created.connection_id:
+            await schedule.postpone(due.lease, 600)  # another test's leftover
+            return "skipped"
+        started.append(due.connection.connection_id)
+        await release.wait()
+        return "synced"
+
+    poller = Poller(schedule, sync, concurrency=1000, tick_seconds=1)
+    await poller.tick()
+    await asyncio.sleep(0.1)
+    # Its lease runs out while it still runs (a stalled heartbeat): due and free again.
+    await pool.execute(
+        "UPDATE sync_schedule SET lease_until = now() - interval '1 second',"
+        " next_sync_at = now() - interval '1 second' WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    await poller.tick()
+    await asyncio.sleep(0.1)
+    release.set()
+    await poller.drain()
+    assert started == [connection.created.connection_id]
+
+
+async def test_a_locked_webhook_does_not_stop_polling_and_stays_locked(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await polled(pool, vault)
+    await pool.execute(
+        "UPDATE mt5_connections SET status = 'locked', locked_at = now(),"
+        " last_error = 'webhook locked' WHERE id = $1",
+        connection.created.connection_id,
+    )
+    schedule = SyncSchedule(pool, "replica", 60)
+    broker = ScriptedBroker(pages=[page(1)])
+    due = await lease_one(schedule, connection)
+    assert due is not None
+    assert await syncer(pool, vault, schedule, broker, RecordingSink()).run(due) == "synced"
+    row = await schedule_row(pool, connection)
+    assert (row["cursor"], row["status"], row["connection_error"]) == (
+        "100",
+        "locked",
+        "webhook locked",
+    )
+
+
+async def test_one_users_connections_are_leased_at_most_at_the_users_limit_across_replicas(
     pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
     async with pool.acquire() as conn:
         first = await new_connection(conn, vault)
-        second = await connect_account(
-            conn, vault, first.user_id, 96_000_000 + uuid.uuid4().int % 10**6
-        )
-    for connection in (first, second):
+        others = [
+            await connect_account(conn, vault, first.user_id, 96_000_000 + uuid.uuid4().int % 10**6)
+            for _ in range(3)
+        ]
+    mine = set()
+    for connection in (first, *others):
         await polled(pool, vault, connection)
-    mine = {first.created.connection_id, second.created.connection_id}
-    schedule = SyncSchedule(pool, "replica", 60)
-    synced: list[uuid.UUID] = []
+        mine.add(connection.created.connection_id)
+    limit = UserSyncLimit(amount=2, window_seconds=60)
+    replicas = [SyncSchedule(pool, f"replica-{n}", 60, user_limit=limit) for n in "ab"]
 
-    async def record(due: DueSync) -> str:
-        synced.append(due.connection.connection_id)
-        await schedule.postpone(due.connection.connection_id, 600)
-        return "synced"
+    async def lease_from_both() -> set[uuid.UUID]:
+        leased = await asyncio.gather(*(replica.lease_due(1000) for replica in replicas))
+        ids = {due.connection.connection_id for dues in leased for due in dues}
+        for dues, replica in zip(leased, replicas, strict=True):
+            for due in dues:  # due again at once: only the limit holds them back
+                await replica.postpone(due.lease, 0)
+        return ids & mine
 
-    poller = Poller(
-        schedule, record, concurrency=1000, tick_seconds=1, user_rate=UserSyncRate("1/minute")
-    )
-    await poller.tick()
-    await poller.drain()
-    assert len([c for c in synced if c in mine]) == 1
-    postponed = await pool.fetchval(
-        "SELECT min(next_sync_at) FROM sync_schedule WHERE connection_id = ANY($1::uuid[])",
+    assert len(await lease_from_both()) == 2
+    assert await lease_from_both() == set()  # the window has not passed
+
+    await pool.execute(
+        "UPDATE sync_schedule SET last_attempt_at = last_attempt_at - interval '61 seconds'"
+        " WHERE connection_id = ANY($1::uuid[])",
         list(mine),
     )
-    assert postponed > datetime.now(UTC) + timedelta(seconds=1)
+    assert len(await lease_from_both()) == 2

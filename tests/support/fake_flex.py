@@ -6,6 +6,7 @@ server; GetStatement answers the trades-section sample as the statement.
         flex.in_progress(2)               # GetStatement answers 1019 twice, then the statement
         flex.expire_token()               # 1012 "Token has expired." from now on
         flex.statement = flex_statement(account_id="U999999")
+        flex.statement = flex_statement(extra_rows=[execution(7001, "20240805;101500")])
         flex.requests.count("/SendRequest"), flex.user_agents
 
 Flex answers every outcome with HTTP 200; a refusal is a FlexStatementResponse with Status
@@ -61,16 +62,55 @@ def _sample_responses() -> dict[str, str]:
 
 
 def flex_statement(
-    *, account_id: str = ACCOUNT, extra_rows: Sequence[str] = (), generated: str | None = None
+    *,
+    account_id: str = ACCOUNT,
+    extra_rows: Sequence[str] = (),
+    generated: str | None = None,
+    from_date: str | None = None,
 ) -> bytes:
     """The trades-section sample as a GetStatement answer: its account, extra <Trade .../> rows
-    appended to <Trades>, and `whenGenerated` replaced if given."""
+    appended to <Trades>, and `whenGenerated` and the period's `fromDate` replaced if given."""
     text = (IBKR_FIXTURES / "ibkr_flex_trades_section.xml").read_text()
     text = text.replace(f'accountId="{ACCOUNT}"', f'accountId="{account_id}"')
     if generated is not None:
         text = re.sub(r'whenGenerated="[^"]*"', f'whenGenerated="{generated}"', text)
+    if from_date is not None:
+        text = re.sub(r'fromDate="[^"]*"', f'fromDate="{from_date}"', text)
     rows = "".join(f"    {row}\n" for row in extra_rows)
     return text.replace("   </Trades>", f"{rows}   </Trades>").encode()
+
+
+def execution(
+    trade_id: int,
+    when: str,
+    *,
+    conid: int = 265598,
+    symbol: str = "AAPL",
+    quantity: str = "10",
+    cancels: int | None = None,
+    corrects: int | None = None,
+    account_id: str = ACCOUNT,
+) -> str:
+    """An EXECUTION <Trade> row with the attributes of a real Flex row (as in the constructed
+    round trips): `cancels` makes it the cancellation ("Ca") of that tradeID, `corrects` the
+    correction ("Co"). Its transactionID is the tradeID + 2000."""
+    notes, kind, original, side = "", "ExchTrade", "", "BUY"
+    if cancels is not None:
+        notes, kind, original, side = "Ca", "TradeCancel", str(cancels), "BUY (Ca.)"
+    elif corrects is not None:
+        notes, kind, original = "Co", "TradeCorrect", str(corrects)
+    original_transaction = str(int(original) + 2000) if original else "0"
+    return (
+        f'<Trade accountId="{account_id}" currency="USD" assetCategory="STK" symbol="{symbol}" '
+        f'description="{symbol} INC" conid="{conid}" multiplier="1" tradeID="{trade_id}" '
+        f'transactionID="{trade_id + 2000}" ibOrderID="{trade_id + 5000}" dateTime="{when}" '
+        f'tradeDate="{when[:8]}" quantity="{quantity}" tradePrice="190.00" proceeds="-1900" '
+        'taxes="0" ibCommission="-1.00" ibCommissionCurrency="USD" netCash="-1901" '
+        f'openCloseIndicator="O" notes="{notes}" fifoPnlRealized="0" buySell="{side}" '
+        f'transactionType="{kind}" origTradeID="{original}" '
+        f'origTransactionID="{original_transaction}" origOrderID="0" origTradePrice="0" '
+        'levelOfDetail="EXECUTION" />'
+    )
 
 
 def status_response(

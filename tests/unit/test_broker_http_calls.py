@@ -1,5 +1,6 @@
-"""How a broker request's answer is judged, how long to wait when told to, and how tokens are
-kept out of messages and httpx's request log."""
+"""How a broker request's answer is judged, how long to wait when told to (and for how long a
+host is held off for every adapter), and how tokens are kept out of messages and httpx's
+request log."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import httpx
 import pytest
 
 from services.poller.adapters._http_calls import (
+    HostHoldOffs,
     RedactQueryToken,
+    RetryPolicy,
     redact,
+    request_origin,
     request_target,
     retry_after_seconds,
+    shared_hold_offs,
     shared_limiter,
     verdict,
 )
@@ -86,4 +91,52 @@ async def test_adapters_for_one_host_share_one_rate_limiter() -> None:
     assert shared_limiter("https://api-fxpractice.oanda.com", 20.0) is first
     assert shared_limiter("https://api-fxtrade.oanda.com", 20.0) is not first
     assert first.max_rate == 20.0
+    await asyncio.sleep(0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_sync_waits_in_place_at_most_ten_seconds_for_a_retry_after() -> None:
+    assert RetryPolicy().longest_wait_seconds == 10.0
+
+
+def test_a_hold_off_counts_down_on_its_clock_and_then_lifts() -> None:
+    clock = Clock()
+    hold_offs = HostHoldOffs(clock)
+    hold_offs.hold_off("https://api-fxtrade.oanda.com", 30.0)
+
+    clock.now += 12
+    assert hold_offs.remaining("https://api-fxtrade.oanda.com") == 18.0
+    clock.now += 18
+    assert hold_offs.remaining("https://api-fxtrade.oanda.com") == 0.0
+
+
+def test_a_shorter_retry_after_never_shortens_a_longer_hold_off() -> None:
+    hold_offs = HostHoldOffs(Clock())
+    hold_offs.hold_off("https://h", 60.0)
+    hold_offs.hold_off("https://h", 5.0)
+    assert hold_offs.remaining("https://h") == 60.0
+    hold_offs.hold_off("https://h", 90.0)
+    assert hold_offs.remaining("https://h") == 90.0
+
+
+def test_a_hold_off_is_for_its_host_only() -> None:
+    hold_offs = HostHoldOffs(Clock())
+    practice = request_origin(httpx.URL("https://api-fxpractice.oanda.com/v3/accounts/1/summary"))
+    hold_offs.hold_off(practice, 30.0)
+
+    assert practice == "https://api-fxpractice.oanda.com"
+    assert hold_offs.remaining("https://api-fxtrade.oanda.com") == 0.0
+    assert hold_offs.remaining(request_origin(httpx.URL("http://127.0.0.1:8080/x?t=1"))) == 0.0
+    assert request_origin(httpx.URL("http://127.0.0.1:8080/x?t=1")) == "http://127.0.0.1:8080"
+
+
+async def test_every_adapter_in_the_process_shares_one_set_of_hold_offs() -> None:
+    assert shared_hold_offs() is shared_hold_offs()
     await asyncio.sleep(0)

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from services.normalizer.mappers import Mapping, mapper_for
-from services.normalizer.mappers.ibkr import map_event
+from services.normalizer.mappers.ibkr import map_event, parse_flex_time
 from services.shared.canonical import CanonicalBatch, Fill
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
@@ -165,6 +165,24 @@ def test_a_january_execution_converts_with_minus_five_hours() -> None:
 def test_every_flex_date_time_format_reads_as_new_york_time(stamp: str, expected: str) -> None:
     [fill] = mapped(statement(trade(dateTime=stamp))).fills
     assert (fill.broker_time, fill.executed_at) == (stamp, utc(expected))
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["2024-08-01, 15:30:45", "20240801T153045", "2024/08/01;153045", "20240801;1530"],
+)
+def test_a_time_the_shared_parser_refuses_rejects_the_row(stamp: str) -> None:
+    # The poll adapter reads trade times with the same `parse_flex_time`, so it refuses these
+    # before they are published instead of letting them reach this rejection.
+    with pytest.raises(InvalidEvent):
+        parse_flex_time(stamp)
+    [rejection] = mapping_of(statement(trade(dateTime=stamp))).rejected
+    assert (rejection.code, rejection.index) == ("invalid_trade", 0)
+
+
+def test_the_shared_parser_gives_the_new_york_wall_clock_as_written() -> None:
+    assert parse_flex_time("20241103;013000") == datetime(2024, 11, 3, 1, 30, 0)
+    assert parse_flex_time("2024-07-15 09:35:12").tzinfo is None
 
 
 def test_without_date_time_the_trade_date_and_time_are_used() -> None:

@@ -160,3 +160,43 @@ def test_the_ring_never_shows_a_key_in_its_repr() -> None:
     text = repr(load_key_ring(current, old))
     assert current not in text and old not in text
     assert LocalKeyEncryptionKey.from_base64(old).key_id in text
+
+
+# --- a KMS as the key-encryption key --------------------------------------------------------
+
+KMS = "tests.support.kms:create"
+
+
+def test_a_kms_provider_becomes_the_current_key() -> None:
+    ring = load_key_ring(None, provider=KMS)
+    assert ring.key_id.startswith("kms:")
+    wrapped = ring.wrap(b"d" * 32, b"aad")
+    assert ring.unwrap_with(ring.key_id, wrapped, b"aad") == b"d" * 32
+
+
+def test_moving_from_a_master_key_to_a_kms_keeps_the_old_key_for_unwrapping() -> None:
+    local = new_master_key_base64()
+    before = load_key_ring(local)
+    wrapped = before.wrap(b"d" * 32, b"aad")
+    after = load_key_ring(local, provider=KMS)
+    assert after.key_id.startswith("kms:") and before.key_id in after.previous_ids
+    assert after.rewrap(before.key_id, wrapped, b"aad") != wrapped
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.support.kms", "must be 'package.module:factory'"),
+        ("tests.support.nowhere:create", "cannot be loaded"),
+        ("tests.support.kms:_KMS_KEY", "is not callable"),
+        ("builtins:object", "did not return a key-encryption key"),
+    ],
+)
+def test_a_bad_provider_is_refused_clearly(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_key_ring(None, provider=spec)
+
+
+def test_no_key_at_all_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="POSCAL_MASTER_KEY is not set"):
+        load_key_ring(None)

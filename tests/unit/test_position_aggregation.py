@@ -428,9 +428,24 @@ def test_opening_again_after_an_exact_reversal_close_is_a_new_row() -> None:
     ]
 
 
-def test_closes_of_an_unseen_opening_do_not_make_the_position_flat() -> None:
-    # Flat means the seen opens were closed exactly; closes beyond them leave it undecided.
-    early_close = fill(1, "out", "sell", "30", "11.00", profit="30")
-    row = only_row([early_close, fill(2, "in", "buy", "30", "10.00", minutes=5)])
-    assert row.trade_id == KEY
-    assert row.fill_count == 2
+def test_closes_of_an_unseen_opening_leave_nothing_open_and_a_later_opening_is_its_own_row() -> (
+    None
+):
+    # A first statement often starts with closes of what was opened before its period: those
+    # are a closed trade of unknown entry, and what opens afterwards is a trade of its own
+    # (not an add to the closed one, which would lose the open position).
+    early_close = fill(1, "out", "sell", "100", "12.00", profit="200")
+    reopened = fill(2, "in", "buy", "50", "10.00", minutes=5)
+    closed, opened = aggregate_position(KEY, [early_close, reopened])
+    assert (closed.trade_id, closed.status, closed.volume, closed.profit) == (
+        KEY,
+        "closed",
+        Decimal("100"),
+        Decimal("200"),
+    )
+    assert (opened.trade_id, opened.status, opened.volume, opened.opened_at) == (
+        f"{KEY}:2",
+        "open",
+        Decimal("50"),
+        reopened.executed_at,
+    )

@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from types import ModuleType
 from typing import Any
 
 from services.shared.canonical import CanonicalBatch
-from services.shared.envelope import RawEvent
+from services.shared.envelope import ConnectionType, EventSource, RawEvent
 from services.shared.errors import InvalidEvent
 
 
@@ -60,16 +61,49 @@ def available_brokers() -> tuple[str, ...]:
     )
 
 
-@cache
-def mapper_for(broker: str) -> Mapper:
+@dataclass(frozen=True)
+class PayloadOwner:
+    """The account a payload names, read without judging the rest of it."""
+
+    account_number: str
+    server: str | None = None
+    connection_type: ConnectionType = "demo"
+
+
+@dataclass(frozen=True)
+class BrokerPayloads:
+    """What a mapper module says about its payloads, for tools that read one from a file:
+    their content type, how they usually arrive, and (best effort) whose account they are."""
+
+    content_type: str
+    source: EventSource
+    owner: Callable[[bytes], PayloadOwner | None]
+
+
+def _mapper_module(broker: str) -> ModuleType:
     if not _BROKER_NAME.match(broker):
         raise InvalidEvent("unknown_broker", f"no mapper for broker {broker!r}")
     name = f"{__name__}.{broker}"
     try:
-        module = importlib.import_module(name)
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name != name:
             raise  # the mapper exists but something it imports does not: a broken install
         raise InvalidEvent("unknown_broker", f"no mapper for broker {broker!r}") from None
-    mapper: Mapper = module.map_event
+
+
+@cache
+def mapper_for(broker: str) -> Mapper:
+    mapper: Mapper = _mapper_module(broker).map_event
     return mapper
+
+
+def payloads_of(broker: str) -> BrokerPayloads:
+    """A mapper module's CONTENT_TYPE (default JSON), SOURCE (default the poller) and
+    `payload_owner` (default: none can be told)."""
+    module = _mapper_module(broker)
+    return BrokerPayloads(
+        content_type=getattr(module, "CONTENT_TYPE", "application/json"),
+        source=getattr(module, "SOURCE", "poller"),
+        owner=getattr(module, "payload_owner", lambda _body: None),
+    )

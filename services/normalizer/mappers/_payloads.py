@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal, InvalidOperation
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -33,3 +33,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()
     )
+
+
+def json_object_or_none(body: bytes) -> dict[str, Any] | None:
+    """The payload as a JSON object, or None if it is not one (for best-effort peeks)."""
+    try:
+        document = json.loads(body, parse_float=Decimal)
+    except (ValueError, InvalidOperation, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None

@@ -36,7 +36,7 @@ from typing import Any
 from xml.parsers import expat
 from zoneinfo import ZoneInfo
 
-from services.normalizer.mappers import Mapping, Rejection, Skipped
+from services.normalizer.mappers import Mapping, PayloadOwner, Rejection, Skipped
 from services.shared.canonical import CanonicalBatch, Fill, FillEntry, Side
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
@@ -150,8 +150,11 @@ def _decimal(row: AttributeMap[str, str], name: str, default: Decimal | None = N
     return Decimal(value) + 0  # + 0: "-0" is plain zero
 
 
-def eastern_to_utc(text: str) -> datetime:
-    """A Flex date-time (yyyyMMdd or yyyy-MM-dd, then HHmmss or HH:mm:ss) in US/Eastern."""
+def parse_flex_time(text: str) -> datetime:
+    """A Flex date-time as written (yyyyMMdd or yyyy-MM-dd, then HHmmss or HH:mm:ss, joined by
+    ';', ',', a space or nothing): the naive US/Eastern wall-clock time; InvalidEvent for any
+    other format. The IBKR poll adapter reads trade times with this too, so a format one of them
+    refuses, both refuse."""
     match = _DATE_TIME.match(text)
     if match is None:
         raise InvalidEvent(
@@ -161,18 +164,21 @@ def eastern_to_utc(text: str) -> datetime:
     date = match["date"].replace("-", "")
     time = match["time"].replace(":", "")
     try:
-        local = datetime(
+        return datetime(
             int(date[:4]),
             int(date[4:6]),
             int(date[6:]),
             int(time[:2]),
             int(time[2:4]),
             int(time[4:]),
-            tzinfo=_EASTERN,
         )
     except ValueError as exc:
         raise InvalidEvent("invalid_trade", f"time {text!r}: {exc}") from None
-    return local.astimezone(UTC)
+
+
+def eastern_to_utc(text: str) -> datetime:
+    """A Flex date-time (see `parse_flex_time`) in US/Eastern, as UTC."""
+    return parse_flex_time(text).replace(tzinfo=_EASTERN).astimezone(UTC)
 
 
 def _broker_time(row: AttributeMap[str, str]) -> str:
@@ -421,3 +427,17 @@ def map_event(event: RawEvent) -> Mapping:
 def _item(element: ET.Element) -> dict[str, Any]:
     """The rejected row as JSON-safe data: its element name and attributes as written."""
     return {"element": element.tag, **element.attrib}
+
+
+# For tools that read a payload from a file (`poscal-sync normalize`).
+CONTENT_TYPE = "application/xml"
+
+
+def payload_owner(body: bytes) -> PayloadOwner | None:
+    """The IBKR account a Flex statement names, or None."""
+    try:
+        statement = parse_flex(body).find("./FlexStatements/FlexStatement")
+    except InvalidEvent:
+        return None
+    account = None if statement is None else statement.get("accountId")
+    return PayloadOwner(account) if account else None

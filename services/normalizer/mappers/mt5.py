@@ -13,8 +13,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
-from services.normalizer.mappers import Mapping, Rejection
-from services.normalizer.mappers._payloads import describe_validation_error, parse_json_payload
+from services.normalizer.mappers import Mapping, PayloadOwner, Rejection
+from services.normalizer.mappers._payloads import (
+    describe_validation_error,
+    json_object_or_none,
+    parse_json_payload,
+)
 from services.shared.canonical import (
     AccountSnapshot,
     CanonicalBatch,
@@ -249,3 +253,19 @@ def _jsonable(item: Any) -> Any:
     if isinstance(item, list):
         return [_jsonable(v) for v in item]
     return item
+
+
+# For tools that read a payload from a file (`poscal-sync normalize`).
+SOURCE = "webhook"
+
+
+def payload_owner(body: bytes) -> PayloadOwner | None:
+    """The MT5 login and server a body names, or None."""
+    document = json_object_or_none(body)
+    account = document.get("account") if isinstance(document, dict) else None
+    if not isinstance(account, dict):
+        return None
+    login, server = account.get("login"), account.get("server")
+    if not isinstance(login, int) or isinstance(login, bool):
+        return None
+    return PayloadOwner(str(login), server if isinstance(server, str) else None)

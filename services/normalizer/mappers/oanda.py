@@ -30,8 +30,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from services.normalizer.mappers import Mapping, Rejection, Skipped
-from services.normalizer.mappers._payloads import describe_validation_error, parse_json_payload
+from services.normalizer.mappers import Mapping, PayloadOwner, Rejection, Skipped
+from services.normalizer.mappers._payloads import (
+    describe_validation_error,
+    json_object_or_none,
+    parse_json_payload,
+)
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill, Side
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
@@ -420,3 +424,13 @@ def _jsonable(item: Any) -> Any:
     if isinstance(item, list):
         return [_jsonable(v) for v in item]
     return item
+
+
+def payload_owner(body: bytes) -> PayloadOwner | None:
+    """The OANDA account (and practice or live) a page names, or None."""
+    document = json_object_or_none(body)
+    account_id = document.get("accountID") if document is not None else None
+    if document is None or not isinstance(account_id, str):
+        return None
+    live = document.get("environment") == "live"
+    return PayloadOwner(account_id, connection_type="live" if live else "demo")

@@ -7,7 +7,9 @@ PermanentError (shared)
  ├── BrokerRequestFailed         the broker refused the request itself (a 4xx other than
  │                               401/403/429, or a Flex error code retrying cannot fix)
  ├── UnexpectedResponse          the broker answered something the adapter cannot read
- └── AccountMismatch             the broker answered for another account than the connection's
+ ├── AccountMismatch             the broker answered for another account than the connection's
+ └── PeriodGap                   the broker's answer starts after the cursor: what lies between
+                                 was never fetched (a Flex query period too short)
 
 The module is private (leading underscore) so `adapter_for` can never mistake it for a broker.
 No message ever holds a token: callers redact before building one.
@@ -66,3 +68,17 @@ class AccountMismatch(PermanentError):
         self.broker = broker
         self.expected = expected
         self.actual = actual
+
+
+class PeriodGap(PermanentError):
+    """The answer covers a period that starts after the cursor: whatever happened in between
+    was in no answer polled, and polling on would move the cursor past it for good."""
+
+    def __init__(self, broker: str, starts: str, cursor: str, remedy: str) -> None:
+        super().__init__(
+            f"{broker} answered from {starts}, after the newest trade already synced "
+            f"({cursor}): any trades in between would be lost; {remedy}"
+        )
+        self.broker = broker
+        self.starts = starts
+        self.cursor = cursor

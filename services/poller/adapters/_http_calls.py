@@ -2,6 +2,11 @@
 backoff (or the broker's Retry-After) on 429, 5xx and network errors, and answered with the
 adapter errors. The deciding parts are pure functions; `BrokerHttp.get` is the only I/O.
 
+A Retry-After holds off the whole host, not just the request that earned it: every adapter
+calling that host from this process waits until then before its next request (`HostHoldOffs`),
+and a wait longer than `RetryPolicy.longest_wait_seconds` is never slept inside a sync but
+handed to the poller at once as BrokerUnavailable(retry_after=...).
+
 No token reaches a message: request targets drop the query (Flex puts its token there) and every
 detail taken from a response or an httpx exception is redacted first.
 """
@@ -11,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ from services.shared.logging import get_logger
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], datetime]
+Monotonic = Callable[[], float]
 Verdict = Literal["ok", "credentials", "retry", "refused"]
 
 REDACTED = "[redacted]"
@@ -44,8 +52,10 @@ class RetryPolicy:
     tries: int = 5  # the first request and four retries
     backoff_base_seconds: float = 0.5
     backoff_cap_seconds: float = 20.0
-    # A Retry-After longer than this ends the poll at once with BrokerUnavailable(retry_after).
-    longest_wait_seconds: float = 60.0
+    # A Retry-After (or a host hold-off) longer than this ends the poll at once with
+    # BrokerUnavailable(retry_after): the poller reschedules the connection instead of a sync
+    # sleeping on its lease. Up to this, the wait is slept in place, at most once per try.
+    longest_wait_seconds: float = 10.0
 
     def backoff(self) -> Backoff:
         return Backoff(base_seconds=self.backoff_base_seconds, cap_seconds=self.backoff_cap_seconds)
@@ -88,10 +98,15 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def request_origin(url: httpx.URL) -> str:
+    """The host a request goes to, as scheme, host and port: what a Retry-After holds off."""
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}"
+
+
 def request_target(url: httpx.URL) -> str:
     """Where a request went, for messages: scheme, host and path, never the query."""
-    port = f":{url.port}" if url.port is not None else ""
-    return f"{url.scheme}://{url.host}{port}{url.path}"
+    return f"{request_origin(url)}{url.path}"
 
 
 def response_detail(response: httpx.Response, secrets: Iterable[str]) -> str:
@@ -139,13 +154,51 @@ def shared_limiter(key: str, requests_per_second: float) -> AsyncLimiter:
     return limiter
 
 
+class HostHoldOffs:
+    """Until when each broker host asked to be left alone (its latest Retry-After), on a
+    monotonic clock. Shared by every adapter calling the host, so one adapter told to wait holds
+    the others off too, instead of each earning its own 429."""
+
+    def __init__(self, clock: Monotonic = time.monotonic) -> None:
+        self._clock = clock
+        self._not_before: dict[str, float] = {}
+
+    def hold_off(self, origin: str, seconds: float) -> None:
+        """No request to `origin` for `seconds` from now (a later hold-off already set stays)."""
+        until = self._clock() + seconds
+        if until > self._not_before.get(origin, -math.inf):
+            self._not_before[origin] = until
+
+    def remaining(self, origin: str) -> float:
+        """Seconds left before `origin` may be asked again; 0 when it may be asked now."""
+        until = self._not_before.get(origin)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._not_before[origin]
+            return 0.0
+        return left
+
+
+_hold_offs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HostHoldOffs] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_hold_offs() -> HostHoldOffs:
+    """The process-wide hold-offs (per event loop, like the limiters; inside the loop only)."""
+    return _hold_offs.setdefault(asyncio.get_running_loop(), HostHoldOffs())
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
 class BrokerHttp:
-    """Sends a broker's GET requests; one per adapter, sharing the host's limiter."""
+    """Sends a broker's GET requests; one per adapter, sharing the host's limiter and hold-offs
+    (None: the process-wide ones)."""
 
     broker: str
     http: httpx.AsyncClient
@@ -153,6 +206,7 @@ class BrokerHttp:
     retry: RetryPolicy
     sleep: Sleep
     clock: Clock = _utc_now
+    hold_offs: HostHoldOffs | None = None
 
     async def get(
         self,
@@ -165,6 +219,7 @@ class BrokerHttp:
         """A 2xx response, or CredentialsRejected (401/403, at once), BrokerRequestFailed
         (other 4xx, at once) or BrokerUnavailable (429/5xx/network, once retries run out)."""
         secret_list = [secret for secret in secrets if secret]
+        hold_offs = self.hold_offs or shared_hold_offs()
         backoff = self.retry.backoff()
         retry_after: float | None = None
         problem = ""
@@ -172,6 +227,8 @@ class BrokerHttp:
         for attempt in range(1, self.retry.tries + 1):
             request = self.http.build_request("GET", url, params=params, headers=headers)
             target = request_target(request.url)
+            origin = request_origin(request.url)
+            await self._wait_for(origin, hold_offs)
             await self.limiter.acquire()
             try:
                 response = await self.http.send(request, follow_redirects=False)
@@ -200,6 +257,8 @@ class BrokerHttp:
                         retry_after = retry_after_seconds(
                             response.headers.get("Retry-After"), self.clock()
                         )
+                        if retry_after is not None:
+                            hold_offs.hold_off(origin, retry_after)
             if attempt == self.retry.tries:
                 break
             if retry_after is not None and retry_after > self.retry.longest_wait_seconds:
@@ -207,6 +266,7 @@ class BrokerHttp:
                     f"{self.broker} {target} asked to wait {retry_after:.0f}s ({problem})",
                     retry_after=retry_after,
                 )
+            # With a Retry-After, the wait is the host's hold-off, waited before the next try.
             delay = retry_after if retry_after is not None else backoff.next_delay()
             _log.warning(
                 "broker_request_retried",
@@ -216,11 +276,23 @@ class BrokerHttp:
                 delay_seconds=round(delay, 3),
                 problem=problem,
             )
-            await self.sleep(delay)
+            if retry_after is None:
+                await self.sleep(delay)
         raise BrokerUnavailable(
             f"{self.broker} {target} failed {self.retry.tries} times; last: {problem}",
             retry_after=retry_after,
         )
+
+    async def _wait_for(self, origin: str, hold_offs: HostHoldOffs) -> None:
+        """Wait out the host's hold-off, once, or hand a long one to the poller at once."""
+        wait = hold_offs.remaining(origin)
+        if wait > self.retry.longest_wait_seconds:
+            raise BrokerUnavailable(
+                f"{self.broker} {origin} asked (Retry-After) to be left alone {wait:.0f}s more",
+                retry_after=wait,
+            )
+        if wait > 0:
+            await self.sleep(wait)
 
 
 class RedactQueryToken(logging.Filter):

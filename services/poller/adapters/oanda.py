@@ -6,15 +6,20 @@ page's content and its delivery id depend only on its window, even while the tra
 trading during the poll. A delta that fits one page (the usual poll) is read with
 `/transactions/sinceid` and cut at the window's end; a longer one (a first sync, a long outage)
 is paged with `/transactions/idrange`.
+
+A page's body is kept under `MAX_PAGE_BYTES`: a window whose page would be larger is handed over
+as its two halves (by id), each halved again while still too large. The halves depend only on
+the window's transactions, so a re-poll of the same window yields the same pages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -24,21 +29,31 @@ from services.poller.adapters import AdapterContext, BrokerAdapter, Delta
 from services.poller.adapters._errors import CredentialsUnreadable, UnexpectedResponse
 from services.poller.adapters._http_calls import (
     BrokerHttp,
+    HostHoldOffs,
     RetryPolicy,
     Sleep,
     read_json_object,
     shared_limiter,
 )
 from services.shared.envelope import ConnectionType
+from services.shared.logging import get_logger
 
 PRACTICE_URL = "https://api-fxpractice.oanda.com"
 LIVE_URL = "https://api-fxtrade.oanda.com"
 MAX_PAGE_IDS = 1000  # OANDA's limit for one /transactions/idrange request
+# A page's body at most: 1000 real transactions can reach ~765 KB, and the raw event carries the
+# body in base64 (4/3), so a full window would pass Kafka's default 1 MiB message limit. At
+# 512 KiB the raw event stays under 700 KB, and a dead letter of it (base64 again) under 1 MiB.
+MAX_PAGE_BYTES = 512 * 1024
 CONTENT_TYPE = "application/json"
 
 Environment = Literal["practice", "live"]
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII: anything else could split the header
 _TRANSACTION_ID = re.compile(r"[0-9]{1,18}")
+_log = get_logger(__name__)
+
+# A page's body for a window and its transactions; the flag says it ends the poll's last window.
+RenderPage = Callable[["IdWindow", list[Any], bool], bytes]
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class OandaOptions:
     # adapter polling the same host from this process, so this is the whole process's budget.
     requests_per_second: float = 20.0
     page_ids: int = MAX_PAGE_IDS
+    page_bytes: int = MAX_PAGE_BYTES
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -66,6 +82,23 @@ def id_windows(cursor: int, last_id: int, size: int = MAX_PAGE_IDS) -> list[IdWi
         IdWindow(first, min(first + size - 1, last_id))
         for first in range(cursor + 1, last_id + 1, size)
     ]
+
+
+def fitted_pages(
+    window: IdWindow, transactions: list[Any], render: RenderPage, budget: int, *, last: bool
+) -> Iterator[tuple[IdWindow, bytes]]:
+    """The window as one page if its body fits `budget` bytes, else its halves by id, each
+    fitted the same way, oldest first. Only the page that ends the window is rendered `last`
+    (when the window is the poll's last). A single id is one page whatever its size."""
+    body = render(window, transactions, last)
+    if len(body) <= budget or window.first == window.last:
+        yield window, body
+        return
+    middle = (window.first + window.last) // 2
+    older = [t for t in transactions if (_id_of(t) or window.first) <= middle]
+    newer = [t for t in transactions if (_id_of(t) or window.first) > middle]
+    yield from fitted_pages(IdWindow(window.first, middle), older, render, budget, last=False)
+    yield from fitted_pages(IdWindow(middle + 1, window.last), newer, render, budget, last=last)
 
 
 def read_cursor(cursor: str | None) -> int:
@@ -143,11 +176,13 @@ class OandaAdapter:
         *,
         sleep: Sleep = asyncio.sleep,
         limiter: AsyncLimiter | None = None,
+        hold_offs: HostHoldOffs | None = None,
     ) -> None:
         self._context = context
         self._options = options or OandaOptions()
         self._sleep = sleep
         self._limiter = limiter
+        self._hold_offs = hold_offs
         self._base = base_url(context.connection.connection_type, context.api_url)
         self._account_id = context.connection.account_number
         self._environment = environment_of(context.connection.connection_type)
@@ -183,21 +218,43 @@ class OandaAdapter:
             else:
                 transactions = await self._transactions(window)
             final = window is windows[-1]
-            body = page_body(
-                account_id=self._account_id,
-                environment=self._environment,
-                window=window,
-                last_transaction_id=str(last_id),
-                transactions=transactions,
+            render = partial(
+                self._page,
+                last_id=last_id,
                 account=self._account_of(summary) if final else None,
                 open_trades=await self.fetch_open_trades() if final else None,
             )
-            yield Delta(
-                body=body,
-                content_type=CONTENT_TYPE,
-                delivery_id=delivery_id(self._account_id, window),
-                next_cursor=str(window.last),
-            )
+            pages = fitted_pages(window, transactions, render, self._options.page_bytes, last=final)
+            for piece, body in pages:
+                if len(body) > self._options.page_bytes:  # one transaction, or the open trades
+                    _log.warning("oanda_page_over_budget", window=f"{piece.first}-{piece.last}")
+                yield Delta(
+                    body=body,
+                    content_type=CONTENT_TYPE,
+                    delivery_id=delivery_id(self._account_id, piece),
+                    next_cursor=str(piece.last),
+                )
+
+    def _page(
+        self,
+        window: IdWindow,
+        transactions: list[Any],
+        last: bool,
+        *,
+        last_id: int,
+        account: dict[str, Any] | None,
+        open_trades: list[Any] | None,
+    ) -> bytes:
+        """A page of the poll; the account and open trades go on its last page only."""
+        return page_body(
+            account_id=self._account_id,
+            environment=self._environment,
+            window=window,
+            last_transaction_id=str(last_id),
+            transactions=transactions,
+            account=account if last else None,
+            open_trades=open_trades if last else None,
+        )
 
     @property
     def _account_path(self) -> str:
@@ -256,7 +313,12 @@ class OandaAdapter:
         if self._limiter is None:
             self._limiter = shared_limiter(self._base, self._options.requests_per_second)
         return BrokerHttp(
-            "oanda", self._context.http, self._limiter, self._options.retry, self._sleep
+            "oanda",
+            self._context.http,
+            self._limiter,
+            self._options.retry,
+            self._sleep,
+            hold_offs=self._hold_offs,
         )
 
     def _unexpected(self, what: str, detail: str) -> UnexpectedResponse:
