@@ -169,7 +169,7 @@ async def receive_webhook(request: Request) -> Response:
             if not _is_json(request.headers.get("content-type")):
                 raise UnsupportedMediaType("unsupported_media_type")
             body = await _read_body(request, settings.max_body_bytes)
-            event = await wiring.receiver.receive(attempt, connection_id, request.headers, body)
+            event = await wiring.receiver.receive(attempt, request.headers, body)
         except IngestRefusal as refusal:
             if refusal.status_code == 401:
                 wiring.refusals.spend(client)

@@ -18,7 +18,6 @@ import asyncpg
 
 from services.ingest.database_calls import DATABASE_FAILURES
 from services.ingest.metrics import AUDIT_DROPPED, AUDIT_FLUSH_FAILURES, WEBHOOKS
-from services.ingest.replays import Claim
 from services.shared.logging import get_logger
 
 _log = get_logger("poscal.ingest.audit")
@@ -51,7 +50,6 @@ class Attempt:
     webhook_id: str | None = None
     webhook_timestamp: int | None = None
     event_id: uuid.UUID | None = None
-    claim: Claim | None = None
     status_code: int = 0
     reason: str = ""
 

@@ -20,7 +20,6 @@ from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import ConnectionRef
 from services.shared.vault import CredentialVault
 
-WEBHOOK_SECRET_KIND = credential_kinds.WEBHOOK_SECRET
 # Connections webhooks are verified for; a locked one is answered 423 once a delivery verifies.
 _VERIFIABLE = ("active", "error", "locked")
 _MAX_CACHED = 100_000
@@ -138,7 +137,7 @@ class ConnectionDirectory:
             now = datetime.now(UTC)
             try:
                 secrets = await self._vault.open_active(
-                    conn, connection_id, WEBHOOK_SECRET_KIND, now
+                    conn, connection_id, credential_kinds.WEBHOOK_SECRET, now
                 )
                 public_keys = await self._vault.open_active(
                     conn, connection_id, credential_kinds.WEBHOOK_PUBLIC_KEY, now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,7 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+@cache  # the document never changes while the process runs: built once, not per request
 def render() -> bytes:
     """The document as the file under schemas/openapi/ holds it: stable key order, indented."""
     return (

@@ -84,11 +84,9 @@ class WebhookReceiver:
         self._rate_limits = rate_limits
         self._tolerance = tolerance_seconds
 
-    async def receive(
-        self, attempt: Attempt, connection_id: str, headers: Mapping[str, str], body: bytes
-    ) -> RawEvent:
+    async def receive(self, attempt: Attempt, headers: Mapping[str, str], body: bytes) -> RawEvent:
         """Returns the event once the broker has acknowledged it; raises an IngestRefusal."""
-        connection = await self._known_connection(attempt, connection_id)
+        connection = await self._known_connection(attempt)
         delivery = await self._verified(attempt, connection, headers, body)
         if connection.locked:
             raise Locked("locked")
@@ -108,7 +106,7 @@ class WebhookReceiver:
         )
         attempt.event_id = event.event_id
         try:
-            attempt.claim = await self._claim(connection, delivery, event)
+            claim = await self._claim(connection, delivery, event)
         except Replay:
             # A replay delivers nothing: it must not use up the sender's allowance.
             self._rate_limits.give_back(connection.ref.connection_id, connection.ref.user_id)
@@ -116,19 +114,16 @@ class WebhookReceiver:
         try:
             await self._sink.publish(event)
         except TransientError as exc:
-            await self._release(attempt.claim)
+            await self._release(claim)
             raise Unavailable("publish_failed") from exc
-        self._claims.accepted(attempt.claim, attempt.received_at)
+        self._claims.accepted(claim, attempt.received_at)
         return event
 
-    async def _known_connection(self, attempt: Attempt, connection_id: str) -> VerifiableConnection:
+    async def _known_connection(self, attempt: Attempt) -> VerifiableConnection:
+        if attempt.connection_id is None:  # the URL's id is no UUID
+            raise Unauthorized("unknown_connection")
         try:
-            parsed_id = uuid.UUID(connection_id)
-        except ValueError:
-            raise Unauthorized("unknown_connection") from None
-        attempt.connection_id = parsed_id
-        try:
-            connection = await self._connections.find(parsed_id)
+            connection = await self._connections.find(attempt.connection_id)
         except UnreadableSecret as exc:
             # Our fault, not the sender's, but a sender must not learn which connections exist:
             # the same 401 as an unknown one, and an error for whoever runs the service.

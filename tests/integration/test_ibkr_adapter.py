@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -66,12 +66,6 @@ def served_flex() -> Iterator[FakeFlex]:
 def flex(served_flex: FakeFlex) -> FakeFlex:
     served_flex.reset()
     return served_flex
-
-
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        yield client
 
 
 @pytest.fixture

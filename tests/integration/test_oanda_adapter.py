@@ -9,7 +9,7 @@ import dataclasses
 import json
 import logging
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -60,12 +60,6 @@ def served_oanda() -> Iterator[FakeOanda]:
 def oanda(served_oanda: FakeOanda) -> FakeOanda:
     served_oanda.reset(numbered_transactions(2500))
     return served_oanda
-
-
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        yield client
 
 
 @pytest.fixture
