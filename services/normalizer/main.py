@@ -7,7 +7,7 @@ import contextlib
 
 from services.normalizer.pipeline import Normalizer
 from services.normalizer.settings import NormalizerSettings
-from services.shared.consuming import consume_batches
+from services.shared.consuming import RetryBudget, consume_batches
 from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
 from services.shared.kafka import create_consumer, create_producer
 from services.shared.lifecycle import mark_ready, run_service
@@ -45,7 +45,13 @@ async def serve(settings: NormalizerSettings, stop: asyncio.Event) -> None:
             settings.consumer_group,
         )
         _log.info("normalizer consuming", topic=topics.raw, group=settings.consumer_group)
-        await consume_batches(consumer, normalizer, stop, max_records=settings.max_batch)
+        await consume_batches(
+            consumer,
+            normalizer,
+            stop,
+            max_records=settings.max_batch,
+            retry_budget=RetryBudget(settings.retry_budget_attempts, settings.retry_budget_seconds),
+        )
 
 
 def main() -> int:

@@ -6,18 +6,20 @@ import asyncio
 import traceback
 from collections import Counter as Tally
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services.normalizer.mappers import Mapping, mapper_for
-from services.shared.dead_letters import DeadLetterPublisher, ItemRejection
+from services.shared.dead_letters import DeadLetterPublisher, ItemRejection, safe_text
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
+from services.shared.kafka import MAX_MESSAGE_BYTES, refused_for_its_content
 from services.shared.logging import get_logger
 from services.shared.messaging import process_span, record_delivery, start_send_span
 
@@ -61,9 +63,18 @@ def describe_rejections(mapping: Mapping) -> str:
 def item_rejections(mapping: Mapping) -> tuple[ItemRejection, ...]:
     """The mapper's rejections as the dead letter lists them."""
     return tuple(
-        ItemRejection(index=r.index, code=r.code, detail=r.detail, item=r.item)
+        ItemRejection(index=r.index, code=r.code, detail=r.detail, item=r.item, location=r.location)
         for r in mapping.rejected
     )
+
+
+@dataclass(frozen=True)
+class _Canonical:
+    """One record's canonical batch, encoded and ready to send."""
+
+    record: ConsumerRecord
+    mapping: Mapping
+    value: bytes
 
 
 class Normalizer:
@@ -73,41 +84,69 @@ class Normalizer:
         canonical_topic: str,
         dead_letters: DeadLetterPublisher,
         consumer_group: str,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._producer = producer
         self._topic = canonical_topic
         self._dead_letters = dead_letters
         self._group = consumer_group
+        self._max_bytes = max_message_bytes
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        # Sends are pipelined: all enqueued, then every acknowledgement awaited before the loop
-        # may commit. Order per partition is kept by the producer. Each send's span ends when
-        # its delivery settles, so a batch abandoned part-way leaves no span open.
-        deliveries: list[asyncio.Future[RecordMetadata]] = []
+        """Whatever one record's content causes is that record's dead letter; only a producer
+        that cannot deliver fails the batch (TransientError), to be retried whole.
+
+        Sends are pipelined: all enqueued, then every acknowledgement awaited before the loop
+        may commit. Order per partition is kept by the producer. Each send's span ends when its
+        delivery settles, so a batch abandoned part-way leaves no span open."""
+        deliveries: list[tuple[_Canonical, asyncio.Future[RecordMetadata]]] = []
         for record in records:
             with process_span(record, self._group):
-                mapping = await self._map(record)
-                if mapping is not None:
-                    deliveries.append(await self._enqueue(mapping))
+                ready = await self._map(record)
+                if ready is not None:
+                    deliveries.append((ready, await self._enqueue(ready)))
         failure: BaseException | None = None
-        for delivery in deliveries:
+        for ready, delivery in deliveries:
             try:
                 await delivery
             except Exception as exc:
+                if refused_for_its_content(exc):
+                    await self._dead_letters.reject(
+                        ready.record,
+                        "canonical_refused",
+                        f"the broker refused the canonical batch: {type(exc).__name__}: {exc}",
+                        str(ready.mapping.batch.event_id),
+                    )
+                    continue
                 failure = failure or exc
         if failure is not None:
             raise TransientError(f"canonical batch not acknowledged: {failure!r}") from failure
 
-    async def _map(self, record: ConsumerRecord) -> Mapping | None:
+    async def _map(self, record: ConsumerRecord) -> _Canonical | None:
+        """The record's canonical batch, or None once its dead letter is sent. Every step here
+        is pure and about this record alone, so whatever fails is the record's problem."""
         try:
             event = RawEvent.model_validate_json(record.value or b"")
         except ValidationError as exc:
             await self._dead_letters.reject(record, "invalid_envelope", str(exc))
             return None
+        except Exception as exc:  # e.g. nested too deeply to validate
+            await self._dead_letters.reject(record, "invalid_envelope", _described(exc))
+            return None
+        event_id = str(event.event_id)
         try:
             mapping = normalize(event)
         except InvalidEvent as exc:
-            await self._dead_letters.reject(record, exc.code, exc.detail, str(event.event_id))
+            await self._dead_letters.reject(record, exc.code, exc.detail, event_id)
+            return None
+        try:
+            value = mapping.batch.model_dump_json().encode()
+        except Exception as exc:
+            await self._dead_letters.reject(record, "unencodable_batch", _described(exc), event_id)
+            return None
+        if len(value) > self._max_bytes:
+            detail = f"{len(value)} bytes, over the {self._max_bytes} a message may have"
+            await self._dead_letters.reject(record, "canonical_too_large", detail, event_id)
             return None
         if mapping.rejected:
             # One letter for the event, however many of its items were refused: the valid
@@ -116,7 +155,7 @@ class Normalizer:
                 record,
                 REJECTED_ITEMS,
                 describe_rejections(mapping),
-                str(event.event_id),
+                event_id,
                 rejections=item_rejections(mapping),
             )
         else:
@@ -127,33 +166,61 @@ class Normalizer:
             SKIPPED_ITEMS.labels(event.connection.broker).inc(len(mapping.skipped))
             _log.info(
                 "items skipped",
-                event_id=str(event.event_id),
-                skipped=dict(Tally(s.type[:64] for s in mapping.skipped)),
+                event_id=event_id,
+                skipped=dict(Tally(safe_text(s.type, 64) for s in mapping.skipped)),
             )
-        return mapping
+        return _Canonical(record, mapping, value)
 
-    async def _enqueue(self, mapping: Mapping) -> asyncio.Future[RecordMetadata]:
-        key = str(mapping.batch.connection.connection_id)
-        headers: list[tuple[str, bytes]] = [
-            ("poscal-event-id", str(mapping.batch.event_id).encode())
-        ]
+    async def _enqueue(self, ready: _Canonical) -> asyncio.Future[RecordMetadata]:
+        batch = ready.mapping.batch
+        key = str(batch.connection.connection_id)
+        headers: list[tuple[str, bytes]] = [("poscal-event-id", str(batch.event_id).encode())]
         span = start_send_span(self._topic, key, headers)
-        span.set_attribute("poscal.fills", len(mapping.batch.fills))
+        span.set_attribute("poscal.fills", len(batch.fills))
         try:
             delivery: asyncio.Future[RecordMetadata] = await self._producer.send(
-                self._topic,
-                mapping.batch.model_dump_json().encode(),
-                key=key.encode(),
-                headers=headers,
+                self._topic, ready.value, key=key.encode(), headers=headers
             )
         except Exception as exc:
             _end_failed(span, exc)
+            if refused_for_its_content(exc):
+                # Refused before it was sent: settle it as a failed delivery of this record.
+                refused: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+                refused.set_exception(exc)
+                return refused
             raise TransientError(f"canonical batch not enqueued: {exc!r}") from exc
         except BaseException as exc:  # cancelled while waiting for buffer space
             _end_failed(span, exc)
             raise
         delivery.add_done_callback(partial(_end_on_delivery, span))
         return delivery
+
+    async def healthy(self) -> bool:
+        """Whether the broker answers now and every canonical partition has a leader."""
+        client = self._producer.client
+        try:
+            async with asyncio.timeout(5):
+                updated = await client.force_metadata_update()
+        except Exception:
+            return False
+        partitions = client.cluster.partitions_for_topic(self._topic) or set()
+        return (
+            bool(updated)
+            and bool(partitions)
+            and all(
+                client.cluster.leader_for_partition(TopicPartition(self._topic, p))
+                not in (None, -1)
+                for p in partitions
+            )
+        )
+
+    async def give_up(self, record: ConsumerRecord, reason: str) -> None:
+        """Dead-letter a record that kept failing while the broker was up."""
+        await self._dead_letters.reject(record, "retry_budget_exhausted", reason)
+
+
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {safe_text(str(exc), 1000)}"
 
 
 def _end_on_delivery(span: Span, delivery: asyncio.Future[RecordMetadata]) -> None:

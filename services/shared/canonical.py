@@ -2,20 +2,83 @@
 
 Amounts are Decimal (JSON strings on the wire), times are UTC; every record carries a stable
 idempotency key derived from the broker's own atomic id, so replays can never double-count.
+
+Every value is bounded here to what the database holds (migration 0008 states the same bounds as
+CHECK constraints), so a value outside is refused where it enters, with its reason, never
+silently altered further on (an exponent too large for a column, text Postgres cannot store):
+- numbers: finite, magnitude below 10^15, at most 18 decimal places (`AMOUNT_*`);
+- text: valid Unicode (no lone surrogates) without NUL, at most a stated length;
+- times: aware, from 1970 up to (not including) 2200.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from services.shared.envelope import ConnectionRef, EventSource
 
 Side = Literal["buy", "sell"]
 FillEntry = Literal["in", "out", "inout", "out_by"]
+
+# Every broker number in the canonical records: what `numeric` CHECKs of 0008 allow.
+AMOUNT_MAGNITUDE = Decimal(10) ** 15
+AMOUNT_PLACES = 18
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
+
+
+def decimal_places(value: Decimal) -> int:
+    """The decimal places `value` really has (trailing zeros do not count); exact, no context."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    trailing = 0
+    for digit in reversed(digits):
+        if digit != 0 or trailing >= -exponent:
+            break
+        trailing += 1
+    return max(0, -exponent - trailing)
+
+
+def check_amount(value: Decimal) -> Decimal:
+    """A number the journal can hold exactly, or ValueError saying why not."""
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    if value.copy_abs() >= AMOUNT_MAGNITUDE:  # copy_abs: exact, no context rounding
+        raise ValueError("must be smaller than 10^15 in magnitude")
+    if decimal_places(value) > AMOUNT_PLACES:
+        raise ValueError(f"must have at most {AMOUNT_PLACES} decimal places")
+    return value
+
+
+def check_text(value: str) -> str:
+    """Text Postgres stores as given: valid Unicode, no NUL."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+def check_time(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must be between 1970 and 2200")
+    return value
+
+
+Amount = Annotated[Decimal, AfterValidator(check_amount)]
+Instant = Annotated[AwareDatetime, AfterValidator(check_time)]
+# Keys are built from broker ids; symbols and kinds are short codes; refs are broker ids.
+Key = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(check_text)]
+Code = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(check_text)]
+Ref = Annotated[str, Field(max_length=128), AfterValidator(check_text)]
+Comment = Annotated[str, Field(max_length=1024), AfterValidator(check_text)]
 
 
 class _Canonical(BaseModel):
@@ -25,22 +88,22 @@ class _Canonical(BaseModel):
 class Fill(_Canonical):
     """One execution against a position (an MT5 deal, an OANDA fill leg)."""
 
-    fill_key: str
-    position_key: str
-    symbol: str
+    fill_key: Key
+    position_key: Key
+    symbol: Code
     side: Side
     entry: FillEntry
-    volume: Decimal
-    price: Decimal
-    profit: Decimal = Decimal(0)
-    commission: Decimal = Decimal(0)
-    swap: Decimal = Decimal(0)
-    fee: Decimal = Decimal(0)
-    executed_at: AwareDatetime
-    broker_time: str
-    broker_ref: str
-    order_ref: str | None = None
-    comment: str | None = None
+    volume: Amount
+    price: Amount
+    profit: Amount = Decimal(0)
+    commission: Amount = Decimal(0)
+    swap: Amount = Decimal(0)
+    fee: Amount = Decimal(0)
+    executed_at: Instant
+    broker_time: Ref
+    broker_ref: Ref
+    order_ref: Ref | None = None
+    comment: Comment | None = None
     # The broker cancelled this execution (MT5 re-types the deal as BUY/SELL_CANCELED and books
     # its money separately): it is kept, keyed as before, and no longer counts in its position.
     cancelled: bool = False
@@ -54,15 +117,20 @@ class Fill(_Canonical):
 
 
 class CashMovement(_Canonical):
-    """Money in or out of the account that is not a trade: deposits, credit, fees, interest."""
+    """Money in or out of the account that is not a trade: deposits, credit, fees, interest.
 
-    movement_key: str
-    kind: str
-    amount: Decimal
-    executed_at: AwareDatetime
-    broker_time: str
-    broker_ref: str
-    comment: str | None = None
+    With `position_key` it is a charge of that position (an OANDA trade's daily financing): it
+    moves the balance like any cash movement, and it counts in that position's journal row.
+    """
+
+    movement_key: Key
+    kind: Code
+    amount: Amount
+    executed_at: Instant
+    broker_time: Ref
+    broker_ref: Ref
+    comment: Comment | None = None
+    position_key: Key | None = None
 
 
 class AccountSnapshot(_Canonical):
@@ -72,11 +140,11 @@ class AccountSnapshot(_Canonical):
     ones already recorded is a stale copy re-sent late, and must not roll the balance back.
     """
 
-    currency: str | None = None
-    balance: Decimal
-    equity: Decimal | None = None
-    as_of: AwareDatetime
-    deals_through: AwareDatetime | None = None
+    currency: Code | None = None
+    balance: Amount
+    equity: Amount | None = None
+    as_of: Instant
+    deals_through: Instant | None = None
 
 
 class CanonicalBatch(_Canonical):

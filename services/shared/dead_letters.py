@@ -1,14 +1,22 @@
-"""The dead-letter topic's contract, and the budget that stops a bad deploy dead-lettering all."""
+"""The dead-letter topic's contract, and the budget that stops a bad deploy dead-lettering all.
+
+Building a letter cannot fail: whatever a record holds (any bytes, any nesting, text that is not
+valid Unicode), its letter is valid JSON within the size limit, so a record can always be set
+aside and its partition moves on.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
@@ -16,20 +24,77 @@ from services.shared.logging import get_logger
 Stage = Literal["normalizer", "writer"]
 _log = get_logger("poscal.dead_letters")
 
-# Kafka's default message limit (broker `message.max.bytes`, producer `max_request_size`) is
-# 1 MiB; the headroom covers the key, the copied headers and the record's framing.
+# Kafka's default message limit (broker `message.max.bytes`) is 1 MiB; the headroom covers the
+# key, the copied headers and the record's framing.
 MAX_DEAD_LETTER_BYTES = 1024 * 1024 - 64 * 1024
+# How much of a rejected item a letter describes: enough to read, never the whole of a flood.
+MAX_ITEM_DEPTH = 16
+MAX_ITEM_TEXT = 2000
+MAX_ITEM_ENTRIES = 200
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(text: object, limit: int = 4000) -> str:
+    """Any text as a letter can carry it: lone surrogates replaced (U+FFFD), cut to `limit`."""
+    value = text if isinstance(text, str) else repr(text)
+    if len(value) > limit:
+        value = value[:limit] + f"...[{len(value) - limit} more characters]"
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A rejected item as JSON data a reader can see: exact numbers as their text, text made
+    valid, nesting, long text and long lists cut (and marked); never raises. The record's own
+    bytes stay in the letter as they were (`value_b64`), so nothing is lost by describing less."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, Decimal | float):
+        return str(value)
+    if isinstance(value, str):
+        return safe_text(value, MAX_ITEM_TEXT)
+    if depth >= MAX_ITEM_DEPTH:
+        return f"[nested deeper than {MAX_ITEM_DEPTH} levels: omitted]"
+    if isinstance(value, dict):
+        entries = list(value.items())
+        safe = {
+            safe_text(key, 200): json_safe(item, depth + 1)
+            for key, item in entries[:MAX_ITEM_ENTRIES]
+        }
+        if len(entries) > MAX_ITEM_ENTRIES:
+            safe["..."] = f"[{len(entries) - MAX_ITEM_ENTRIES} more entries]"
+        return safe
+    if isinstance(value, list | tuple):
+        items = [json_safe(item, depth + 1) for item in value[:MAX_ITEM_ENTRIES]]
+        if len(value) > MAX_ITEM_ENTRIES:
+            items.append(f"[{len(value) - MAX_ITEM_ENTRIES} more items]")
+        return items
+    return safe_text(value, MAX_ITEM_TEXT)
 
 
 class ItemRejection(BaseModel):
-    """One item of a message that was set aside while the rest of the message went on."""
+    """One item of a message that was set aside while the rest of the message went on.
+
+    `index` is the item's place in the payload's list of items; a part of the payload that is no
+    list item (its account summary) has no index and says where it is in `location`.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    index: int
+    index: int | None
     code: str
     detail: str
     item: Any = None
+    location: str | None = None
+
+    @field_validator("code", "detail", "location", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        return None if value is None else safe_text(value)
+
+    @field_validator("item", mode="before")
+    @classmethod
+    def _item(cls, value: Any) -> Any:
+        return json_safe(value)
 
 
 class DeadLetter(BaseModel):
@@ -38,7 +103,9 @@ class DeadLetter(BaseModel):
     One letter per message, carrying the message once: either the whole message was refused
     (no `rejections`), or only some of its items were, listed in `rejections`. A letter that
     would be too large for the topic keeps only the first rejections that fit, marked
-    `rejections_truncated`; `rejected_count` and `reason` still count them all.
+    `rejections_truncated`; `rejected_count` and `reason` still count them all. A message too
+    large to carry at all is named instead (`value_truncated`, its size and SHA-256): it stays
+    readable on its source topic at `topic`/`partition`/`offset` while the topic retains it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,6 +124,14 @@ class DeadLetter(BaseModel):
     rejections: tuple[ItemRejection, ...] = ()
     rejections_truncated: bool = False
     value_b64: str
+    value_bytes: int = 0
+    value_sha256: str = ""
+    value_truncated: bool = False
+
+    @field_validator("reason_code", "reason", "topic", "key", "event_id", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        return None if value is None else safe_text(value)
 
 
 def dead_letter(
@@ -69,29 +144,49 @@ def dead_letter(
     event_id: str | None = None,
     rejections: Sequence[ItemRejection] = (),
 ) -> DeadLetter:
-    """The letter for `record`, refused as a whole or, with `rejections`, in some items."""
-    return DeadLetter(
-        stage=stage,
-        reason_code=reason_code,
-        reason=reason[:4000],
-        failed_at=failed_at,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key.decode("utf-8", "replace") if record.key is not None else None,
-        event_id=event_id,
-        rejected_count=len(rejections),
-        rejections=tuple(rejections),
-        value_b64=base64.b64encode(record.value or b"").decode("ascii"),
-    )
+    """The letter for `record`, refused as a whole or, with `rejections`, in some items. Never
+    raises: should the details not describe (they always should), the letter says so and
+    carries the message without them."""
+    value = bytes(record.value or b"")
+    common: dict[str, Any] = {
+        "stage": stage,
+        "failed_at": failed_at,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+        "value_b64": base64.b64encode(value).decode("ascii"),
+        "value_bytes": len(value),
+        "value_sha256": hashlib.sha256(value).hexdigest(),
+        "rejected_count": len(rejections),
+    }
+    try:
+        return DeadLetter(
+            **common,
+            reason_code=reason_code,
+            reason=reason,
+            event_id=event_id,
+            rejections=tuple(rejections),
+        )
+    except Exception as exc:  # a fallback that cannot fail: only our own plain values
+        return DeadLetter(
+            **common,
+            reason_code=safe_text(reason_code, 64),
+            reason=f"{safe_text(reason)} (the letter's details could not be built: "
+            f"{type(exc).__name__})",
+            rejections_truncated=bool(rejections),
+        )
 
 
 def fit_to_size(letter: DeadLetter, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> DeadLetter:
     """The letter as it can be sent: if larger than `max_bytes`, its rejections are cut to the
-    first ones that fit. A letter too large to send would block its partition for good."""
+    first ones that fit, and if even the bare letter is too large, its message is left out
+    (named by size and hash). A letter too large to send would block its partition for good."""
     if _size(letter) <= max_bytes:
         return letter
     bare = letter.model_copy(update={"rejections": (), "rejections_truncated": True})
+    if _size(bare) > max_bytes:
+        bare = bare.model_copy(update={"value_b64": "", "value_truncated": True})
     room = max_bytes - _size(bare)
     kept: list[ItemRejection] = []
     for rejection in letter.rejections:
@@ -163,8 +258,8 @@ class DeadLetterPublisher:
         )
         log.warning(
             "message dead-lettered",
-            reason_code=reason_code,
-            reason=reason[:500],
+            reason_code=safe_text(reason_code, 64),
+            reason=safe_text(reason, 500),
             rejected_count=len(rejections),
         )
         letter = dead_letter(

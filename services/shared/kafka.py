@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 
 # The largest message a producer sends (aiokafka's `max_request_size`, also its per-record cap).
 # Kafka's own default is 1 MiB, and a raw event carries its body in base64 (4/3 of it): poll
@@ -62,6 +67,12 @@ def create_consumer(
         heartbeat_interval_ms=max(100, session_timeout_ms // 4),
         fetch_max_wait_ms=fetch_max_wait_ms,
     )
+
+
+def refused_for_its_content(exc: BaseException) -> bool:
+    """Whether a failed send was refused for the record itself (too large for the producer or the
+    topic): sending it again cannot succeed, unlike a broker that is away."""
+    return isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError | RecordListTooLargeError)
 
 
 def next_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:

@@ -48,6 +48,14 @@ class ServiceSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         500, ge=1, validation_alias=AliasChoices("POSCAL_KAFKA_FETCH_MAX_WAIT_MS")
     )
+    # Consumers: how long a batch that keeps failing transiently while the infrastructure answers
+    # is retried before its failing record is dead-lettered (both must be spent).
+    retry_budget_attempts: int = Field(
+        20, ge=1, validation_alias=AliasChoices("POSCAL_RETRY_BUDGET_ATTEMPTS")
+    )
+    retry_budget_seconds: float = Field(
+        300.0, ge=0, validation_alias=AliasChoices("POSCAL_RETRY_BUDGET_SECONDS")
+    )
     # Touched once the service is ready (consumers: joined their group), for supervisors.
     ready_file: Path | None = Field(None, validation_alias=AliasChoices("POSCAL_READY_FILE"))
     # Spans also go to this JSON-lines file when set (the dev stack sets it; `poscal-sync traces`

@@ -6,6 +6,10 @@ and opens the rest the other way: that second leg becomes its own journal row, k
 reversing fill, so each row describes one direction. Likewise a position that went flat and
 opens again (IBKR keys positions by instrument) starts a new row keyed by its first fill, so each
 round trip is its own row.
+
+A position's charges (cash movements that name it, such as an OANDA trade's daily financing)
+count in the row of the round trip open when they were booked: financing as swap, any other
+kind as fees. Sums are exact (a context wide enough for any bounded amount), never rounded.
 """
 
 from __future__ import annotations
@@ -13,12 +17,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 from typing import Literal
 
 Side = Literal["buy", "sell"]
 _PRICE_QUANTUM = Decimal("1e-10")
 _ZERO = Decimal(0)
+# Bounded amounts (below 10^15, 18 places: services/shared/canonical.py) have at most 33 digits;
+# sums and products of them stay exact well within 80, and nothing is silently clamped.
+_EXACT = Context(prec=80, traps=[InvalidOperation, DivisionByZero, Overflow])
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,17 @@ class PositionFill:
     fee: Decimal
     executed_at: datetime
     broker_ref: str
+
+
+@dataclass(frozen=True)
+class PositionCharge:
+    """Money booked against a position that is not an execution (a daily financing)."""
+
+    movement_key: str
+    position_key: str
+    kind: str
+    amount: Decimal
+    executed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,7 @@ class _Segment:
     ins: list[PositionFill] = field(default_factory=list)
     outs: list[PositionFill] = field(default_factory=list)
     money: list[PositionFill] = field(default_factory=list)
+    charges: list[PositionCharge] = field(default_factory=list)
 
 
 def _opposite(side: Side) -> Side:
@@ -130,6 +157,25 @@ def _segments(position_key: str, fills: Iterable[PositionFill]) -> list[_Segment
     return [s for s in segments if s.ins or s.outs]
 
 
+def _opened_at(segment: _Segment) -> datetime:
+    return min(f.executed_at for f in segment.ins + segment.outs)
+
+
+def _charge(segments: Sequence[_Segment], charges: Iterable[PositionCharge]) -> None:
+    """Each charge into the round trip open when it was booked: the latest one opened at or
+    before it (a charge older than every fill belongs to the first)."""
+    for charge in charges:
+        owner = segments[0]
+        for segment in segments[1:]:
+            if _opened_at(segment) <= charge.executed_at:
+                owner = segment
+        owner.charges.append(charge)
+
+
+def _charged(segment: _Segment, swap: bool) -> Decimal:
+    return sum((c.amount for c in segment.charges if (c.kind == "financing") == swap), _ZERO)
+
+
 def _aggregate(segment: _Segment, position_key: str) -> TradeAggregate:
     ins, outs, money = segment.ins, segment.outs, segment.money
     every = ins + outs
@@ -152,13 +198,21 @@ def _aggregate(segment: _Segment, position_key: str) -> TradeAggregate:
         closed_at=max(outs, key=_order).executed_at if closed else None,
         profit=sum((f.profit for f in money), _ZERO),
         commission=sum((f.commission for f in money), _ZERO),
-        swap=sum((f.swap for f in money), _ZERO),
-        fees=sum((f.fee for f in money), _ZERO),
+        swap=sum((f.swap for f in money), _ZERO) + _charged(segment, swap=True),
+        fees=sum((f.fee for f in money), _ZERO) + _charged(segment, swap=False),
         status="closed" if closed else "open",
         fill_count=len({f.fill_key for f in every}),
     )
 
 
-def aggregate_position(position_key: str, fills: Iterable[PositionFill]) -> list[TradeAggregate]:
-    """Every journal row of one position; the same fills in any order give the same rows."""
-    return [_aggregate(s, position_key) for s in _segments(position_key, fills)]
+def aggregate_position(
+    position_key: str, fills: Iterable[PositionFill], charges: Iterable[PositionCharge] = ()
+) -> list[TradeAggregate]:
+    """Every journal row of one position; the same fills and charges in any order give the
+    same rows. A position with charges but no fill (yet) has no row."""
+    with localcontext(_EXACT):
+        segments = _segments(position_key, fills)
+        if not segments:
+            return []
+        _charge(segments, sorted(charges, key=lambda c: (c.executed_at, c.movement_key)))
+        return [_aggregate(s, position_key) for s in segments]

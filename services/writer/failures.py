@@ -1,7 +1,9 @@
-"""What a failed write means for the event: retry it, dead-letter it, or stop the writer.
+"""What a failed write means for the events: retry them, dead-letter the one causing it, or stop.
 
-Decided by SQLSTATE class rather than a list of exception types: only the event's own data may
-dead-letter it; a fault of the database or of our configuration must never dead-letter valid events.
+Only infrastructure failures are retried (the database unreachable, failing over, out of room,
+a lock timeout) and only configuration failures stop the writer (a missing table or privilege,
+bad credentials, or a database that reports itself broken); everything else an event provokes,
+whatever the exception, is that event's problem: the writer finds it and dead-letters it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from services.shared.errors import PipelineError
 
 class Disposition(enum.Enum):
     RETRY = "retry"  # the database is briefly unable: back off, commit nothing
-    DEAD_LETTER = "dead_letter"  # this event's data is refused: set it aside, move on
+    DEAD_LETTER = "dead_letter"  # an event's content provokes it: find that event, set it aside
     STOP = "stop"  # every event would fail alike until someone fixes the setup: exit
 
 
 class StopWriting(PipelineError):
     """Every write would fail until someone acts (a missing table or privilege, bad credentials,
-    a failure never seen before): stop without committing or dead-lettering, so nothing is lost.
+    a corrupted database): stop without committing or dead-lettering, so nothing is lost.
 
     Neither transient (the consume loop would retry forever, quietly) nor permanent (the writer
     would dead-letter every event): it propagates out of the consume loop and ends the service.
@@ -45,15 +47,18 @@ _RETRY_CLASSES = frozenset(
 _RETRY_CODES = frozenset(
     {
         "55P03",  # lock not available
+        "55006",  # object in use: maintenance holds what the write needs
         "25006",  # read-only transaction: a standby, e.g. just after a failover
     }
 )
-_DEAD_LETTER_CLASSES = frozenset(
+_STOP_CLASSES = frozenset(
     {
-        "21",  # cardinality violation: the same key twice in one event's rows
-        "22",  # data exception: a value out of range, malformed, too long
-        "23",  # integrity constraint violation: unknown connection, check failed
-        "54",  # program limit exceeded: a value too large to index
+        "28",  # invalid authorization: bad credentials, unknown role
+        "3D",  # invalid catalog name: no such database
+        "3F",  # invalid schema name
+        "42",  # syntax error or access rule violation: a missing table, column or privilege
+        "F0",  # configuration file error
+        "XX",  # internal error: data or index corrupted, the database needs a person
     }
 )
 
@@ -61,10 +66,10 @@ _DEAD_LETTER_CLASSES = frozenset(
 def classify_database_failure(exc: BaseException) -> Disposition:
     """Retry, dead-letter or stop, for an exception raised while applying events.
 
-    A database error is judged by its SQLSTATE: the classes above retry or dead-letter, and every
-    other one stops the writer: above all 42 (a missing table or privilege) and 28 (bad
-    credentials), which no retry or dead letter can fix. So does anything not recognised at all:
-    stopping loses nothing, while a wrong guess would retry unnoticed or dead-letter valid events.
+    A database error is judged by its SQLSTATE; a failure to reach the database retries; a
+    client misconfiguration stops. Anything else (a value the database refuses, a check, an
+    arithmetic error in our own code on some content) dead-letters: the writer isolates the
+    event that provokes it, and the dead-letter budget stops a writer that fails on everything.
     """
     if isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError):
         # The schema changed under a running writer (0A000): asyncpg has dropped the stale plan.
@@ -85,14 +90,14 @@ def classify_database_failure(exc: BaseException) -> Disposition:
         # The connection itself: refused, reset, timed out, closed under us; or a type changed
         # under a cached statement. (TimeoutError is an OSError, named for asyncio's timeouts.)
         return Disposition.RETRY
-    return Disposition.STOP
+    return Disposition.DEAD_LETTER
 
 
 def _by_sqlstate(sqlstate: str | None) -> Disposition:
     if sqlstate is None:
-        return Disposition.STOP
+        return Disposition.DEAD_LETTER
     if sqlstate in _RETRY_CODES or sqlstate[:2] in _RETRY_CLASSES:
         return Disposition.RETRY
-    if sqlstate[:2] in _DEAD_LETTER_CLASSES:
-        return Disposition.DEAD_LETTER
-    return Disposition.STOP
+    if sqlstate[:2] in _STOP_CLASSES:
+        return Disposition.STOP
+    return Disposition.DEAD_LETTER

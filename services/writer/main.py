@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.shared.consuming import consume_batches
+from services.shared.consuming import RetryBudget, consume_batches
 from services.shared.database import create_pool
 from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
 from services.shared.kafka import create_consumer, create_producer
@@ -49,7 +49,13 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
             settings.consumer_group,
         )
         _log.info("writer consuming", topic=topics.canonical, group=settings.consumer_group)
-        await consume_batches(consumer, writer, stop, max_records=settings.max_batch)
+        await consume_batches(
+            consumer,
+            writer,
+            stop,
+            max_records=settings.max_batch,
+            retry_budget=RetryBudget(settings.retry_budget_attempts, settings.retry_budget_seconds),
+        )
 
 
 def main() -> int:

@@ -1,9 +1,14 @@
-"""Canonical batches in, one database transaction per consumer batch; offsets are committed by
-the consume loop only after that transaction has committed.
+"""Canonical batches in, written to Postgres; offsets are committed by the consume loop only after
+the writes have committed.
+
+A consumer batch is one transaction. When an event in it provokes a failure that is not the
+database's (see failures.py), the batch is split in halves, each written on its own, until the
+event is alone: it is dead-lettered, and every other event of the batch is written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -14,7 +19,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from services.shared.canonical import CanonicalBatch
-from services.shared.dead_letters import DeadLetterPublisher
+from services.shared.dead_letters import DeadLetterPublisher, safe_text
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
 from services.shared.messaging import start_process_span
@@ -45,6 +50,9 @@ class Writer:
                 parsed.append((record, CanonicalBatch.model_validate_json(record.value or b"")))
             except ValidationError as exc:
                 await self._dead_letters.reject(record, "invalid_canonical_batch", str(exc))
+            except Exception as exc:  # e.g. nested too deeply to validate
+                detail = f"{type(exc).__name__}: {safe_text(str(exc), 1000)}"
+                await self._dead_letters.reject(record, "invalid_canonical_batch", detail)
         if not parsed:
             return
         spans = [start_process_span(record, self._group) for record, _ in parsed]
@@ -62,18 +70,7 @@ class Writer:
         self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]], spans: list[Span]
     ) -> None:
         started = time.time_ns()
-        try:
-            outcomes = await self._apply([batch for _, batch in parsed])
-        except PermanentError:
-            # One event poisons the batch: apply them one at a time to find and set it aside.
-            outcomes = []
-            for record, batch in parsed:
-                try:
-                    outcomes += await self._apply([batch])
-                except PermanentError as exc:
-                    await self._dead_letters.reject(
-                        record, "write_rejected", str(exc), str(batch.event_id)
-                    )
+        outcomes = await self._apply_isolating(parsed)
         ended = time.time_ns()
         by_event = {o.event_id: o for o in outcomes}
         for (_, batch), span in zip(parsed, spans, strict=True):
@@ -90,7 +87,26 @@ class Writer:
             db_span.end(end_time=ended)
         for outcome in outcomes:
             self._dead_letters.accepted()
-            _log.info("event applied", **_outcome_fields(outcome))
+            _log.debug("event applied", **_outcome_fields(outcome))
+
+    async def _apply_isolating(
+        self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]]
+    ) -> list[EventOutcome]:
+        """Apply the events in one transaction; if one of them is refused, apply each half on
+        its own (recursively) until the refused event is alone, and dead-letter it."""
+        try:
+            return await self._apply([batch for _, batch in parsed])
+        except EventRefused as exc:
+            if len(parsed) > 1:
+                middle = len(parsed) // 2
+                return await self._apply_isolating(parsed[:middle]) + (
+                    await self._apply_isolating(parsed[middle:])
+                )
+            [(record, batch)] = parsed
+            await self._dead_letters.reject(
+                record, "write_rejected", exc.detail, str(batch.event_id)
+            )
+            return []
 
     async def _apply(self, batches: list[CanonicalBatch]) -> list[EventOutcome]:
         try:
@@ -104,16 +120,39 @@ class Writer:
                         f"database unavailable: {type(exc).__name__} (SQLSTATE {sqlstate})"
                     ) from exc
                 case Disposition.DEAD_LETTER:
-                    raise PermanentError(f"{type(exc).__name__}: {exc}") from exc
+                    detail = f"{type(exc).__name__}: {safe_text(str(exc), 2000)}"
+                    raise EventRefused(sqlstate, detail) from exc
                 case Disposition.STOP:
                     _log.error(
                         "writer stopping: a failure no retry or dead letter can fix; nothing "
                         "committed or dead-lettered, fix the cause and restart",
                         sqlstate=sqlstate,
                         error=type(exc).__name__,
-                        detail=str(exc)[:500],
+                        detail=safe_text(str(exc), 500),
                     )
                     raise StopWriting(sqlstate, f"{type(exc).__name__}: {exc}") from exc
+
+    async def healthy(self) -> bool:
+        """Whether Postgres answers now: a failure that persists while it does is an event's."""
+        try:
+            async with asyncio.timeout(5):
+                await self._pool.fetchval("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def give_up(self, record: ConsumerRecord, reason: str) -> None:
+        """Dead-letter an event that kept failing while the database was up."""
+        await self._dead_letters.reject(record, "retry_budget_exhausted", reason)
+
+
+class EventRefused(PermanentError):
+    """Applying these events failed because of what one of them holds (see failures.py)."""
+
+    def __init__(self, sqlstate: str | None, detail: str) -> None:
+        super().__init__(detail)
+        self.sqlstate = sqlstate
+        self.detail = detail
 
 
 def _annotate(span: Span, outcome: EventOutcome) -> None:

@@ -16,7 +16,12 @@ from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovem
 from services.shared.database import Connection
 from services.shared.envelope import ConnectionRef
 from services.shared.logging import get_logger
-from services.writer.aggregation import PositionFill, TradeAggregate, aggregate_position
+from services.writer.aggregation import (
+    PositionCharge,
+    PositionFill,
+    TradeAggregate,
+    aggregate_position,
+)
 
 _log = get_logger("poscal.writer")
 
@@ -36,11 +41,11 @@ RETURNING fill_key, position_key
 
 _INSERT_CASH = """
 INSERT INTO broker_cash_movements (movement_key, user_id, connection_id, account_id, kind, amount,
-    currency, executed_at, broker_time, broker_ref, comment, event_id)
+    currency, executed_at, broker_time, broker_ref, comment, event_id, position_key)
 SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::numeric[],
-    $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::uuid[])
+    $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[])
 ON CONFLICT (movement_key) DO NOTHING
-RETURNING movement_key
+RETURNING movement_key, position_key
 """
 
 _LOCK_POSITIONS = """
@@ -57,6 +62,14 @@ FROM broker_fills AS f
 JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
     ON f.position_key = p.position_key AND f.connection_id = p.connection_id
 WHERE NOT f.cancelled
+"""
+
+# A position's charges, likewise only those its own connection delivered.
+_POSITION_CHARGES = """
+SELECT m.movement_key, m.position_key, m.kind, m.amount, m.executed_at
+FROM broker_cash_movements AS m
+JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
+    ON m.position_key = p.position_key AND m.connection_id = p.connection_id
 """
 
 _UPSERT_JOURNAL = """
@@ -168,8 +181,9 @@ class JournalRepository:
         self, conn: Connection, batches: Sequence[CanonicalBatch]
     ) -> list[EventOutcome]:
         async with conn.transaction():
-            fill_owner, new_positions = await self._insert_fills(conn, batches)
-            cash_owner = await self._insert_cash(conn, batches)
+            fill_owner, filled = await self._insert_fills(conn, batches)
+            cash_owner, charged = await self._insert_cash(conn, batches)
+            new_positions = filled | charged
             await self._recompute_positions(conn, batches, new_positions)
             balance_events = await self._apply_balances(conn, batches)
             outcomes = [
@@ -177,7 +191,7 @@ class JournalRepository:
                     event_id=b.event_id,
                     fills_inserted=fill_owner.get(b.event_id, 0),
                     cash_inserted=cash_owner.get(b.event_id, 0),
-                    positions_touched=len({f.position_key for f in b.fills} & new_positions),
+                    positions_touched=len(_positions_of(b) & new_positions),
                     balance_applied=b.event_id in balance_events,
                     first_time=False,
                 )
@@ -209,17 +223,18 @@ class JournalRepository:
 
     async def _insert_cash(
         self, conn: Connection, batches: Sequence[CanonicalBatch]
-    ) -> dict[uuid.UUID, int]:
+    ) -> tuple[dict[uuid.UUID, int], set[str]]:
         pairs = _dedupe_cash(batches)
         if not pairs:
-            return {}
+            return {}, set()
         columns = list(zip(*[_cash_row(b, m) for b, m in pairs], strict=True))
-        inserted = {r["movement_key"] for r in await conn.fetch(_INSERT_CASH, *columns)}
+        rows = await conn.fetch(_INSERT_CASH, *columns)
+        inserted = {r["movement_key"] for r in rows}
         owner: dict[uuid.UUID, int] = {}
         for batch, movement in pairs:
             if movement.movement_key in inserted:
                 owner[batch.event_id] = owner.get(batch.event_id, 0) + 1
-        return owner
+        return owner, {r["position_key"] for r in rows if r["position_key"] is not None}
 
     async def _recompute_positions(
         self, conn: Connection, batches: Sequence[CanonicalBatch], positions: set[str]
@@ -229,14 +244,17 @@ class JournalRepository:
             return
         keys = sorted(positions)
         await conn.fetchval(_LOCK_POSITIONS, keys)
-        owners = {f.position_key: b.connection for b in batches for f in b.fills}
-        by_position: dict[str, list[PositionFill]] = {}
-        rows_read = await conn.fetch(_POSITION_FILLS, keys, [owners[k].connection_id for k in keys])
-        for row in rows_read:
-            by_position.setdefault(row["position_key"], []).append(PositionFill(**dict(row)))
+        owners = {key: b.connection for b in batches for key in _positions_of(b)}
+        connections = [owners[k].connection_id for k in keys]
+        fills: dict[str, list[PositionFill]] = {}
+        for row in await conn.fetch(_POSITION_FILLS, keys, connections):
+            fills.setdefault(row["position_key"], []).append(PositionFill(**dict(row)))
+        charges: dict[str, list[PositionCharge]] = {}
+        for row in await conn.fetch(_POSITION_CHARGES, keys, connections):
+            charges.setdefault(row["position_key"], []).append(PositionCharge(**dict(row)))
         rows = []
         for key in keys:
-            for aggregate in aggregate_position(key, by_position.get(key, [])):
+            for aggregate in aggregate_position(key, fills.get(key, []), charges.get(key, [])):
                 rows.append(_journal_row(aggregate, owners[key]))
         trade_ids = [str(r[0]) for r in rows]
         written: set[str] = set()
@@ -326,6 +344,12 @@ class JournalRepository:
         return first_time
 
 
+def _positions_of(batch: CanonicalBatch) -> set[str]:
+    """The positions an event's records belong to: its fills' and its position charges'."""
+    charged = {m.position_key for m in batch.cash_movements if m.position_key is not None}
+    return {f.position_key for f in batch.fills} | charged
+
+
 def _same_month(a: datetime, b: datetime) -> bool:
     a, b = a.astimezone(UTC), b.astimezone(UTC)
     return (a.year, a.month) == (b.year, b.month)
@@ -402,6 +426,7 @@ def _cash_row(batch: CanonicalBatch, m: CashMovement) -> tuple[object, ...]:
         m.broker_ref,
         m.comment,
         batch.event_id,
+        m.position_key,
     )
 
 

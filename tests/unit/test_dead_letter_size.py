@@ -42,10 +42,18 @@ def rejections(count: int, item_bytes: int = 300) -> list[ItemRejection]:
             index=i,
             code="invalid_deal",
             detail="volume: Input should be a valid decimal",
-            item={"ticket": i, "comment": "x" * item_bytes},
+            item=_item(i, item_bytes),
         )
         for i in range(count)
     ]
+
+
+def _item(ticket: int, size: int) -> dict[str, object]:
+    """An item of about `size` bytes, in fields short enough to be kept whole."""
+    chunks, rest = divmod(size, 1000)
+    return {"ticket": ticket, "comment": "x" * rest} | {
+        f"note{n}": "x" * 1000 for n in range(chunks)
+    }
 
 
 def letter(value: bytes, rejected: list[ItemRejection]) -> DeadLetter:

@@ -16,6 +16,7 @@ import pytest
 from services.normalizer.mappers import mapper_for
 from services.normalizer.mappers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
+from services.shared.dead_letters import json_safe
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
 from tests.support.builders import FIXTURES, PINNED_CONNECTION
@@ -360,11 +361,12 @@ def test_a_deal_that_is_not_an_object_is_rejected_alone(item: Any) -> None:
     assert len(mapping.batch.fills) == 1
 
 
-def test_a_rejected_deal_is_kept_as_json_safe_data_with_its_exact_numbers() -> None:
+def test_a_rejected_deal_is_described_as_json_safe_data_with_its_exact_numbers() -> None:
     bad = fixture_deals()[1] | {"volume": "lots"}
     [rejection] = map_event(event(body([bad]))).rejected
-    assert rejection.item["price"] == "1.08650"
-    json.dumps(rejection.item)
+    described = json_safe(rejection.item)
+    assert described["price"] == "1.08650"
+    json.dumps(described)
 
 
 @pytest.mark.parametrize("time_msc", [253_402_400_000_000, 2**62])

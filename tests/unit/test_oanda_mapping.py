@@ -16,10 +16,16 @@ import pytest
 
 from services.normalizer.mappers import Skipped, mapper_for
 from services.normalizer.mappers.oanda import map_event, split_by_units
-from services.shared.canonical import CanonicalBatch, Fill
+from services.shared.canonical import CanonicalBatch, CashMovement, Fill
+from services.shared.dead_letters import json_safe
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
-from services.writer.aggregation import PositionFill, TradeAggregate, aggregate_position
+from services.writer.aggregation import (
+    PositionCharge,
+    PositionFill,
+    TradeAggregate,
+    aggregate_position,
+)
 from tests.support.builders import FIXTURES, PINNED_CONNECTION
 
 ACCOUNT = "101-004-1435156-001"
@@ -238,14 +244,31 @@ def test_splitting_an_amount_by_units_always_sums_to_the_amount(
 # --- the journal: open 10, reduce 4, close 6 ------------------------------------------------
 
 
-def journal(fills: tuple[Fill, ...]) -> dict[str, list[TradeAggregate]]:
-    """The writer's pure step over these fills, per position."""
+def journal(
+    fills: tuple[Fill, ...], cash: tuple[CashMovement, ...] = ()
+) -> dict[str, list[TradeAggregate]]:
+    """The writer's pure step over these fills and position charges, per position."""
     names = PositionFill.__dataclass_fields__
     by_position: dict[str, list[PositionFill]] = {}
     for fill in fills:
         row = {k: v for k, v in fill.model_dump().items() if k in names}
         by_position.setdefault(fill.position_key, []).append(PositionFill(**row))
-    return {key: aggregate_position(key, rows) for key, rows in by_position.items()}
+    charges: dict[str, list[PositionCharge]] = {}
+    for movement in cash:
+        if movement.position_key is not None:
+            charges.setdefault(movement.position_key, []).append(
+                PositionCharge(
+                    movement_key=movement.movement_key,
+                    position_key=movement.position_key,
+                    kind=movement.kind,
+                    amount=movement.amount,
+                    executed_at=movement.executed_at,
+                )
+            )
+    return {
+        key: aggregate_position(key, rows, charges.get(key, ()))
+        for key, rows in by_position.items()
+    }
 
 
 def test_open_reduce_close_of_one_trade_is_one_closed_journal_row() -> None:
@@ -256,10 +279,12 @@ def test_open_reduce_close_of_one_trade_is_one_closed_journal_row() -> None:
         ("out", "4"),
         ("out", "6"),
     ]
-    [row] = journal(batch.fills)[key]
+    [row] = journal(batch.fills, batch.cash_movements)[key]
     assert (row.trade_id, row.status, row.side) == (key, "closed", "buy")
     assert (row.volume, row.closed_volume) == (Decimal("10"), Decimal("10"))
-    assert (row.profit, row.swap) == (Decimal("0.0340"), Decimal("-0.0004"))
+    # The legs' own financing (-0.0001, -0.0003) and the daily financing of the open trade
+    # (-0.0002): OANDA's own TradeSummary financing, and the page's account financing.
+    assert (row.profit, row.swap) == (Decimal("0.0340"), Decimal("-0.0006"))
     assert (row.entry_price, row.exit_price) == (Decimal("1.1"), Decimal("1.1034"))
     assert row.opened_at == utc("2024-03-04T10:00:00.123456")
     assert row.closed_at == utc("2024-03-06T09:15:30.987654")
@@ -273,11 +298,12 @@ def test_after_the_reduce_alone_the_trade_is_open_with_what_was_closed() -> None
     assert row.profit == Decimal("0.0100")
 
 
-def test_the_constructed_page_books_daily_financing_as_cash_and_skips_its_orders() -> None:
+def test_the_constructed_page_books_daily_financing_to_the_trade_and_skips_its_orders() -> None:
     mapping = map_event(event(constructed_page()))
     [financing] = mapping.batch.cash_movements
     assert (financing.kind, str(financing.amount)) == ("financing", "-0.0002")
-    assert financing.movement_key == f"oanda:{ACCOUNT}:txn:3004"
+    assert financing.movement_key == f"oanda:{ACCOUNT}:txn:3004:trade:3001"
+    assert financing.position_key == f"oanda:{ACCOUNT}:3001"
     assert [(s.type, s.id) for s in mapping.skipped] == [
         ("MARKET_ORDER", "3000"),
         ("MARKET_ORDER", "3002"),
@@ -401,11 +427,28 @@ def test_a_summary_of_another_account_is_an_account_mismatch() -> None:
 
 
 @pytest.mark.parametrize(
-    "change", [{"balance": 35454.474}, {"NAV": None}, {"currency": ""}, {"balance": "lots"}]
+    "change",
+    [
+        {"balance": 35454.474},
+        {"NAV": None},
+        {"currency": ""},
+        {"balance": "lots"},
+        {"balance": "1" + "0" * 15},  # beyond what the journal holds: refused, never altered
+    ],
 )
-def test_a_summary_with_a_bad_balance_is_an_invalid_payload(change: dict[str, Any]) -> None:
+def test_a_summary_with_a_bad_balance_is_rejected_and_the_transactions_still_map(
+    change: dict[str, Any],
+) -> None:
     account = sample("account_summary.json")["account"] | change
-    assert invalid_event_code(page([], account=account)) == "invalid_payload"
+    mapping = map_event(event(page([MULTI_LEG], account=account)))
+    [rejection] = mapping.rejected
+    assert (rejection.code, rejection.index, rejection.location) == (
+        "invalid_payload",
+        None,
+        "account",
+    )
+    assert mapping.batch.account is None
+    assert {f.broker_ref for f in mapping.batch.fills} == {"4000"}
 
 
 # --- one bad transaction does not sink the page ---------------------------------------------
@@ -452,8 +495,9 @@ def test_a_float_amount_is_rejected_not_rounded() -> None:
     raw = orjson.dumps(page([closing_fill()])).replace(b'"price":"1.09289"', b'"price":1.09289')
     [rejection] = map_event(event(raw)).rejected
     assert "price" in rejection.detail
-    assert rejection.item["price"] == "1.09289"  # kept as the exact text it was sent as
-    json.dumps(rejection.item)
+    # Described in its dead letter as the exact text it was sent as.
+    assert json_safe(rejection.item)["price"] == "1.09289"
+    json.dumps(json_safe(rejection.item))
 
 
 def test_a_fill_with_no_price_anywhere_is_rejected() -> None:

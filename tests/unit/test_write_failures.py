@@ -1,6 +1,9 @@
-"""How the writer treats a failed write: retry, dead-letter the event, or stop the writer."""
+"""How the writer treats a failed write: retry (infrastructure), stop (configuration), or
+dead-letter the event that provoked it (anything else)."""
 
 from __future__ import annotations
+
+import decimal
 
 import asyncpg
 import pytest
@@ -33,6 +36,7 @@ def _from_server(sqlstate: str) -> asyncpg.PostgresError:
         pg.CrashShutdownError("terminating connection because of crash of another process"),
         pg.IdleSessionTimeoutError("terminating connection due to idle-session timeout"),
         pg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+        pg.ObjectInUseError("database is being accessed by other users"),
         pg.InvalidCachedStatementError("cached statement plan is invalid"),
         _from_server("58030"),  # io_error
         _from_server("08Z99"),  # a connection exception this asyncpg does not know yet
@@ -84,20 +88,33 @@ def test_a_missing_table_privilege_or_login_stops_the_writer(error: Exception) -
     [
         pg.InternalServerError("unexpected internal error"),
         pg.DataCorruptedError("invalid page in block 7"),
-        pg.FeatureNotSupportedError("not supported"),
-        pg.InFailedSQLTransactionError("current transaction is aborted"),
-        pg.ObjectInUseError("database is being accessed by other users"),
-        pg.RaiseError("raised by a trigger"),
-        _from_server("ZZ000"),  # a class no PostgreSQL documents
-        pg.ProtocolError("unexpected message"),
-        ValueError("a bug of ours"),
+        pg.IndexCorruptedError("index contains unexpected zero page"),
     ],
     ids=lambda error: type(error).__name__,
 )
-def test_a_failure_not_known_to_be_safe_to_retry_or_dead_letter_stops_the_writer(
+def test_a_database_that_reports_itself_broken_stops_the_writer(error: Exception) -> None:
+    assert classify_database_failure(error) is Disposition.STOP
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pg.FeatureNotSupportedError("not supported"),
+        pg.InFailedSQLTransactionError("current transaction is aborted"),
+        pg.RaiseError("raised by a trigger"),
+        _from_server("ZZ000"),  # a class no PostgreSQL documents
+        pg.ProtocolError("unexpected message"),
+        ValueError("something in an event our code cannot handle"),
+        decimal.Overflow("an amount beyond the decimal context"),
+        KeyError("a field an event lacks"),
+        RecursionError("nested too deeply"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_anything_else_an_event_provokes_dead_letters_it_rather_than_stopping_everyone(
     error: Exception,
 ) -> None:
-    assert classify_database_failure(error) is Disposition.STOP
+    assert classify_database_failure(error) is Disposition.DEAD_LETTER
 
 
 @pytest.mark.parametrize(

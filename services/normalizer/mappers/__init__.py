@@ -21,12 +21,17 @@ from services.shared.errors import InvalidEvent
 
 @dataclass(frozen=True)
 class Rejection:
-    """One item of a payload that could not be mapped; the rest of the payload still is."""
+    """One item of a payload that could not be mapped; the rest of the payload still is.
+
+    `index` is the item's place in the payload's list; a part that is no list item (the account
+    summary) has none and is named by `location`.
+    """
 
     code: str
     detail: str
-    index: int
+    index: int | None
     item: Any
+    location: str | None = None
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,13 @@ from collections.abc import Mapping as AttributeMap
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from xml.parsers import expat
 from zoneinfo import ZoneInfo
 
 from services.normalizer.mappers import Mapping, PayloadOwner, Rejection, Skipped
+from services.normalizer.mappers._items import check_plausible_time, mapped_or_rejected
 from services.shared.canonical import CanonicalBatch, Fill, FillEntry, Side
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
@@ -395,6 +397,21 @@ def _transaction_index(rows: list[tuple[str, ET.Element]]) -> dict[str, str]:
     return index
 
 
+def _skip_or_map(
+    index: int,
+    element: ET.Element,
+    account: str,
+    by_transaction: dict[str, str],
+    event: RawEvent,
+) -> Skipped | list[_Mapped]:
+    if (skip := _skip(index, element, element.attrib)) is not None:
+        return skip
+    mapped = _map_row(element.attrib, account, by_transaction)
+    for each in mapped:
+        check_plausible_time(each.fill, event.received_at)
+    return mapped
+
+
 def map_event(event: RawEvent) -> Mapping:
     statements = _statements(parse_flex(event.body), event.connection)
     rows = _rows(statements)
@@ -404,15 +421,19 @@ def map_event(event: RawEvent) -> Mapping:
     skipped: list[Skipped] = []
     for index, (account, element) in enumerate(rows):
         row = element.attrib
-        try:
-            if (skip := _skip(index, element, row)) is not None:
-                skipped.append(skip)
-                continue
-            mapped = _map_row(row, account, by_transaction)
-        except InvalidEvent as exc:
-            rejected.append(Rejection(exc.code, exc.detail, index, _item(element)))
+        outcome = mapped_or_rejected(
+            index,
+            _item(element),
+            partial(_skip_or_map, index, element, account, by_transaction, event),
+            invalid_code="invalid_trade",
+        )
+        if isinstance(outcome, Rejection):
+            rejected.append(outcome)
             continue
-        if not any([fills.add(m) for m in mapped]):
+        if isinstance(outcome, Skipped):
+            skipped.append(outcome)
+            continue
+        if not any([fills.add(m) for m in outcome]):
             skipped.append(Skipped(index, "Trade", _row_ref(row), "the same execution again"))
     batch = CanonicalBatch(
         event_id=event.event_id,

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from services.normalizer.mappers import Mapping, PayloadOwner, Rejection
-from services.normalizer.mappers._payloads import (
-    describe_validation_error,
-    json_object_or_none,
-    parse_json_payload,
-)
+from services.normalizer.mappers._items import check_plausible_time, mapped_or_rejected
+from services.normalizer.mappers._payloads import json_object_or_none, parse_json_payload
 from services.shared.canonical import (
     AccountSnapshot,
     CanonicalBatch,
@@ -64,6 +62,8 @@ class _Strict(BaseModel):
 
 # Whole numbers must be JSON integers: lax mode would turn `true` into a SELL deal type.
 Integer = Annotated[int, Strict()]
+# Tickets, orders and position ids are MQL5 `ulong`s.
+_ULONG_MAX = 2**64 - 1
 # Server times up to the year 3000; later ones are corrupt, not trades.
 _LAST_SERVER_SECOND = 32_503_680_000
 
@@ -79,14 +79,14 @@ class Mt5Account(_Strict):
 class Mt5Deal(_Strict):
     """Exactly the fields of the MetaTrader5 package's TradeDeal."""
 
-    ticket: Integer = Field(gt=0)
-    order: Integer = Field(ge=0)
+    ticket: Integer = Field(gt=0, le=_ULONG_MAX)
+    order: Integer = Field(ge=0, le=_ULONG_MAX)
     time: Integer = Field(ge=0, le=_LAST_SERVER_SECOND)
     time_msc: Integer = Field(ge=0, le=_LAST_SERVER_SECOND * 1000)
     type: Integer = Field(ge=0)
     entry: Integer = Field(ge=0, le=3)
     magic: Integer
-    position_id: Integer = Field(ge=0)
+    position_id: Integer = Field(ge=0, le=_ULONG_MAX)
     reason: Integer = Field(ge=0)
     volume: Decimal = Field(ge=0)
     price: Decimal = Field(ge=0)
@@ -200,59 +200,67 @@ def _check_account(event: RawEvent, account: Mt5Account) -> None:
         )
 
 
-def map_event(event: RawEvent) -> Mapping:
-    webhook = _parse_body(event.body)
-    _check_account(event, webhook.account)
-    prefix = f"mt5:{webhook.account.server}:{webhook.account.login}"
-    fills: list[Fill] = []
-    cash: list[CashMovement] = []
-    rejected: list[Rejection] = []
-    for index, item in enumerate(webhook.deals):
-        try:
-            deal = Mt5Deal.model_validate(item)
-            mapped = _map_deal(deal, prefix, webhook.server_time_offset_seconds)
-        except ValidationError as exc:
-            rejected.append(
-                Rejection("invalid_deal", describe_validation_error(exc), index, _jsonable(item))
-            )
-            continue
-        except InvalidEvent as exc:
-            rejected.append(Rejection(exc.code, exc.detail, index, _jsonable(item)))
-            continue
-        if isinstance(mapped, Fill):
-            fills.append(mapped)
-        else:
-            cash.append(mapped)
-    snapshot = AccountSnapshot(
-        currency=webhook.account.currency,
-        balance=webhook.account.balance,
-        equity=webhook.account.equity,
+def _map_item(item: Any, prefix: str, offset: int, event: RawEvent) -> Fill | CashMovement:
+    mapped = _map_deal(Mt5Deal.model_validate(item), prefix, offset)
+    check_plausible_time(mapped, event.received_at)
+    return mapped
+
+
+def _snapshot(
+    event: RawEvent, account: Mt5Account, fills: list[Fill], cash: list[CashMovement]
+) -> AccountSnapshot:
+    return AccountSnapshot(
+        currency=account.currency,
+        balance=account.balance,
+        equity=account.equity,
         as_of=event.sent_at or event.received_at,
         deals_through=max(
             [f.executed_at for f in fills] + [c.executed_at for c in cash], default=None
         ),
     )
+
+
+def map_event(event: RawEvent) -> Mapping:
+    webhook = _parse_body(event.body)
+    _check_account(event, webhook.account)
+    prefix = f"mt5:{webhook.account.server}:{webhook.account.login}"
+    offset = webhook.server_time_offset_seconds
+    fills: list[Fill] = []
+    cash: list[CashMovement] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(webhook.deals):
+        mapped = mapped_or_rejected(
+            index,
+            item,
+            partial(_map_item, item, prefix, offset, event),
+            invalid_code="invalid_deal",
+        )
+        if isinstance(mapped, Rejection):
+            rejected.append(mapped)
+        elif isinstance(mapped, Fill):
+            fills.append(mapped)
+        else:
+            cash.append(mapped)
+    # The balance is an item too: one the journal cannot hold costs the report, not the deals.
+    snapshot = mapped_or_rejected(
+        None,
+        webhook.account,
+        lambda: _snapshot(event, webhook.account, fills, cash),
+        invalid_code="invalid_account",
+        location="account",
+    )
+    if isinstance(snapshot, Rejection):
+        rejected.append(snapshot)
     batch = CanonicalBatch(
         event_id=event.event_id,
         source=event.source,
         connection=event.connection,
         received_at=event.received_at,
-        account=snapshot,
+        account=None if isinstance(snapshot, Rejection) else snapshot,
         fills=tuple(fills),
         cash_movements=tuple(cash),
     )
     return Mapping(batch=batch, rejected=tuple(rejected))
-
-
-def _jsonable(item: Any) -> Any:
-    """The rejected item as JSON-safe data (Decimals back to their exact text)."""
-    if isinstance(item, Decimal):
-        return str(item)
-    if isinstance(item, dict):
-        return {str(k): _jsonable(v) for k, v in item.items()}
-    if isinstance(item, list):
-        return [_jsonable(v) for v in item]
-    return item
 
 
 # For tools that read a payload from a file (`poscal-sync normalize`).

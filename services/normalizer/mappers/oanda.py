@@ -16,26 +16,26 @@ they are shared across its legs in proportion to |units|, each share rounded hal
 amount's own decimals, and the last leg takes the remainder so the legs add up exactly. OANDA
 writes charges as positive amounts; canonical charges are negative, as MT5's are. The realized
 P/L and financing of each closed or reduced trade are its leg's own. DAILY_FINANCING,
-TRANSFER_FUNDS and DIVIDEND_ADJUSTMENT are cash movements; every other type is skipped.
+TRANSFER_FUNDS and DIVIDEND_ADJUSTMENT are cash movements; a daily financing's share of each open
+trade (`positionFinancings[].openTradeFinancings[]`) is a charge of that trade, so the trade's
+journal swap is OANDA's TradeSummary `financing`. Every other type is skipped.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import partial
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.normalizer.mappers import Mapping, PayloadOwner, Rejection, Skipped
-from services.normalizer.mappers._payloads import (
-    describe_validation_error,
-    json_object_or_none,
-    parse_json_payload,
-)
+from services.normalizer.mappers._items import check_plausible_time, mapped_or_rejected
+from services.normalizer.mappers._payloads import json_object_or_none, parse_json_payload
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill, Side
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
@@ -160,8 +160,23 @@ class _OrderFill(_Transaction):
     trade_reduced: _TradeReduce | None = Field(default=None, alias="tradeReduced")
 
 
+class _OpenTradeFinancing(_Verbatim):
+    trade_id: IdText = Field(alias="tradeID")
+    financing: DecimalText
+
+
+class _PositionFinancing(_Verbatim):
+    instrument: str | None = None
+    open_trade_financings: tuple[_OpenTradeFinancing, ...] = Field(
+        default=(), alias="openTradeFinancings"
+    )
+
+
 class _DailyFinancing(_Transaction):
     financing: DecimalText
+    position_financings: tuple[_PositionFinancing, ...] = Field(
+        default=(), alias="positionFinancings"
+    )
 
 
 class _TransferFunds(_Transaction):
@@ -268,42 +283,69 @@ def _map_order_fill(fill: _OrderFill, prefix: str) -> list[Fill]:
 
 
 def _cash(
-    transaction: _Transaction, prefix: str, kind: str, amount: Decimal, comment: str | None = None
+    transaction: _Transaction,
+    prefix: str,
+    kind: str,
+    amount: Decimal,
+    comment: str | None = None,
+    *,
+    trade_id: str | None = None,
 ) -> CashMovement:
+    key = f"{prefix}:txn:{transaction.id}"
     return CashMovement(
-        movement_key=f"{prefix}:txn:{transaction.id}",
+        movement_key=key if trade_id is None else f"{key}:trade:{trade_id}",
         kind=kind,
         amount=amount,
         executed_at=parse_time(transaction.time),
         broker_time=transaction.time,
         broker_ref=transaction.id,
         comment=comment,
+        position_key=None if trade_id is None else f"{prefix}:{trade_id}",
     )
 
 
-def _map_daily_financing(item: Any, prefix: str) -> CashMovement:
+def _map_daily_financing(item: Any, prefix: str) -> list[CashMovement]:
+    """Each open trade's share (`openTradeFinancings`) as a charge of that trade, so its
+    journal swap adds up to OANDA's own TradeSummary `financing`; whatever the breakdown leaves
+    unattributed (or all of it, without one) as the account's."""
     financing = _DailyFinancing.model_validate(item)
-    return _cash(financing, prefix, "financing", financing.financing)
+    shares = [
+        trade
+        for position in financing.position_financings
+        for trade in position.open_trade_financings
+    ]
+    if len({trade.trade_id for trade in shares}) != len(shares):
+        raise InvalidEvent("invalid_transaction", "a trade's financing is listed twice")
+    movements = [
+        _cash(financing, prefix, "financing", trade.financing, trade_id=trade.trade_id)
+        for trade in shares
+        if trade.financing != 0
+    ]
+    unattributed = financing.financing - sum((trade.financing for trade in shares), _ZERO)
+    if unattributed != 0 or not movements:
+        movements.append(_cash(financing, prefix, "financing", unattributed))
+    return movements
 
 
-def _map_transfer(item: Any, prefix: str) -> CashMovement:
+def _map_transfer(item: Any, prefix: str) -> list[CashMovement]:
     transfer = _TransferFunds.model_validate(item)
     kind = "withdrawal" if transfer.amount < 0 else "deposit"
-    return _cash(
-        transfer, prefix, kind, transfer.amount, transfer.comment or transfer.funding_reason
-    )
+    return [
+        _cash(transfer, prefix, kind, transfer.amount, transfer.comment or transfer.funding_reason)
+    ]
 
 
-def _map_dividend(item: Any, prefix: str) -> CashMovement:
+def _map_dividend(item: Any, prefix: str) -> list[CashMovement]:
     dividend = _DividendAdjustment.model_validate(item)
-    return _cash(dividend, prefix, "dividend", dividend.dividend_adjustment)
+    return [_cash(dividend, prefix, "dividend", dividend.dividend_adjustment)]
 
 
 def _map_fill(item: Any, prefix: str) -> list[Fill]:
     return _map_order_fill(_OrderFill.model_validate(item), prefix)
 
 
-_MAPPED: dict[str, Callable[[Any, str], list[Fill] | CashMovement]] = {
+Record = Fill | CashMovement
+_MAPPED: dict[str, Callable[[Any, str], Sequence[Record]]] = {
     "ORDER_FILL": _map_fill,
     "DAILY_FINANCING": _map_daily_financing,
     "TRANSFER_FUNDS": _map_transfer,
@@ -316,7 +358,14 @@ def _parse_body(body: bytes) -> _Page:
 
 
 def _check_account(event: RawEvent, page: _Page) -> None:
+    """The page, and its summary if it has one, are for the connection's account (or nothing
+    of it is mapped: a page that mixes accounts is not to be trusted in any part)."""
     connection = event.connection
+    summary_id = page.account.get("id") if page.account is not None else None
+    if summary_id is not None and summary_id != page.account_id:
+        raise InvalidEvent(
+            "account_mismatch", f"the summary is for account {summary_id}, not {page.account_id}"
+        )
     if page.account_id != connection.account_number:
         raise InvalidEvent(
             "account_mismatch",
@@ -332,19 +381,8 @@ def _check_account(event: RawEvent, page: _Page) -> None:
         )
 
 
-def _snapshot(event: RawEvent, page: _Page) -> AccountSnapshot | None:
-    if page.account is None:
-        return None
-    try:
-        account = _Account.model_validate(page.account)
-    except ValidationError as exc:
-        raise InvalidEvent(
-            "invalid_payload", "account: " + describe_validation_error(exc)
-        ) from None
-    if account.id is not None and account.id != page.account_id:
-        raise InvalidEvent(
-            "account_mismatch", f"the summary is for account {account.id}, not {page.account_id}"
-        )
+def _snapshot(event: RawEvent, page: _Page, account_data: dict[str, Any]) -> AccountSnapshot:
+    account = _Account.model_validate(account_data)
     return AccountSnapshot(
         currency=account.currency,
         balance=account.balance,
@@ -365,6 +403,15 @@ def _time_of(item: Any) -> datetime | None:
     return None
 
 
+def _map_transaction(item: Any, page: _Page, prefix: str, event: RawEvent) -> Sequence[Record]:
+    if item.get("accountID", page.account_id) != page.account_id:
+        raise InvalidEvent("account_mismatch", f"transaction is for {item['accountID']}")
+    records = _MAPPED[item["type"]](item, prefix)
+    for record in records:
+        check_plausible_time(record, event.received_at)
+    return records
+
+
 def map_event(event: RawEvent) -> Mapping:
     page = _parse_body(event.body)
     _check_account(event, page)
@@ -377,53 +424,48 @@ def map_event(event: RawEvent) -> Mapping:
         kind = item.get("type") if isinstance(item, dict) else None
         if not isinstance(kind, str):
             detail = "a transaction must be an object with a type"
-            rejected.append(Rejection("invalid_transaction", detail, index, _jsonable(item)))
+            rejected.append(Rejection("invalid_transaction", detail, index, item))
             continue
-        mapper = _MAPPED.get(kind)
-        if mapper is None:
+        if kind not in _MAPPED:
             ref = item.get("id")
             reason = "not a fill or a cash movement"
             skipped.append(Skipped(index, kind, ref if isinstance(ref, str) else None, reason))
             continue
-        try:
-            if item.get("accountID", page.account_id) != page.account_id:
-                raise InvalidEvent("account_mismatch", f"transaction is for {item['accountID']}")
-            mapped = mapper(item, prefix)
-        except ValidationError as exc:
-            rejected.append(
-                Rejection(
-                    "invalid_transaction", describe_validation_error(exc), index, _jsonable(item)
-                )
-            )
+        mapped = mapped_or_rejected(
+            index,
+            item,
+            partial(_map_transaction, item, page, prefix, event),
+            invalid_code="invalid_transaction",
+        )
+        if isinstance(mapped, Rejection):
+            rejected.append(mapped)
             continue
-        except InvalidEvent as exc:
-            rejected.append(Rejection(exc.code, exc.detail, index, _jsonable(item)))
-            continue
-        if isinstance(mapped, CashMovement):
-            cash.append(mapped)
-        else:
-            fills.extend(mapped)
+        for record in mapped:
+            if isinstance(record, Fill):
+                fills.append(record)
+            else:
+                cash.append(record)
+    snapshot: AccountSnapshot | Rejection | None = None
+    if page.account is not None:
+        snapshot = mapped_or_rejected(
+            None,
+            page.account,
+            partial(_snapshot, event, page, page.account),
+            invalid_code="invalid_payload",
+            location="account",
+        )
+        if isinstance(snapshot, Rejection):
+            rejected.append(snapshot)
     batch = CanonicalBatch(
         event_id=event.event_id,
         source=event.source,
         connection=event.connection,
         received_at=event.received_at,
-        account=_snapshot(event, page),
+        account=None if isinstance(snapshot, Rejection) else snapshot,
         fills=tuple(fills),
         cash_movements=tuple(cash),
     )
     return Mapping(batch=batch, rejected=tuple(rejected), skipped=tuple(skipped))
-
-
-def _jsonable(item: Any) -> Any:
-    """The rejected item as JSON-safe data (Decimals back to their exact text)."""
-    if isinstance(item, Decimal):
-        return str(item)
-    if isinstance(item, dict):
-        return {str(k): _jsonable(v) for k, v in item.items()}
-    if isinstance(item, list):
-        return [_jsonable(v) for v in item]
-    return item
 
 
 def payload_owner(body: bytes) -> PayloadOwner | None:
