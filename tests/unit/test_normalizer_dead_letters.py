@@ -11,12 +11,12 @@ import asyncio
 import base64
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import pytest
 from aiokafka import ConsumerRecord
-from aiokafka.structs import RecordMetadata, TopicPartition
+from aiokafka.structs import RecordMetadata
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -34,51 +34,10 @@ from services.shared.dead_letters import (
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from tests.support.builders import PINNED_CONNECTION, PINNED_LOGIN, fixture_deals, mt5_body
+from tests.support.producers import FakeProducer
 
 LOGIN = PINNED_LOGIN
 CONNECTION = PINNED_CONNECTION
-
-
-class FakeProducer:
-    """Keeps every message sent, per topic. Deliveries of `send` are acknowledged at once, or
-    fail at once, or are held for the test to settle from `held`."""
-
-    def __init__(
-        self,
-        *,
-        deliveries: Literal["acknowledged", "failed", "held"] = "acknowledged",
-        refuse_send: bool = False,
-    ) -> None:
-        self.sent: dict[str, list[bytes]] = {}
-        self.held: list[asyncio.Future[RecordMetadata]] = []
-        self._deliveries = deliveries
-        self._refuse_send = refuse_send
-
-    async def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
-    ) -> asyncio.Future[RecordMetadata]:
-        if self._refuse_send:
-            raise ConnectionError("broker unreachable")
-        delivery: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        metadata = self._keep(topic, value)
-        match self._deliveries:
-            case "acknowledged":
-                delivery.set_result(metadata)
-            case "failed":
-                delivery.set_exception(TimeoutError())
-            case "held":
-                self.held.append(delivery)
-        return delivery
-
-    async def send_and_wait(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
-    ) -> RecordMetadata:
-        return self._keep(topic, value)
-
-    def _keep(self, topic: str, value: bytes) -> RecordMetadata:
-        messages = self.sent.setdefault(topic, [])
-        messages.append(value)
-        return RecordMetadata(topic, 0, TopicPartition(topic, 0), len(messages) - 1, 0, 0, 0)
 
 
 def deal(**changes: Any) -> dict[str, Any]:
