@@ -100,7 +100,7 @@ def atto_units(value: Decimal) -> int:
     """`value` in units of 10^-18, as an exact integer (no decimal context involved)."""
     sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
-    magnitude = int("".join(map(str, digits)) or "0") * 10 ** (exponent + 18)
+    magnitude: int = int("".join(map(str, digits)) or "0") * 10 ** (exponent + 18)
     return -magnitude if sign else magnitude
 
 
