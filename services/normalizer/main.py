@@ -40,7 +40,9 @@ async def serve(settings: NormalizerSettings, stop: asyncio.Event) -> None:
                 producer,
                 topics.dead_letter,
                 "normalizer",
-                DeadLetterBudget(settings.max_consecutive_dead_letters),
+                DeadLetterBudget(
+                    settings.max_consecutive_dead_letters, settings.dead_letter_budget_sources
+                ),
             ),
             settings.consumer_group,
         )

@@ -207,21 +207,30 @@ class DeadLetterBudgetExceeded(PermanentError):
 
 
 class DeadLetterBudget:
-    """Counts consecutive dead letters; any good message resets the count."""
+    """Counts consecutive dead letters, and the sources (record keys: connections) they came
+    from; any good message resets both. It is spent only by a run longer than `max_consecutive`
+    that spans at least `min_sources` sources: a bad deploy fails everyone's records, while one
+    tenant sending nothing but garbage is that tenant's problem and must stop no one."""
 
-    def __init__(self, max_consecutive: int) -> None:
+    def __init__(self, max_consecutive: int, min_sources: int = 1) -> None:
         self._max = max_consecutive
+        self._min_sources = max(1, min_sources)
         self._consecutive = 0
+        self._sources: set[object] = set()
 
     def record_valid(self) -> None:
         self._consecutive = 0
+        self._sources.clear()
 
-    def record_invalid(self) -> None:
+    def record_invalid(self, source: object = None) -> None:
         self._consecutive += 1
-        if self._consecutive > self._max:
+        if len(self._sources) < self._min_sources:
+            self._sources.add(source)
+        if self._consecutive > self._max and len(self._sources) >= self._min_sources:
             raise DeadLetterBudgetExceeded(
-                f"{self._consecutive} consecutive invalid messages (limit {self._max}); "
-                "stopping without committing so a fix can reprocess them"
+                f"{self._consecutive} consecutive invalid messages (limit {self._max}) from "
+                f"{len(self._sources)} or more sources; stopping without committing so a fix "
+                "can reprocess them"
             )
 
 
@@ -280,7 +289,7 @@ class DeadLetterPublisher:
                 max_bytes=self._max_bytes,
             )
         await self._send(record, sendable)
-        self._budget.record_invalid()
+        self._budget.record_invalid(record.key)
 
     def accepted(self) -> None:
         """A message was processed: the run of invalid ones is over."""

@@ -48,20 +48,34 @@ class ServiceSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         500, ge=1, validation_alias=AliasChoices("POSCAL_KAFKA_FETCH_MAX_WAIT_MS")
     )
-    # Consumers: how long a batch that keeps failing transiently while the infrastructure answers
-    # is retried before its failing record is dead-lettered (both must be spent).
-    retry_budget_attempts: int = Field(
-        20, ge=1, validation_alias=AliasChoices("POSCAL_RETRY_BUDGET_ATTEMPTS")
-    )
-    retry_budget_seconds: float = Field(
-        300.0, ge=0, validation_alias=AliasChoices("POSCAL_RETRY_BUDGET_SECONDS")
-    )
     # Touched once the service is ready (consumers: joined their group), for supervisors.
     ready_file: Path | None = Field(None, validation_alias=AliasChoices("POSCAL_READY_FILE"))
     # Spans also go to this JSON-lines file when set (the dev stack sets it; `poscal-sync traces`
     # reads it). OTLP export is configured by the SDK's own OTEL_* variables.
     trace_file: Path | None = Field(
         None, validation_alias=AliasChoices("POSCAL_TRACE_FILE", "trace_file")
+    )
+
+
+class ConsumerSettings(ServiceSettings):
+    """A service that consumes a topic: how it tells a record's failure from an outage."""
+
+    # How long a batch that keeps failing transiently while the infrastructure answers is
+    # retried before its failing record is dead-lettered (both must be spent).
+    retry_budget_attempts: int = Field(
+        20, ge=1, validation_alias=AliasChoices("POSCAL_RETRY_BUDGET_ATTEMPTS")
+    )
+    retry_budget_seconds: float = Field(
+        300.0, ge=0, validation_alias=AliasChoices("POSCAL_RETRY_BUDGET_SECONDS")
+    )
+    # Dead letters in a row that stop the consumer uncommitted (a bad deploy), counted only once
+    # they come from at least this many sources (connections): one tenant's garbage, however
+    # much, stops no one.
+    max_consecutive_dead_letters: int = Field(
+        1000, ge=1, validation_alias=AliasChoices("POSCAL_MAX_CONSECUTIVE_DEAD_LETTERS")
+    )
+    dead_letter_budget_sources: int = Field(
+        10, ge=1, validation_alias=AliasChoices("POSCAL_DEAD_LETTER_BUDGET_SOURCES")
     )
 
 

@@ -44,7 +44,9 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
                 producer,
                 topics.dead_letter,
                 "writer",
-                DeadLetterBudget(settings.max_consecutive_dead_letters),
+                DeadLetterBudget(
+                    settings.max_consecutive_dead_letters, settings.dead_letter_budget_sources
+                ),
             ),
             settings.consumer_group,
         )

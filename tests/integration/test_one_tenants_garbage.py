@@ -1,0 +1,98 @@
+"""One tenant's garbage, however long a run of it, stops no consumer: the normalizer against the
+real broker dead-letters all of it and goes on to the next tenant's valid event, while a run of
+failures across many tenants (a bad deploy) still stops it uncommitted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from services.devstack.demo import encode_body
+from services.normalizer.pipeline import Normalizer
+from services.shared.canonical import CanonicalBatch
+from services.shared.consuming import consume_batches
+from services.shared.dead_letters import (
+    DeadLetterBudget,
+    DeadLetterBudgetExceeded,
+    DeadLetterPublisher,
+)
+from services.shared.kafka import create_consumer, create_producer
+from services.shared.settings import Topics
+from tests.support.builders import TestConnection, fixture_deals, mt5_body, raw_event
+from tests.support.kafka import committed_offset, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_long_run_of_one_tenants_garbage_is_dead_lettered_and_the_next_event_goes_on(
+    kafka_bootstrap: str, topics: Topics, connection: TestConnection
+) -> None:
+    group = f"garbage-{topics.raw}"
+    producer = create_producer(kafka_bootstrap, "test-garbage")
+    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
+    await asyncio.gather(producer.start(), consumer.start())
+    stop = asyncio.Event()
+    valid = raw_event(connection, encode_body(mt5_body(connection.login, fixture_deals())))
+    try:
+        for _ in range(30):  # six times the run that would stop it, from one connection
+            await producer.send_and_wait(topics.raw, b"garbage", key=b"hostile-connection")
+        await producer.send_and_wait(
+            topics.raw, valid.model_dump_json().encode(), key=b"hostile-connection"
+        )
+        normalizer = Normalizer(
+            producer,
+            topics.canonical,
+            DeadLetterPublisher(
+                producer,
+                topics.dead_letter,
+                "normalizer",
+                DeadLetterBudget(max_consecutive=5, min_sources=3),
+            ),
+            group,
+        )
+        loop = asyncio.create_task(consume_batches(consumer, normalizer, stop, max_records=7))
+        [canonical] = await read_topic(kafka_bootstrap, topics.canonical, expect=1)
+        deadline = time.monotonic() + 20
+        while await committed_offset(kafka_bootstrap, group, topics.raw) < 31:
+            assert not loop.done(), loop
+            assert time.monotonic() < deadline, "not all committed"
+            await asyncio.sleep(0.05)
+        stop.set()
+        await loop
+    finally:
+        stop.set()
+        await asyncio.gather(consumer.stop(), producer.stop())
+    assert CanonicalBatch.model_validate_json(canonical.value).event_id == valid.event_id
+    assert len(await read_topic(kafka_bootstrap, topics.dead_letter, expect=30)) == 30
+
+
+async def test_a_run_of_failures_across_many_tenants_still_stops_the_consumer_uncommitted(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    group = f"deploy-{topics.raw}"
+    producer = create_producer(kafka_bootstrap, "test-deploy")
+    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
+    await asyncio.gather(producer.start(), consumer.start())
+    try:
+        for n in range(12):
+            await producer.send_and_wait(topics.raw, b"garbage", key=f"tenant-{n}".encode())
+        normalizer = Normalizer(
+            producer,
+            topics.canonical,
+            DeadLetterPublisher(
+                producer,
+                topics.dead_letter,
+                "normalizer",
+                DeadLetterBudget(max_consecutive=5, min_sources=3),
+            ),
+            group,
+        )
+        with pytest.raises(DeadLetterBudgetExceeded):
+            await asyncio.wait_for(
+                consume_batches(consumer, normalizer, asyncio.Event(), max_records=20), 30
+            )
+    finally:
+        await asyncio.gather(consumer.stop(), producer.stop())
+    assert await committed_offset(kafka_bootstrap, group, topics.raw) < 12
