@@ -211,3 +211,79 @@ async def test_every_run_takes_back_what_the_api_roles_were_granted_on_the_bookk
         await conn.close()
 
     assert held == {"anon": False, "authenticated": False}
+
+
+# --- Poller credentials (0010): what the old "no credentials" refusal left behind -------------
+
+POLLER_CREDENTIALS = "0010_poller_credentials"
+NO_CREDENTIALS = (
+    "credentials: no broker credentials stored: `poscal-sync connections set-credentials`;"
+    " store new ones with `poscal-sync connections set-credentials`"
+)
+
+
+async def refused_connection(
+    conn: asyncpg.Connection, reason: str, *, with_credential: bool
+) -> uuid.UUID:
+    """A polled connection as the poller left it after refusing it for `reason`."""
+    user_id = await new_user(conn)
+    connection_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
+        " account_number, status, last_error) VALUES ($1, $2, 'oanda', 'demo', $3, 'error', $4)"
+        " RETURNING id",
+        user_id,
+        await new_account(conn, user_id),
+        uuid.uuid4().hex,
+        reason,
+    )
+    await conn.execute(
+        "INSERT INTO sync_schedule (connection_id, user_id, consecutive_failures, last_error,"
+        " last_error_at, credentials_rejected_at) VALUES ($1, $2, 1, $3, now(), now())",
+        connection_id,
+        user_id,
+        reason,
+    )
+    if with_credential:
+        await conn.execute(
+            "INSERT INTO user_data_keys (user_id, version, kek_id, wrapped_key)"
+            " VALUES ($1, 1, 'kek', '\\x00')",
+            user_id,
+        )
+        await conn.execute(
+            "INSERT INTO mt5_credentials (connection_id, user_id, kind, ciphertext,"
+            " data_key_version) VALUES ($1, $2, 'broker_credentials', '\\x00', 1)",
+            connection_id,
+            user_id,
+        )
+    return connection_id
+
+
+async def test_a_connection_refused_for_having_no_credentials_is_only_waiting_after_migrating(
+    empty_database: str, tmp_path: Path
+) -> None:
+    await apply_migrations(empty_database, migrations_before(POLLER_CREDENTIALS, tmp_path / "old"))
+    conn = await asyncpg.connect(empty_database)
+    try:
+        connections = {
+            "no credentials stored": await refused_connection(
+                conn, NO_CREDENTIALS, with_credential=False
+            ),
+            "refused by the broker": await refused_connection(
+                conn, "credentials: HTTP 401 invalid token", with_credential=True
+            ),
+        }
+        await apply_migrations(empty_database)
+        rows = await conn.fetch(
+            "SELECT c.id, c.status, s.consecutive_failures, s.last_error IS NOT NULL,"
+            " s.credentials_rejected_at IS NOT NULL, s.rejected_credential_id"
+            " FROM mt5_connections c JOIN sync_schedule s ON s.connection_id = c.id"
+        )
+    finally:
+        await conn.close()
+
+    after = {row["id"]: tuple(row)[1:] for row in rows}
+    assert {name: after[connection_id] for name, connection_id in connections.items()} == {
+        "no credentials stored": ("active", 0, False, False, None),
+        # Which credential was refused is unknown: it is tried once more (see 0010).
+        "refused by the broker": ("error", 1, True, True, None),
+    }

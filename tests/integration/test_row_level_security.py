@@ -918,6 +918,7 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
             "last_error",
             "last_error_at",
             "credentials_rejected_at",
+            "rejected_credential_id",
             "updated_at",
         ),
         READ,
