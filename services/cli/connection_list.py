@@ -1,16 +1,22 @@
-"""`connections list`: every connection with its health and whether its credentials are due for
-rotation (the policy is `services.cli.rotation`; this module only reads the rows)."""
+"""`connections list`: every connection with its health, where a polled one stands with its
+broker credentials, and whether its credentials are due for rotation (the policy is
+`services.cli.rotation`; this module only reads the rows)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
 from services.cli.rotation import ActiveCredential, classify_rotation
+from services.shared.credential_kinds import BROKER_CREDENTIALS
 from services.shared.database import Connection
+
+# Where a polled connection stands with its broker credentials, as the poller's lease query
+# decides (services/poller/schedule.py): polled only with an active credential not refused.
+SyncState = Literal["waiting_for_credentials", "credentials_rejected", "scheduled"]
 
 
 async def list_connections(
@@ -28,15 +34,16 @@ async def list_connections(
         " coalesce(a.consecutive_failures, 0) AS consecutive_failures,"
         " s.connection_id IS NOT NULL AS polled, s.last_success_at, s.next_sync_at,"
         " coalesce(s.consecutive_failures, 0) AS sync_failures, s.last_error AS sync_error,"
-        " s.credentials_rejected_at"
+        " s.credentials_rejected_at, s.rejected_credential_id"
         " FROM mt5_connections c LEFT JOIN mt5_security_audit a ON a.connection_id = c.id"
         " LEFT JOIN sync_schedule s ON s.connection_id = c.id"
         " WHERE ($1::uuid IS NULL OR c.user_id = $1) ORDER BY c.created_at, c.id",
         user_id,
     )
     credentials: dict[uuid.UUID, list[ActiveCredential]] = {}
+    broker_credentials: dict[uuid.UUID, set[uuid.UUID]] = {}
     for row in await conn.fetch(
-        "SELECT connection_id, kind, created_at, rotation_forced_at, rotation_forced_reason"
+        "SELECT id, connection_id, kind, created_at, rotation_forced_at, rotation_forced_reason"
         " FROM mt5_credentials WHERE connection_id = ANY($1::uuid[]) AND revoked_at IS NULL"
         " AND (expires_at IS NULL OR expires_at > $2)",
         [r["id"] for r in rows],
@@ -50,14 +57,38 @@ async def list_connections(
                 rotation_forced_reason=row["rotation_forced_reason"],
             )
         )
-    listed = [_record(row, credentials.get(row["id"], []), now) for row in rows]
+        if row["kind"] == BROKER_CREDENTIALS:
+            broker_credentials.setdefault(row["connection_id"], set()).add(row["id"])
+    listed = [
+        _record(
+            row,
+            credentials.get(row["id"], []),
+            _sync_state(row, broker_credentials.get(row["id"], set())),
+            now,
+        )
+        for row in rows
+    ]
     if rotation_due_only:
         return [r for r in listed if r["rotation"] != "ok" and r["status"] != "revoked"]
     return listed
 
 
+def _sync_state(row: asyncpg.Record, active: set[uuid.UUID]) -> SyncState | None:
+    """None for a connection that is not polled."""
+    if not row["polled"]:
+        return None
+    if not active:
+        return "waiting_for_credentials"
+    if active == {row["rejected_credential_id"]}:
+        return "credentials_rejected"
+    return "scheduled"
+
+
 def _record(
-    row: asyncpg.Record, credentials: list[ActiveCredential], now: datetime
+    row: asyncpg.Record,
+    credentials: list[ActiveCredential],
+    sync_state: SyncState | None,
+    now: datetime,
 ) -> dict[str, Any]:
     status = classify_rotation(credentials, now)
     return {
@@ -76,6 +107,7 @@ def _record(
         "live_enabled_at": row["live_enabled_at"],
         # Polled connections: how the poller is doing with them.
         "polled": row["polled"],
+        "sync_state": sync_state,
         "last_sync_success_at": row["last_success_at"],
         "next_sync_at": row["next_sync_at"],
         "sync_failures": row["sync_failures"],

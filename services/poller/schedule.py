@@ -7,6 +7,9 @@ ran out and was taken over (even by itself) can no longer move the cursor or the
 A broker's request to wait (a long Retry-After) is not counted as a failure when the previous
 attempt ended well; it leaves `last_error` set (without counting), so a request to wait on the
 very next attempt is counted, as is every one after, until a success clears `last_error`.
+
+A connection is leased only while it has an active broker credential that the broker has not
+refused (`rejected_credential_id`): without one it is waiting for credentials, not failing.
 """
 
 from __future__ import annotations
@@ -41,11 +44,15 @@ WITH candidates AS (
       -- A webhook lockout ('locked') concerns the webhook secret, not the broker's API.
       AND c.status IN ('active', 'error', 'locked')
       AND (c.connection_type = 'demo' OR c.live_enabled_at IS NOT NULL)
-      -- Refused credentials wait for new ones: no point asking the broker again.
-      AND (s.credentials_rejected_at IS NULL OR EXISTS (
+      -- Only with an active credential the broker has not refused: with none stored yet the
+      -- connection waits for credentials, and a refused one waits for another (no point asking
+      -- the broker again). Which one was refused, not when: a credential stored while a poll
+      -- was being refused readmits the connection whenever either transaction commits.
+      AND EXISTS (
           SELECT 1 FROM mt5_credentials k
           WHERE k.connection_id = s.connection_id AND k.kind = $4 AND k.revoked_at IS NULL
-            AND k.created_at > s.credentials_rejected_at))
+            AND (k.expires_at IS NULL OR k.expires_at > now())
+            AND k.id IS DISTINCT FROM s.rejected_credential_id)
 ),
 recent AS (
     SELECT s.user_id, count(*) AS attempts
@@ -105,8 +112,8 @@ _SUCCEEDED = """
 WITH done AS (
     UPDATE sync_schedule
     SET consecutive_failures = 0, last_success_at = now(), last_error = NULL,
-        credentials_rejected_at = NULL, lease_owner = NULL, lease_until = NULL,
-        lease_token = NULL,
+        credentials_rejected_at = NULL, rejected_credential_id = NULL, lease_owner = NULL,
+        lease_until = NULL, lease_token = NULL,
         -- Staggered: +-10 % of the interval, so connections spread out instead of bunching.
         next_sync_at = now() + make_interval(secs => interval_seconds * (0.9 + 0.2 * $3::float8)),
         updated_at = now()
@@ -138,16 +145,17 @@ RETURNING id
 
 _CREDENTIALS_REJECTED = """
 UPDATE sync_schedule
-SET credentials_rejected_at = now(), consecutive_failures = consecutive_failures + 1,
-    last_error = $3, last_error_at = now(), lease_owner = NULL, lease_until = NULL,
-    lease_token = NULL, updated_at = now()
+SET credentials_rejected_at = now(), rejected_credential_id = $3,
+    consecutive_failures = consecutive_failures + 1, last_error = $4, last_error_at = now(),
+    lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now()
 WHERE connection_id = $1 AND lease_token = $2
 RETURNING connection_id
 """
 
-_MARK_CREDENTIALS_INVALID = """
-UPDATE mt5_credentials SET rotation_forced_at = now(), rotation_forced_reason = $3
-WHERE connection_id = $1 AND kind = $2 AND revoked_at IS NULL AND rotation_forced_at IS NULL
+# The refused credential only: one stored meanwhile was never tried.
+_MARK_CREDENTIAL_INVALID = """
+UPDATE mt5_credentials SET rotation_forced_at = now(), rotation_forced_reason = $2
+WHERE id = $1 AND revoked_at IS NULL AND rotation_forced_at IS NULL
 """
 
 _AUDIT_FAILURE = """
@@ -328,20 +336,20 @@ class SyncSchedule:
             await conn.execute(_AUDIT_FAILURE, lease.connection_id)
         return failures, turned
 
-    async def credentials_rejected(self, lease: Lease, reason: str) -> bool:
-        """Stop syncing until new credentials are stored; True if it turned to error now."""
+    async def credentials_rejected(
+        self, lease: Lease, credential_id: uuid.UUID, reason: str
+    ) -> bool:
+        """The broker refused this credential: stop syncing until another one is stored (see
+        `_LEASE_DUE`), and mark it for rotation. True if the connection turned to error now."""
         async with self._pool.acquire() as conn, conn.transaction():
             if (
-                await conn.fetchval(_CREDENTIALS_REJECTED, lease.connection_id, lease.token, reason)
+                await conn.fetchval(
+                    _CREDENTIALS_REJECTED, lease.connection_id, lease.token, credential_id, reason
+                )
                 is None
             ):
                 raise LeaseLost(str(lease.connection_id))
-            await conn.execute(
-                _MARK_CREDENTIALS_INVALID,
-                lease.connection_id,
-                credential_kinds.BROKER_CREDENTIALS,
-                "rejected_by_broker",
-            )
+            await conn.execute(_MARK_CREDENTIAL_INVALID, credential_id, "rejected_by_broker")
             await conn.execute(_AUDIT_FAILURE, lease.connection_id)
             turned = await conn.fetchval(_MARK_ERROR, lease.connection_id, reason) is not None
         return turned

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +55,18 @@ class RetryPolicy:
 
 
 class NoCredentials(Exception):
-    """Nothing stored to sign in with."""
+    """Nothing stored to sign in with (any more: it was revoked or expired since the lease)."""
+
+
+@dataclass(frozen=True)
+class BrokerCredential:
+    """The opened credential a sync signs in with, and which row it came from."""
+
+    credential_id: uuid.UUID
+    secret: bytes
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"BrokerCredential({self.credential_id})"
 
 
 class ConnectionSync:
@@ -96,12 +108,18 @@ class ConnectionSync:
 
     async def _outcome(self, due: DueSync) -> str:
         try:
-            pages = await self._under_lease(due)
+            credential = await self._credential(due)
+        except NoCredentials:
+            return await self._waiting_for_credentials(due)
+        except Exception as exc:  # the database, or a credential that does not open
+            return await self._failed(due, exc)
+        try:
+            pages = await self._under_lease(due, credential.secret)
             await self._schedule.succeeded(due.lease, self._jitter())
         except LeaseLost:
             return self._lease_lost(due)
-        except (CredentialsRejected, NoCredentials) as exc:
-            return await self._credentials_rejected(due, exc)
+        except CredentialsRejected as exc:
+            return await self._credentials_rejected(due, exc, credential.credential_id)
         except BrokerUnavailable as exc:
             if exc.retry_after is not None and not due.had_error:
                 return await self._told_to_wait(due, exc, exc.retry_after)
@@ -111,10 +129,10 @@ class ConnectionSync:
         _log.info("synced", connection_id=str(due.connection.connection_id), pages=pages)
         return "synced"
 
-    async def _under_lease(self, due: DueSync) -> int:
+    async def _under_lease(self, due: DueSync, credentials: bytes) -> int:
         """Pull and publish while a heartbeat renews the lease; if the heartbeat finds the lease
         lost, the pull is cancelled (nothing more published or saved) and LeaseLost raised."""
-        work = asyncio.create_task(self._pull_and_publish(due))
+        work = asyncio.create_task(self._pull_and_publish(due, credentials))
         heartbeat = asyncio.create_task(self._keep_lease(due.lease))
         try:
             await asyncio.wait({work, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
@@ -154,9 +172,8 @@ class ConnectionSync:
         )
         return "lease_lost"
 
-    async def _pull_and_publish(self, due: DueSync) -> int:
+    async def _pull_and_publish(self, due: DueSync, credentials: bytes) -> int:
         ref = due.connection
-        credentials = await self._credentials(due)
         adapter = self._adapters(ref.broker)(
             AdapterContext(
                 connection=ref, credentials=credentials, api_url=due.api_url, http=self._http
@@ -179,26 +196,44 @@ class ConnectionSync:
             pages += 1
         return pages
 
-    async def _credentials(self, due: DueSync) -> bytes:
+    async def _credential(self, due: DueSync) -> BrokerCredential:
+        """The newest active broker credential, active by the database's clock (the one the
+        lease was granted by)."""
         async with self._pool.acquire() as conn:
-            opened = await self._vault.open_active(
+            opened = await self._vault.open_active_rows(
                 conn,
                 due.connection.connection_id,
                 credential_kinds.BROKER_CREDENTIALS,
-                datetime.now(UTC),
+                await conn.fetchval("SELECT now()"),
             )
         if not opened:
             raise NoCredentials(
                 "no broker credentials stored: `poscal-sync connections set-credentials`"
             )
-        return opened[0]
+        credential_id, secret = opened[0]
+        return BrokerCredential(credential_id, secret)
 
-    async def _credentials_rejected(self, due: DueSync, exc: Exception) -> str:
+    async def _waiting_for_credentials(self, due: DueSync) -> str:
+        """The credential went (revoked or expired) after the lease: nothing failed, and the
+        schedule leases the connection again once one is stored."""
+        try:
+            await self._schedule.postpone(due.lease, 0)
+        except LeaseLost:
+            return self._lease_lost(due)
+        _log.info(
+            "no broker credentials stored; waiting for them",
+            connection_id=str(due.connection.connection_id),
+        )
+        return "waiting_for_credentials"
+
+    async def _credentials_rejected(
+        self, due: DueSync, exc: CredentialsRejected, credential_id: uuid.UUID
+    ) -> str:
         reason = (
             f"credentials: {exc}; store new ones with `poscal-sync connections set-credentials`"
         )
         try:
-            turned = await self._schedule.credentials_rejected(due.lease, reason)
+            turned = await self._schedule.credentials_rejected(due.lease, credential_id, reason)
         except LeaseLost:
             return self._lease_lost(due)
         _log.error(

@@ -16,6 +16,34 @@ MIGRATIONS_DIR = Path(
 )
 _LOCK_KEY = 0x706F7363  # any constant shared by every migrator of this database
 
+_CREATE_BOOKKEEPING = (
+    "CREATE TABLE IF NOT EXISTS public.schema_migrations ("
+    " version text PRIMARY KEY, checksum text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+)
+
+# The bookkeeping is the migrator's alone. On Supabase every new table in `public` is granted to
+# anon and authenticated by default, so the grants are taken back on every run (which also
+# mends a database migrated before this), and row-level security with no policy hides the rows
+# from anyone granted them later. The API roles may not exist yet (0001 creates them on plain
+# Postgres); roles created afterwards hold nothing here.
+_LOCK_DOWN_BOOKKEEPING = """
+DO $$
+DECLARE
+    api_role text;
+BEGIN
+    IF NOT (SELECT relrowsecurity FROM pg_class
+            WHERE oid = 'public.schema_migrations'::regclass) THEN
+        ALTER TABLE public.schema_migrations ENABLE ROW LEVEL SECURITY;
+    END IF;
+    REVOKE ALL ON public.schema_migrations FROM PUBLIC;
+    FOR api_role IN SELECT rolname FROM pg_roles WHERE rolname IN ('anon', 'authenticated') LOOP
+        EXECUTE format('REVOKE ALL ON public.schema_migrations FROM %I', api_role);
+    END LOOP;
+END
+$$
+"""
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -45,11 +73,9 @@ async def apply_migrations(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[s
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS public.schema_migrations ("
-                " version text PRIMARY KEY, checksum text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+            async with conn.transaction():
+                await conn.execute(_CREATE_BOOKKEEPING)
+                await conn.execute(_LOCK_DOWN_BOOKKEEPING)
             applied = {
                 r["version"]: r["checksum"]
                 for r in await conn.fetch("SELECT version, checksum FROM public.schema_migrations")

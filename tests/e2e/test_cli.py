@@ -420,6 +420,30 @@ async def test_an_oanda_connection_is_put_on_the_poll_schedule_with_its_api_url(
     }
 
 
+def test_an_oanda_connection_is_listed_as_waiting_for_credentials_until_they_are_set(
+    cli_env: dict[str, str],
+) -> None:
+    user_id = new_user(cli_env)
+    created = oanda_connection(cli_env, user_id, "demo")
+
+    def sync_state() -> object:
+        listing = poscal_sync("connections", "list", "--user-id", user_id, env=cli_env)
+        assert listing.returncode == 0, listing.stderr
+        (record,) = [orjson.loads(line) for line in listing.stdout.splitlines()]
+        return (record["sync_state"], record["status"], record["sync_failures"])
+
+    before = sync_state()
+    stored = poscal_sync(
+        "connections", "set-credentials", str(created["connection_id"]), env=cli_env, stdin="tok"
+    )
+    assert stored.returncode == 0, stored.stderr
+
+    assert [before, sync_state()] == [
+        ("waiting_for_credentials", "active", 0),
+        ("scheduled", "active", 0),
+    ]
+
+
 def test_a_bad_api_url_is_refused_clearly(cli_env: dict[str, str]) -> None:
     result = poscal_sync(
         "connections",

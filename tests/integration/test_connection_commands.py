@@ -1,6 +1,7 @@
 """The operator's connection commands on the real database: broker credentials replace the old
 ones; a rotated webhook secret overlaps the old one and unlocks a lockout; public keys are added
-once; the listing says whose credentials are due for rotation."""
+once; the listing says whose credentials are due for rotation, and which polled connections
+wait for credentials."""
 
 from __future__ import annotations
 
@@ -418,6 +419,7 @@ async def test_a_listed_connection_shows_its_health_and_credential_ages(
         "locked_at": None,
         "live_enabled_at": None,
         "polled": False,
+        "sync_state": None,
         "last_sync_success_at": None,
         "next_sync_at": None,
         "sync_failures": 0,
@@ -518,3 +520,46 @@ async def test_revoked_and_expired_credentials_do_not_count(
     (record,) = await listed(pool, connection.user_id)
 
     assert (record["rotation"], record["credentials_age_days"]) == ("ok", {BROKER_CREDENTIALS: 0})
+
+
+async def test_a_polled_connection_is_listed_as_waiting_for_credentials_until_one_is_stored(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    async with pool.acquire() as conn:
+        oanda = await create_connection(
+            conn,
+            vault,
+            user_id=connection.user_id,
+            broker="oanda",
+            connection_type="demo",
+            account_number=f"101-004-{connection.login}-001",
+            server="practice",
+            label="oanda practice",
+            ingest_url="http://127.0.0.1:8080",
+        )
+
+    async def state() -> tuple[object, ...]:
+        records = {r["connection_id"]: r for r in await listed(pool, connection.user_id)}
+        record = records[oanda.connection_id]
+        return (record["sync_state"], record["status"], record["sync_failures"])
+
+    created = await state()
+    await set_credentials(pool, vault, oanda.connection_id, "tok-refused")
+    stored = await state()
+    # As the poller records a 401 for that token.
+    await pool.execute(
+        "UPDATE sync_schedule SET credentials_rejected_at = now(), rejected_credential_id ="
+        " (SELECT id FROM mt5_credentials WHERE connection_id = $1 AND kind = $2"
+        " AND revoked_at IS NULL) WHERE connection_id = $1",
+        oanda.connection_id,
+        BROKER_CREDENTIALS,
+    )
+    refused = await state()
+    await set_credentials(pool, vault, oanda.connection_id, "tok-replaced")
+
+    assert [created, stored, refused, await state()] == [
+        ("waiting_for_credentials", "active", 0),
+        ("scheduled", "active", 0),
+        ("credentials_rejected", "active", 0),
+        ("scheduled", "active", 0),
+    ]

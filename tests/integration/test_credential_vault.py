@@ -136,19 +136,21 @@ async def test_a_ciphertext_moved_to_another_users_connection_does_not_open(
     async with pool.acquire() as conn:
         stranger = await new_connection(conn, vault)
 
+    # The schema refuses a credential under one user's connection and another user's name...
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await pool.execute(
+            "UPDATE mt5_credentials SET connection_id = $1 WHERE id = $2",
+            stranger.created.connection_id,
+            credential_id,
+        )
+    # ...so it is moved whole, and opened with the stranger's own data key: still sealed.
     moved = await pool.execute(
-        "UPDATE mt5_credentials SET connection_id = $1 WHERE id = $2",
+        "UPDATE mt5_credentials SET connection_id = $1, user_id = $2 WHERE id = $3",
         stranger.created.connection_id,
+        stranger.user_id,
         credential_id,
     )
     assert moved == "UPDATE 1"
-    with pytest.raises(DecryptionFailed):
-        await open_passwords(pool, vault, stranger.created.connection_id)
-
-    # Claimed by the stranger too, it is opened with the stranger's own data key: still sealed.
-    await pool.execute(
-        "UPDATE mt5_credentials SET user_id = $1 WHERE id = $2", stranger.user_id, credential_id
-    )
     with pytest.raises(DecryptionFailed):
         await open_passwords(pool, vault, stranger.created.connection_id)
 

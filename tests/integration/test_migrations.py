@@ -68,3 +68,222 @@ async def test_a_migration_edited_after_it_was_applied_is_refused(
 
     with pytest.raises(MigrationChangedError, match=edited.name):
         await apply_migrations(empty_database, migrations)
+
+
+# --- Tenant isolation (0009): rows that already point at another user's rows -----------------
+
+TENANT_ISOLATION = "0009_tenant_isolation"
+
+
+def migrations_before(version: str, into: Path) -> Path:
+    """A directory with the migrations that come before `version`, as a database had them."""
+    into.mkdir()
+    for migration in discover():
+        if migration.version < version:
+            shutil.copy(migration.path, into / migration.path.name)
+    return into
+
+
+async def new_user(conn: asyncpg.Connection) -> uuid.UUID:
+    user_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO auth.users (email) VALUES ($1) RETURNING id",
+        f"{uuid.uuid4().hex[:10]}@poscal.test",
+    )
+    return user_id
+
+
+async def new_account(conn: asyncpg.Connection, user_id: uuid.UUID) -> uuid.UUID:
+    account_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO trading_accounts (user_id, name) VALUES ($1, 'account') RETURNING id",
+        user_id,
+    )
+    return account_id
+
+
+async def test_references_to_another_users_rows_made_before_isolation_are_cleared_and_own_kept(
+    empty_database: str, tmp_path: Path
+) -> None:
+    await apply_migrations(empty_database, migrations_before(TENANT_ISOLATION, tmp_path / "old"))
+    conn = await asyncpg.connect(empty_database)
+    try:
+        victim, planter = await new_user(conn), await new_user(conn)
+        victims_account, own_account = (
+            await new_account(conn, victim),
+            await new_account(conn, planter),
+        )
+        victims_trade = await conn.fetchval(
+            "INSERT INTO taken_trades (user_id, account_id, symbol) VALUES ($1, $2, 'EURUSD')"
+            " RETURNING id",
+            victim,
+            victims_account,
+        )
+        planted_trade = await conn.fetchval(
+            "INSERT INTO taken_trades (user_id, account_id, symbol) VALUES ($1, $2, 'EURUSD')"
+            " RETURNING id",
+            planter,
+            victims_account,
+        )
+        journal = {
+            reference: await conn.fetchval(
+                "INSERT INTO trading_journal (user_id, account_id, taken_trade_id, symbol, side)"
+                " VALUES ($1, $2, $3, 'EURUSD', 'buy') RETURNING id",
+                planter,
+                account,
+                trade,
+            )
+            for reference, account, trade in (
+                ("another user's account", victims_account, None),
+                ("another user's taken trade", own_account, victims_trade),
+                ("own account and taken trade", own_account, planted_trade),
+            )
+        }
+
+        applied = await apply_migrations(empty_database)
+
+        found = {
+            r["id"]: (r["user_id"], r["account_id"], r["taken_trade_id"])
+            for r in await conn.fetch(
+                "SELECT id, user_id, account_id, taken_trade_id FROM trading_journal"
+            )
+        }
+        planted = await conn.fetchrow(
+            "SELECT user_id, account_id FROM taken_trades WHERE id = $1", planted_trade
+        )
+    finally:
+        await conn.close()
+
+    assert applied == EVERY_VERSION[EVERY_VERSION.index(TENANT_ISOLATION) :]
+    assert {reference: found[row_id] for reference, row_id in journal.items()} == {
+        "another user's account": (planter, None, None),
+        "another user's taken trade": (planter, own_account, None),
+        "own account and taken trade": (planter, own_account, planted_trade),
+    }
+    assert planted is not None and tuple(planted) == (planter, None)
+
+
+async def test_a_service_row_filed_under_another_users_connection_stops_the_migration_whole(
+    empty_database: str, tmp_path: Path
+) -> None:
+    await apply_migrations(empty_database, migrations_before(TENANT_ISOLATION, tmp_path / "old"))
+    conn = await asyncpg.connect(empty_database)
+    try:
+        owner, stranger = await new_user(conn), await new_user(conn)
+        await conn.execute(
+            "INSERT INTO mt5_connections (user_id, account_id, connection_type, account_number)"
+            " VALUES ($1, $2, 'demo', '5001')",
+            stranger,
+            await new_account(conn, owner),
+        )
+
+        with pytest.raises(asyncpg.RaiseError, match=r"mt5_connections\.account_id: 1 row"):
+            await apply_migrations(empty_database)
+        applied = await conn.fetchval(
+            "SELECT count(*) FROM schema_migrations WHERE version >= $1", TENANT_ISOLATION
+        )
+        composite = await conn.fetchval(
+            "SELECT count(*) FROM pg_constraint WHERE conname = $1",
+            "trading_journal_account_id_user_fkey",
+        )
+    finally:
+        await conn.close()
+
+    assert (applied, composite) == (0, 0)
+
+
+async def test_every_run_takes_back_what_the_api_roles_were_granted_on_the_bookkeeping(
+    empty_database: str,
+) -> None:
+    # As a database migrated under Supabase's default grants before the migrator took them back.
+    await apply_migrations(empty_database)
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await conn.execute("GRANT ALL ON schema_migrations TO PUBLIC, anon, authenticated")
+        assert await apply_migrations(empty_database) == []
+        held = {
+            role: await conn.fetchval(
+                "SELECT has_table_privilege($1, 'public.schema_migrations',"
+                " 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')",
+                role,
+            )
+            for role in ("anon", "authenticated")
+        }
+    finally:
+        await conn.close()
+
+    assert held == {"anon": False, "authenticated": False}
+
+
+# --- Poller credentials (0010): what the old "no credentials" refusal left behind -------------
+
+POLLER_CREDENTIALS = "0010_poller_credentials"
+NO_CREDENTIALS = (
+    "credentials: no broker credentials stored: `poscal-sync connections set-credentials`;"
+    " store new ones with `poscal-sync connections set-credentials`"
+)
+
+
+async def refused_connection(
+    conn: asyncpg.Connection, reason: str, *, with_credential: bool
+) -> uuid.UUID:
+    """A polled connection as the poller left it after refusing it for `reason`."""
+    user_id = await new_user(conn)
+    connection_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
+        " account_number, status, last_error) VALUES ($1, $2, 'oanda', 'demo', $3, 'error', $4)"
+        " RETURNING id",
+        user_id,
+        await new_account(conn, user_id),
+        uuid.uuid4().hex,
+        reason,
+    )
+    await conn.execute(
+        "INSERT INTO sync_schedule (connection_id, user_id, consecutive_failures, last_error,"
+        " last_error_at, credentials_rejected_at) VALUES ($1, $2, 1, $3, now(), now())",
+        connection_id,
+        user_id,
+        reason,
+    )
+    if with_credential:
+        await conn.execute(
+            "INSERT INTO user_data_keys (user_id, version, kek_id, wrapped_key)"
+            " VALUES ($1, 1, 'kek', '\\x00')",
+            user_id,
+        )
+        await conn.execute(
+            "INSERT INTO mt5_credentials (connection_id, user_id, kind, ciphertext,"
+            " data_key_version) VALUES ($1, $2, 'broker_credentials', '\\x00', 1)",
+            connection_id,
+            user_id,
+        )
+    return connection_id
+
+
+async def test_a_connection_refused_for_having_no_credentials_is_only_waiting_after_migrating(
+    empty_database: str, tmp_path: Path
+) -> None:
+    await apply_migrations(empty_database, migrations_before(POLLER_CREDENTIALS, tmp_path / "old"))
+    conn = await asyncpg.connect(empty_database)
+    try:
+        connections = {
+            "no credentials stored": await refused_connection(
+                conn, NO_CREDENTIALS, with_credential=False
+            ),
+            "refused by the broker": await refused_connection(
+                conn, "credentials: HTTP 401 invalid token", with_credential=True
+            ),
+        }
+        await apply_migrations(empty_database)
+        rows = await conn.fetch(
+            "SELECT c.id, c.status, s.consecutive_failures, s.last_error IS NOT NULL,"
+            " s.credentials_rejected_at IS NOT NULL, s.rejected_credential_id"
+            " FROM mt5_connections c JOIN sync_schedule s ON s.connection_id = c.id"
+        )
+    finally:
+        await conn.close()
+
+    after = {row["id"]: tuple(row)[1:] for row in rows}
+    assert {name: after[connection_id] for name, connection_id in connections.items()} == {
+        "no credentials stored": ("active", 0, False, False, None),
+        # Which credential was refused is unknown: it is tried once more (see 0010).
+        "refused by the broker": ("error", 1, True, True, None),
+    }

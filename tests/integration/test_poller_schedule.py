@@ -2,7 +2,8 @@
 replicas off each other's connections (each lease has its own token, a running sync renews it and
 stops once it is lost), the cursor moves only after a publish and never back, failures back off
 and turn into an alert, a broker's request to wait is not a failure the first time, refused
-credentials stop syncing until new ones arrive, live waits for demo, a webhook lockout does not
+credentials stop syncing until new ones arrive (whenever they commit), a connection without
+credentials waits for them without failing, live waits for demo, a webhook lockout does not
 stop polling, and one user's connections take turns across replicas."""
 
 from __future__ import annotations
@@ -335,6 +336,15 @@ async def test_a_broker_failure_without_retry_after_is_counted_at_once(
     assert (await schedule_row(pool, connection))["consecutive_failures"] == 1
 
 
+async def broker_credential_ids(pool: asyncpg.Pool, connection: TestConnection) -> list[uuid.UUID]:
+    rows = await pool.fetch(
+        "SELECT id FROM mt5_credentials WHERE connection_id = $1 AND kind = $2 ORDER BY created_at",
+        connection.created.connection_id,
+        credential_kinds.BROKER_CREDENTIALS,
+    )
+    return [r["id"] for r in rows]
+
+
 async def test_refused_credentials_stop_syncing_until_new_ones_are_stored(
     pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
@@ -343,11 +353,15 @@ async def test_refused_credentials_stop_syncing_until_new_ones_are_stored(
     schedule = SyncSchedule(pool, "replica", 60)
     sync = syncer(pool, vault, schedule, broker, RecordingSink())
     due = await lease_one(schedule, connection)
-    assert due is not None and await sync.run(due) == "credentials_rejected"
+    with capture_logs() as logs:
+        assert due is not None and await sync.run(due) == "credentials_rejected"
 
     row = await schedule_row(pool, connection)
     assert row["status"] == "error" and row["credentials_rejected_at"] is not None
+    assert row["rejected_credential_id"] == (await broker_credential_ids(pool, connection))[0]
+    assert row["consecutive_failures"] == 1
     assert "set-credentials" in row["connection_error"]
+    assert [e["alert"] for e in logs if "alert" in e] == ["sync_credentials_rejected"]
     marked = await pool.fetchval(
         "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1 AND kind = $2",
         connection.created.connection_id,
@@ -367,21 +381,147 @@ async def test_refused_credentials_stop_syncing_until_new_ones_are_stored(
     assert (await schedule_row(pool, connection))["status"] == "active"
 
 
-async def test_a_connection_without_credentials_waits_for_them(
+NEW_LOGIN = '{"login": "7001", "password": "a new one", "server": "PosCal-Test"}'
+
+
+def untroubled(row: dict[str, Any]) -> tuple[object, ...]:
+    """What a failure, an error or a refusal would have changed."""
+    return (
+        row["status"],
+        row["consecutive_failures"],
+        row["last_error"],
+        row["credentials_rejected_at"],
+        row["rejected_credential_id"],
+    )
+
+
+UNTROUBLED = ("active", 0, None, None, None)
+
+
+async def test_a_connection_without_credentials_waits_for_them_without_failing_or_alerting(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    async with pool.acquire() as conn:
+        connection = await new_connection(conn, vault)
+        await schedule_connection(conn, connection.created.connection_id)
+    await make_due(pool, connection)
+    schedule = SyncSchedule(pool, "replica", 60)
+    broker = ScriptedBroker(pages=[page(1)])
+
+    with capture_logs() as logs:
+        waiting = await lease_one(schedule, connection)
+        row = await schedule_row(pool, connection)
+        async with pool.acquire() as conn:
+            await set_broker_credentials(conn, vault, connection.created.connection_id, NEW_LOGIN)
+        due = await lease_one(schedule, connection)
+        assert due is not None
+        outcome = await syncer(pool, vault, schedule, broker, RecordingSink()).run(due)
+
+    assert waiting is None  # not polled: nothing to sign in with
+    assert untroubled(row) == UNTROUBLED and row["last_attempt_at"] is None
+    assert outcome == "synced" and b"a new one" in broker.credentials_seen[-1]
+    assert [e for e in logs if "alert" in e or e["log_level"] in ("warning", "error")] == []
+
+
+async def test_a_credential_gone_after_the_lease_is_waited_for_not_counted_as_a_failure(
     pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
     connection = await polled(pool, vault)
+    schedule = SyncSchedule(pool, "replica", 60)
+    broker = ScriptedBroker(pages=[page(1)])
+    sync = syncer(pool, vault, schedule, broker, RecordingSink())
+    due = await lease_one(schedule, connection)
+    assert due is not None
     await pool.execute(
-        "DELETE FROM mt5_credentials WHERE connection_id = $1 AND kind = $2",
+        "UPDATE mt5_credentials SET revoked_at = now() WHERE connection_id = $1 AND kind = $2",
         connection.created.connection_id,
         credential_kinds.BROKER_CREDENTIALS,
     )
+
+    with capture_logs() as logs:
+        outcome = await sync.run(due)
+    row = await schedule_row(pool, connection)
+
+    assert outcome == "waiting_for_credentials" and broker.credentials_seen == []
+    assert untroubled(row) == UNTROUBLED and row["lease_token"] is None
+    assert [e for e in logs if "alert" in e or e["log_level"] in ("warning", "error")] == []
+    assert await lease_one(schedule, connection) is None
+    async with pool.acquire() as conn:
+        await set_broker_credentials(conn, vault, connection.created.connection_id, NEW_LOGIN)
+    again = await lease_one(schedule, connection)
+    assert again is not None and await sync.run(again) == "synced"
+
+
+async def until_finished_or_blocked_by(
+    pool: asyncpg.Pool, task: asyncio.Task[Any], blocker_pid: int
+) -> None:
+    """Until `task` is done, or some backend waits on a lock that backend `blocker_pid` holds."""
+    for _ in range(1000):
+        if task.done() or await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+            blocker_pid,
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the poll neither finished nor waited on the storing transaction")
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "first_outcome"),
+    [
+        ("the_broker_refuses_the_old_credential", "credentials_rejected"),
+        ("the_old_credential_is_revoked", "waiting_for_credentials"),
+    ],
+)
+async def test_a_credential_stored_while_a_poll_runs_readmits_the_connection_whatever_it_recorded(
+    pool: asyncpg.Pool, vault: CredentialVault, meanwhile: str, first_outcome: str
+) -> None:
+    connection = await polled(pool, vault)
+    connection_id = connection.created.connection_id
+    broker = ScriptedBroker(pages=[page(1)])
+    if meanwhile == "the_broker_refuses_the_old_credential":
+        broker.failure = CredentialsRejected(401, "invalid token")
     schedule = SyncSchedule(pool, "replica", 60)
+    sync = syncer(pool, vault, schedule, broker, RecordingSink())
     due = await lease_one(schedule, connection)
     assert due is not None
-    outcome = await syncer(pool, vault, schedule, ScriptedBroker(), RecordingSink()).run(due)
-    assert outcome == "credentials_rejected"
-    assert "no broker credentials" in (await schedule_row(pool, connection))["last_error"]
+    if meanwhile == "the_old_credential_is_revoked":
+        await pool.execute(
+            "UPDATE mt5_credentials SET revoked_at = now() WHERE connection_id = $1",
+            connection_id,
+        )
+
+    # `set-credentials` begins before the poll records anything (its row's created_at, now(),
+    # is that start) and commits only after the poll has recorded its outcome, or is waiting
+    # on this transaction's locks to record it.
+    async with pool.acquire() as storing:
+        transaction = storing.transaction()
+        await transaction.start()
+        try:
+            await set_broker_credentials(storing, vault, connection_id, NEW_LOGIN)
+            poll = asyncio.create_task(sync.run(due))
+            await until_finished_or_blocked_by(pool, poll, storing.get_server_pid())
+        except BaseException:
+            await transaction.rollback()
+            raise
+        await transaction.commit()
+    recorded = await poll
+
+    broker.failure = None
+    await make_due(pool, connection)
+    again = await lease_one(schedule, connection)
+    assert again is not None, f"the stored credential was ignored after {recorded}"
+    assert await sync.run(again) == "synced"
+    assert recorded == first_outcome
+    assert b"a new one" in broker.credentials_seen[-1]
+    rotation_marks = await pool.fetch(
+        "SELECT revoked_at IS NULL AS active, rotation_forced_reason FROM mt5_credentials"
+        " WHERE connection_id = $1 AND kind = $2 ORDER BY created_at",
+        connection_id,
+        credential_kinds.BROKER_CREDENTIALS,
+    )
+    # The new credential, never refused, is not marked for rotation.
+    assert [tuple(r) for r in rotation_marks][-1] == (True, None)
 
 
 async def test_a_live_connection_syncs_only_after_a_demo_sync_of_its_broker(
@@ -461,7 +601,7 @@ async def test_a_replica_that_leases_a_connection_again_cannot_write_with_its_ol
         schedule.renew(old.lease),
         schedule.succeeded(old.lease, 0.5),
         schedule.failed(old.lease, "late", 30, 3),
-        schedule.credentials_rejected(old.lease, "late"),
+        schedule.credentials_rejected(old.lease, uuid.uuid4(), "late"),
         schedule.told_to_wait(old.lease, 30, "late"),
         schedule.postpone(old.lease, 30),
     ):

@@ -1,6 +1,7 @@
 """Row-level security as the PosCal app's users meet it: signed in as the `authenticated` role
-with a JWT `sub` claim, a user sees and changes only their own rows, and nothing they write can
-reach into another user's journal."""
+with a JWT `sub` claim, a user sees and changes only their own rows, nothing they write can
+reach into another user's journal (not even by a reference), credential ciphertext and wrapped
+keys stay unread, and the API roles get exactly the grants intended, Supabase's defaults or not."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tests.support.builders import (
     new_connection,
     raw_event,
 )
+from tests.support.scratch_database import SUPABASE_DEFAULT_GRANTS, scratch_database
 
 pytestmark = pytest.mark.integration
 REPOSITORY = JournalRepository()
@@ -312,11 +314,18 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
     user = await new_connection(conn, vault)
     connection_id = user.created.connection_id
     await REPOSITORY.apply(conn, [journal_batch(user, [deposit_deal(900000), *fixture_deals()])])
-    await conn.execute(
+    taken_trade_id = await conn.fetchval(
         "INSERT INTO taken_trades (user_id, account_id, symbol, side) VALUES ($1, $2, 'EURUSD',"
-        " 'buy')",
+        " 'buy') RETURNING id",
         user.user_id,
         user.created.account_id,
+    )
+    await conn.execute(
+        "INSERT INTO trading_journal (user_id, account_id, taken_trade_id, symbol, side)"
+        " VALUES ($1, $2, $3, 'EURUSD', 'buy')",
+        user.user_id,
+        user.created.account_id,
+        taken_trade_id,
     )
     await conn.execute(
         "INSERT INTO webhook_deliveries (connection_id, webhook_id, user_id, event_id, state,"
@@ -613,3 +622,401 @@ async def test_a_tables_owner_reads_every_users_rows_because_no_table_forces_row
             await transaction.rollback()
 
     assert seen_by_owner == everyones
+
+
+# --- References never cross from one user's rows to another's --------------------------------
+#
+# Foreign keys are checked past row-level security: with a key of the referenced id alone, a
+# signed-in user could point their journal at another user's account or taken trade (and a
+# service bug could file one user's fills under another user's connection). So every reference
+# between tables that hold user data carries user_id on both sides.
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key from one table holding user data to another."""
+
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    target: str
+    target_columns: tuple[str, ...]
+
+    @property
+    def stays_with_its_user(self) -> bool:
+        return ("user_id", "user_id") in zip(self.columns, self.target_columns, strict=True)
+
+    def __str__(self) -> str:
+        columns, target_columns = ", ".join(self.columns), ", ".join(self.target_columns)
+        return f"{self.table} ({columns}) -> {self.target} ({target_columns})"
+
+
+async def references_between_users_rows(conn: Connection) -> list[Reference]:
+    rows = await conn.fetch(
+        """
+        SELECT con.conname, src.relname AS table_name, dst.relname AS target,
+            array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k (attnum, n)
+                  JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+                  ORDER BY k.n) AS columns,
+            array(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY AS k (attnum, n)
+                  JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
+                  ORDER BY k.n) AS target_columns
+        FROM pg_constraint con
+        JOIN pg_class src ON src.oid = con.conrelid
+        JOIN pg_class dst ON dst.oid = con.confrelid
+        WHERE con.contype = 'f'
+          AND src.relnamespace = 'public'::regnamespace
+          AND dst.relnamespace = 'public'::regnamespace
+          AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = con.conrelid
+                      AND a.attname = 'user_id' AND NOT a.attisdropped)
+          AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = con.confrelid
+                      AND a.attname = 'user_id' AND NOT a.attisdropped)
+        ORDER BY src.relname, con.conname
+        """
+    )
+    return [
+        Reference(
+            r["conname"],
+            r["table_name"],
+            tuple(r["columns"]),
+            r["target"],
+            tuple(r["target_columns"]),
+        )
+        for r in rows
+    ]
+
+
+async def attempt(conn: Connection, sql: str, *args: object) -> str:
+    """What the statement did ("refused: <error>", "done", "no rows"), undone afterwards."""
+    savepoint = conn.transaction()
+    await savepoint.start()
+    try:
+        status = await conn.execute(sql, *args)
+    except asyncpg.PostgresError as exc:
+        return f"refused: {type(exc).__name__}"
+    finally:
+        await savepoint.rollback()
+    return "no rows" if status.split()[-1] == "0" else "done"
+
+
+async def test_every_reference_between_tables_holding_user_data_carries_the_user(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        references = await references_between_users_rows(conn)
+
+    assert {r.table for r in references} >= {
+        "trading_journal",
+        "taken_trades",
+        "mt5_connections",
+        "mt5_credentials",
+        "mt5_security_audit",
+        "broker_fills",
+        "broker_cash_movements",
+        "sync_events",
+        "webhook_deliveries",
+        "sync_schedule",
+    }
+    assert [str(r) for r in references if not r.stays_with_its_user] == []
+
+
+# What the app lets a signed-in user write: a reference to one of their accounts or taken trades.
+USER_WRITTEN_REFERENCES = [
+    ("trading_journal", "account_id", "trading_accounts"),
+    ("trading_journal", "taken_trade_id", "taken_trades"),
+    ("taken_trades", "account_id", "trading_accounts"),
+]
+
+
+async def first_row_of(conn: Connection, table: str, user_id: uuid.UUID) -> uuid.UUID:
+    row_id: uuid.UUID = await conn.fetchval(
+        f"SELECT id FROM {quoted(table)} WHERE user_id = $1 ORDER BY created_at LIMIT 1",  # noqa: S608
+        user_id,
+    )
+    assert row_id is not None
+    return row_id
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "target"),
+    USER_WRITTEN_REFERENCES,
+    ids=[f"{t}.{c}" for t, c, _ in USER_WRITTEN_REFERENCES],
+)
+async def test_a_signed_in_user_points_their_rows_at_their_own_rows_only(
+    pool: asyncpg.Pool,
+    owner: TestConnection,
+    intruder: TestConnection,
+    table: str,
+    column: str,
+    target: str,
+) -> None:
+    insert = (
+        f'INSERT INTO {quoted(table)} (user_id, symbol, side, "{column}")'  # noqa: S608
+        " VALUES ($1, 'EURUSD', 'buy', $2)"
+    )
+    update = f'UPDATE {quoted(table)} SET "{column}" = $2 WHERE user_id = $1'  # noqa: S608
+    async with pool.acquire() as conn:
+        theirs = await first_row_of(conn, target, owner.user_id)
+        mine = await first_row_of(conn, target, intruder.user_id)
+        async with signed_in(conn, intruder.user_id):
+            outcomes = {
+                "insert pointing at another user's row": await attempt(
+                    conn, insert, intruder.user_id, theirs
+                ),
+                "update pointing at another user's row": await attempt(
+                    conn, update, intruder.user_id, theirs
+                ),
+                "insert pointing at their own row": await attempt(
+                    conn, insert, intruder.user_id, mine
+                ),
+                "update pointing at their own row": await attempt(
+                    conn, update, intruder.user_id, mine
+                ),
+            }
+
+    assert outcomes == {
+        "insert pointing at another user's row": "refused: ForeignKeyViolationError",
+        "update pointing at another user's row": "refused: ForeignKeyViolationError",
+        "insert pointing at their own row": "done",
+        "update pointing at their own row": "done",
+    }
+
+
+async def test_a_row_cannot_be_given_to_another_user_while_it_points_at_the_first_users_rows(
+    pool: asyncpg.Pool, owner: TestConnection, intruder: TestConnection
+) -> None:
+    # As the services write (no row-level security): a row filed under the wrong user is refused
+    # by the schema, whichever service wrote it.
+    async with pool.acquire() as conn:
+        tables = sorted({r.table for r in await references_between_users_rows(conn)})
+        async with conn.transaction():
+            outcomes = {
+                table: await attempt(
+                    conn,
+                    f"UPDATE {quoted(table)} SET user_id = $2 WHERE user_id = $1",  # noqa: S608
+                    owner.user_id,
+                    intruder.user_id,
+                )
+                for table in tables
+            }
+
+    assert outcomes == dict.fromkeys(tables, "refused: ForeignKeyViolationError")
+
+
+async def test_deleting_an_account_or_a_taken_trade_keeps_the_rows_that_referred_to_it(
+    pool: asyncpg.Pool, owner: TestConnection
+) -> None:
+    async with pool.acquire() as conn:
+        journal = await rows_of(conn, "trading_journal", owner.user_id)
+        async with signed_in(conn, owner.user_id):
+            await conn.execute("DELETE FROM trading_accounts WHERE user_id = $1", owner.user_id)
+            await conn.execute("DELETE FROM taken_trades WHERE user_id = $1", owner.user_id)
+        kept = await conn.fetch(
+            "SELECT user_id, account_id, taken_trade_id, connection_id FROM trading_journal"
+            " WHERE user_id = $1",
+            owner.user_id,
+        )
+
+    assert journal > 1
+    assert [tuple(r) for r in kept] == [(owner.user_id, None, None, None)] * journal
+
+
+# --- Credentials: owners see the metadata, never the sealed values ----------------------------
+
+CREDENTIAL_METADATA = (
+    "id",
+    "connection_id",
+    "user_id",
+    "kind",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "data_key_version",
+    "rotation_forced_at",
+    "rotation_forced_reason",
+)
+DATA_KEY_METADATA = ("user_id", "version", "kek_id", "created_at")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT ciphertext FROM mt5_credentials",
+        "SELECT * FROM mt5_credentials",
+        "SELECT id FROM mt5_credentials WHERE length(ciphertext) > 0",
+        "SELECT wrapped_key FROM user_data_keys",
+        "SELECT * FROM user_data_keys",
+    ],
+)
+async def test_a_signed_in_user_cannot_read_credential_ciphertext_or_wrapped_data_keys(
+    pool: asyncpg.Pool, owner: TestConnection, statement: str
+) -> None:
+    async with pool.acquire() as conn, signed_in(conn, owner.user_id):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch(statement)
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [("mt5_credentials", CREDENTIAL_METADATA), ("user_data_keys", DATA_KEY_METADATA)],
+)
+async def test_a_signed_in_user_reads_the_metadata_of_their_own_credentials_and_data_keys(
+    pool: asyncpg.Pool,
+    owner: TestConnection,
+    intruder: TestConnection,
+    table: str,
+    columns: tuple[str, ...],
+) -> None:
+    select = f"SELECT {', '.join(columns)} FROM {quoted(table)}"  # noqa: S608
+    async with pool.acquire() as conn:
+        own = await conn.fetch(f"{select} WHERE user_id = $1 ORDER BY 1, 2", owner.user_id)
+        async with signed_in(conn, owner.user_id):
+            seen = await conn.fetch(f"{select} ORDER BY 1, 2")
+
+    assert own and [dict(r) for r in seen] == [dict(r) for r in own]
+
+
+# --- Grants, with or without Supabase's defaults -----------------------------------------------
+#
+# Supabase grants every new table in `public` to anon, authenticated and service_role; plain
+# Postgres grants nothing. Either way the API roles must end up with exactly what the
+# migrations intend. Every relation in `public` is listed, so a new table fails here until its
+# grants are declared below.
+
+TABLE = ""  # the key of privileges on the whole table, beside those on single columns
+OWNER_CRUD = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+READ = frozenset({"SELECT"})
+Privileges = dict[str, frozenset[str]]
+
+INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
+    # What the app edits; row-level security keeps each user to their own rows.
+    "trading_accounts": {TABLE: OWNER_CRUD},
+    "taken_trades": {TABLE: OWNER_CRUD},
+    "trading_journal": {TABLE: OWNER_CRUD},
+    # Read, relabel and delete; identity and status are the services'.
+    "mt5_connections": {TABLE: frozenset({"SELECT", "DELETE"}), "label": frozenset({"UPDATE"})},
+    # Read only, and never the sealed values.
+    "mt5_credentials": dict.fromkeys(CREDENTIAL_METADATA, READ),
+    "user_data_keys": dict.fromkeys(DATA_KEY_METADATA, READ),
+    "mt5_security_audit": {TABLE: READ},
+    "broker_fills": {TABLE: READ},
+    "broker_cash_movements": {TABLE: READ},
+    "sync_events": {TABLE: READ},
+    "webhook_deliveries": {TABLE: READ},
+    "webhook_attempts": {TABLE: READ},
+    # Which replica holds a lease is the services' business.
+    "sync_schedule": dict.fromkeys(
+        (
+            "connection_id",
+            "user_id",
+            "cursor",
+            "interval_seconds",
+            "next_sync_at",
+            "consecutive_failures",
+            "last_attempt_at",
+            "last_success_at",
+            "last_error",
+            "last_error_at",
+            "credentials_rejected_at",
+            "rejected_credential_id",
+            "updated_at",
+        ),
+        READ,
+    ),
+    # The services' own.
+    "schema_migrations": {},
+    "webhook_attempts_id_seq": {},
+}
+
+
+@pytest.fixture(scope="module")
+async def supabase_database_url(database_url: str) -> AsyncIterator[str]:
+    """A database migrated after Supabase's default grants were set up in it."""
+    async with scratch_database(database_url, before_migrating=SUPABASE_DEFAULT_GRANTS) as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["plain_postgres", "supabase_default_grants"])
+def migrated_database(
+    request: pytest.FixtureRequest, database_url: str, supabase_database_url: str
+) -> str:
+    return database_url if request.param == "plain_postgres" else supabase_database_url
+
+
+async def granted(conn: Connection, grantee: str) -> dict[str, Privileges]:
+    """Every relation in `public`, with what `grantee` (a role, or PUBLIC) holds on it."""
+    relations = await conn.fetch(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        " AND relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+    )
+    privileges: dict[str, dict[str, set[str]]] = {r["relname"]: {} for r in relations}
+    rows = await conn.fetch(
+        """
+        WITH grantee AS (
+            SELECT CASE WHEN $1 = 'PUBLIC' THEN 0::oid ELSE (SELECT oid FROM pg_roles
+                                                            WHERE rolname = $1) END AS oid
+        )
+        SELECT c.relname, '' AS attname, acl.privilege_type
+        FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) acl
+        WHERE c.relnamespace = 'public'::regnamespace AND acl.grantee = (SELECT oid FROM grantee)
+        UNION ALL
+        SELECT c.relname, a.attname, acl.privilege_type
+        FROM pg_class c
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        CROSS JOIN LATERAL aclexplode(a.attacl) acl
+        WHERE c.relnamespace = 'public'::regnamespace AND acl.grantee = (SELECT oid FROM grantee)
+        """,
+        grantee,
+    )
+    for row in rows:
+        privileges[row["relname"]].setdefault(row["attname"], set()).add(row["privilege_type"])
+    return {
+        relation: {column: frozenset(p) for column, p in held.items()}
+        for relation, held in privileges.items()
+    }
+
+
+async def test_authenticated_holds_exactly_the_intended_grants_on_every_public_table(
+    migrated_database: str,
+) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        held = await granted(conn, "authenticated")
+    finally:
+        await conn.close()
+
+    assert held == INTENDED_FOR_AUTHENTICATED
+
+
+@pytest.mark.parametrize("grantee", ["anon", "PUBLIC"])
+async def test_anon_and_public_hold_nothing_on_any_public_table(
+    migrated_database: str, grantee: str
+) -> None:
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        held = await granted(conn, grantee)
+    finally:
+        await conn.close()
+
+    assert {relation: p for relation, p in held.items() if p} == {}
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+async def test_the_migrations_bookkeeping_is_out_of_reach_of_the_api_roles(
+    migrated_database: str, role: str
+) -> None:
+    statements = [
+        "SELECT version FROM public.schema_migrations",
+        "INSERT INTO public.schema_migrations (version, checksum) VALUES ('9999_planted', 'x')",
+        "UPDATE public.schema_migrations SET checksum = 'x'",
+        "DELETE FROM public.schema_migrations",
+        "TRUNCATE public.schema_migrations",
+    ]
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        async with acting_as(conn, role, uuid.uuid4()):
+            outcomes = {sql: await attempt(conn, sql) for sql in statements}
+    finally:
+        await conn.close()
+
+    assert outcomes == dict.fromkeys(statements, "refused: InsufficientPrivilegeError")
