@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from services.cli.connections import webhook_url
 from services.cli.rotation import ActiveCredential, classify_rotation
 from services.shared.database import Connection
 
@@ -16,15 +17,18 @@ from services.shared.database import Connection
 async def list_connections(
     conn: Connection,
     now: datetime,
+    ingest_url: str,
     *,
     user_id: uuid.UUID | None = None,
     rotation_due_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """One plain record per connection, oldest first. `rotation_due_only` keeps those whose
-    rotation is not "ok", leaving out revoked connections (nothing to rotate there)."""
+    """One plain record per connection, oldest first, with its current webhook URL under
+    `ingest_url`. `rotation_due_only` keeps those whose rotation is not "ok", leaving out
+    revoked connections (nothing to rotate there)."""
     rows = await conn.fetch(
         "SELECT c.id, c.user_id, c.broker, c.connection_type, c.account_number, c.server,"
         " c.label, c.status, c.last_sync_at, c.last_error, c.locked_at, c.live_enabled_at,"
+        " c.webhook_path_id,"
         " coalesce(a.consecutive_failures, 0) AS consecutive_failures,"
         " s.connection_id IS NOT NULL AS polled, s.last_success_at, s.next_sync_at,"
         " coalesce(s.consecutive_failures, 0) AS sync_failures, s.last_error AS sync_error,"
@@ -50,14 +54,14 @@ async def list_connections(
                 rotation_forced_reason=row["rotation_forced_reason"],
             )
         )
-    listed = [_record(row, credentials.get(row["id"], []), now) for row in rows]
+    listed = [_record(row, credentials.get(row["id"], []), now, ingest_url) for row in rows]
     if rotation_due_only:
         return [r for r in listed if r["rotation"] != "ok" and r["status"] != "revoked"]
     return listed
 
 
 def _record(
-    row: asyncpg.Record, credentials: list[ActiveCredential], now: datetime
+    row: asyncpg.Record, credentials: list[ActiveCredential], now: datetime, ingest_url: str
 ) -> dict[str, Any]:
     status = classify_rotation(credentials, now)
     return {
@@ -68,6 +72,7 @@ def _record(
         "account_number": row["account_number"],
         "server": row["server"],
         "label": row["label"],
+        "webhook_url": webhook_url(ingest_url, row["broker"], row["webhook_path_id"]),
         "status": row["status"],
         "last_sync_at": row["last_sync_at"],
         "last_error": row["last_error"],
