@@ -126,9 +126,10 @@ def serve_minimal() -> int:
 
 @dataclass(frozen=True)
 class Sender:
-    """One connection as its sender holds it: its id, and the key it signs with."""
+    """One connection as its sender holds it: its webhook URL's path id, and the key it signs
+    with."""
 
-    connection_id: str
+    path_id: str
     key: bytes
 
 
@@ -288,7 +289,7 @@ async def _load(
                 "webhook-signature": sign(sender.key, webhook_id, timestamp, body),
             }
             started = time.perf_counter()
-            status = await post(f"/v1/webhooks/mt5/{sender.connection_id}", headers, body)
+            status = await post(f"/v1/webhooks/mt5/{sender.path_id}", headers, body)
             elapsed = time.perf_counter() - started
             statuses[status] += 1
             if status == 202:
@@ -381,7 +382,8 @@ async def _prepare(
     for _ in range(connections):
         account = demo_account()
         _, created = await create_demo_connection(database_url, master_key, ingest_url, account)
-        senders.append(Sender(str(created.connection_id), decode_secret(created.webhook_secret)))
+        path_id = created.webhook_url.rsplit("/", 1)[1]
+        senders.append(Sender(path_id, decode_secret(created.webhook_secret)))
         streams.append([encode_body(body) for body in demo_stream(account, positions=50)])
     bodies = [body for group in itertools.zip_longest(*streams) for body in group if body]
     return senders, bodies
@@ -429,7 +431,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "BENCH_PORT": str(minimal.port),
             "BENCH_TOPIC": minimal.topic,
             "BENCH_MINIMAL_KEYS": orjson.dumps(
-                {s.connection_id: base64.b64encode(s.key).decode() for s in senders}
+                {s.path_id: base64.b64encode(s.key).decode() for s in senders}
             ).decode(),
         }
         stack.enter_context(

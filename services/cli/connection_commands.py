@@ -30,6 +30,12 @@ from services.cli.credentials import (
 )
 from services.cli.live import enable_live
 from services.cli.settings import CliSettings, MasterKeyMissing
+from services.cli.webhook_endpoint import (
+    LockChange,
+    lock_connection,
+    rotate_webhook_url,
+    unlock_connection,
+)
 from services.normalizer.mappers import available_brokers
 from services.shared.vault import CredentialVault
 
@@ -47,7 +53,8 @@ def add_connection_commands(commands: Any) -> None:
     group = connections.add_subparsers(dest="connections_command", required=True)
 
     create = group.add_parser(
-        "create", help="create a connection; prints its webhook URL and secret (shown once)"
+        "create",
+        help="create a connection; prints its webhook URL and secret (the secret shown once)",
     )
     create.add_argument("--user-id", type=uuid.UUID, required=True)
     create.add_argument("--broker", choices=BROKERS, default="mt5")
@@ -94,8 +101,8 @@ def add_connection_commands(commands: Any) -> None:
         description=(
             "Generates a new webhook secret and prints it once. The secrets it replaces keep"
             " verifying until the overlap ends, so the sender can switch without losing"
-            " deliveries. Rotating clears a forced-rotation mark and unlocks a locked"
-            " connection."
+            " deliveries. Rotating clears a forced-rotation mark and unlocks a connection an"
+            " operator locked (its old secret, suspect, then stops at once)."
         ),
     )
     rotate.add_argument("connection_id", type=uuid.UUID, metavar="ID")
@@ -107,6 +114,31 @@ def add_connection_commands(commands: Any) -> None:
             " 24h; 0 for a locked connection, whose old secret is suspect)"
         ),
     )
+
+    rotate_url = group.add_parser(
+        "rotate-url",
+        help="give the connection a new webhook URL (printed); the old one stops at once",
+        description=(
+            "For a URL that leaked: its strangers' requests stop reaching the connection at"
+            " all. The connection, its journal, fills, audit and event ids are unchanged; only"
+            " the sender's URL must be updated."
+        ),
+    )
+    rotate_url.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+
+    lock = group.add_parser(
+        "lock",
+        help="stop accepting the connection's webhooks, even correctly signed ones (423)",
+        description=(
+            "For a secret suspected stolen. Ingest never locks by itself: failed verifications"
+            " only throttle the address that sends them. `unlock` or rotate-secret ends it."
+        ),
+    )
+    lock.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+    lock.add_argument("--reason", help="why, kept as the connection's last_error")
+
+    unlock = group.add_parser("unlock", help="accept a locked connection's webhooks again")
+    unlock.add_argument("connection_id", type=uuid.UUID, metavar="ID")
 
     public_key = group.add_parser(
         "add-public-key", help="add an Ed25519 key (whpk_...) that verifies v1a webhook signatures"
@@ -122,7 +154,7 @@ def add_connection_commands(commands: Any) -> None:
 
     listing = group.add_parser(
         "list",
-        help="connections as JSON lines, with health and credential rotation state",
+        help="connections as JSON lines: webhook URL, health, credential rotation state",
         description=(
             "rotation is ok, warning (a kind's newest active credential is over 60 days old),"
             " due (over 90 days) or forced (suspicious activity marked it; see rotation_reason)."
@@ -148,7 +180,7 @@ def _work(args: argparse.Namespace, settings: CliSettings, stdin: TextIO) -> _Wo
     """What the command does in the database, once its input is checked."""
     command: str = args.connections_command
     if command == "list":
-        return lambda conn: _list(conn, args.user_id, args.rotation_due)
+        return lambda conn: _list(conn, settings.ingest_url, args.user_id, args.rotation_due)
     vault = CredentialVault(settings.key_ring())
     match command:
         case "create":
@@ -161,6 +193,12 @@ def _work(args: argparse.Namespace, settings: CliSettings, stdin: TextIO) -> _Wo
         case "rotate-secret":
             overlap = None if args.overlap is None else parse_overlap(args.overlap)
             return lambda conn: _rotate_secret(conn, vault, args.connection_id, overlap)
+        case "rotate-url":
+            return lambda conn: _rotate_url(conn, args.connection_id, settings.ingest_url)
+        case "lock":
+            return lambda conn: _lock(conn, args.connection_id, args.reason)
+        case "unlock":
+            return lambda conn: _unlock(conn, args.connection_id)
         case "add-public-key":
             raw_key = parse_public_key(args.key)
             return lambda conn: _add_public_key(conn, vault, args.connection_id, raw_key)
@@ -259,6 +297,32 @@ async def _rotate_secret(
     ]
 
 
+async def _rotate_url(
+    conn: asyncpg.Connection, connection_id: uuid.UUID, ingest_url: str
+) -> list[_Record]:
+    rotated = await rotate_webhook_url(conn, connection_id, ingest_url)
+    return [{"connection_id": rotated.connection_id, "webhook_url": rotated.webhook_url}]
+
+
+def _lock_record(change: LockChange) -> _Record:
+    return {
+        "connection_id": change.connection_id,
+        "status": change.status,
+        "locked_at": change.locked_at,
+        "changed": change.changed,
+    }
+
+
+async def _lock(
+    conn: asyncpg.Connection, connection_id: uuid.UUID, reason: str | None
+) -> list[_Record]:
+    return [_lock_record(await lock_connection(conn, connection_id, reason))]
+
+
+async def _unlock(conn: asyncpg.Connection, connection_id: uuid.UUID) -> list[_Record]:
+    return [_lock_record(await unlock_connection(conn, connection_id))]
+
+
 async def _add_public_key(
     conn: asyncpg.Connection, vault: CredentialVault, connection_id: uuid.UUID, raw_key: bytes
 ) -> list[_Record]:
@@ -267,10 +331,10 @@ async def _add_public_key(
 
 
 async def _list(
-    conn: asyncpg.Connection, user_id: uuid.UUID | None, rotation_due: bool
+    conn: asyncpg.Connection, ingest_url: str, user_id: uuid.UUID | None, rotation_due: bool
 ) -> list[_Record]:
     return await list_connections(
-        conn, datetime.now(UTC), user_id=user_id, rotation_due_only=rotation_due
+        conn, datetime.now(UTC), ingest_url, user_id=user_id, rotation_due_only=rotation_due
     )
 
 

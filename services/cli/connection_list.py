@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from services.cli.connections import webhook_url
 from services.cli.rotation import ActiveCredential, classify_rotation
 from services.shared.credential_kinds import BROKER_CREDENTIALS
 from services.shared.database import Connection
@@ -22,15 +23,18 @@ SyncState = Literal["waiting_for_credentials", "credentials_rejected", "schedule
 async def list_connections(
     conn: Connection,
     now: datetime,
+    ingest_url: str,
     *,
     user_id: uuid.UUID | None = None,
     rotation_due_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """One plain record per connection, oldest first. `rotation_due_only` keeps those whose
-    rotation is not "ok", leaving out revoked connections (nothing to rotate there)."""
+    """One plain record per connection, oldest first, with its current webhook URL under
+    `ingest_url`. `rotation_due_only` keeps those whose rotation is not "ok", leaving out
+    revoked connections (nothing to rotate there)."""
     rows = await conn.fetch(
         "SELECT c.id, c.user_id, c.broker, c.connection_type, c.account_number, c.server,"
         " c.label, c.status, c.last_sync_at, c.last_error, c.locked_at, c.live_enabled_at,"
+        " c.webhook_path_id,"
         " coalesce(a.consecutive_failures, 0) AS consecutive_failures,"
         " s.connection_id IS NOT NULL AS polled, s.last_success_at, s.next_sync_at,"
         " coalesce(s.consecutive_failures, 0) AS sync_failures, s.last_error AS sync_error,"
@@ -65,6 +69,7 @@ async def list_connections(
             credentials.get(row["id"], []),
             _sync_state(row, broker_credentials.get(row["id"], set())),
             now,
+            ingest_url,
         )
         for row in rows
     ]
@@ -89,6 +94,7 @@ def _record(
     credentials: list[ActiveCredential],
     sync_state: SyncState | None,
     now: datetime,
+    ingest_url: str,
 ) -> dict[str, Any]:
     status = classify_rotation(credentials, now)
     return {
@@ -99,6 +105,7 @@ def _record(
         "account_number": row["account_number"],
         "server": row["server"],
         "label": row["label"],
+        "webhook_url": webhook_url(ingest_url, row["broker"], row["webhook_path_id"]),
         "status": row["status"],
         "last_sync_at": row["last_sync_at"],
         "last_error": row["last_error"],

@@ -1,5 +1,5 @@
-"""Creating broker connections: the account, the connection, and its webhook secret (shown once);
-a broker with a poll adapter is also put on the poller's schedule."""
+"""Creating broker connections: the account, the connection, its webhook URL and secret (shown
+once); a broker with a poll adapter is also put on the poller's schedule."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ class NewConnection:
         return f"NewConnection({self.connection_id})"
 
 
-def webhook_url(base_url: str, broker: str, connection_id: uuid.UUID) -> str:
-    return f"{base_url.rstrip('/')}/v1/webhooks/{broker}/{connection_id}"
+def webhook_url(base_url: str, broker: str, webhook_path_id: uuid.UUID) -> str:
+    """Ends in the connection's random path id, not its id: `rotate-url` can replace it."""
+    return f"{base_url.rstrip('/')}/v1/webhooks/{broker}/{webhook_path_id}"
 
 
 def is_polled(broker: str) -> bool:
@@ -101,10 +102,10 @@ async def create_connection(
             connection_type,
         )
         try:
-            connection_id: uuid.UUID = await conn.fetchval(
+            created = await conn.fetchrow(
                 "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
                 " account_number, server, label, api_url)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, webhook_path_id",
                 user_id,
                 account_id,
                 broker,
@@ -118,6 +119,8 @@ async def create_connection(
             raise ConnectionRefused(
                 f"{broker} account {account_number} on {server!r} is already connected"
             ) from None
+        assert created is not None
+        connection_id: uuid.UUID = created["id"]
         await conn.execute(
             "INSERT INTO mt5_security_audit (connection_id, user_id) VALUES ($1, $2)",
             connection_id,
@@ -142,7 +145,7 @@ async def create_connection(
     return NewConnection(
         connection_id=connection_id,
         account_id=account_id,
-        webhook_url=webhook_url(ingest_url, broker, connection_id),
+        webhook_url=webhook_url(ingest_url, broker, created["webhook_path_id"]),
         webhook_secret=encode_secret(key),
         polled=polled,
     )

@@ -1,5 +1,6 @@
 """A connection's credentials, replaced by the operator: broker sign-in credentials, the webhook
-secret (rotated with an overlap; rotating unlocks a lockout), and Ed25519 webhook public keys.
+secret (rotated with an overlap; rotating unlocks a locked connection), and Ed25519 webhook
+public keys.
 
 Each command is one transaction holding the connection's row lock, so two operators acting on
 the same connection at once are serialised and neither sees the other's half-done change.
@@ -105,7 +106,8 @@ async def rotate_webhook_secret(
     (0: not at all). Rotation clears forced-rotation marks and unlocks a locked connection.
 
     Without an explicit overlap: 24 hours, except for a locked connection, whose old secret is
-    suspect (the lockout is what an attack looks like): it stops verifying at once."""
+    suspect (an operator locks a connection whose secret may be stolen): it stops verifying at
+    once."""
     async with conn.transaction():
         target = await _lock_connection(conn, connection_id)
         if overlap is None:

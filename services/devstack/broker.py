@@ -25,11 +25,16 @@ def tansu_binary() -> Path:
 
 
 class EmbeddedBroker(LocalServer):
-    """A single-node broker on a free loopback port; `bootstrap_servers` is ready after start."""
+    """A single-node broker on a free loopback port; `bootstrap_servers` is ready after start.
 
-    def __init__(self, log_path: Path | None = None) -> None:
+    `advertised_port`: the loopback port clients are told to reach it at (a proxy in front of
+    it, for tests), instead of its own.
+    """
+
+    def __init__(self, log_path: Path | None = None, advertised_port: int | None = None) -> None:
         self.port = 0
         self._log_path = log_path
+        self._advertised_port = advertised_port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,6 +44,7 @@ class EmbeddedBroker(LocalServer):
     def start(self) -> EmbeddedBroker:
         self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self._advertised_port or self.port}"
         sink = self._log_path.open("ab") if self._log_path else nullcontext(subprocess.DEVNULL)
         with sink as log:
             self._process = subprocess.Popen(
@@ -48,7 +54,7 @@ class EmbeddedBroker(LocalServer):
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],

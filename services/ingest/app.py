@@ -20,30 +20,31 @@ from starlette.routing import Route
 
 from services.ingest.audit import Attempt, AuditTrail
 from services.ingest.change_listener import ConnectionChangeListener
-from services.ingest.client_ip import IPNetwork, client_address, parse_networks
+from services.ingest.client_ip import IPNetwork, client_address, client_source, parse_networks
+from services.ingest.client_refusals import ClientRefusals
 from services.ingest.connections import ConnectionDirectory
 from services.ingest.errors import (
+    ClientThrottled,
     IncompleteBody,
     IngestRefusal,
     PayloadTooLarge,
-    RateLimited,
     UnsupportedMediaType,
 )
-from services.ingest.lockout import Lockout
 from services.ingest.metrics import serve_metrics
 from services.ingest.openapi import serve_openapi
 from services.ingest.publisher import RawEventPublisher
-from services.ingest.rate_limits import TokenBuckets, WebhookRateLimits
+from services.ingest.rate_limits import WebhookRateLimits
 from services.ingest.receiver import EventSink, WebhookReceiver
 from services.ingest.replays import DeliveryClaims
 from services.ingest.retention import Retention
 from services.ingest.settings import IngestSettings
+from services.ingest.verification_failures import ThrottlePolicy, VerificationFailures
 from services.shared.database import create_pool
 from services.shared.kafka import create_producer
 from services.shared.logging import get_logger
 from services.shared.vault import CredentialVault
 
-WEBHOOK_ROUTE = "/v1/webhooks/{broker}/{connection_id}"
+WEBHOOK_ROUTE = "/v1/webhooks/{broker}/{webhook_path_id}"
 _tracer = trace.get_tracer("poscal.ingest")
 _log = get_logger("poscal.ingest")
 
@@ -55,7 +56,7 @@ class IngestWiring:
     receiver: WebhookReceiver
     audit: AuditTrail
     claims: DeliveryClaims
-    refusals: TokenBuckets
+    refusals: ClientRefusals
     retention: Retention | None = None
     listener: ConnectionChangeListener | None = None
     ready: Callable[[], Awaitable[bool]] = field(default=lambda: _always_ready())
@@ -75,13 +76,20 @@ def wire(
     ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> IngestWiring:
     directory = ConnectionDirectory(pool, vault, settings.connection_cache_seconds)
-    # A claim outlives any publish that can still succeed before another replica takes it.
-    claims = DeliveryClaims(pool, lease_seconds=2 * settings.publish_timeout_seconds + 10)
+    claims = DeliveryClaims(pool, lease_seconds=settings.claim_lease)
+    failures = VerificationFailures(
+        pool,
+        alert_threshold=settings.failure_alert_threshold,
+        policy=ThrottlePolicy(
+            free=settings.failures_before_throttle,
+            cap_seconds=settings.failure_throttle_cap_seconds,
+        ),
+    )
     receiver = WebhookReceiver(
         connections=directory,
         sink=sink,
         claims=claims,
-        lockout=Lockout(pool, settings.lockout_threshold, on_locked=directory.forget),
+        failures=failures,
         rate_limits=WebhookRateLimits(
             settings.rate_limit_per_connection, settings.rate_limit_per_user
         ),
@@ -99,7 +107,7 @@ def wire(
         receiver=receiver,
         audit=AuditTrail(pool),
         claims=claims,
-        refusals=TokenBuckets(settings.refusals_per_client),
+        refusals=ClientRefusals(settings.refusals_per_client),
         retention=retention,
         listener=listener,
         ready=ready or _always_ready,
@@ -141,7 +149,7 @@ def _attempt(request: Request, broker: str, trusted_proxies: tuple[IPNetwork, ..
         user_agent=request.headers.get("user-agent"),
     )
     with contextlib.suppress(ValueError):
-        attempt.connection_id = uuid.UUID(request.path_params["connection_id"])
+        attempt.webhook_path_id = uuid.UUID(request.path_params["webhook_path_id"])
     return attempt
 
 
@@ -149,8 +157,9 @@ async def receive_webhook(request: Request) -> Response:
     settings: IngestSettings = request.app.state.settings
     wiring: IngestWiring = request.app.state.wiring
     broker = request.path_params["broker"]
-    connection_id = request.path_params["connection_id"]
     attempt = _attempt(request, broker, request.app.state.trusted_proxies)
+    for summary in wiring.refusals.summaries():  # windows of throttled attempts that ended
+        wiring.audit.record(summary)
     with _tracer.start_as_current_span(
         f"POST {WEBHOOK_ROUTE}",
         kind=SpanKind.SERVER,
@@ -158,42 +167,63 @@ async def receive_webhook(request: Request) -> Response:
             "http.request.method": "POST",
             "http.route": WEBHOOK_ROUTE,
             "poscal.broker": broker,
-            "poscal.connection_id": connection_id,
+            "poscal.webhook_path_id": request.path_params["webhook_path_id"],
         },
     ) as span:
-        client = attempt.client_ip or "unknown"
+        client = client_source(attempt.client_ip)
         try:
             wait = wiring.refusals.wait(client)
             if wait is not None:
-                raise RateLimited("rate_limited_refusals", wait)
+                raise ClientThrottled("rate_limited_refusals", wait)
             if not _is_json(request.headers.get("content-type")):
                 raise UnsupportedMediaType("unsupported_media_type")
             body = await _read_body(request, settings.max_body_bytes)
-            event = await wiring.receiver.receive(attempt, request.headers, body)
+            event = await wiring.receiver.receive(attempt, client, request.headers, body)
         except IngestRefusal as refusal:
-            if refusal.status_code == 401:
-                wiring.refusals.spend(client)
-            attempt.status_code, attempt.reason = refusal.status_code, refusal.reason
-            wiring.audit.record(attempt)
-            span.set_attribute("http.response.status_code", refusal.status_code)
-            span.set_attribute("poscal.refusal_reason", refusal.reason)
-            if refusal.status_code >= 500:
-                span.set_status(Status(StatusCode.ERROR, refusal.reason))
-            _log.warning(
-                "webhook refused",
-                connection_id=connection_id,
-                status=refusal.status_code,
-                reason=refusal.reason,
-            )
+            _refused(wiring, attempt, client, refusal, span)
             raise
         attempt.status_code, attempt.reason = 202, "accepted"
         wiring.audit.record(attempt)
+        span.set_attribute("poscal.connection_id", str(attempt.connection_id))
         span.set_attribute("http.response.status_code", 202)
         span.set_attribute("poscal.event_id", str(event.event_id))
         # Every attempt is in webhook_attempts and the trace: at INFO a log line per webhook
         # would cost the front door more than it tells.
-        _log.debug("webhook accepted", connection_id=connection_id, event_id=str(event.event_id))
+        _log.debug(
+            "webhook accepted",
+            connection_id=str(attempt.connection_id),
+            event_id=str(event.event_id),
+        )
         return JSONResponse({"status": "accepted", "event_id": str(event.event_id)}, 202)
+
+
+def _refused(
+    wiring: IngestWiring,
+    attempt: Attempt,
+    client: str,
+    refusal: IngestRefusal,
+    span: trace.Span,
+) -> None:
+    """Audit, trace and log a refusal, and spend the client's refusal budget for it."""
+    attempt.status_code, attempt.reason = refusal.status_code, refusal.reason
+    span.set_attribute("http.response.status_code", refusal.status_code)
+    span.set_attribute("poscal.refusal_reason", refusal.reason)
+    if attempt.connection_id is not None:
+        span.set_attribute("poscal.connection_id", str(attempt.connection_id))
+    if refusal.status_code >= 500:
+        span.set_status(Status(StatusCode.ERROR, refusal.reason))
+    if isinstance(refusal, ClientThrottled) and not wiring.refusals.throttled(client, attempt):
+        return  # folded into its window's one record: no row, no log line of its own
+    if refusal.spends_refusal_budget:
+        wiring.refusals.spend(client)
+    wiring.audit.record(attempt)
+    _log.warning(
+        "webhook refused",
+        connection_id=str(attempt.connection_id) if attempt.connection_id else None,
+        webhook_path_id=str(attempt.webhook_path_id) if attempt.webhook_path_id else None,
+        status=refusal.status_code,
+        reason=refusal.reason,
+    )
 
 
 async def healthz(_: Request) -> Response:
@@ -236,6 +266,8 @@ def create_app(
             active = await build(stack)
             active.audit.start()
             stack.push_async_callback(active.audit.stop)
+            # Before the audit stops: the windows of throttled attempts still open are recorded.
+            stack.callback(_record_all, active.audit, active.refusals.drain)
             stack.push_async_callback(active.claims.drain)
             if active.retention is not None:
                 active.retention.start()
@@ -266,6 +298,11 @@ def create_app(
     app.state.settings = settings
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
     return app
+
+
+def _record_all(audit: AuditTrail, attempts: Callable[[], list[Attempt]]) -> None:
+    for attempt in attempts():
+        audit.record(attempt)
 
 
 async def _no_session_state(_: asyncpg.Connection) -> None:

@@ -45,6 +45,8 @@ class Attempt:
     received_at: datetime
     client_ip: str | None
     user_agent: str | None
+    # The URL's last segment, if it is a UUID; the connection once it is found by it.
+    webhook_path_id: uuid.UUID | None = None
     connection_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     webhook_id: str | None = None
@@ -52,6 +54,9 @@ class Attempt:
     event_id: uuid.UUID | None = None
     status_code: int = 0
     reason: str = ""
+    # How many attempts this record stands for: more than 1 only for a window of throttled
+    # attempts folded into one (see client_refusals.py).
+    attempts: int = 1
 
     @property
     def accepted(self) -> bool:
@@ -60,13 +65,17 @@ class Attempt:
 
 _INSERT_ATTEMPTS = """
 INSERT INTO webhook_attempts (connection_id, user_id, broker, outcome, status_code, reason,
-    client_ip, user_agent, webhook_id, webhook_timestamp, event_id, received_at)
+    client_ip, user_agent, webhook_id, webhook_timestamp, event_id, received_at,
+    webhook_path_id, attempts)
 SELECT v.connection_id, u.id, v.broker, v.outcome, v.status_code, v.reason, v.client_ip,
-    v.user_agent, v.webhook_id, v.webhook_timestamp, v.event_id, v.received_at
+    v.user_agent, v.webhook_id, v.webhook_timestamp, v.event_id, v.received_at,
+    v.webhook_path_id, v.attempts
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::smallint[], $6::text[],
-    $7::inet[], $8::text[], $9::text[], $10::bigint[], $11::uuid[], $12::timestamptz[])
+    $7::inet[], $8::text[], $9::text[], $10::bigint[], $11::uuid[], $12::timestamptz[],
+    $13::uuid[], $14::integer[])
     WITH ORDINALITY AS v(connection_id, user_id, broker, outcome, status_code, reason, client_ip,
-         user_agent, webhook_id, webhook_timestamp, event_id, received_at, arrival)
+         user_agent, webhook_id, webhook_timestamp, event_id, received_at, webhook_path_id,
+         attempts, arrival)
 LEFT JOIN auth.users u ON u.id = v.user_id  -- a user deleted meanwhile: recorded without one
 ORDER BY v.arrival  -- ids follow the order attempts arrived in
 """
@@ -115,7 +124,9 @@ class AuditTrail:
         self._flushing = asyncio.Lock()  # one writer: a batch is taken from the queue once
 
     def record(self, attempt: Attempt) -> None:
-        WEBHOOKS.labels("accepted" if attempt.accepted else "refused", attempt.reason).inc()
+        WEBHOOKS.labels("accepted" if attempt.accepted else "refused", attempt.reason).inc(
+            attempt.attempts
+        )
         if len(self._queue) >= self._max_queued:
             AUDIT_DROPPED.inc()
             return
@@ -196,6 +207,8 @@ class AuditTrail:
                 [a.webhook_timestamp for a in batch],
                 [a.event_id for a in batch],
                 [a.received_at for a in batch],
+                [a.webhook_path_id for a in batch],
+                [a.attempts for a in batch],
             )
             if successes:
                 await conn.execute(

@@ -29,6 +29,11 @@ class ConnectionChangeListener:
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
 
+    @property
+    def listening(self) -> bool:
+        """Whether changes are being heard now (so the cache is trusted)."""
+        return self._directory.trust_cache
+
     def _changed(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
             self._directory.forget(uuid.UUID(str(payload)))

@@ -1,5 +1,6 @@
 """Who sent a request, pure: the peer address, or behind trusted proxies, the nearest address in
-`X-Forwarded-For` that is not one of them.
+`X-Forwarded-For` that is not one of them; and the source that budgets and failure counts are
+kept for (`client_source`).
 
 `X-Forwarded-For` is read right to left: each proxy appends the address it received the request
 from, so only entries added by proxies we trust are believable. The first untrusted address from
@@ -59,3 +60,20 @@ def client_address(
         if not _trusted(address, trusted_proxies):
             return str(address)
     return str(address)  # every hop is a trusted proxy: the leftmost is the best we know
+
+
+# An IPv6 subscriber is given a whole /64 and may send from any address in it.
+_IPV6_SOURCE_PREFIX = 64
+
+
+def client_source(address: str | None) -> str:
+    """Whose refusals and failed verifications a request counts towards: its address, or for
+    IPv6 the /64 network around it (else every request could come from a fresh address)."""
+    parsed = _address(address) if address else None
+    if parsed is None:
+        return "unknown"
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, _IPV6_SOURCE_PREFIX), strict=False))
+    return str(parsed)

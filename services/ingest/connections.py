@@ -1,7 +1,8 @@
-"""Looks up a webhook's connection and its verification keys (decrypted only in memory).
+"""Looks up a webhook's connection by its URL's path id, with its verification keys (decrypted
+only in memory).
 
 Cached briefly per replica; Postgres notifications (see change_listener.py) make any change to a
-connection's status or credentials forget it at once, in every replica.
+connection's status, credentials or URL forget it at once, in every replica.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import ConnectionRef
 from services.shared.vault import CredentialVault
 
-# Connections webhooks are verified for; a locked one is answered 423 once a delivery verifies.
+# Connections webhooks are verified for; one an operator locked is answered 423 once a delivery
+# verifies.
 _VERIFIABLE = ("active", "error", "locked")
 _MAX_CACHED = 100_000
 
@@ -49,7 +51,8 @@ class VerifiableConnection:
 
 
 class ConnectionDirectory:
-    """Connections that may deliver webhooks, cached briefly (misses too, against id spraying)."""
+    """Connections that may deliver webhooks, by path id, cached briefly (misses too, against
+    id spraying)."""
 
     def __init__(
         self,
@@ -63,77 +66,82 @@ class ConnectionDirectory:
         self._ttl = ttl_seconds
         # Bounds waiting for a pooled connection too: a sender gets a 503 well before it gives up.
         self._timeout = timeout_seconds
+        # By path id; and which path each cached connection is under, so that a change
+        # notification (which names the connection) finds it.
         self._known: dict[uuid.UUID, tuple[float, VerifiableConnection]] = {}
+        self._paths: dict[uuid.UUID, uuid.UUID] = {}
         # Misses are kept apart and bounded on their own: spraying random ids must not push
         # real connections out.
         self._unknown: dict[uuid.UUID, float] = {}
-        # Bumped by every change notification, so a load that was already reading when the
-        # change happened is not cached (it may have read the row as it was before).
+        # Bumped by every change notification, so a load that was already reading when a change
+        # happened is not cached (it may have read the row as it was before). A load does not
+        # know its connection before it returns, so any change spoils the loads in flight.
         self._generation = 0
-        self._changes: dict[uuid.UUID, int] = {}
         # False while change notifications may be missed (the listener is reconnecting).
         self.trust_cache = True
 
     def forget(self, connection_id: uuid.UUID) -> None:
-        self._changes[connection_id] = self._changes.get(connection_id, 0) + 1
-        self._known.pop(connection_id, None)
-        self._unknown.pop(connection_id, None)
-        if len(self._changes) > _MAX_CACHED:
-            self.forget_all()
+        self._generation += 1
+        path_id = self._paths.pop(connection_id, None)
+        if path_id is not None:
+            self._known.pop(path_id, None)
+        # A connection whose URL was just given to it may have been a miss until now.
+        self._unknown.clear()
 
     def forget_all(self) -> None:
         self._generation += 1
-        self._changes.clear()
         self._known.clear()
+        self._paths.clear()
         self._unknown.clear()
 
-    async def find(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
-        """The connection, or None if it is unknown or not accepting webhooks.
+    async def find(self, path_id: uuid.UUID) -> VerifiableConnection | None:
+        """The connection whose webhook URL ends in `path_id`, or None if there is none or it is
+        not accepting webhooks.
 
         Raises UnreadableSecret if its secret does not decrypt, and TransientError if the
         database cannot answer; neither is cached.
         """
         now = time.monotonic()
         if self.trust_cache:
-            known = self._known.get(connection_id)
+            known = self._known.get(path_id)
             if known is not None and known[0] > now:
                 return known[1]
-            unknown_until = self._unknown.get(connection_id)
+            unknown_until = self._unknown.get(path_id)
             if unknown_until is not None and unknown_until > now:
                 return None
-        version = self._version(connection_id)
+        generation = self._generation
         async with database_call("connection lookup", self._timeout):
-            found = await self._load(connection_id)
-        if self.trust_cache and self._version(connection_id) == version:
-            self._remember(connection_id, found, now + self._ttl)
+            found = await self._load(path_id)
+        if self.trust_cache and self._generation == generation:
+            self._remember(path_id, found, now + self._ttl)
         return found
 
-    def _version(self, connection_id: uuid.UUID) -> tuple[int, int]:
-        return (self._generation, self._changes.get(connection_id, 0))
-
     def _remember(
-        self, connection_id: uuid.UUID, found: VerifiableConnection | None, until: float
+        self, path_id: uuid.UUID, found: VerifiableConnection | None, until: float
     ) -> None:
         if found is None:
             if len(self._unknown) >= _MAX_CACHED:
                 self._unknown.clear()
-            self._unknown[connection_id] = until
+            self._unknown[path_id] = until
             return
         if len(self._known) >= _MAX_CACHED:
             self._known.clear()
-        self._known[connection_id] = (until, found)
+            self._paths.clear()
+        self._known[path_id] = (until, found)
+        self._paths[found.ref.connection_id] = path_id
 
-    async def _load(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
+    async def _load(self, path_id: uuid.UUID) -> VerifiableConnection | None:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT id, user_id, account_id, broker, connection_type, account_number, server"
                 ", status, live_enabled_at FROM mt5_connections"
-                " WHERE id = $1 AND status = ANY($2::text[])",
-                connection_id,
+                " WHERE webhook_path_id = $1 AND status = ANY($2::text[])",
+                path_id,
                 list(_VERIFIABLE),
             )
             if row is None:
                 return None
+            connection_id: uuid.UUID = row["id"]
             now = datetime.now(UTC)
             try:
                 secrets = await self._vault.open_active(

@@ -1,20 +1,25 @@
 """What ingest answers when it refuses a delivery, mapped to HTTP in one place (app.py).
 
 IngestRefusal
- ├── IncompleteBody        400: the sender went away before the whole body arrived
- ├── Unauthorized          401: unknown connection, a secret that does not decrypt, or failed
- │                         verification (indistinguishable to the sender)
- ├── LiveNotEnabled        403: a live connection before `connections enable-live`
- ├── Replay                409: this webhook id was already accepted for this connection
- ├── PayloadTooLarge       413
- ├── UnsupportedMediaType  415: the body is not declared as JSON
- ├── Locked                423: too many failed verifications; rotate the secret to unlock
- ├── RateLimited           429: with Retry-After
- └── Unavailable           503: the connection could not be looked up or the event could not be
-                           made durable; the sender should retry
+ ├── IncompleteBody         400: the sender went away before the whole body arrived
+ ├── Unauthorized           401: unknown URL, a secret that does not decrypt, or failed
+ │                          verification (indistinguishable to the sender)
+ ├── LiveNotEnabled         403: a live connection before `connections enable-live`
+ ├── Replay                 409: this webhook id is durably accepted (on Kafka) already
+ ├── PayloadTooLarge        413
+ ├── UnsupportedMediaType   415: the body is not declared as JSON
+ ├── Locked                 423: an operator locked the connection (`connections lock`)
+ ├── RateLimited            429: with Retry-After
+ │    ├── ClientThrottled       the client address spent its refusal budget (no lookup made)
+ │    └── VerificationThrottled this source failed verification repeatedly
+ └── Unavailable            503: the connection could not be looked up or the event could not be
+      │                     made durable; the sender should retry
+      └── InProgress            this webhook id is claimed by a publish that has not finished
+                                (its replica may have died): retry after its lease
 
 `reason` is a code from a fixed set, for audit, logs and metrics only; the sender sees `error`
-and `public_detail`, which never say which part of a signature was wrong.
+and `public_detail`, which never say which part of a signature was wrong. Every refusal but our
+own 503s spends the client's refusal budget (`spends_refusal_budget`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ class IngestRefusal(Exception):
     status_code = 400
     error = "bad_request"
     public_detail = "the request was refused"
+    # The client caused it, so it counts towards the client's refusal budget.
+    spends_refusal_budget = True
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -54,7 +61,7 @@ class LiveNotEnabled(IngestRefusal):
 class Replay(IngestRefusal):
     status_code = 409
     error = "replay"
-    public_detail = "this webhook-id was already received for this connection"
+    public_detail = "this webhook-id is already accepted for this connection: do not resend it"
 
 
 class PayloadTooLarge(IngestRefusal):
@@ -72,9 +79,7 @@ class UnsupportedMediaType(IngestRefusal):
 class Locked(IngestRefusal):
     status_code = 423
     error = "locked"
-    public_detail = (
-        "this connection is locked after repeated failed verifications; rotate its secret"
-    )
+    public_detail = "this connection is locked by its operator; ask them to unlock it"
 
 
 class RateLimited(IngestRefusal):
@@ -90,10 +95,32 @@ class RateLimited(IngestRefusal):
         return {"Retry-After": str(self.retry_after_seconds)}
 
 
+class ClientThrottled(RateLimited):
+    public_detail = "too many refused requests from this address; retry after Retry-After"
+    # Already over budget: spending more would only push its end further out.
+    spends_refusal_budget = False
+
+
+class VerificationThrottled(RateLimited):
+    public_detail = "too many failed verifications from this address; retry after Retry-After"
+
+
 class Unavailable(IngestRefusal):
     status_code = 503
     error = "unavailable"
     public_detail = "the event could not be stored; retry later"
+    spends_refusal_budget = False  # our fault, not the client's
+
+    def __init__(self, reason: str, retry_after_seconds: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after_seconds = max(1, retry_after_seconds)
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": "5"}
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class InProgress(Unavailable):
+    public_detail = (
+        "a delivery with this webhook-id is still being stored; nothing is accepted yet:"
+        " retry after Retry-After"
+    )

@@ -11,9 +11,10 @@ WEBHOOKS = Counter(
     "Webhook deliveries by outcome and reason code",
     ["outcome", "reason"],
 )
-LOCKOUTS = Counter(
-    "poscal_ingest_lockouts",
-    "Connections locked after repeated failed verifications (alert on any increase)",
+VERIFICATION_ALERTS = Counter(
+    "poscal_ingest_verification_alerts",
+    "Sources that reached POSCAL_FAILURE_ALERT_THRESHOLD failed verifications of one connection"
+    " (alert on any increase)",
 )
 AUDIT_DROPPED = Counter(
     "poscal_ingest_audit_records_dropped",

@@ -40,11 +40,15 @@ signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`, exactly the byt
 
 Several secrets or keys may be active while one rotates. A timestamp further than
 `POSCAL_SIGNATURE_TOLERANCE_SECONDS` (default 300) from the server's clock is refused. Unknown
-connections, wrong brokers and failed verifications all get the same 401, so a sender learns
-nothing about which connections exist. After `POSCAL_LOCKOUT_THRESHOLD` (default 10) failed
-verifications a connection is locked (423) until its secret is rotated. Deliveries are
-rate-limited per connection (`POSCAL_RATE_LIMIT_PER_CONNECTION`, default `120/minute`) and per
-user (`POSCAL_RATE_LIMIT_PER_USER`, default `600/minute`); client addresses are taken from
+URLs, wrong brokers and failed verifications all get the same 401. Failed verifications are
+counted per connection and client address: after `POSCAL_FAILURES_BEFORE_THROTTLE` (default 3)
+that address's failures get 429, for a `Retry-After` that doubles with each further failure (up
+to `POSCAL_FAILURE_THROTTLE_CAP_SECONDS`, default 900). Nothing another address sends can stop a
+delivery that verifies. Every refusal but a 503 spends the client address's refusal budget
+(`POSCAL_REFUSALS_PER_CLIENT`, default `120/minute`; an IPv6 address counts as its /64); over
+it, the address is answered 429 before anything else is checked. Deliveries are rate-limited
+per connection (`POSCAL_RATE_LIMIT_PER_CONNECTION`, default `120/minute`) and per user
+(`POSCAL_RATE_LIMIT_PER_USER`, default `600/minute`); client addresses are taken from
 forwarding headers only when the peer is in `POSCAL_TRUSTED_PROXIES`."""
 
 
@@ -80,13 +84,15 @@ def _webhook_operation() -> dict[str, Any]:
             "Verifies the delivery against its connection, then publishes the exact raw body to"
             " the raw topic. 202 is answered only once Kafka has acknowledged the event"
             " (`acks=all`): a 202 is durable. The event id is derived from the connection and"
-            " the `webhook-id`, so a sender's retry of one delivery is the same event."
+            " the `webhook-id`, so a sender's retry of one delivery is the same event: retry"
+            " 429, 503 and unanswered requests with the same `webhook-id` until 202 or 409,"
+            " and nothing is lost or doubled."
         ),
         "tags": ["webhooks"],
         "security": [{"standardWebhooks": []}],
         "parameters": [
             _ref("parameters", "Broker"),
-            _ref("parameters", "ConnectionId"),
+            _ref("parameters", "WebhookPathId"),
             _ref("parameters", "WebhookId"),
             _ref("parameters", "WebhookTimestamp"),
             _ref("parameters", "WebhookSignature"),
@@ -113,7 +119,7 @@ def _webhook_operation() -> dict[str, Any]:
                 "incomplete_body",
             ),
             "401": _refusal(
-                "Unknown connection, wrong broker, missing or malformed webhook headers, a"
+                "Unknown URL, wrong broker, missing or malformed webhook headers, a"
                 " timestamp outside the tolerance, or no matching signature: indistinguishable"
                 " on purpose.",
                 "unauthorized",
@@ -125,7 +131,9 @@ def _webhook_operation() -> dict[str, Any]:
                 "live_not_enabled",
             ),
             "409": _refusal(
-                "This connection has already accepted a delivery with this `webhook-id`.",
+                "This connection has already durably accepted (published to Kafka) a delivery"
+                " with this `webhook-id`: stop sending it. Never answered for a delivery that"
+                " is not on Kafka yet.",
                 "replay",
             ),
             "413": _refusal(
@@ -138,19 +146,25 @@ def _webhook_operation() -> dict[str, Any]:
                 "unsupported_media_type",
             ),
             "423": _refusal(
-                "The connection is locked after repeated failed verifications; rotate its"
-                " secret to unlock it. Only correctly signed deliveries learn this: failed ones"
-                " still get 401.",
+                "The connection's operator locked it (`poscal-sync connections lock`); nothing"
+                " is accepted until they unlock it or rotate its secret. Only correctly signed"
+                " deliveries learn this: failed ones still get 401.",
                 "locked",
             ),
             "429": _refusal(
-                "Over the connection's or the user's delivery rate; retry after `Retry-After`.",
+                "Over the connection's or the user's delivery rate, over this client address's"
+                " refusal budget (answered before anything else is checked), or this address"
+                " failed verification repeatedly (its failures are held off for a time that"
+                " doubles per further failure; a delivery that verifies is still accepted)."
+                " Retry after `Retry-After`.",
                 "rate_limited",
                 retry_after=True,
             ),
             "503": _refusal(
-                "The connection could not be looked up or the event could not be made durable;"
-                " nothing was accepted. Retry after `Retry-After`.",
+                "Nothing was accepted: the connection could not be looked up, the event could"
+                " not be made durable, or a delivery with this `webhook-id` is still being"
+                " published (its publisher may have stopped; `Retry-After` is then the time"
+                " left before the retry may take it over). Retry after `Retry-After`.",
                 "unavailable",
                 retry_after=True,
             ),
@@ -176,11 +190,16 @@ def _components() -> dict[str, Any]:
                 "description": "The connection's broker; any other broker gets 401.",
                 "schema": {"type": "string", "examples": ["mt5"]},
             },
-            "ConnectionId": {
-                "name": "connection_id",
+            "WebhookPathId": {
+                "name": "webhook_path_id",
                 "in": "path",
                 "required": True,
-                "description": "The connection's id, as printed when it was created.",
+                "description": (
+                    "The last segment of the connection's webhook URL, as `connections create`"
+                    " or `connections rotate-url` printed it: random, and not the connection's"
+                    " id (connections made before URLs could be rotated use their id until"
+                    " rotated). Any other value gets 401."
+                ),
                 "schema": {"type": "string", "format": "uuid"},
             },
             "WebhookId": {
@@ -280,7 +299,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "operations", "description": "For load balancers and monitoring."},
         ],
         "paths": {
-            "/v1/webhooks/{broker}/{connection_id}": {"post": _webhook_operation()},
+            "/v1/webhooks/{broker}/{webhook_path_id}": {"post": _webhook_operation()},
             "/healthz": {
                 "get": {
                     "operationId": "health",

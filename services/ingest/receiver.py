@@ -1,13 +1,16 @@
-"""Accepting one webhook: find its connection, verify it, apply the abuse controls, claim its
-webhook id, then make it durable. The order matters:
+"""Accepting one webhook: find its connection by the URL, verify it, apply the abuse controls,
+claim its webhook id, then make it durable. The order matters:
 
-1. unknown connection or failed verification: 401, alike (a failure of a known connection is
-   counted towards its lockout);
-2. a locked connection: 423, and a live one not enabled yet: 403, told only to a sender whose
-   delivery verifies;
+1. unknown URL or failed verification: 401, alike; a failure of a known connection is counted
+   for its source, which after a few is throttled (429, a wait that doubles per failure);
+2. a connection its operator locked: 423, and a live one not enabled yet: 403, told only to a
+   sender whose delivery verifies;
 3. over the connection's or user's rate: 429;
-4. a webhook id already claimed for the connection: 409;
+4. a webhook id already accepted for the connection: 409; one still claimed by a publish that
+   has not finished (its replica may have died): 503 until it is accepted or taken over;
 5. published and acknowledged by Kafka: 202 (a failed publish releases the claim: 503).
+
+Whatever other sources did, a delivery that verifies goes on past step 1.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from typing import Protocol
 from services.ingest.audit import Attempt
 from services.ingest.connections import UnreadableSecret, VerifiableConnection
 from services.ingest.errors import (
+    InProgress,
     LiveNotEnabled,
     Locked,
     RateLimited,
     Replay,
     Unauthorized,
     Unavailable,
+    VerificationThrottled,
 )
 from services.ingest.rate_limits import WebhookRateLimits
-from services.ingest.replays import Claim
+from services.ingest.replays import Claim, ClaimOutcome, InFlight, Replayed
 from services.ingest.signatures import (
     SignatureRejected,
     SignedDelivery,
@@ -44,7 +49,7 @@ _log = get_logger("poscal.ingest")
 
 
 class ConnectionLookup(Protocol):
-    async def find(self, connection_id: uuid.UUID) -> VerifiableConnection | None:
+    async def find(self, path_id: uuid.UUID) -> VerifiableConnection | None:
         """None if unknown; raises UnreadableSecret or, if it cannot answer, TransientError."""
 
 
@@ -55,15 +60,19 @@ class EventSink(Protocol):
 class Claims(Protocol):
     async def claim(
         self, connection_id: uuid.UUID, user_id: uuid.UUID, webhook_id: str, event_id: uuid.UUID
-    ) -> Claim | None: ...
+    ) -> ClaimOutcome: ...
 
-    def accepted(self, claim: Claim, at: datetime) -> None: ...
+    def accepted(self, claim: Claim, at: datetime, source: str) -> None: ...
 
     async def release(self, claim: Claim) -> None: ...
 
 
 class FailureCounter(Protocol):
-    async def count_failure(self, attempt: Attempt) -> bool: ...
+    def throttled(self, connection_id: uuid.UUID, source: str) -> int | None: ...
+
+    def verified(self, connection_id: uuid.UUID, source: str) -> None: ...
+
+    async def count(self, attempt: Attempt, source: str) -> int: ...
 
 
 class WebhookReceiver:
@@ -73,21 +82,26 @@ class WebhookReceiver:
         connections: ConnectionLookup,
         sink: EventSink,
         claims: Claims,
-        lockout: FailureCounter,
+        failures: FailureCounter,
         rate_limits: WebhookRateLimits,
         tolerance_seconds: int,
     ) -> None:
         self._connections = connections
         self._sink = sink
         self._claims = claims
-        self._lockout = lockout
+        self._failures = failures
         self._rate_limits = rate_limits
         self._tolerance = tolerance_seconds
 
-    async def receive(self, attempt: Attempt, headers: Mapping[str, str], body: bytes) -> RawEvent:
-        """Returns the event once the broker has acknowledged it; raises an IngestRefusal."""
+    async def receive(
+        self, attempt: Attempt, source: str, headers: Mapping[str, str], body: bytes
+    ) -> RawEvent:
+        """Returns the event once the broker has acknowledged it; raises an IngestRefusal.
+
+        `source` is whom failed verifications count against (see client_ip.client_source).
+        """
         connection = await self._known_connection(attempt)
-        delivery = await self._verified(attempt, connection, headers, body)
+        delivery = await self._verified(attempt, source, connection, headers, body)
         if connection.locked:
             raise Locked("locked")
         if not connection.live_enabled:
@@ -105,25 +119,20 @@ class WebhookReceiver:
             body=body,
         )
         attempt.event_id = event.event_id
-        try:
-            claim = await self._claim(connection, delivery, event)
-        except Replay:
-            # A replay delivers nothing: it must not use up the sender's allowance.
-            self._rate_limits.give_back(connection.ref.connection_id, connection.ref.user_id)
-            raise
+        claim = await self._claim(connection, delivery, event)
         try:
             await self._sink.publish(event)
         except TransientError as exc:
             await self._release(claim)
             raise Unavailable("publish_failed") from exc
-        self._claims.accepted(claim, attempt.received_at)
+        self._claims.accepted(claim, attempt.received_at, source)
         return event
 
     async def _known_connection(self, attempt: Attempt) -> VerifiableConnection:
-        if attempt.connection_id is None:  # the URL's id is no UUID
+        if attempt.webhook_path_id is None:  # the URL's last segment is no UUID
             raise Unauthorized("unknown_connection")
         try:
-            connection = await self._connections.find(attempt.connection_id)
+            connection = await self._connections.find(attempt.webhook_path_id)
         except UnreadableSecret as exc:
             # Our fault, not the sender's, but a sender must not learn which connections exist:
             # the same 401 as an unknown one, and an error for whoever runs the service.
@@ -137,16 +146,19 @@ class WebhookReceiver:
             raise Unavailable("connection_lookup_failed") from exc
         if connection is None or connection.ref.broker != attempt.broker:
             raise Unauthorized("unknown_connection")
+        attempt.connection_id = connection.ref.connection_id
         attempt.user_id = connection.ref.user_id
         return connection
 
     async def _verified(
         self,
         attempt: Attempt,
+        source: str,
         connection: VerifiableConnection,
         headers: Mapping[str, str],
         body: bytes,
     ) -> SignedDelivery:
+        connection_id = connection.ref.connection_id
         try:
             delivery = parse_headers(headers)
             attempt.webhook_id = delivery.webhook_id
@@ -155,14 +167,19 @@ class WebhookReceiver:
             verify(delivery, body, connection.keys)
         except SignatureRejected as exc:
             attempt.reason = exc.code
-            locked_now = not connection.locked and await self._count_failure(attempt)
-            # The attempt that locks the connection is audited as the lockout itself.
-            raise Unauthorized("lockout" if locked_now else exc.code) from None
+            wait = self._failures.throttled(connection_id, source)
+            if wait is not None:  # held off already: answered from memory, not counted again
+                raise VerificationThrottled("verification_throttled", wait) from None
+            wait = await self._count_failure(attempt, source)
+            if wait:
+                raise VerificationThrottled(exc.code, wait) from None
+            raise Unauthorized(exc.code) from None
+        self._failures.verified(connection_id, source)
         return delivery
 
-    async def _count_failure(self, attempt: Attempt) -> bool:
+    async def _count_failure(self, attempt: Attempt, source: str) -> int:
         try:
-            return await self._lockout.count_failure(attempt)
+            return await self._failures.count(attempt, source)
         except TransientError as exc:
             # The sender's answer is a 401 either way; the count is lost, and said so.
             _log.warning(
@@ -170,13 +187,13 @@ class WebhookReceiver:
                 connection_id=str(attempt.connection_id),
                 cause=str(exc),
             )
-            return False
+            return 0
 
     async def _claim(
         self, connection: VerifiableConnection, delivery: SignedDelivery, event: RawEvent
     ) -> Claim:
         try:
-            claim = await self._claims.claim(
+            outcome = await self._claims.claim(
                 connection.ref.connection_id,
                 connection.ref.user_id,
                 delivery.webhook_id,
@@ -184,13 +201,18 @@ class WebhookReceiver:
             )
         except TransientError as exc:
             raise Unavailable("replay_store_unavailable") from exc
-        if claim is None:
+        if isinstance(outcome, Claim):
+            return outcome
+        # Nothing is delivered by this request: it must not use up the sender's allowance.
+        self._rate_limits.give_back(connection.ref.connection_id, connection.ref.user_id)
+        if isinstance(outcome, Replayed):
             raise Replay("replay")
-        return claim
+        assert isinstance(outcome, InFlight)
+        raise InProgress("in_flight", outcome.retry_after_seconds)
 
     async def _release(self, claim: Claim) -> None:
         try:
             await self._claims.release(claim)
         except TransientError as exc:
-            # The claim stays until its lease passes; a retry before then is answered 409.
+            # The claim stays until its lease passes; a retry before then is answered 503.
             _log.warning("webhook id not released after a failed publish", cause=str(exc))

@@ -2,20 +2,32 @@
 replicas, because claiming it is an INSERT against a primary key (never check-then-insert).
 
 A claim is `publishing` until Kafka has acknowledged its event; then it is marked `accepted`
-(and the connection's failure count reset) right away, on the request's own path. A failed
-publish releases the claim, so the sender's retry can succeed. A claim whose replica died before
-marking it may be taken over once its lease has passed: the worst case is the same event id
-published twice, which every consumer downstream absorbs.
+right away, on the request's own path (not waited for). What a second delivery of the id is told
+follows the claim it meets, so that 409 means one thing, "durably accepted":
+
+- `accepted`: 409 (`Replayed`), stop sending it;
+- `publishing` within its lease: 503 with the time left on the lease (`InFlight`). Its publisher
+  may still succeed, or may have died between claim and publish: either way the sender keeps
+  retrying and loses nothing;
+- `publishing` past its lease: taken over (a new claim), so a dead publisher's event is
+  published by the retry. At worst the same event id is published twice, which every consumer
+  downstream absorbs.
+
+A replica that has published an id answers its retries 409 even before the `accepted` mark is
+written. A failed publish releases the claim, so the sender's retry can succeed at once. The
+acceptance also ends the run of failed verifications of the source that sent it (see
+verification_failures.py), but only failures counted before its claim, by the database's clock.
 
 Claims (and acceptances) that arrive together are written together: one statement per batch of
 concurrent requests, rows in key order (so concurrent batches cannot deadlock), so the front
 door pays one round trip per batch rather than per webhook. Within a batch the first claim of an
-id wins and the others are replays, as they would be one by one.
+id wins and the others are in flight behind it, as they would be one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -30,31 +42,49 @@ from services.shared.logging import get_logger
 
 _log = get_logger("poscal.ingest.replays")
 
+# One row per request, in request order: whether it won the id, and if not, the claim it met as
+# this statement's snapshot saw it. None there means a concurrent claim committed after the
+# snapshot: it is new, so in flight.
 _CLAIM = """
-INSERT INTO webhook_deliveries AS d
-    (connection_id, webhook_id, user_id, event_id, state, claim_token, claimed_at)
-SELECT c.connection_id, c.webhook_id, c.user_id, c.event_id, 'publishing', c.token, now()
-FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[])
-    AS c(connection_id, webhook_id, user_id, event_id, token)
-ON CONFLICT (connection_id, webhook_id) DO UPDATE
-    SET claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at
-    WHERE d.state = 'publishing' AND d.claimed_at < now() - make_interval(secs => $6::float8)
-RETURNING claim_token
+WITH wanted AS MATERIALIZED (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[])
+        AS c(connection_id, webhook_id, user_id, event_id, token)
+), claimed AS (
+    INSERT INTO webhook_deliveries AS d
+        (connection_id, webhook_id, user_id, event_id, state, claim_token, claimed_at)
+    SELECT connection_id, webhook_id, user_id, event_id, 'publishing', token, now() FROM wanted
+    ON CONFLICT (connection_id, webhook_id) DO UPDATE
+        SET claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at
+        WHERE d.state = 'publishing' AND d.claimed_at < now() - make_interval(secs => $6::float8)
+    RETURNING d.claim_token
+)
+SELECT w.token, c.claim_token IS NOT NULL AS won, d.state,
+    extract(epoch FROM d.claimed_at - now())::float8 + $6::float8 AS lease_left
+FROM wanted w
+LEFT JOIN claimed c ON c.claim_token = w.token
+LEFT JOIN webhook_deliveries d ON d.connection_id = w.connection_id AND d.webhook_id = w.webhook_id
 """
 
-# Accepted: and a verified delivery ends any run of failed verifications before it (failures
-# that came later are counted already and stay counted).
+# Accepted; and a verified delivery ends the run of failed verifications of its source, and the
+# connection's consecutive count, if every failure counted was before its claim. A failure
+# counted after the claim keeps the count as it is, whenever this write arrives. Both sides use
+# the database's clock (`now()` of claim and count), never a replica's.
 _ACCEPT = """
 WITH accepted AS (
     UPDATE webhook_deliveries AS d SET state = 'accepted', accepted_at = v.at
-    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[])
-        AS v(connection_id, webhook_id, token, at)
+    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[])
+        AS v(connection_id, webhook_id, token, at, source)
     WHERE d.connection_id = v.connection_id AND d.webhook_id = v.webhook_id
       AND d.claim_token = v.token
-    RETURNING d.connection_id, v.at
+    RETURNING d.connection_id, d.claimed_at, v.source
+), per_source AS (
+    UPDATE webhook_verification_failures AS f SET failures = 0
+    FROM (SELECT connection_id, source, max(claimed_at) AS at FROM accepted GROUP BY 1, 2) AS s
+    WHERE f.connection_id = s.connection_id AND f.source = s.source AND f.failures > 0
+      AND f.last_failure_at <= s.at
 )
 UPDATE mt5_security_audit AS a SET consecutive_failures = 0, updated_at = now()
-FROM (SELECT connection_id, max(at) AS at FROM accepted GROUP BY connection_id) AS s
+FROM (SELECT connection_id, max(claimed_at) AS at FROM accepted GROUP BY connection_id) AS s
 WHERE a.connection_id = s.connection_id AND a.consecutive_failures > 0
   AND (a.last_failure_at IS NULL OR a.last_failure_at <= s.at)
 """
@@ -67,6 +97,8 @@ WHERE connection_id = $1 AND webhook_id = $2 AND claim_token = $3 AND state = 'p
 
 @dataclass(frozen=True)
 class Claim:
+    """This request owns the webhook id: it publishes, then marks it accepted or releases it."""
+
     connection_id: uuid.UUID
     webhook_id: str
     token: uuid.UUID
@@ -77,14 +109,40 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Replayed:
+    """The webhook id is durably accepted already."""
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Another claim holds the id and may still publish (or its replica died): retry later."""
+
+    retry_after_seconds: int
+
+
+ClaimOutcome = Claim | Replayed | InFlight
+
+
+def _in_flight(lease_left_seconds: float) -> InFlight:
+    return InFlight(max(1, math.ceil(lease_left_seconds)))
+
+
+@dataclass(frozen=True)
 class _Request:
     claim: Claim
     user_id: uuid.UUID
     event_id: uuid.UUID
-    answer: asyncio.Future[Claim | None]
+    answer: asyncio.Future[ClaimOutcome]
 
 
-def _answer(request: _Request, result: Claim | BaseException | None) -> None:
+@dataclass(frozen=True)
+class _Acceptance:
+    claim: Claim
+    at: datetime
+    source: str
+
+
+def _answer(request: _Request, result: ClaimOutcome | BaseException) -> None:
     """Answer a waiting request, unless it stopped waiting (its client went away)."""
     if request.answer.done():
         return
@@ -102,7 +160,10 @@ class DeliveryClaims:
         self._lease = lease_seconds
         self._timeout = timeout_seconds
         self._pending_claims: list[_Request] = []
-        self._pending_accepts: list[tuple[Claim, datetime]] = []
+        self._pending_accepts: list[_Acceptance] = []
+        # Ids this replica knows are on Kafka whose `accepted` mark is not written yet: a retry
+        # meanwhile is a replay, truthfully, though the database still says `publishing`.
+        self._accepting: dict[tuple[uuid.UUID, str], int] = {}
         self._writes: set[asyncio.Task[None]] = set()
 
     async def claim(
@@ -111,8 +172,8 @@ class DeliveryClaims:
         user_id: uuid.UUID,
         webhook_id: str,
         event_id: uuid.UUID,
-    ) -> Claim | None:
-        """The claim, or None if this webhook id was already taken for this connection.
+    ) -> ClaimOutcome:
+        """The claim, or what holds this webhook id for this connection already.
 
         Raises TransientError if the database cannot answer.
         """
@@ -125,14 +186,16 @@ class DeliveryClaims:
         self._pending_claims.append(request)
         return await request.answer
 
-    def accepted(self, claim: Claim, at: datetime) -> None:
-        """Mark the claim accepted (its event is on Kafka); written at once, not waited for."""
+    def accepted(self, claim: Claim, at: datetime, source: str) -> None:
+        """Mark the claim accepted (its event is on Kafka), ending the run of failed
+        verifications of `source` before it; written at once, not waited for."""
         if not self._pending_accepts:
             asyncio.get_running_loop().call_soon(self._start, self._take_accepts)
-        self._pending_accepts.append((claim, at))
+        self._pending_accepts.append(_Acceptance(claim, at, source))
+        self._accepting[claim.key] = self._accepting.get(claim.key, 0) + 1
 
     async def release(self, claim: Claim) -> None:
-        """Give the id back after a failed publish, so the sender's retry is not a replay."""
+        """Give the id back after a failed publish, so the sender's retry is not in flight."""
         async with database_call("releasing the webhook id", self._timeout):
             await self._pool.execute(_RELEASE, claim.connection_id, claim.webhook_id, claim.token)
 
@@ -158,12 +221,13 @@ class DeliveryClaims:
         first: dict[tuple[uuid.UUID, str], _Request] = {}
         for request in batch:
             if request.claim.key in first:
-                _answer(request, None)  # the same id twice at once: one is a replay
+                # The same id twice at once: the first may still fail and release it.
+                _answer(request, _in_flight(self._lease))
             else:
                 first[request.claim.key] = request
         unique = [first[key] for key in sorted(first)]
         try:
-            won = await self._insert(unique)
+            outcomes = await self._insert(unique)
         except asyncpg.IntegrityConstraintViolationError:
             # A row whose connection or user was deleted meanwhile: the others still go in.
             for request in unique:
@@ -174,17 +238,17 @@ class DeliveryClaims:
                 _answer(request, exc)
             return
         for request in unique:
-            _answer(request, request.claim if request.claim.token in won else None)
+            _answer(request, outcomes[request.claim.token])
 
     async def _write_alone(self, request: _Request) -> None:
         try:
-            won = await self._insert([request])
+            outcomes = await self._insert([request])
         except (asyncpg.IntegrityConstraintViolationError, TransientError) as exc:
             _answer(request, TransientError(f"claiming the webhook id failed: {exc}"))
         else:
-            _answer(request, request.claim if request.claim.token in won else None)
+            _answer(request, outcomes[request.claim.token])
 
-    async def _insert(self, requests: list[_Request]) -> set[uuid.UUID]:
+    async def _insert(self, requests: list[_Request]) -> dict[uuid.UUID, ClaimOutcome]:
         async with database_call("claiming webhook ids", self._timeout):
             rows = await self._pool.fetch(
                 _CLAIM,
@@ -195,21 +259,40 @@ class DeliveryClaims:
                 [r.claim.token for r in requests],
                 self._lease,
             )
-        return {row["claim_token"] for row in rows}
+        claims = {r.claim.token: r.claim for r in requests}
+        outcomes: dict[uuid.UUID, ClaimOutcome] = {}
+        for row in rows:
+            token = row["token"]
+            if row["won"]:
+                outcomes[token] = claims[token]
+            elif row["state"] == "accepted" or claims[token].key in self._accepting:
+                outcomes[token] = Replayed()
+            elif row["state"] == "publishing":
+                outcomes[token] = _in_flight(row["lease_left"])
+            else:  # claimed by a transaction that committed after this statement began
+                outcomes[token] = _in_flight(self._lease)
+        return outcomes
 
     async def _take_accepts(self) -> None:
         batch, self._pending_accepts = self._pending_accepts, []
-        batch.sort(key=lambda item: item[0].key)
+        batch.sort(key=lambda item: item.claim.key)
         try:
             async with database_call("marking webhook ids accepted", self._timeout):
                 await self._pool.execute(
                     _ACCEPT,
-                    [claim.connection_id for claim, _ in batch],
-                    [claim.webhook_id for claim, _ in batch],
-                    [claim.token for claim, _ in batch],
-                    [at for _, at in batch],
+                    [item.claim.connection_id for item in batch],
+                    [item.claim.webhook_id for item in batch],
+                    [item.claim.token for item in batch],
+                    [item.at for item in batch],
+                    [item.source for item in batch],
                 )
         except (TransientError, asyncpg.PostgresError) as exc:
             # The events are on Kafka already. Their claims stay `publishing` until the lease
-            # passes; a replay after that is the same event id, which downstream absorbs.
+            # passes (a retry meanwhile is told 503); one after that takes the id over and
+            # publishes the same event id again, which downstream absorbs.
             _log.warning("accepted webhook ids not marked", count=len(batch), cause=str(exc))
+        finally:
+            for item in batch:
+                left = self._accepting.pop(item.claim.key) - 1
+                if left:
+                    self._accepting[item.claim.key] = left

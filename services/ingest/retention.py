@@ -1,6 +1,6 @@
 """Forgets what is no longer needed: accepted webhook ids after the replay window, attempt
-records after their retention. In small chunks, so no lock is held for long; every replica may
-run it (deleting the same rows twice is harmless)."""
+records after their retention, failed-verification counts once their run has ended. In small
+chunks, so no lock is held for long; every replica may run it (deleting twice is harmless)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from datetime import timedelta
 import asyncpg
 
 from services.ingest.database_calls import DATABASE_FAILURES
+from services.ingest.verification_failures import FAILURE_RUN
 from services.shared.logging import get_logger
 
 _log = get_logger("poscal.ingest.retention")
@@ -23,6 +24,14 @@ DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(
 _PRUNE_ATTEMPTS = """
 DELETE FROM webhook_attempts WHERE id = ANY(ARRAY(
     SELECT id FROM webhook_attempts WHERE received_at < now() - $1::interval LIMIT $2))
+"""
+
+# A row whose last failure is older than a run counts as no row at all (see
+# verification_failures.py).
+_PRUNE_FAILURES = """
+DELETE FROM webhook_verification_failures WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM webhook_verification_failures WHERE last_failure_at < now() - $1::interval
+    LIMIT $2))
 """
 
 
@@ -46,6 +55,7 @@ class Retention:
         for statement, age in (
             (_PRUNE_DELIVERIES, self._replay_window),
             (_PRUNE_ATTEMPTS, self._attempt_retention),
+            (_PRUNE_FAILURES, FAILURE_RUN),
         ):
             while True:
                 status = await self._pool.execute(statement, age, _CHUNK)

@@ -26,6 +26,12 @@ class IngestSettings(KeyedServiceSettings):
     publish_timeout_seconds: float = Field(
         10.0, gt=0, validation_alias=AliasChoices("POSCAL_PUBLISH_TIMEOUT_SECONDS")
     )
+    # How long a webhook-id claim waits for its publisher before another request may take it
+    # over (its replica died mid-publish); until then a retry is told 503 with the time left.
+    # Default: twice the publish timeout plus 10 s, so a publish still running is not doubled.
+    claim_lease_seconds: float | None = Field(
+        None, gt=0, validation_alias=AliasChoices("POSCAL_CLAIM_LEASE_SECONDS")
+    )
     # Per ingest replica (in memory): with N replicas behind a balancer a sender gets up to N
     # times this. `limits` syntax: "120/minute", "10/second;600/hour".
     rate_limit_per_connection: str = Field(
@@ -34,15 +40,26 @@ class IngestSettings(KeyedServiceSettings):
     rate_limit_per_user: str = Field(
         "600/minute", validation_alias=AliasChoices("POSCAL_RATE_LIMIT_PER_USER")
     )
-    # Refused deliveries (401) a client address may cause before it is answered 429 without
-    # any lookup: what keeps floods of forged or misdirected requests cheap.
+    # Refusals (any status but our own 503s) a client address (an IPv6 /64) may cause before
+    # it is answered 429 without any lookup: what keeps floods of forged or misdirected
+    # requests cheap, and the attempt log bounded.
     refusals_per_client: str = Field(
         "120/minute", validation_alias=AliasChoices("POSCAL_REFUSALS_PER_CLIENT")
     )
-    # Consecutive failed verifications after which a connection is locked until its secret is
-    # rotated.
-    lockout_threshold: int = Field(
-        10, ge=1, validation_alias=AliasChoices("POSCAL_LOCKOUT_THRESHOLD")
+    # Failed verifications of one connection from one source: answered 401 up to
+    # `failures_before_throttle`, then 429 for 1 s, 2 s, 4 s... up to the cap; the source's
+    # `failure_alert_threshold`-th raises an alert and marks the credentials for rotation.
+    # Nothing locks a connection (POSCAL_LOCKOUT_THRESHOLD is the alert threshold's old name).
+    failures_before_throttle: int = Field(
+        3, ge=0, validation_alias=AliasChoices("POSCAL_FAILURES_BEFORE_THROTTLE")
+    )
+    failure_throttle_cap_seconds: int = Field(
+        900, ge=1, validation_alias=AliasChoices("POSCAL_FAILURE_THROTTLE_CAP_SECONDS")
+    )
+    failure_alert_threshold: int = Field(
+        10,
+        ge=1,
+        validation_alias=AliasChoices("POSCAL_FAILURE_ALERT_THRESHOLD", "POSCAL_LOCKOUT_THRESHOLD"),
     )
     # Proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDR networks).
     trusted_proxies: str = Field("", validation_alias=AliasChoices("POSCAL_TRUSTED_PROXIES"))
@@ -59,6 +76,22 @@ class IngestSettings(KeyedServiceSettings):
     def _a_rate_limit(cls, value: str) -> str:
         parse(value)  # raises ValueError with the offending text
         return value
+
+    @property
+    def claim_lease(self) -> float:
+        if self.claim_lease_seconds is not None:
+            return self.claim_lease_seconds
+        return 2 * self.publish_timeout_seconds + 10
+
+    @model_validator(mode="after")
+    def _claims_outlive_a_publish(self) -> IngestSettings:
+        # A lease shorter than a publish would let a retry take over a claim whose event is
+        # still on its way, publishing it twice for nothing.
+        if self.claim_lease <= self.publish_timeout_seconds:
+            raise ValueError(
+                "POSCAL_CLAIM_LEASE_SECONDS must be longer than POSCAL_PUBLISH_TIMEOUT_SECONDS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replays_outlive_the_tolerance(self) -> IngestSettings:

@@ -79,7 +79,12 @@ async def test_creating_a_connection_prints_its_secret_once_and_stores_it_encryp
     assert result.returncode == 0, result.stderr
     printed = orjson.loads(result.stdout)
     connection_id = uuid.UUID(printed["connection_id"])
-    assert printed["webhook_url"] == f"https://hooks.poscal.test/v1/webhooks/mt5/{connection_id}"
+    # The URL ends in a random id of its own, so that it can be replaced (rotate-url).
+    path_id = await pool.fetchval(
+        "SELECT webhook_path_id FROM mt5_connections WHERE id = $1", connection_id
+    )
+    assert path_id != connection_id
+    assert printed["webhook_url"] == f"https://hooks.poscal.test/v1/webhooks/mt5/{path_id}"
     secret: str = printed["webhook_secret"]
     assert secret.startswith("whsec_") and len(decode_secret(secret)) == 32
     async with pool.acquire() as conn:
@@ -148,6 +153,52 @@ def test_creating_a_connection_without_a_master_key_is_refused(cli_env: dict[str
 async def connection(pool: asyncpg.Pool, vault: CredentialVault) -> TestConnection:
     async with pool.acquire() as conn:
         return await new_connection(conn, vault)
+
+
+async def test_rotating_the_url_prints_a_new_one_and_keeps_the_connection(
+    cli_env: dict[str, str], pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    connection_id = connection.created.connection_id
+    result = poscal_sync("connections", "rotate-url", str(connection_id), env=cli_env)
+    assert result.returncode == 0, result.stderr
+    printed = orjson.loads(result.stdout)
+    path_id = await pool.fetchval(
+        "SELECT webhook_path_id FROM mt5_connections WHERE id = $1", connection_id
+    )
+    assert printed == {
+        "connection_id": str(connection_id),
+        "webhook_url": f"https://hooks.poscal.test/v1/webhooks/mt5/{path_id}",
+    }
+    assert path_id != connection.webhook_path_id
+    listed = poscal_sync("connections", "list", "--user-id", str(connection.user_id), env=cli_env)
+    assert orjson.loads(listed.stdout)["webhook_url"] == printed["webhook_url"]
+
+
+def test_rotating_the_url_of_no_connection_is_refused_clearly(cli_env: dict[str, str]) -> None:
+    result = poscal_sync("connections", "rotate-url", str(uuid.uuid4()), env=cli_env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: no connection")
+
+
+async def test_an_operator_locks_and_unlocks_a_connections_webhooks(
+    cli_env: dict[str, str], pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    connection_id = str(connection.created.connection_id)
+    locked = poscal_sync("connections", "lock", connection_id, "--reason", "key leak", env=cli_env)
+    again = poscal_sync("connections", "lock", connection_id, env=cli_env)
+    row = await pool.fetchrow(
+        "SELECT status, last_error FROM mt5_connections WHERE id = $1",
+        connection.created.connection_id,
+    )
+    unlocked = poscal_sync("connections", "unlock", connection_id, env=cli_env)
+    assert locked.returncode == again.returncode == unlocked.returncode == 0, locked.stderr
+    assert row is not None and tuple(row) == ("locked", "key leak")
+    assert [orjson.loads(r.stdout)["changed"] for r in (locked, again, unlocked)] == [
+        True,
+        False,
+        True,
+    ]
+    assert orjson.loads(unlocked.stdout)["status"] == "active"
 
 
 async def test_broker_credentials_are_read_from_standard_input_and_never_printed(

@@ -390,7 +390,9 @@ async def listed(
     pool: asyncpg.Pool, user_id: uuid.UUID, due_only: bool = False
 ) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
-        return await list_connections(conn, now(), user_id=user_id, rotation_due_only=due_only)
+        return await list_connections(
+            conn, now(), "https://hooks.test", user_id=user_id, rotation_due_only=due_only
+        )
 
 
 async def test_a_listed_connection_shows_its_health_and_credential_ages(
@@ -412,6 +414,7 @@ async def test_a_listed_connection_shows_its_health_and_credential_ages(
         "account_number": str(connection.login),
         "server": SERVER,
         "label": "test account",
+        "webhook_url": f"https://hooks.test{connection.webhook_path}",
         "status": "active",
         "last_sync_at": None,
         "last_error": None,

@@ -287,3 +287,47 @@ async def test_a_connection_refused_for_having_no_credentials_is_only_waiting_af
         # Which credential was refused is unknown: it is tried once more (see 0010).
         "refused by the broker": ("error", 1, True, True, None),
     }
+
+
+async def test_connections_made_before_webhook_urls_could_rotate_keep_their_url(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """Their URL ends in their connection id: 0011 gives them that id as their path id."""
+    before = tmp_path / "before"
+    before.mkdir()
+    for migration in discover():
+        if migration.version < "0011":
+            shutil.copy(migration.path, before)
+    await apply_migrations(empty_database, before)
+    conn = await asyncpg.connect(empty_database)
+    try:
+        user_id = await conn.fetchval(
+            "INSERT INTO auth.users (email) VALUES ('early@poscal.test') RETURNING id"
+        )
+        account_id = await conn.fetchval(
+            "INSERT INTO trading_accounts (user_id, name, broker, account_number, account_type)"
+            " VALUES ($1, 'early', 'mt5', '1', 'demo') RETURNING id",
+            user_id,
+        )
+        connection_id = await conn.fetchval(
+            "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
+            " account_number, server, label) VALUES ($1, $2, 'mt5', 'demo', '1', 'S', 'early')"
+            " RETURNING id",
+            user_id,
+            account_id,
+        )
+        await apply_migrations(empty_database)
+        kept = await conn.fetchval(
+            "SELECT webhook_path_id FROM mt5_connections WHERE id = $1", connection_id
+        )
+        later = await conn.fetchrow(
+            "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
+            " account_number, server, label) VALUES ($1, $2, 'mt5', 'demo', '2', 'S', 'later')"
+            " RETURNING id, webhook_path_id",
+            user_id,
+            account_id,
+        )
+    finally:
+        await conn.close()
+    assert kept == connection_id
+    assert later is not None and later["webhook_path_id"] != later["id"]

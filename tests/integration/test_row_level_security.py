@@ -344,6 +344,12 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
         f"msg_{uuid.uuid4().hex}",
     )
     await conn.execute(
+        "INSERT INTO webhook_verification_failures (connection_id, source, user_id, failures,"
+        " first_failure_at, last_failure_at) VALUES ($1, '198.51.100.66', $2, 3, now(), now())",
+        connection_id,
+        user.user_id,
+    )
+    await conn.execute(
         "INSERT INTO sync_schedule (connection_id, user_id, cursor, last_error)"
         " VALUES ($1, $2, '900311', 'broker answered 503')",
         connection_id,

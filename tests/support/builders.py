@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -54,6 +55,15 @@ class TestConnection:
     user_id: uuid.UUID
     login: int
     created: NewConnection
+
+    @property
+    def webhook_path(self) -> str:
+        """Where its webhooks go on any ingest: the path of its webhook URL."""
+        return urlsplit(self.created.webhook_url).path
+
+    @property
+    def webhook_path_id(self) -> uuid.UUID:
+        return uuid.UUID(self.webhook_path.rsplit("/", 1)[1])
 
     @property
     def ref(self) -> ConnectionRef:

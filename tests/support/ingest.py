@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,15 @@ class RunningIngest:
     async def settle(self) -> None:
         """Write every queued attempt record now (the audit trail batches them)."""
         await self.wiring.audit.flush()
+
+    async def listening(self, wait_seconds: float = 10.0) -> None:
+        """Until the cache hears of connection changes (its listener connects at start-up)."""
+        listener = self.wiring.listener
+        assert listener is not None, "no listener: set connection_cache_seconds above 0"
+        deadline = time.monotonic() + wait_seconds
+        while not listener.listening:
+            assert time.monotonic() < deadline, "the change listener never connected"
+            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.ingest.client_ip import client_address, parse_networks
+from services.ingest.client_ip import client_address, client_source, parse_networks
 
 PROXIES = parse_networks("10.0.0.0/8, 2001:db8::/32, 192.0.2.10")
 
@@ -54,3 +54,20 @@ def test_no_peer_and_an_unreadable_peer_give_no_address() -> None:
 def test_a_bad_proxy_entry_is_named_in_the_error() -> None:
     with pytest.raises(ValueError, match=r"'10\.0\.0\.300'"):
         parse_networks("10.0.0.0/8, 10.0.0.300")
+
+
+@pytest.mark.parametrize(
+    ("address", "source"),
+    [
+        ("198.51.100.4", "198.51.100.4"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),  # same subscriber
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next one
+        ("::ffff:198.51.100.4", "198.51.100.4"),  # IPv4 spoken over IPv6 is that IPv4 address
+        (None, "unknown"),
+    ],
+)
+def test_budgets_and_failures_count_per_address_and_per_ipv6_subscriber_network(
+    address: str | None, source: str
+) -> None:
+    assert client_source(address) == source

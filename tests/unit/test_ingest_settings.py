@@ -26,3 +26,20 @@ def test_a_rate_that_does_not_parse_is_refused(field: str) -> None:
 def test_a_trusted_proxy_that_is_no_address_is_refused() -> None:
     with pytest.raises(ValidationError, match="not an IP address"):
         IngestSettings(master_key=KEY, trusted_proxies="10.0.0.0/8, proxy.internal")
+
+
+def test_a_claim_lease_no_longer_than_a_publish_is_refused() -> None:
+    with pytest.raises(ValidationError, match="POSCAL_CLAIM_LEASE_SECONDS"):
+        IngestSettings(master_key=KEY, publish_timeout_seconds=5, claim_lease_seconds=5)
+
+
+def test_a_claim_lease_outlives_two_publishes_unless_set() -> None:
+    assert IngestSettings(master_key=KEY, publish_timeout_seconds=3).claim_lease == 16
+    assert IngestSettings(master_key=KEY, claim_lease_seconds=12).claim_lease == 12
+
+
+def test_the_old_lockout_threshold_still_sets_the_alert_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POSCAL_LOCKOUT_THRESHOLD", "7")
+    assert IngestSettings(master_key=KEY).failure_alert_threshold == 7

@@ -27,7 +27,7 @@ from services.ingest.openapi import (
 from services.ingest.settings import IngestSettings
 from services.shared.crypto import new_master_key_base64
 
-WEBHOOK = "/v1/webhooks/{broker}/{connection_id}"
+WEBHOOK = "/v1/webhooks/{broker}/{webhook_path_id}"
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
@@ -111,13 +111,13 @@ def test_the_webhook_documents_its_path_parameters_and_three_signed_headers() ->
     }
     assert set(parameters) == {
         ("path", "broker"),
-        ("path", "connection_id"),
+        ("path", "webhook_path_id"),
         ("header", "webhook-id"),
         ("header", "webhook-timestamp"),
         ("header", "webhook-signature"),
     }
     assert all(p["required"] for p in parameters.values())
-    assert parameters[("path", "connection_id")]["schema"]["format"] == "uuid"
+    assert parameters[("path", "webhook_path_id")]["schema"]["format"] == "uuid"
     assert operation["requestBody"]["required"] is True
     assert set(operation["requestBody"]["content"]) == set(JSON_MEDIA_TYPES)
     assert operation["security"] == [{"standardWebhooks": []}]

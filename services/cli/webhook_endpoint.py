@@ -1,0 +1,102 @@
+"""A connection's webhook endpoint, as its operator controls it: a new URL when the old one
+leaked (the connection, its history and its event ids stay as they are), and locking it.
+
+Ingest never locks a connection by itself (failed verifications only throttle their source):
+`locked` is an operator's decision, for a connection whose correctly signed deliveries must stop
+(say its secret is suspected stolen). Rotating the secret or `unlock` ends it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.cli.connections import ConnectionNotFound, ConnectionRefused, webhook_url
+from services.shared.database import Connection
+
+LOCKED_BY_OPERATOR = "webhooks locked by an operator: `connections unlock` or rotate-secret"
+
+
+@dataclass(frozen=True)
+class RotatedUrl:
+    connection_id: uuid.UUID
+    webhook_url: str
+
+
+@dataclass(frozen=True)
+class LockChange:
+    connection_id: uuid.UUID
+    status: str
+    locked_at: datetime | None
+    changed: bool
+
+
+async def rotate_webhook_url(
+    conn: Connection, connection_id: uuid.UUID, ingest_url: str
+) -> RotatedUrl:
+    """A new random URL for the connection; the old one stops at once (every ingest replica
+    is told through the connection-change notification)."""
+    row = await conn.fetchrow(
+        "UPDATE mt5_connections SET webhook_path_id = gen_random_uuid(), updated_at = now()"
+        " WHERE id = $1 AND status <> 'revoked' RETURNING broker, webhook_path_id",
+        connection_id,
+    )
+    if row is None:
+        raise await _missing_or_revoked(conn, connection_id)
+    return RotatedUrl(connection_id, webhook_url(ingest_url, row["broker"], row["webhook_path_id"]))
+
+
+async def lock_connection(
+    conn: Connection, connection_id: uuid.UUID, reason: str | None = None
+) -> LockChange:
+    """Stop accepting the connection's webhooks, correctly signed or not (423 to those that
+    verify). Polling, if any, goes on: the lock concerns the webhook endpoint."""
+    row = await conn.fetchrow(
+        "UPDATE mt5_connections SET status = 'locked', locked_at = now(), last_error = $2,"
+        " updated_at = now() WHERE id = $1 AND status IN ('active', 'error')"
+        " RETURNING status, locked_at",
+        connection_id,
+        reason or LOCKED_BY_OPERATOR,
+    )
+    if row is not None:
+        return LockChange(connection_id, row["status"], row["locked_at"], changed=True)
+    return await _unchanged(conn, connection_id, already=("locked",))
+
+
+async def unlock_connection(conn: Connection, connection_id: uuid.UUID) -> LockChange:
+    """Accept the connection's webhooks again (its secret is unchanged: rotate it instead if
+    it may have leaked)."""
+    row = await conn.fetchrow(
+        "UPDATE mt5_connections SET status = 'active', locked_at = NULL, last_error = NULL,"
+        " updated_at = now() WHERE id = $1 AND status = 'locked' RETURNING status",
+        connection_id,
+    )
+    if row is not None:
+        return LockChange(connection_id, row["status"], None, changed=True)
+    return await _unchanged(conn, connection_id, already=("active", "error"))
+
+
+async def _unchanged(
+    conn: Connection, connection_id: uuid.UUID, *, already: tuple[str, ...]
+) -> LockChange:
+    """The connection as it is, if its status is `already` what was asked; else why not."""
+    row = await conn.fetchrow(
+        "SELECT status, locked_at FROM mt5_connections WHERE id = $1", connection_id
+    )
+    if row is None:
+        raise ConnectionNotFound(connection_id)
+    if row["status"] not in already:
+        raise ConnectionRefused(
+            f"connection {connection_id} is {row['status']}: only active, error or locked"
+            " connections can be locked or unlocked"
+        )
+    return LockChange(connection_id, row["status"], row["locked_at"], changed=False)
+
+
+async def _missing_or_revoked(conn: Connection, connection_id: uuid.UUID) -> ConnectionRefused:
+    if await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM mt5_connections WHERE id = $1)", connection_id
+    ):
+        return ConnectionRefused(f"connection {connection_id} is revoked")
+    return ConnectionNotFound(connection_id)

@@ -1,0 +1,173 @@
+"""Failed verifications, counted per connection and source (a client address) in Postgres, so
+every replica counts into one number. They throttle that source only, with a Retry-After that
+doubles per further failure up to a cap; at the alert threshold an alert is raised and the
+connection's credentials are marked for forced rotation. Nothing here ever stops a delivery that
+verifies: a stranger who knows a webhook URL cannot lock its sender out.
+
+While a source is throttled, its failures are answered from this replica's memory (no write);
+each replica learns a source's throttle from the shared count at its first failure there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+
+from services.ingest.audit import Attempt, printable
+from services.ingest.database_calls import database_call
+from services.ingest.metrics import VERIFICATION_ALERTS
+from services.shared.logging import get_logger
+
+_log = get_logger("poscal.ingest.verification_failures")
+
+# A source quiet this long starts a new run: its old failures no longer count (and retention
+# removes their row).
+FAILURE_RUN = timedelta(days=1)
+_MAX_THROTTLED = 100_000
+
+# The source's count and the connection's consecutive count (`mt5_security_audit`), in one trip.
+# Times are the database's, so an acceptance can tell which failures came after its claim.
+_COUNT_FAILURE = """
+WITH by_source AS (
+    INSERT INTO webhook_verification_failures AS f
+        (connection_id, source, user_id, failures, first_failure_at, last_failure_at)
+    VALUES ($1, $2, $3, 1, now(), now())
+    ON CONFLICT (connection_id, source) DO UPDATE SET
+        failures = CASE WHEN f.last_failure_at < now() - $6::interval THEN 1
+                        ELSE f.failures + 1 END,
+        first_failure_at = CASE WHEN f.last_failure_at < now() - $6::interval THEN now()
+                                ELSE f.first_failure_at END,
+        last_failure_at = now()
+    RETURNING f.failures
+), by_connection AS (
+    INSERT INTO mt5_security_audit AS a (connection_id, user_id, last_failure_at, last_ip,
+        last_user_agent, consecutive_failures)
+    VALUES ($1, $3, now(), $4, $5, 1)
+    ON CONFLICT (connection_id) DO UPDATE SET
+        consecutive_failures = a.consecutive_failures + 1,
+        last_failure_at = now(),
+        last_ip = EXCLUDED.last_ip,
+        last_user_agent = EXCLUDED.last_user_agent,
+        updated_at = now()
+    RETURNING a.consecutive_failures
+)
+SELECT (SELECT failures FROM by_source) AS source_failures,
+    (SELECT consecutive_failures FROM by_connection) AS connection_failures
+"""
+
+_FORCE_ROTATION = """
+UPDATE mt5_credentials SET rotation_forced_at = now(), rotation_forced_reason = $2
+WHERE connection_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+    AND rotation_forced_at IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """How a failing source is held off: `free` failures are answered 401, each further one
+    doubles the wait (1 s, 2 s, 4 s...) up to `cap_seconds`."""
+
+    free: int
+    cap_seconds: int
+
+    def wait_after(self, failures: int) -> int:
+        """Seconds the source is throttled for after its `failures`-th failure in a row."""
+        beyond = failures - self.free
+        if beyond <= 0:
+            return 0
+        return min(self.cap_seconds, 1 << min(beyond - 1, 30))
+
+
+class VerificationFailures:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        alert_threshold: int,
+        policy: ThrottlePolicy,
+        timeout_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._alert_threshold = alert_threshold
+        self._policy = policy
+        self._timeout = timeout_seconds
+        self._clock = clock
+        # (connection, source) -> until when (this replica's clock) its failures get 429.
+        self._throttled: dict[tuple[uuid.UUID, str], float] = {}
+
+    def throttled(self, connection_id: uuid.UUID, source: str) -> int | None:
+        """Seconds this source's failures are still throttled for on this replica, or None."""
+        until = self._throttled.get((connection_id, source))
+        if until is None:
+            return None
+        left = until - self._clock()
+        if left <= 0:
+            del self._throttled[(connection_id, source)]
+            return None
+        return max(1, math.ceil(left))
+
+    def verified(self, connection_id: uuid.UUID, source: str) -> None:
+        """The source signed correctly: its failures stop being throttled here at once (the
+        count itself ends with the acceptance's write, see replays.py)."""
+        self._throttled.pop((connection_id, source), None)
+
+    async def count(self, attempt: Attempt, source: str) -> int:
+        """Count a failed verification of a known connection from `source`; returns how many
+        seconds that source is now throttled for (0: not throttled).
+
+        Raises TransientError if the database cannot answer.
+        """
+        assert attempt.connection_id is not None and attempt.user_id is not None
+        async with database_call("counting a failed verification", self._timeout):
+            row = await self._pool.fetchrow(
+                _COUNT_FAILURE,
+                attempt.connection_id,
+                source,
+                attempt.user_id,
+                attempt.client_ip,
+                printable(attempt.user_agent),
+                FAILURE_RUN,
+            )
+            assert row is not None
+            failures: int = row["source_failures"]
+            if failures == self._alert_threshold:  # exactly one replica sees it reached
+                await self._pool.execute(
+                    _FORCE_ROTATION, attempt.connection_id, "verification_failures"
+                )
+        if failures == self._alert_threshold:
+            self._alert(attempt, source, failures, row["connection_failures"])
+        wait = self._policy.wait_after(failures)
+        if wait:
+            self._throttle(attempt.connection_id, source, wait)
+        return wait
+
+    def _throttle(self, connection_id: uuid.UUID, source: str, seconds: int) -> None:
+        now = self._clock()
+        if len(self._throttled) >= _MAX_THROTTLED:
+            self._throttled = {key: t for key, t in self._throttled.items() if t > now}
+            if len(self._throttled) >= _MAX_THROTTLED:
+                self._throttled.clear()
+        self._throttled[(connection_id, source)] = now + seconds
+
+    def _alert(
+        self, attempt: Attempt, source: str, failures: int, connection_failures: int
+    ) -> None:
+        VERIFICATION_ALERTS.inc()
+        _log.error(
+            "ALERT repeated failed webhook verifications from one source",
+            alert="webhook_verification_failures",
+            connection_id=str(attempt.connection_id),
+            user_id=str(attempt.user_id),
+            source=source,
+            failures=failures,
+            consecutive_failures=connection_failures,
+            client_ip=attempt.client_ip,
+            last_reason=attempt.reason,
+        )

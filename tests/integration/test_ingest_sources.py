@@ -1,0 +1,437 @@
+"""Ingest's defences per source, against the real Postgres: failed verifications throttle the
+address that sends them and can never lock out a sender whose signatures are good; every refusal
+spends the client's budget and a throttled client adds a bounded number of attempt rows; a
+leaked URL is replaced without the connection losing anything."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from services.cli.webhook_endpoint import lock_connection, rotate_webhook_url, unlock_connection
+from services.devstack.demo import encode_body, signed_headers
+from services.ingest.audit import Attempt, AuditTrail
+from services.ingest.replays import Claim, DeliveryClaims
+from services.ingest.signatures import encode_secret
+from services.ingest.verification_failures import ThrottlePolicy, VerificationFailures
+from services.shared.database import create_pool
+from services.shared.envelope import RawEvent, derive_event_id
+from services.shared.errors import TransientError
+from services.shared.vault import CredentialVault
+from tests.support.builders import TestConnection, fixture_deals, mt5_body
+from tests.support.ingest import RecordingSink, RunningIngest, ingest_settings, running_ingest
+
+pytestmark = pytest.mark.integration
+
+# The test client's address is this proxy's, so each spec can send from any source it likes.
+PROXY = "203.0.113.0/24"
+STRANGER, SENDER, OTHER_STRANGER = "198.51.100.66", "198.51.100.7", "198.51.100.99"
+FORGED = encode_secret(b"not the connection's secret at all")
+
+
+def settings_for(master_key: str, database_url: str, **overrides: Any) -> Any:
+    return ingest_settings(master_key, database_url, trusted_proxies=PROXY, **overrides)
+
+
+async def deliver(
+    ingest: RunningIngest,
+    connection: TestConnection,
+    source: str,
+    *,
+    secret: str | None = None,
+    webhook_id: str | None = None,
+    path: str | None = None,
+    content_type: str = "application/json",
+) -> httpx.Response:
+    body = encode_body(mt5_body(connection.login, fixture_deals()))
+    headers = signed_headers(
+        secret or connection.created.webhook_secret, webhook_id or f"msg_{uuid.uuid4().hex}", body
+    )
+    headers |= {"x-forwarded-for": source, "content-type": content_type}
+    return await ingest.client.post(path or connection.webhook_path, content=body, headers=headers)
+
+
+async def forged(ingest: RunningIngest, connection: TestConnection, source: str) -> httpx.Response:
+    return await deliver(ingest, connection, source, secret=FORGED)
+
+
+async def failures_of(pool: asyncpg.Pool, connection: TestConnection, source: str) -> int | None:
+    failures: int | None = await pool.fetchval(
+        "SELECT failures FROM webhook_verification_failures"
+        " WHERE connection_id = $1 AND source = $2",
+        connection.created.connection_id,
+        source,
+    )
+    return failures
+
+
+async def status_of(pool: asyncpg.Pool, connection: TestConnection) -> str:
+    status: str = await pool.fetchval(
+        "SELECT status FROM mt5_connections WHERE id = $1", connection.created.connection_id
+    )
+    return status
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {}) or 0.0
+
+
+# --- failed verifications: the failing source is throttled, never the sender ----------------
+
+
+async def test_a_stranger_failing_verification_never_locks_out_the_sender(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(
+        master_key, database_url, failure_alert_threshold=3, failures_before_throttle=1
+    )
+    sink = RecordingSink()
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        answers = []
+        for round_ in range(5):
+            strangers = [(await forged(ingest, connection, STRANGER)).status_code for _ in range(4)]
+            sender = await deliver(ingest, connection, SENDER, webhook_id=f"msg_good_{round_}")
+            answers.append((strangers, sender.status_code))
+
+    assert answers[0] == ([401, 429, 429, 429], 202)
+    assert all(sender == 202 for _, sender in answers), answers
+    assert all(set(strangers) == {429} for strangers, _ in answers[1:]), answers
+    assert [e.delivery_id for e in sink.published] == [f"msg_good_{n}" for n in range(5)]
+    assert await status_of(pool, connection) == "active"
+
+
+async def test_a_failing_sources_wait_doubles_per_further_failure_up_to_the_cap_on_any_replica(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(
+        master_key, database_url, failures_before_throttle=2, failure_throttle_cap_seconds=4
+    )
+    answers = []
+    for _ in range(6):  # a replica of its own each time: only the shared count can escalate
+        async with running_ingest(settings, pool, vault, RecordingSink()) as replica:
+            response = await forged(replica, connection, STRANGER)
+        answers.append((response.status_code, response.headers.get("retry-after")))
+    assert answers == [
+        (401, None),
+        (401, None),
+        (429, "1"),
+        (429, "2"),
+        (429, "4"),
+        (429, "4"),
+    ]
+    assert await failures_of(pool, connection, STRANGER) == 6
+    assert await failures_of(pool, connection, SENDER) is None
+
+
+async def test_a_throttled_sources_failures_are_answered_from_memory_and_not_counted(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(
+        master_key, database_url, failures_before_throttle=3, failure_throttle_cap_seconds=600
+    )
+    # A source with a long run behind it: its next failure holds it off for the whole cap.
+    await pool.execute(
+        "INSERT INTO webhook_verification_failures (connection_id, source, user_id, failures,"
+        " first_failure_at, last_failure_at) VALUES ($1, $2, $3, 20, now(), now())",
+        connection.created.connection_id,
+        STRANGER,
+        connection.user_id,
+    )
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        answers = [await forged(ingest, connection, STRANGER) for _ in range(6)]
+        counted = await failures_of(pool, connection, STRANGER)
+        signed = await deliver(ingest, connection, STRANGER)  # the same source, signing well
+        await ingest.settle()
+    assert [(a.status_code, a.headers["retry-after"]) for a in answers[:1]] == [(429, "600")]
+    assert all(a.status_code == 429 for a in answers)
+    assert counted == 21  # only the first reached the database
+    assert signed.status_code == 202
+    reasons = await pool.fetch(
+        "SELECT status_code, reason FROM webhook_attempts WHERE connection_id = $1 ORDER BY id",
+        connection.created.connection_id,
+    )
+    assert [tuple(r) for r in reasons] == [(429, "signature_mismatch")] + [
+        (429, "verification_throttled")
+    ] * 5 + [(202, "accepted")]
+    assert await failures_of(pool, connection, STRANGER) == 0  # its acceptance ended the run
+
+
+async def test_a_source_reaching_the_alert_threshold_raises_an_alert_and_forces_rotation(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(
+        master_key, database_url, failure_alert_threshold=3, failures_before_throttle=100
+    )
+    alerts_before = metric("poscal_ingest_verification_alerts_total")
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        with capture_logs() as logs:
+            failures = [(await forged(ingest, connection, STRANGER)).status_code for _ in range(4)]
+        consecutive = await pool.fetchval(
+            "SELECT consecutive_failures FROM mt5_security_audit WHERE connection_id = $1",
+            connection.created.connection_id,
+        )
+        signed = await deliver(ingest, connection, SENDER)
+
+    assert failures == [401] * 4
+    assert consecutive == 4  # the connection's aggregate counts every source
+    assert signed.status_code == 202  # nothing was locked
+    assert await status_of(pool, connection) == "active"
+    [alert] = [entry for entry in logs if entry.get("alert") == "webhook_verification_failures"]
+    assert alert["log_level"] == "error"
+    assert (alert["connection_id"], alert["source"], alert["failures"]) == (
+        str(connection.created.connection_id),
+        STRANGER,
+        3,
+    )
+    assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 1
+    forced = await pool.fetch(
+        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert [r["rotation_forced_reason"] for r in forced] == ["verification_failures"]
+
+
+async def test_a_verified_delivery_ends_the_run_of_its_own_source_only(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(master_key, database_url, failures_before_throttle=2)
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        for source in (SENDER, SENDER, STRANGER, STRANGER):
+            assert (await forged(ingest, connection, source)).status_code == 401
+        assert (await deliver(ingest, connection, SENDER)).status_code == 202
+        await ingest.wiring.claims.drain()  # the acceptance is written off the request path
+        after_reset = (await forged(ingest, connection, SENDER)).status_code
+        stranger_still_counted = (await forged(ingest, connection, STRANGER)).status_code
+    assert (await failures_of(pool, connection, SENDER), after_reset) == (1, 401)
+    assert (await failures_of(pool, connection, STRANGER), stranger_still_counted) == (3, 429)
+
+
+async def test_a_late_acceptance_never_erases_failures_counted_after_its_claim(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    claims = DeliveryClaims(pool, lease_seconds=30)
+    failures = VerificationFailures(
+        pool, alert_threshold=100, policy=ThrottlePolicy(free=100, cap_seconds=1)
+    )
+    attempt = Attempt(
+        broker="mt5",
+        received_at=datetime.now(UTC),
+        client_ip=SENDER,
+        user_agent=None,
+        connection_id=connection.created.connection_id,
+        user_id=connection.user_id,
+        reason="signature_mismatch",
+    )
+    ids = (connection.created.connection_id, connection.user_id)
+
+    await failures.count(attempt, SENDER)  # before the claim: ended by the acceptance
+    early = await claims.claim(*ids, "msg_early", uuid.uuid4())
+    assert isinstance(early, Claim)
+    claims.accepted(early, datetime.now(UTC), SENDER)
+    await claims.drain()
+    assert await failures_of(pool, connection, SENDER) == 0
+
+    late = await claims.claim(*ids, "msg_late", uuid.uuid4())
+    assert isinstance(late, Claim)
+    await failures.count(attempt, SENDER)  # after the claim, before its acceptance is written
+    claims.accepted(late, datetime.now(UTC), SENDER)
+    await claims.drain()
+    assert await failures_of(pool, connection, SENDER) == 1
+    consecutive = await pool.fetchval(
+        "SELECT consecutive_failures FROM mt5_security_audit WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert consecutive == 1
+
+
+async def test_an_operators_lock_refuses_verified_deliveries_until_unlocked(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(master_key, database_url)
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        async with pool.acquire() as conn:
+            locked = await lock_connection(conn, connection.created.connection_id, "stolen key?")
+        while_locked = await deliver(ingest, connection, SENDER)
+        unsigned = await forged(ingest, connection, SENDER)
+        async with pool.acquire() as conn:
+            await unlock_connection(conn, connection.created.connection_id)
+        unlocked = await deliver(ingest, connection, SENDER)
+    assert locked.changed and locked.status == "locked"
+    assert (while_locked.status_code, while_locked.json()["error"]) == (423, "locked")
+    assert unsigned.status_code == 401  # only a sender who can sign learns of the lock
+    assert unlocked.status_code == 202
+
+
+# --- the refusal budget: every refusal spends it, and a throttled client stays cheap ---------
+
+
+async def test_every_refusal_spends_the_clients_budget_and_then_nothing_is_looked_up(
+    vault: CredentialVault,
+    connection: TestConnection,
+    pool: asyncpg.Pool,
+    master_key: str,
+    database_url: str,
+) -> None:
+    # Any lookup fails (503) with this pool closed: a 429 proves none was made.
+    closed = await create_pool(database_url, min_size=0, max_size=1)
+    await closed.close()
+
+    def audit_into_the_real_database(wiring: Any) -> None:
+        wiring.audit = AuditTrail(pool)
+
+    settings = settings_for(master_key, database_url, refusals_per_client="3/minute")
+    async with running_ingest(
+        settings, closed, vault, RecordingSink(), customize=audit_into_the_real_database
+    ) as ingest:
+        refusals = [
+            (await deliver(ingest, connection, STRANGER, content_type="text/plain")).status_code
+            for _ in range(3)
+        ]
+        held_off = await deliver(ingest, connection, STRANGER)
+        elsewhere = await deliver(ingest, connection, SENDER)
+        await ingest.settle()
+    assert refusals == [415, 415, 415]
+    assert held_off.status_code == 429 and int(held_off.headers["retry-after"]) >= 1
+    assert elsewhere.status_code == 503  # another address is looked up (and fails here)
+    row = await pool.fetchrow(
+        "SELECT connection_id, webhook_path_id, reason FROM webhook_attempts"
+        " WHERE webhook_path_id = $1 AND status_code = 429",
+        connection.webhook_path_id,
+    )
+    assert row is not None
+    assert dict(row) == {
+        "connection_id": None,  # refused before its connection was looked up
+        "webhook_path_id": connection.webhook_path_id,
+        "reason": "rate_limited_refusals",
+    }
+
+
+async def test_a_throttled_client_adds_one_row_per_window_whatever_it_sends(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    noisy = f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}::1"
+    settings = settings_for(master_key, database_url, refusals_per_client="2/minute")
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        refused = [(await forged(ingest, connection, noisy)).status_code for _ in range(2)]
+        with capture_logs() as logs:
+            throttled = [
+                (await deliver(ingest, connection, noisy.replace("::1", f"::{n:x}"))).status_code
+                for n in range(30)  # any address of its /64, correctly signed or not
+            ]
+        await ingest.settle()
+    # Shut down: the open window's record is written too.
+    assert refused == [401, 401] and throttled == [429] * 30
+    rows = await pool.fetch(
+        "SELECT status_code, reason, attempts FROM webhook_attempts"
+        " WHERE client_ip << $1::inet ORDER BY id",
+        noisy.replace("::1", "::/64"),
+    )
+    assert [tuple(r) for r in rows] == [
+        (401, "signature_mismatch", 1),
+        (401, "signature_mismatch", 1),
+        (429, "rate_limited_refusals", 1),  # the first of the window, as it came
+        (429, "rate_limited_refusals", 29),  # the rest of the window, in one row
+    ]
+    assert len([e for e in logs if e["event"] == "webhook refused"]) == 1
+
+
+async def test_our_own_503s_spend_nothing_of_the_clients_budget(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    class Unreachable:
+        async def publish(self, event: RawEvent) -> None:
+            raise TransientError("broker unreachable")
+
+    settings = settings_for(master_key, database_url, refusals_per_client="2/minute")
+    async with running_ingest(settings, pool, vault, Unreachable()) as ingest:
+        ours = [(await deliver(ingest, connection, SENDER)).status_code for _ in range(5)]
+        theirs = [(await forged(ingest, connection, SENDER)).status_code for _ in range(3)]
+    assert ours == [503] * 5
+    assert theirs == [401, 401, 429]
+
+
+# --- a leaked URL is replaced; the connection keeps everything -------------------------------
+
+
+async def test_a_rotated_url_stops_the_old_one_and_the_connection_keeps_its_history(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(master_key, database_url, connection_cache_seconds=600)
+    sink = RecordingSink()
+    connection_id = connection.created.connection_id
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        await ingest.listening()
+        before = await deliver(ingest, connection, SENDER, webhook_id="msg_before")  # cached
+        async with pool.acquire() as conn:
+            rotated = await rotate_webhook_url(conn, connection_id, "http://ingest")
+        new_path = rotated.webhook_url.removeprefix("http://ingest")
+        deadline = time.monotonic() + 5
+        # Until the change notification arrives the cached connection answers: 409, a replay.
+        while (
+            old := await deliver(ingest, connection, SENDER, webhook_id="msg_before")
+        ).status_code == 409:
+            assert time.monotonic() < deadline, "the old URL is still served from the cache"
+            await asyncio.sleep(0.05)
+        after = await deliver(ingest, connection, SENDER, webhook_id="msg_after", path=new_path)
+        replayed = await deliver(ingest, connection, SENDER, webhook_id="msg_before", path=new_path)
+        await ingest.settle()
+
+    assert new_path != connection.webhook_path and str(connection_id) not in new_path
+    assert (before.status_code, old.status_code, after.status_code) == (202, 401, 202)
+    assert replayed.status_code == 409  # its webhook ids are still its own
+    assert [e.event_id for e in sink.published] == [
+        derive_event_id(connection_id, "msg_before"),
+        derive_event_id(connection_id, "msg_after"),
+    ]
+    assert {e.connection.connection_id for e in sink.published} == {connection_id}
+    accepted = await pool.fetch(
+        "SELECT webhook_id FROM webhook_attempts WHERE connection_id = $1 AND status_code = 202"
+        " ORDER BY id",
+        connection_id,
+    )
+    assert [r["webhook_id"] for r in accepted] == ["msg_before", "msg_after"]
