@@ -27,8 +27,10 @@ def tansu_binary() -> Path:
 class EmbeddedBroker(LocalServer):
     """A single-node broker on a free loopback port; `bootstrap_servers` is ready after start."""
 
-    def __init__(self, log_path: Path | None = None) -> None:
+    def __init__(self, log_path: Path | None = None, port: int = 0) -> None:
+        """`port` 0: any free one."""
         self.port = 0
+        self._wanted_port = port
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -37,7 +39,7 @@ class EmbeddedBroker(LocalServer):
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> EmbeddedBroker:
-        self.port = free_port()
+        self.port = self._wanted_port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         sink = self._log_path.open("ab") if self._log_path else nullcontext(subprocess.DEVNULL)
         with sink as log:
