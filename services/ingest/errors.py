@@ -5,13 +5,15 @@ IngestRefusal
  ├── Unauthorized          401: unknown connection, a secret that does not decrypt, or failed
  │                         verification (indistinguishable to the sender)
  ├── LiveNotEnabled        403: a live connection before `connections enable-live`
+ ├── RequestTimeout        408: the body did not arrive in time (the connection is closed)
  ├── Replay                409: this webhook id was already accepted for this connection
  ├── PayloadTooLarge       413
  ├── UnsupportedMediaType  415: the body is not declared as JSON
  ├── Locked                423: too many failed verifications; rotate the secret to unlock
  ├── RateLimited           429: with Retry-After
  └── Unavailable           503: the connection could not be looked up or the event could not be
-                           made durable; the sender should retry
+      │                    made durable, or ingest is not ready yet; the sender should retry
+      └── Overloaded       503: more requests in progress than this replica answers at once
 
 `reason` is a code from a fixed set, for audit, logs and metrics only; the sender sees `error`
 and `public_detail`, which never say which part of a signature was wrong.
@@ -49,6 +51,17 @@ class LiveNotEnabled(IngestRefusal):
     status_code = 403
     error = "live_not_enabled"
     public_detail = "this live connection is not enabled yet; sync a demo connection first"
+
+
+class RequestTimeout(IngestRefusal):
+    status_code = 408
+    error = "request_timeout"
+    public_detail = "the body did not arrive in time"
+
+    def headers(self) -> dict[str, str]:
+        # The rest of a body this slow may still be on its way: nothing else can follow it on
+        # this connection.
+        return {"Connection": "close"}
 
 
 class Replay(IngestRefusal):
@@ -97,3 +110,10 @@ class Unavailable(IngestRefusal):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}
+
+
+class Overloaded(Unavailable):
+    public_detail = "too many requests in progress; retry later"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}

@@ -18,6 +18,7 @@ WEBHOOK_ERRORS: dict[str, int] = {
     "incomplete_body": 400,
     "unauthorized": 401,
     "live_not_enabled": 403,
+    "request_timeout": 408,
     "replay": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
@@ -124,6 +125,11 @@ def _webhook_operation() -> dict[str, Any]:
                 " correctly signed deliveries learn this.",
                 "live_not_enabled",
             ),
+            "408": _refusal(
+                "The body did not arrive within `POSCAL_BODY_TIMEOUT_SECONDS` (default 15) of"
+                " the headers; nothing was accepted and the connection is closed.",
+                "request_timeout",
+            ),
             "409": _refusal(
                 "This connection has already accepted a delivery with this `webhook-id`.",
                 "replay",
@@ -149,8 +155,10 @@ def _webhook_operation() -> dict[str, Any]:
                 retry_after=True,
             ),
             "503": _refusal(
-                "The connection could not be looked up or the event could not be made durable;"
-                " nothing was accepted. Retry after `Retry-After`.",
+                "The connection could not be looked up or the event could not be made durable,"
+                " ingest is still waiting for Postgres or Kafka, or more requests are in"
+                " progress than `POSCAL_MAX_CONCURRENT_REQUESTS`; nothing was accepted. Retry"
+                " after `Retry-After`.",
                 "unavailable",
                 retry_after=True,
             ),
