@@ -130,14 +130,14 @@ class IngestInstance:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        session, self._session = self._session, None
-        if session is None:
-            return
-        if clean:
+        if clean and self._lock_key is not None:
+            # Through the pool: the lock session itself may be the one that was lost.
             with contextlib.suppress(*DATABASE_FAILURES):
                 async with asyncio.timeout(5):
-                    await session.execute(_STOPPED, self.instance_id)
-        await _close(session)
+                    await self._pool.execute(_STOPPED, self.instance_id)
+        session, self._session = self._session, None
+        if session is not None:
+            await _close(session)
 
     async def find_lost(self) -> list[AuditGap]:
         """Mark every instance that died uncleanly `lost`, each with its audit gap."""
