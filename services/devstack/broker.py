@@ -28,11 +28,14 @@ class EmbeddedBroker(LocalServer):
     """A single-node broker on a free loopback port; `bootstrap_servers` is ready after start.
 
     `advertised_port`: the loopback port clients are told to reach it at (a proxy in front of
-    it, for tests), instead of its own.
+    it, for tests), instead of its own. `port` 0: any free one.
     """
 
-    def __init__(self, log_path: Path | None = None, advertised_port: int | None = None) -> None:
+    def __init__(
+        self, log_path: Path | None = None, advertised_port: int | None = None, port: int = 0
+    ) -> None:
         self.port = 0
+        self._wanted_port = port
         self._log_path = log_path
         self._advertised_port = advertised_port
         self._process: subprocess.Popen[bytes] | None = None
@@ -42,7 +45,7 @@ class EmbeddedBroker(LocalServer):
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> EmbeddedBroker:
-        self.port = free_port()
+        self.port = self._wanted_port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         advertised = f"tcp://127.0.0.1:{self._advertised_port or self.port}"
         sink = self._log_path.open("ab") if self._log_path else nullcontext(subprocess.DEVNULL)

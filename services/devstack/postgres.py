@@ -52,9 +52,13 @@ def find_pg_bin() -> Path:
 class EmbeddedPostgres(LocalServer):
     """Start with `start()` (or as a context manager); `dsn` is ready once it returns."""
 
-    def __init__(self, database: str = "poscal", log_path: Path | None = None) -> None:
+    def __init__(
+        self, database: str = "poscal", log_path: Path | None = None, port: int = 0
+    ) -> None:
+        """`port` 0: any free one."""
         self.database = database
         self.port = 0
+        self._wanted_port = port
         self._log_path = log_path
         self._root: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -104,7 +108,7 @@ class EmbeddedPostgres(LocalServer):
                 "--no-sync",
             ]
         )
-        self.port = free_port()
+        self.port = self._wanted_port or free_port()
         user, group, extra = self._owner()
         sink = self._log_path.open("ab") if self._log_path else nullcontext(subprocess.DEVNULL)
         with sink as log:

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,19 +29,24 @@ from services.ingest.errors import (
     IncompleteBody,
     IngestRefusal,
     PayloadTooLarge,
+    Unavailable,
     UnsupportedMediaType,
 )
-from services.ingest.metrics import serve_metrics
+from services.ingest.instances import IngestInstance
+from services.ingest.metrics import NOT_READY, serve_metrics
 from services.ingest.openapi import serve_openapi
 from services.ingest.publisher import RawEventPublisher
 from services.ingest.rate_limits import WebhookRateLimits
+from services.ingest.readiness import DependencyReadiness
 from services.ingest.receiver import EventSink, WebhookReceiver
 from services.ingest.replays import DeliveryClaims
+from services.ingest.request_bounds import InFlightRequests, RequestBounds
 from services.ingest.retention import Retention
 from services.ingest.settings import IngestSettings
 from services.ingest.verification_failures import ThrottlePolicy, VerificationFailures
-from services.shared.database import create_pool
-from services.shared.kafka import create_producer
+from services.shared.dependencies import Dependencies
+from services.shared.keyring import KeyRing
+from services.shared.lifecycle import StoppedWaiting
 from services.shared.logging import get_logger
 from services.shared.vault import CredentialVault
 
@@ -60,6 +66,8 @@ class IngestWiring:
     retention: Retention | None = None
     listener: ConnectionChangeListener | None = None
     ready: Callable[[], Awaitable[bool]] = field(default=lambda: _always_ready())
+    # Registered at start (before any attempt is answered) when given; see instances.py.
+    instance: IngestInstance | None = None
 
 
 async def _always_ready() -> bool:
@@ -74,6 +82,8 @@ def wire(
     *,
     listen_for_changes: bool = True,
     ready: Callable[[], Awaitable[bool]] | None = None,
+    in_flight: InFlightRequests | None = None,
+    instance: IngestInstance | None = None,
 ) -> IngestWiring:
     directory = ConnectionDirectory(pool, vault, settings.connection_cache_seconds)
     claims = DeliveryClaims(pool, lease_seconds=settings.claim_lease)
@@ -103,14 +113,21 @@ def wire(
         replay_window=timedelta(days=settings.replay_window_days),
         attempt_retention=timedelta(days=settings.attempt_retention_days),
     )
+    audit = AuditTrail(
+        pool,
+        instance_id=instance.instance_id if instance is not None else None,
+        oldest_in_flight=in_flight.oldest_began_at if in_flight is not None else lambda: None,
+        flush_interval_seconds=settings.audit_flush_seconds,
+    )
     return IngestWiring(
         receiver=receiver,
-        audit=AuditTrail(pool),
+        audit=audit,
         claims=claims,
         refusals=ClientRefusals(settings.refusals_per_client),
         retention=retention,
         listener=listener,
         ready=ready or _always_ready,
+        instance=instance,
     )
 
 
@@ -253,41 +270,70 @@ async def http_error_to_response(_: Request, exc: Exception) -> Response:
     )
 
 
+def _once_started(endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """The webhook route, answering 503 with Retry-After until ingest is wired (Postgres and
+    Kafka reachable): nothing is published or audited before then."""
+
+    async def guarded(request: Request) -> Response:
+        if getattr(request.app.state, "wiring", None) is None:
+            NOT_READY.inc()
+            raise Unavailable("not_ready")
+        return await endpoint(request)
+
+    return Route(WEBHOOK_ROUTE, guarded, methods=["POST"])
+
+
 def create_app(
     settings: IngestSettings,
     wiring: Callable[[contextlib.AsyncExitStack], Awaitable[IngestWiring]] | None = None,
+    *,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> Starlette:
-    """The app; `wiring` builds what it uses inside the lifespan (default: from settings)."""
+    """The app. By default it serves at once and connects to Postgres and Kafka in the
+    background, waiting out either while it is away (not ready until both answer). `wiring`
+    instead builds what it uses from parts already connected, before serving (tests).
+    `on_fatal` hears of a failure no wait can fix (bad credentials): the server should exit."""
+    in_flight = InFlightRequests()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            build = wiring or (lambda exits: _build_wiring(settings, exits))
-            active = await build(stack)
-            active.audit.start()
-            stack.push_async_callback(active.audit.stop)
-            # Before the audit stops: the windows of throttled attempts still open are recorded.
-            stack.callback(_record_all, active.audit, active.refusals.drain)
-            stack.push_async_callback(active.claims.drain)
-            if active.retention is not None:
-                active.retention.start()
-                stack.push_async_callback(active.retention.stop)
-            if active.listener is not None:
-                await active.listener.start()
-                stack.push_async_callback(active.listener.stop)
-            app.state.wiring = active
-            yield
+            connecting: asyncio.Task[None] | None = None
+            stop = asyncio.Event()
+            if wiring is not None:
+                await _start(app, await wiring(stack), stack)
+            else:
+                kek = settings.key_ring()  # a key that does not load fails start-up at once
+                connecting = asyncio.create_task(
+                    _connect_and_start(app, settings, kek, in_flight, stack, stop, on_fatal),
+                    name="ingest-connect",
+                )
+            try:
+                yield
+            finally:
+                if connecting is not None:
+                    stop.set()
+                    await connecting  # before the stack closes what it opened
+        _log.info("ingest stopped")
         # uvicorn re-raises SIGTERM once it has shut down, so nothing after it runs in main:
         # export the last spans here.
         _flush_spans()
 
     app = Starlette(
         routes=[
-            Route(WEBHOOK_ROUTE, receive_webhook, methods=["POST"]),
+            _once_started(receive_webhook),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", serve_metrics),
             Route("/openapi.json", serve_openapi),
+        ],
+        middleware=[
+            Middleware(
+                RequestBounds,
+                max_in_flight=settings.max_concurrent_requests,
+                body_timeout_seconds=settings.body_timeout_seconds,
+                in_flight=in_flight,
+            )
         ],
         exception_handlers={
             IngestRefusal: refusal_to_response,
@@ -305,6 +351,56 @@ def _record_all(audit: AuditTrail, attempts: Callable[[], list[Attempt]]) -> Non
         audit.record(attempt)
 
 
+async def _start(app: Starlette, active: IngestWiring, stack: contextlib.AsyncExitStack) -> None:
+    """Start what runs beside the requests, then take webhooks. Stopping runs in reverse: the
+    last attempt records are written before the instance says it stopped cleanly."""
+    if active.instance is not None:
+        instance, audit = active.instance, active.audit
+        active.instance.start()
+
+        async def stop_instance() -> None:
+            await instance.stop(clean=audit.all_recorded())
+
+        stack.push_async_callback(stop_instance)
+    active.audit.start()
+    stack.push_async_callback(active.audit.stop)
+    # Before the audit stops: the windows of throttled attempts still open are recorded.
+    stack.callback(_record_all, active.audit, active.refusals.drain)
+    stack.push_async_callback(active.claims.drain)
+    if active.retention is not None:
+        active.retention.start()
+        stack.push_async_callback(active.retention.stop)
+    if active.listener is not None:
+        await active.listener.start()
+        stack.push_async_callback(active.listener.stop)
+    app.state.wiring = active
+
+
+async def _connect_and_start(
+    app: Starlette,
+    settings: IngestSettings,
+    kek: KeyRing,
+    in_flight: InFlightRequests,
+    stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event,
+    on_fatal: Callable[[BaseException], None] | None,
+) -> None:
+    try:
+        active = await _connect(settings, kek, in_flight, stack, stop)
+        await _start(app, active, stack)
+    except StoppedWaiting:
+        return
+    except Exception as exc:
+        # The type and SQLSTATE say which configuration is wrong; a message might quote it.
+        _log.error(
+            "ingest cannot start", cause=type(exc).__name__, sqlstate=getattr(exc, "sqlstate", None)
+        )
+        if on_fatal is not None:
+            on_fatal(exc)
+        return
+    _log.info("ingest ready")
+
+
 async def _no_session_state(_: asyncpg.Connection) -> None:
     return None
 
@@ -316,10 +412,16 @@ def _flush_spans() -> None:
         force_flush(5000)
 
 
-async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitStack) -> IngestWiring:
-    kek = settings.key_ring()
-    pool = await create_pool(
-        settings.database_url.get_secret_value(),
+async def _connect(
+    settings: IngestSettings,
+    kek: KeyRing,
+    in_flight: InFlightRequests,
+    stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event,
+) -> IngestWiring:
+    """Postgres, then Kafka, then this instance's registration, each waited for."""
+    connect = Dependencies(settings, stop, stack)
+    pool = await connect.postgres(
         max_size=20,
         # Ingest sets no session state, so a released connection needs no RESET ALL round trip
         # (an open transaction is still rolled back by asyncpg itself).
@@ -330,17 +432,21 @@ async def _build_wiring(settings: IngestSettings, stack: contextlib.AsyncExitSta
         # what keeps the front door fast.
         server_settings={"synchronous_commit": "off"},
     )
-    stack.push_async_callback(pool.close)
-    producer = create_producer(settings.kafka_bootstrap_servers, client_id="poscal-ingest")
-    await producer.start()
-    stack.push_async_callback(producer.stop)
+    producer = await connect.producer("poscal-ingest")
     publisher = RawEventPublisher(producer, settings.topics.raw, settings.publish_timeout_seconds)
-
-    async def ready() -> bool:
-        try:
-            await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
-        except Exception:
-            return False
-        return bool(producer.client.cluster.brokers())
-
-    return wire(settings, pool, CredentialVault(kek), publisher, ready=ready)
+    instance = IngestInstance(
+        settings.database_url.get_secret_value(),
+        pool,
+        check_every_seconds=settings.instance_check_seconds,
+    )
+    active = wire(
+        settings,
+        pool,
+        CredentialVault(kek),
+        publisher,
+        ready=DependencyReadiness(pool, producer),
+        in_flight=in_flight,
+        instance=instance,
+    )
+    await connect.with_postgres(instance.register)
+    return active

@@ -1,23 +1,28 @@
 """The attempt log: every delivery attempt, accepted or refused, recorded off the request path.
 
-Records are queued in memory and written in batches (one transaction each): the attempt rows, the
-`accepted` mark of delivered webhook ids, and each connection's success aggregates in
-`mt5_security_audit`. Auditing never decides whether an event is accepted, so it can neither
-lose nor double one; if Postgres stays away the queue is bounded and what overflows is counted.
+Records are queued in memory and written in batches (one transaction each): the attempt rows,
+each connection's success aggregates in `mt5_security_audit`, and how far this instance's record
+is complete (`ingest_instances.flushed_through`, so a death is bounded: see instances.py).
+Auditing never decides whether an event is accepted, so it can neither lose nor double one; if
+Postgres stays away the queue is bounded, and what overflows is written down as an audit gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from services.ingest.database_calls import DATABASE_FAILURES
-from services.ingest.metrics import AUDIT_DROPPED, AUDIT_FLUSH_FAILURES, WEBHOOKS
+from services.ingest.metrics import AUDIT_DROPPED, AUDIT_FLUSH_FAILURES, AUDIT_GAPS, WEBHOOKS
 from services.shared.logging import get_logger
 
 _log = get_logger("poscal.ingest.audit")
@@ -106,20 +111,61 @@ def _latest_success_per_connection(batch: list[Attempt]) -> list[Attempt]:
     return list(latest.values())
 
 
+_RECORD_PROGRESS = """
+UPDATE public.ingest_instances SET flushed_through = greatest(flushed_through, $2)
+WHERE instance_id = $1
+"""
+
+_RECORD_OVERFLOW = """
+INSERT INTO public.webhook_audit_gaps (instance_id, reason, window_start, window_end, unrecorded,
+    detected_by)
+VALUES ($1, 'queue_overflow', $2, $3, $4, $1)
+"""
+
+
+@dataclass(frozen=True)
+class _Dropped:
+    """Attempts dropped from a full queue, not yet written down as an audit gap."""
+
+    first: datetime
+    last: datetime
+    count: int
+
+    def merge(self, other: _Dropped | None) -> _Dropped:
+        if other is None:
+            return self
+        return _Dropped(
+            min(self.first, other.first), max(self.last, other.last), self.count + other.count
+        )
+
+
 class AuditTrail:
+    """`instance_id` is the registered ingest instance (instances.py) whose `flushed_through`
+    each written batch moves forward, in the batch's own transaction; `oldest_in_flight` says
+    when the oldest request still being answered began, so progress never passes an attempt
+    that is not queued yet."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
         *,
+        instance_id: uuid.UUID | None = None,
+        oldest_in_flight: Callable[[], float | None] = lambda: None,
         flush_interval_seconds: float = 0.2,
         batch_size: int = 1000,
         max_queued: int = 50_000,
+        idle_progress_seconds: float = 1.0,
     ) -> None:
         self._pool = pool
+        self.instance_id = instance_id or uuid.uuid4()
+        self._oldest_in_flight = oldest_in_flight
         self._interval = flush_interval_seconds
         self._batch_size = batch_size
         self._max_queued = max_queued
+        self._idle_progress = idle_progress_seconds
+        self._progress_at = -math.inf
         self._queue: list[Attempt] = []
+        self._dropped: _Dropped | None = None
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()  # one writer: a batch is taken from the queue once
 
@@ -129,8 +175,14 @@ class AuditTrail:
         )
         if len(self._queue) >= self._max_queued:
             AUDIT_DROPPED.inc()
+            at = attempt.received_at
+            self._dropped = _Dropped(at, at, 1).merge(self._dropped)
             return
         self._queue.append(attempt)
+
+    def all_recorded(self) -> bool:
+        """Every attempt recorded so far is written, or covered by a written audit gap."""
+        return not self._queue and self._dropped is None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-trail")
@@ -142,7 +194,7 @@ class AuditTrail:
                 await self._task
         with contextlib.suppress(TimeoutError, *DATABASE_FAILURES):
             async with asyncio.timeout(timeout_seconds):
-                while self._queue:
+                while not self.all_recorded():
                     await self.flush()
         if self._queue:
             AUDIT_DROPPED.inc(len(self._queue))
@@ -165,56 +217,108 @@ class AuditTrail:
                 )
 
     async def flush(self) -> None:
-        """Write what is queued, a batch at a time; a batch that fails stays queued."""
+        """Write what is queued now, a batch at a time (a batch that fails stays queued), and
+        how far the record is complete."""
         async with self._flushing:
             await self._flush_queue()
 
+    def _progress_mark(self) -> datetime:
+        """Every attempt received before this is queued by now, or written already."""
+        now = time.time()
+        oldest = self._oldest_in_flight()
+        return datetime.fromtimestamp(now if oldest is None else min(now, oldest), UTC)
+
     async def _flush_queue(self) -> None:
-        while self._queue:
-            batch = self._queue[: self._batch_size]
+        mark = self._progress_mark()
+        pending = len(self._queue)  # what arrives meanwhile is the next flush's
+        if not pending and self._dropped is None:
+            if time.monotonic() - self._progress_at >= self._idle_progress:
+                await self._write([], mark)
+                self._progress_at = time.monotonic()
+            return
+        while True:
+            batch = self._queue[: min(self._batch_size, pending)]
+            progress = mark if len(batch) == pending else None
             try:
-                await self._write(batch)
+                await self._write(batch, progress)
             except _REFUSED_DATA:
                 # One record Postgres refuses must not cost the others: write them one by one,
                 # each off the queue once written (an outage midway must not write it twice).
                 for attempt in batch:
                     await self._write_alone(attempt)
                     self._queue.remove(attempt)
-                continue
-            del self._queue[: len(batch)]
+                if progress is not None:
+                    await self._write([], progress)
+            else:
+                del self._queue[: len(batch)]
+            pending -= len(batch)
+            if pending <= 0:
+                break
+        self._progress_at = time.monotonic()
 
     async def _write_alone(self, attempt: Attempt) -> None:
         try:
-            await self._write([attempt])
+            await self._write([attempt], None)
         except _REFUSED_DATA as exc:
             AUDIT_DROPPED.inc()
             _log.error("attempt record refused by the database", cause=type(exc).__name__)
 
-    async def _write(self, batch: list[Attempt]) -> None:
+    async def _write(self, batch: list[Attempt], progress: datetime | None) -> None:
         successes = _latest_success_per_connection(batch)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                _INSERT_ATTEMPTS,
-                [a.connection_id for a in batch],
-                [a.user_id for a in batch],
-                [_text(a.broker) for a in batch],
-                ["accepted" if a.accepted else "refused" for a in batch],
-                [a.status_code for a in batch],
-                [a.reason for a in batch],
-                [a.client_ip for a in batch],
-                [printable(a.user_agent) for a in batch],
-                [printable(a.webhook_id, 256) for a in batch],
-                [a.webhook_timestamp for a in batch],
-                [a.event_id for a in batch],
-                [a.received_at for a in batch],
-                [a.webhook_path_id for a in batch],
-                [a.attempts for a in batch],
+        dropped, self._dropped = self._dropped, None
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if batch:
+                    await self._insert(conn, batch, successes)
+                if progress is not None:
+                    await conn.execute(_RECORD_PROGRESS, self.instance_id, progress)
+                if dropped is not None:
+                    await conn.execute(
+                        _RECORD_OVERFLOW,
+                        self.instance_id,
+                        dropped.first,
+                        dropped.last,
+                        dropped.count,
+                    )
+        except BaseException:
+            if dropped is not None:
+                self._dropped = dropped.merge(self._dropped)
+            raise
+        if dropped is not None:
+            AUDIT_GAPS.labels("queue_overflow").inc()
+            _log.error(
+                "attempt records dropped while the database was away",
+                alert="audit_gap",
+                count=dropped.count,
+                window_start=dropped.first.isoformat(),
+                window_end=dropped.last.isoformat(),
             )
-            if successes:
-                await conn.execute(
-                    _RECORD_SUCCESSES,
-                    [a.connection_id for a in successes],
-                    [a.received_at for a in successes],
-                    [a.client_ip for a in successes],
-                    [printable(a.user_agent) for a in successes],
-                )
+
+    async def _insert(
+        self, conn: PoolConnectionProxy, batch: list[Attempt], successes: list[Attempt]
+    ) -> None:
+        await conn.execute(
+            _INSERT_ATTEMPTS,
+            [a.connection_id for a in batch],
+            [a.user_id for a in batch],
+            [_text(a.broker) for a in batch],
+            ["accepted" if a.accepted else "refused" for a in batch],
+            [a.status_code for a in batch],
+            [a.reason for a in batch],
+            [a.client_ip for a in batch],
+            [printable(a.user_agent) for a in batch],
+            [printable(a.webhook_id, 256) for a in batch],
+            [a.webhook_timestamp for a in batch],
+            [a.event_id for a in batch],
+            [a.received_at for a in batch],
+            [a.webhook_path_id for a in batch],
+            [a.attempts for a in batch],
+        )
+        if successes:
+            await conn.execute(
+                _RECORD_SUCCESSES,
+                [a.connection_id for a in successes],
+                [a.received_at for a in successes],
+                [a.client_ip for a in successes],
+                [printable(a.user_agent) for a in successes],
+            )

@@ -5,6 +5,7 @@ IngestRefusal
  ├── Unauthorized           401: unknown URL, a secret that does not decrypt, or failed
  │                          verification (indistinguishable to the sender)
  ├── LiveNotEnabled         403: a live connection before `connections enable-live`
+ ├── RequestTimeout         408: the body did not arrive in time (the connection is closed)
  ├── Replay                 409: this webhook id is durably accepted (on Kafka) already
  ├── PayloadTooLarge        413
  ├── UnsupportedMediaType   415: the body is not declared as JSON
@@ -13,9 +14,10 @@ IngestRefusal
  │    ├── ClientThrottled       the client address spent its refusal budget (no lookup made)
  │    └── VerificationThrottled this source failed verification repeatedly
  └── Unavailable            503: the connection could not be looked up or the event could not be
-      │                     made durable; the sender should retry
-      └── InProgress            this webhook id is claimed by a publish that has not finished
-                                (its replica may have died): retry after its lease
+      │                     made durable, or ingest is not ready yet; the sender should retry
+      ├── InProgress            this webhook id is claimed by a publish that has not finished
+      │                         (its replica may have died): retry after its lease
+      └── Overloaded            more requests in progress than this replica answers at once
 
 `reason` is a code from a fixed set, for audit, logs and metrics only; the sender sees `error`
 and `public_detail`, which never say which part of a signature was wrong. Every refusal but our
@@ -56,6 +58,17 @@ class LiveNotEnabled(IngestRefusal):
     status_code = 403
     error = "live_not_enabled"
     public_detail = "this live connection is not enabled yet; sync a demo connection first"
+
+
+class RequestTimeout(IngestRefusal):
+    status_code = 408
+    error = "request_timeout"
+    public_detail = "the body did not arrive in time"
+
+    def headers(self) -> dict[str, str]:
+        # The rest of a body this slow may still be on its way: nothing else can follow it on
+        # this connection.
+        return {"Connection": "close"}
 
 
 class Replay(IngestRefusal):
@@ -124,3 +137,10 @@ class InProgress(Unavailable):
         "a delivery with this webhook-id is still being stored; nothing is accepted yet:"
         " retry after Retry-After"
     )
+
+
+class Overloaded(Unavailable):
+    public_detail = "too many requests in progress; retry later"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retry_after_seconds=1)

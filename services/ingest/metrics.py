@@ -23,6 +23,19 @@ AUDIT_DROPPED = Counter(
 AUDIT_FLUSH_FAILURES = Counter(
     "poscal_ingest_audit_flush_failures", "Failed attempts to write a batch of attempt records"
 )
+AUDIT_GAPS = Counter(
+    "poscal_ingest_audit_gaps",
+    "Audit gaps recorded: windows in which an instance's attempt records may be missing",
+    ["reason"],
+)
+OVERLOADED = Counter(
+    "poscal_ingest_overloaded",
+    "Requests answered 503 at once because the concurrency limit was reached (not audited)",
+)
+NOT_READY = Counter(
+    "poscal_ingest_not_ready",
+    "Webhooks answered 503 while ingest was still waiting for Postgres or Kafka (not audited)",
+)
 
 
 async def serve_metrics(_: Request) -> Response:

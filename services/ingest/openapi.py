@@ -18,6 +18,7 @@ WEBHOOK_ERRORS: dict[str, int] = {
     "incomplete_body": 400,
     "unauthorized": 401,
     "live_not_enabled": 403,
+    "request_timeout": 408,
     "replay": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
@@ -130,6 +131,11 @@ def _webhook_operation() -> dict[str, Any]:
                 " correctly signed deliveries learn this.",
                 "live_not_enabled",
             ),
+            "408": _refusal(
+                "The body did not arrive within `POSCAL_BODY_TIMEOUT_SECONDS` (default 15) of"
+                " the headers; nothing was accepted and the connection is closed.",
+                "request_timeout",
+            ),
             "409": _refusal(
                 "This connection has already durably accepted (published to Kafka) a delivery"
                 " with this `webhook-id`: stop sending it. Never answered for a delivery that"
@@ -162,9 +168,11 @@ def _webhook_operation() -> dict[str, Any]:
             ),
             "503": _refusal(
                 "Nothing was accepted: the connection could not be looked up, the event could"
-                " not be made durable, or a delivery with this `webhook-id` is still being"
-                " published (its publisher may have stopped; `Retry-After` is then the time"
-                " left before the retry may take it over). Retry after `Retry-After`.",
+                " not be made durable, ingest is still waiting for Postgres or Kafka, more"
+                " requests are in progress than `POSCAL_MAX_CONCURRENT_REQUESTS`, or a delivery"
+                " with this `webhook-id` is still being published (its publisher may have"
+                " stopped; `Retry-After` is then the time left before the retry may take it"
+                " over). Retry after `Retry-After`.",
                 "unavailable",
                 retry_after=True,
             ),

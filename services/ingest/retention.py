@@ -1,6 +1,7 @@
 """Forgets what is no longer needed: accepted webhook ids after the replay window, attempt
-records after their retention, failed-verification counts once their run has ended. In small
-chunks, so no lock is held for long; every replica may run it (deleting twice is harmless)."""
+records (and the audit gaps and ended ingest instances that speak of them) after their
+retention, failed-verification counts once their run has ended. In small chunks, so no lock is
+held for long; every replica may run it (deleting the same rows twice is harmless)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,16 @@ DELETE FROM webhook_verification_failures WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM webhook_verification_failures WHERE last_failure_at < now() - $1::interval
     LIMIT $2))
 """
+# A gap says which attempts may be missing: once they would have been forgotten anyway, so is it.
+_PRUNE_GAPS = """
+DELETE FROM webhook_audit_gaps WHERE id = ANY(ARRAY(
+    SELECT id FROM webhook_audit_gaps WHERE window_end < now() - $1::interval LIMIT $2))
+"""
+_PRUNE_INSTANCES = """
+DELETE FROM ingest_instances WHERE instance_id = ANY(ARRAY(
+    SELECT instance_id FROM ingest_instances
+    WHERE state <> 'running' AND coalesce(stopped_at, lost_at) < now() - $1::interval LIMIT $2))
+"""
 
 
 class Retention:
@@ -56,6 +67,8 @@ class Retention:
             (_PRUNE_DELIVERIES, self._replay_window),
             (_PRUNE_ATTEMPTS, self._attempt_retention),
             (_PRUNE_FAILURES, FAILURE_RUN),
+            (_PRUNE_GAPS, self._attempt_retention),
+            (_PRUNE_INSTANCES, self._attempt_retention),
         ):
             while True:
                 status = await self._pool.execute(statement, age, _CHUNK)

@@ -70,6 +70,27 @@ class IngestSettings(KeyedServiceSettings):
     attempt_retention_days: int = Field(
         90, ge=1, validation_alias=AliasChoices("POSCAL_ATTEMPT_RETENTION_DAYS")
     )
+    # Slow clients (request_bounds.py): the whole body within this long of its headers (408
+    # and the connection closed otherwise), an idle keep-alive connection closed after this
+    # long, and at most this many requests answered at once (503 beyond). Header reads are
+    # bounded by the proxy in front (infra/nginx/).
+    body_timeout_seconds: float = Field(
+        15.0, gt=0, validation_alias=AliasChoices("POSCAL_BODY_TIMEOUT_SECONDS")
+    )
+    keepalive_timeout_seconds: int = Field(
+        5, ge=1, validation_alias=AliasChoices("POSCAL_KEEPALIVE_TIMEOUT_SECONDS")
+    )
+    max_concurrent_requests: int = Field(
+        256, ge=1, validation_alias=AliasChoices("POSCAL_MAX_CONCURRENT_REQUESTS")
+    )
+    # How often queued attempt records are written, and how often each replica looks for
+    # instances that died without writing theirs (instances.py).
+    audit_flush_seconds: float = Field(
+        0.2, gt=0, validation_alias=AliasChoices("POSCAL_AUDIT_FLUSH_SECONDS")
+    )
+    instance_check_seconds: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("POSCAL_INSTANCE_CHECK_SECONDS")
+    )
 
     @field_validator("rate_limit_per_connection", "rate_limit_per_user", "refusals_per_client")
     @classmethod

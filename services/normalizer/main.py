@@ -1,4 +1,4 @@
-"""The normalizer entrypoint: wires Kafka once, then consumes until told to stop."""
+"""The normalizer entrypoint: waits for Kafka, wires it once, then consumes until told to stop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from services.normalizer.pipeline import Normalizer
 from services.normalizer.settings import NormalizerSettings
 from services.shared.consuming import RetryBudget, consume_batches
 from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
-from services.shared.kafka import create_consumer, create_producer
+from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
 
@@ -19,19 +19,9 @@ _log = get_logger("poscal.normalizer")
 async def serve(settings: NormalizerSettings, stop: asyncio.Event) -> None:
     topics = settings.topics
     async with contextlib.AsyncExitStack() as stack:
-        producer = create_producer(settings.kafka_bootstrap_servers, "poscal-normalizer")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
-        consumer = create_consumer(
-            settings.kafka_bootstrap_servers,
-            topics.raw,
-            settings.consumer_group,
-            "poscal-normalizer",
-            settings.kafka_session_timeout_ms,
-            settings.kafka_fetch_max_wait_ms,
-        )
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
+        connect = Dependencies(settings, stop, stack)
+        producer = await connect.producer("poscal-normalizer")
+        consumer = await connect.consumer(topics.raw, settings.consumer_group, "poscal-normalizer")
         mark_ready(settings.ready_file)
         normalizer = Normalizer(
             producer,

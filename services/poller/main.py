@@ -1,5 +1,5 @@
-"""The poller entrypoint: wires Postgres, Kafka and an HTTP client once, then polls until told
-to stop."""
+"""The poller entrypoint: waits for Postgres and Kafka, wires them and an HTTP client once, then
+polls until told to stop."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from services.poller.schedule import SyncSchedule
 from services.poller.service import Poller
 from services.poller.settings import PollerSettings
 from services.poller.sync import ConnectionSync, RetryPolicy
-from services.shared.database import create_pool
-from services.shared.kafka import create_producer
+from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
 from services.shared.vault import CredentialVault
@@ -27,16 +26,12 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if settings.metrics_port:
             stack.callback(serve_metrics(settings.metrics_host, settings.metrics_port))
-        pool = await create_pool(
-            settings.database_url.get_secret_value(), max_size=settings.concurrency + 2
-        )
-        stack.push_async_callback(pool.close)
-        producer = create_producer(settings.kafka_bootstrap_servers, "poscal-poller")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
+        kek = settings.key_ring()  # a key that does not load is configuration: fail at once
+        connect = Dependencies(settings, stop, stack)
+        pool = await connect.postgres(max_size=settings.concurrency + 2)
+        producer = await connect.producer("poscal-poller")
         http = httpx.AsyncClient(timeout=settings.broker_timeout_seconds, follow_redirects=False)
         stack.push_async_callback(http.aclose)
-        kek = settings.key_ring()
         schedule = SyncSchedule(
             pool, settings.owner, settings.lease_seconds, user_limit=settings.user_sync_limit
         )

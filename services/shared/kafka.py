@@ -10,15 +10,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
+    NodeNotReadyError,
     RecordListTooLargeError,
     RecordTooLargeError,
+    RequestTimedOutError,
     TopicAlreadyExistsError,
 )
+
+Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer)
 
 # The largest message a producer sends (aiokafka's `max_request_size`, also its per-record cap).
 # Kafka's own default is 1 MiB, and a raw event carries its body in base64 (4/3 of it): poll
@@ -26,6 +33,16 @@ from aiokafka.errors import (
 # be split. Topics must allow as much (`max.message.bytes`, set in infra/kafka-topics.sh):
 # otherwise the broker still refuses anything over its own 1 MiB default.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+# No broker answers right now (down, starting, unreachable): worth waiting for at start-up.
+KAFKA_UNREACHABLE: tuple[type[BaseException], ...] = (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,16 @@ def refused_for_its_content(exc: BaseException) -> bool:
     """Whether a failed send was refused for the record itself (too large for the producer or the
     topic): sending it again cannot succeed, unlike a broker that is away."""
     return isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError | RecordListTooLargeError)
+
+
+async def started(client: Client) -> Client:
+    """The client, started; one that fails to start (or is cancelled meanwhile) is closed."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+    return client
 
 
 def next_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:

@@ -1,15 +1,26 @@
-"""Running a service until SIGINT or SIGTERM, then letting it finish its batch and stop."""
+"""A service's life as a process: wait for its dependencies, report readiness, run until SIGINT
+or SIGTERM, then let it finish its batch and stop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-from services.shared.logging import setup_logging
+from services.shared.backoff import Backoff
+from services.shared.logging import get_logger, setup_logging
 from services.shared.settings import ServiceSettings
 from services.shared.tracing import setup_tracing
+
+T = TypeVar("T")
+_log = get_logger("poscal.lifecycle")
+
+
+class StoppedWaiting(Exception):
+    """Stop was asked for while a dependency was still awaited: nothing to finish, just exit."""
 
 
 def run_service(
@@ -18,9 +29,13 @@ def run_service(
     """A consumer service's whole life: logging and tracing once, serve until signalled."""
     setup_logging(name, settings.log_level, settings.log_format)
     provider = setup_tracing(f"poscal-{name}", settings.trace_file)
+    # A ready file left by an earlier run of this container would report a service that is
+    # still waiting for its dependencies as ready.
+    mark_not_ready(settings.ready_file)
     try:
         return run_until_signalled(serve)
     finally:
+        mark_not_ready(settings.ready_file)
         provider.shutdown()
 
 
@@ -30,7 +45,10 @@ def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> in
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(stop)
+        try:
+            await serve(stop)
+        except StoppedWaiting:
+            _log.info("stopped before its dependencies were reachable")
 
     asyncio.run(_main())
     return 0
@@ -41,3 +59,60 @@ def mark_ready(ready_file: Path | None) -> None:
     if ready_file is not None:
         ready_file.parent.mkdir(parents=True, exist_ok=True)
         ready_file.touch()
+
+
+def mark_not_ready(ready_file: Path | None) -> None:
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)
+
+
+def connect_backoff(cap_seconds: float) -> Backoff:
+    """How often a service that cannot reach a dependency tries again."""
+    return Backoff(base_seconds=0.25, cap_seconds=cap_seconds)
+
+
+async def connect_with_retry(
+    dependency: str,
+    address: str,
+    connect: Callable[[], Awaitable[T]],
+    stop: asyncio.Event,
+    *,
+    unreachable: tuple[type[BaseException], ...],
+    backoff: Backoff,
+) -> T:
+    """`connect()`'s result once it succeeds; StoppedWaiting once `stop` is set (at any point,
+    even during an attempt, which is then cancelled: `connect` must clean up after itself).
+
+    Failures in `unreachable` are waited out with backoff, logged with the dependency, its
+    address (never credentials) and the failure's type; any other failure is a configuration
+    error (bad credentials, a database that does not exist) and propagates.
+    """
+    while not stop.is_set():
+        attempt = asyncio.ensure_future(connect())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *unreachable):
+                await attempt
+            break
+        try:
+            connected = attempt.result()
+        except unreachable as exc:
+            delay = backoff.next_delay()
+            _log.warning(
+                "waiting for a dependency",
+                dependency=dependency,
+                address=address,
+                cause=type(exc).__name__,
+                retry_in_s=round(delay, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            continue
+        if backoff.attempt:
+            _log.info("dependency reachable", dependency=dependency, address=address)
+        backoff.reset()
+        return connected
+    raise StoppedWaiting(dependency)

@@ -50,6 +50,11 @@ class ServiceSettings(BaseSettings):
     )
     # Touched once the service is ready (consumers: joined their group), for supervisors.
     ready_file: Path | None = Field(None, validation_alias=AliasChoices("POSCAL_READY_FILE"))
+    # Started while Postgres or Kafka is away, a service waits for it, retrying with jittered
+    # exponential backoff up to this long between attempts.
+    connect_retry_cap_seconds: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("POSCAL_CONNECT_RETRY_CAP_SECONDS")
+    )
     # Spans also go to this JSON-lines file when set (the dev stack sets it; `poscal-sync traces`
     # reads it). OTLP export is configured by the SDK's own OTEL_* variables.
     trace_file: Path | None = Field(

@@ -1,4 +1,5 @@
-"""The writer entrypoint: wires Postgres and Kafka once, then consumes until told to stop."""
+"""The writer entrypoint: waits for Postgres and Kafka, wires them once, then consumes until
+told to stop."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import asyncio
 import contextlib
 
 from services.shared.consuming import RetryBudget, consume_batches
-from services.shared.database import create_pool
 from services.shared.dead_letters import DeadLetterBudget, DeadLetterPublisher
-from services.shared.kafka import create_consumer, create_producer
+from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
 from services.writer.pipeline import Writer
@@ -21,21 +21,12 @@ _log = get_logger("poscal.writer")
 async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
     topics = settings.topics
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url.get_secret_value(), max_size=4)
-        stack.push_async_callback(pool.close)
-        producer = create_producer(settings.kafka_bootstrap_servers, "poscal-writer")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
-        consumer = create_consumer(
-            settings.kafka_bootstrap_servers,
-            topics.canonical,
-            settings.consumer_group,
-            "poscal-writer",
-            settings.kafka_session_timeout_ms,
-            settings.kafka_fetch_max_wait_ms,
+        connect = Dependencies(settings, stop, stack)
+        pool = await connect.postgres(max_size=4)
+        producer = await connect.producer("poscal-writer")
+        consumer = await connect.consumer(
+            topics.canonical, settings.consumer_group, "poscal-writer"
         )
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
         mark_ready(settings.ready_file)
         writer = Writer(
             pool,

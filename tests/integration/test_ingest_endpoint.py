@@ -266,32 +266,6 @@ async def test_an_event_the_broker_did_not_acknowledge_gets_503_with_retry_after
     assert response.headers["retry-after"] == "5"
 
 
-async def test_ready_only_when_postgres_and_kafka_answer(
-    ingest: Ingest,
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    master_key: str,
-    database_url: str,
-    kafka_bootstrap: str,
-) -> None:
-    assert (await ingest.client.get("/readyz")).json() == {"status": "ready"}
-
-    async def unreachable() -> bool:
-        return False
-
-    settings = _settings(master_key, database_url, kafka_bootstrap)
-    app = create_app(settings, _wiring(settings, pool, vault, RefusingSink(), unreachable))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
-        ) as client,
-    ):
-        not_ready = await client.get("/readyz")
-        alive = await client.get("/healthz")
-    assert (not_ready.status_code, alive.status_code) == (503, 200)
-
-
 async def _deliver_signed(
     pool: asyncpg.Pool,
     vault: CredentialVault,

@@ -85,10 +85,20 @@ class RunningIngest:
                     httpx.AsyncClient(transport=transport, base_url="http://ingest", timeout=30)
                 )
             )
+            self.run(self._ready())
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    async def _ready(self) -> None:
+        """The app connects to Postgres and Kafka in the background: until /readyz says so."""
+        assert self.client is not None
+        async with asyncio.timeout(30):
+            while True:
+                if (await self.client.get("/readyz")).status_code == 200:
+                    return
+                await asyncio.sleep(0.05)
 
     def __exit__(self, *_: object) -> None:
         try:
