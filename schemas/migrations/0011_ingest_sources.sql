@@ -27,13 +27,16 @@ CREATE TRIGGER mt5_connections_notify_path_changed
 -- the run, but only if every failure counted was before its claim (`last_failure_at`, the
 -- database's clock), so a late acceptance write never erases later failures.
 CREATE TABLE public.webhook_verification_failures (
-    connection_id     uuid NOT NULL REFERENCES public.mt5_connections (id) ON DELETE CASCADE,
+    connection_id     uuid NOT NULL,
     source            text NOT NULL,
     user_id           uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     failures          integer NOT NULL CHECK (failures >= 0),
     first_failure_at  timestamptz NOT NULL,
     last_failure_at   timestamptz NOT NULL,
-    PRIMARY KEY (connection_id, source)
+    PRIMARY KEY (connection_id, source),
+    -- The user's own connection only (see 0009).
+    FOREIGN KEY (connection_id, user_id) REFERENCES public.mt5_connections (id, user_id)
+        ON DELETE CASCADE
 );
 
 CREATE INDEX webhook_verification_failures_user_id_idx
@@ -42,7 +45,7 @@ CREATE INDEX webhook_verification_failures_last_failure_at_idx
     ON public.webhook_verification_failures (last_failure_at);
 
 ALTER TABLE public.webhook_verification_failures ENABLE ROW LEVEL SECURITY;
-REVOKE ALL ON public.webhook_verification_failures FROM anon, authenticated;
+REVOKE ALL ON public.webhook_verification_failures FROM PUBLIC, anon, authenticated;
 GRANT SELECT ON public.webhook_verification_failures TO authenticated;
 GRANT ALL ON public.webhook_verification_failures TO service_role;
 CREATE POLICY webhook_verification_failures_owner_select ON public.webhook_verification_failures

@@ -56,5 +56,9 @@ BEGIN
         EXECUTE format('REVOKE ALL ON public.%I FROM PUBLIC, anon, authenticated', t);
         EXECUTE format('GRANT ALL ON public.%I TO service_role', t);
     END LOOP;
+    -- Their identity sequences too (Supabase's default grants give them to the API roles).
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s, %s FROM PUBLIC, anon, authenticated',
+        pg_get_serial_sequence('public.ingest_instances', 'lock_key'),
+        pg_get_serial_sequence('public.webhook_audit_gaps', 'id'));
 END
 $$;

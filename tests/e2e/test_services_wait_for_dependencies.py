@@ -157,7 +157,7 @@ def test_ingest_serves_at_once_answers_503_until_postgres_and_kafka_answer_then_
     connection = asyncio.run(_new_connection(database_url, vault))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    webhook = f"{url}/v1/webhooks/mt5/{connection.created.connection_id}"
+    webhook = url + urlsplit(connection.created.webhook_url).path
     body = encode_body(mt5_body(connection.login, fixture_deals()))
     secret = connection.created.webhook_secret
 

@@ -910,6 +910,7 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     "sync_events": {TABLE: READ},
     "webhook_deliveries": {TABLE: READ},
     "webhook_attempts": {TABLE: READ},
+    "webhook_verification_failures": {TABLE: READ},
     # Which replica holds a lease is the services' business.
     "sync_schedule": dict.fromkeys(
         (
@@ -932,6 +933,10 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     # The services' own.
     "schema_migrations": {},
     "webhook_attempts_id_seq": {},
+    "ingest_instances": {},
+    "ingest_instances_lock_key_seq": {},
+    "webhook_audit_gaps": {},
+    "webhook_audit_gaps_id_seq": {},
 }
 
 
