@@ -139,6 +139,6 @@ async def test_a_group_has_consumed_a_topic_once_it_committed_every_partitions_e
             await wait_until_consumed(kafka_bootstrap, (group, topic), wait_seconds=1)
 
         await consumer.commit({partitions[-1]: end})
-        await wait_until_consumed(kafka_bootstrap, (group, topic), wait_seconds=10)
+        await wait_until_consumed(kafka_bootstrap, (group, topic))
     finally:
         await consumer.stop()

@@ -13,42 +13,49 @@ import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+# How long reading a topic to its end may take at most (a bound for failing, not a wait).
+READ_SECONDS = 30.0
+
 
 async def read_topic(
     bootstrap: str, topic: str, *, expect: int = 0, wait_seconds: float = 30.0
 ) -> list[ConsumerRecord]:
     """Every record on `topic`, each partition read from its start to its end, once at least
-    `expect` records are there. TimeoutError if they are not within `wait_seconds`.
+    `expect` records are there. TimeoutError if they are not within `wait_seconds` (which bounds
+    only that wait: reading what is there to its end is not cut short by it).
 
     The ends are high watermarks reported after the call began, so every record produced before
     the call is included (and perhaps some produced while reading).
     """
-    deadline = time.monotonic() + wait_seconds
+    started = time.monotonic()
+    enough_by, give_up = started + wait_seconds, started + max(wait_seconds, READ_SECONDS)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic, deadline)
+        partitions = await _partitions(consumer, topic, give_up)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         records: list[ConsumerRecord] = []
         while True:
             fetched = await consumer.getmany(timeout_ms=100)
             records += [record for batch in fetched.values() for record in batch]
-            if len(records) >= expect and await _at_end(consumer, partitions):
+            at_end = await _at_end(consumer, partitions)
+            if at_end and len(records) >= expect:
                 return records
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if (at_end and now > enough_by) or now > give_up:
                 raise TimeoutError(
-                    f"{topic}: {len(records)} records read, {expect} expected, within"
-                    f" {wait_seconds}s (at its end: {await _at_end(consumer, partitions)})"
+                    f"{topic}: {len(records)} records read, {expect} expected, after"
+                    f" {now - started:.1f}s (read to its end: {at_end})"
                 )
     finally:
         await consumer.stop()
 
 
 async def partition_ends(
-    bootstrap: str, topic: str, wait_seconds: float = 30.0
+    bootstrap: str, topic: str, wait_seconds: float = READ_SECONDS
 ) -> dict[TopicPartition, int]:
     """Each partition's end (the offset the next record will get), as fetch responses say."""
     deadline = time.monotonic() + wait_seconds
@@ -76,7 +83,7 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[Topi
     )
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic, time.monotonic() + 30)
+        partitions = await _partitions(consumer, topic, time.monotonic() + READ_SECONDS)
         return {tp: await consumer.committed(tp) or 0 for tp in partitions}
     finally:
         await consumer.stop()
@@ -98,16 +105,23 @@ async def wait_until_consumed(
     deadline = time.monotonic() + wait_seconds
     for group, topic in stages:
         ends = await partition_ends(bootstrap, topic)
-        while True:
-            committed = await committed_offsets(bootstrap, group, topic)
-            if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{group} has committed {committed} of {topic}, whose ends are {ends},"
-                    f" after {wait_seconds}s"
-                )
-            await asyncio.sleep(0.1)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            while True:
+                committed = {tp: await consumer.committed(tp) or 0 for tp in ends}
+                if all(committed[tp] >= end for tp, end in ends.items()):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{group} has committed {committed} of {topic}, whose ends are {ends},"
+                        f" after {wait_seconds}s"
+                    )
+                await asyncio.sleep(0.1)
+        finally:
+            await consumer.stop()
 
 
 async def _partitions(
