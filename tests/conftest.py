@@ -7,11 +7,13 @@ tests that consume use topics and consumer groups of their own.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import hypothesis
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,6 +28,12 @@ from services.shared.migrations import apply_migrations
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from tests.support.infrastructure import running_kafka, running_postgres
+
+# Property tests draw the same examples on every run, so the suite's verdict never depends on
+# luck; `HYPOTHESIS_PROFILE=explore` draws new ones (and prints how to reproduce a failure).
+hypothesis.settings.register_profile("deterministic", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 # The marker every test under these folders carries, so that `-m` selects exactly them.
 MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e"}
