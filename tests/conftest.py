@@ -7,10 +7,13 @@ tests that consume use topics and consumer groups of their own.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
+import hypothesis
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,6 +28,31 @@ from services.shared.migrations import apply_migrations
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from tests.support.infrastructure import running_kafka, running_postgres
+
+# Property tests draw the same examples on every run, so the suite's verdict never depends on
+# luck; `HYPOTHESIS_PROFILE=explore` draws new ones (and prints how to reproduce a failure).
+hypothesis.settings.register_profile("deterministic", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+# The marker every test under these folders carries, so that `-m` selects exactly them.
+MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    unmarked = [
+        item.nodeid
+        for item in items
+        if tests in item.path.parents
+        and (marker := MARKER_OF_FOLDER.get(item.path.relative_to(tests).parts[0]))
+        and item.get_closest_marker(marker) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests without the marker of their folder (add pytestmark = pytest.mark.<folder>): "
+            + ", ".join(unmarked)
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from services.devstack.stack import DevStack
 from services.shared.settings import Topics
+from tests.support.kafka import wait_until_consumed
 from tests.support.otlp import OtlpReceiver
 
 
@@ -49,3 +50,18 @@ def stack(
     stack.start()
     yield stack
     stack.stop()
+
+
+@pytest.fixture
+def caught_up(stack: DevStack, kafka_bootstrap: str) -> Callable[[], Awaitable[None]]:
+    """Waits until the stack has been through everything on its topics so far: the normalizer
+    has committed all of the raw topic, then the writer all of the canonical one."""
+
+    async def wait() -> None:
+        await wait_until_consumed(
+            kafka_bootstrap,
+            (stack.extra_env["POSCAL_NORMALIZER_GROUP"], stack.topics.raw),
+            (stack.extra_env["POSCAL_WRITER_GROUP"], stack.topics.canonical),
+        )
+
+    return wait

@@ -63,11 +63,17 @@ def _dev(state_dir: Path, *args: str, shell_prefix: tuple[str, ...] = ()) -> sub
 
 
 def _wait_for_line(process: subprocess.Popen[str], text: str, timeout: float = 60) -> None:
+    """Until the process prints `text`; fails if it stops printing or takes too long first."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
+    printed: list[str] = []
     for line in process.stdout:
-        if text in line or time.monotonic() > deadline:
+        if text in line:
             return
+        printed.append(line)
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"{text!r} never printed; printed: {''.join(printed)}")
 
 
 def test_the_demo_streams_webhooks_into_the_journal_and_stops_cleanly(tmp_path: Path) -> None:

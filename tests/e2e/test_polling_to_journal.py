@@ -130,7 +130,11 @@ async def synced_after(pool: asyncpg.Pool, connection_id: uuid.UUID, moment: Any
 
 
 async def test_an_oanda_account_is_polled_into_the_journal_and_polling_again_changes_nothing(
-    pool: asyncpg.Pool, vault: CredentialVault, stack: DevStack, oanda: FakeOanda
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    stack: DevStack,
+    oanda: FakeOanda,
+    caught_up: Callable[[], Awaitable[None]],
 ) -> None:
     connection_id = await polled_connection(
         pool,
@@ -180,7 +184,7 @@ async def test_an_oanda_account_is_polled_into_the_journal_and_polling_again_cha
             cursor,
         )
         await eventually(lambda: synced_after(pool, connection_id, moment), "another sync")
-        await asyncio.sleep(1.5)  # whatever it published has been written by now
+        await caught_up()  # whatever that sync published has been normalized and written
 
     await poll_once_more(str(oanda.last_transaction_id))  # nothing new at the broker
     await poll_once_more(None)  # the whole history again: the same page, the same event
@@ -240,7 +244,16 @@ async def test_a_refused_token_stops_polling_until_it_is_replaced(
     asked = oanda.requests.count()
     async with pool.acquire() as conn:
         await sync_now(conn, connection_id)
-    await asyncio.sleep(2.5)
+    # The poller leases what is due oldest first: once a connection made due after this one has
+    # synced, the poller has looked at this one too.
+    account = oanda_account()
+    with FakeOanda(
+        account_id=account, transactions=numbered_transactions(1, account_id=account)
+    ) as later:
+        due_later = await polled_connection(
+            pool, vault, broker="oanda", account=account, api_url=later.url, credentials=later.token
+        )
+        await eventually(lambda: synced_after(pool, due_later, LONG_AGO), "a sync due later")
     assert oanda.requests.count() == asked  # not asked again with the refused token
 
     async with pool.acquire() as conn:

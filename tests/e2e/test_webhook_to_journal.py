@@ -100,15 +100,15 @@ async def test_the_same_deals_resent_under_new_webhook_ids_change_nothing(
 async def test_a_bad_signature_gets_401_and_publishes_nothing(
     connection: TestConnection, stack: DevStack, kafka_bootstrap: str
 ) -> None:
-    before = len(await read_topic(kafka_bootstrap, stack.topics.raw, expect=0, wait_seconds=1))
     body = encode_body(mt5_body(connection.login, fixture_deals()))
     headers = signed_headers(connection.created.webhook_secret, "msg_forged", body)
     headers["webhook-signature"] = "v1," + "A" * 44
     async with httpx.AsyncClient(timeout=10) as client:
         response = await client.post(connection.created.webhook_url, content=body, headers=headers)
     assert response.status_code == 401
-    after = len(await read_topic(kafka_bootstrap, stack.topics.raw, expect=0, wait_seconds=1))
-    assert after == before
+    # Ingest publishes before it answers 202, and never after answering: the answer is the signal.
+    key = str(connection.created.connection_id).encode()
+    assert [r for r in await read_topic(kafka_bootstrap, stack.topics.raw) if r.key == key] == []
 
 
 async def test_one_trace_follows_a_webhook_through_all_three_services(
@@ -119,7 +119,7 @@ async def test_one_trace_follows_a_webhook_through_all_three_services(
     event_id = response.json()["event_id"]
     async with pool.acquire() as conn:
         await wait_for_events(conn, connection.created.connection_id, 1)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     services: set[str] = set()
     in_trace: list[SpanRecord] = []
     while time.monotonic() < deadline and len(services) < 3:
@@ -143,7 +143,7 @@ async def test_one_trace_follows_a_webhook_through_all_three_services(
         f"process {stack.topics.canonical}",
     } <= names
     # The same trace went out over OTLP too, from every service, to the configured endpoint.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     exported: set[str] = set()
     while time.monotonic() < deadline and len(exported) < 3:
         await asyncio.sleep(0.2)

@@ -45,6 +45,8 @@ from tests.support.fake_flex import (
 )
 from tests.support.poll_adapters import RecordedSleeps, adapter_context
 
+pytestmark = pytest.mark.integration
+
 OPTIONS = FlexOptions(
     statement_retry=RetryPolicy(tries=4, backoff_base_seconds=2.0, backoff_cap_seconds=8.0),
     least_wait_seconds=1.0,

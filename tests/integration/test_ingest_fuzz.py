@@ -119,7 +119,7 @@ class RunningIngest:
         )
 
     def published(self) -> list[ConsumerRecord]:
-        """Everything on the app's raw topic (given a moment to arrive)."""
+        """Everything on the app's raw topic (ingest publishes before it answers)."""
         return self.run(
             read_topic(
                 self._settings.kafka_bootstrap_servers,

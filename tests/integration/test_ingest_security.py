@@ -22,6 +22,7 @@ from services.cli.credentials import rotate_webhook_secret
 from services.cli.webhook_endpoint import lock_connection
 from services.devstack.demo import encode_body, signed_headers
 from services.ingest.audit import AuditTrail
+from services.ingest.change_listener import CHANNEL
 from services.ingest.connections import ConnectionDirectory, VerifiableConnection
 from services.ingest.replays import Claim, DeliveryClaims, InFlight
 from services.ingest.retention import Retention
@@ -559,6 +560,21 @@ async def test_refusals_are_counted_in_the_metrics(
 # --- the connection cache -------------------------------------------------------------------
 
 
+async def until_listening_for_changes(pool: asyncpg.Pool, since: datetime) -> None:
+    """Until a session opened after `since` has finished LISTENing for connection changes: from
+    then on the ingest app caches connections and hears of every change."""
+    for _ in range(1000):
+        if await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_start >= $1"
+            " AND state = 'idle' AND query = $2)",
+            since,
+            f'LISTEN "{CHANNEL}"',
+        ):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the ingest app never listened for connection changes")
+
+
 async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
     pool: asyncpg.Pool,
     vault: CredentialVault,
@@ -567,8 +583,9 @@ async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
     database_url: str,
 ) -> None:
     settings = ingest_settings(master_key, database_url, connection_cache_seconds=600)
+    since = await pool.fetchval("SELECT clock_timestamp()")
     async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
-        await asyncio.sleep(0.3)  # the listener connects
+        await until_listening_for_changes(pool, since)
         assert (await deliver(ingest, connection)).status_code == 202  # now cached
         await pool.execute(
             "UPDATE mt5_connections SET status = 'paused' WHERE id = $1",

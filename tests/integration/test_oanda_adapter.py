@@ -31,6 +31,8 @@ from services.poller.adapters.oanda import OandaAdapter, OandaOptions
 from tests.support.fake_oanda import ACCOUNT_ID, TOKEN, FakeOanda, numbered_transactions
 from tests.support.poll_adapters import RecordedSleeps, adapter_context
 
+pytestmark = pytest.mark.integration
+
 RETRY = RetryPolicy(tries=5, backoff_base_seconds=0.5, backoff_cap_seconds=4.0)
 OPTIONS = OandaOptions(retry=RETRY)
 

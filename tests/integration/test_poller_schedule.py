@@ -55,9 +55,11 @@ class ScriptedBroker:
 
     pages: list[Delta] = field(default_factory=list)
     failure: Exception | None = None
-    # Seconds the broker takes before each page; after `stall_after` pages it never answers.
-    page_delay: float = 0.0
+    # Each page waits until `gate` is set (if there is one); after `stall_after` pages the
+    # broker never answers. `asked` is set once it is asked for pages.
+    gate: asyncio.Event | None = None
     stall_after: int | None = None
+    asked: asyncio.Event = field(default_factory=asyncio.Event)
     asked_from: list[str | None] = field(default_factory=list)
     credentials_seen: list[bytes] = field(default_factory=list)
 
@@ -77,10 +79,12 @@ class ScriptedBroker:
 
             async def fetch_closed_trades(self, cursor: str | None) -> AsyncIterator[Delta]:
                 broker.asked_from.append(cursor)
+                broker.asked.set()
                 for number, page in enumerate(broker.pages):
                     if number == broker.stall_after:
                         await asyncio.Event().wait()
-                    await asyncio.sleep(broker.page_delay)
+                    if broker.gate is not None:
+                        await broker.gate.wait()
                     yield page
 
             async def fetch_open_trades(self) -> list[dict[str, Any]]:
@@ -131,6 +135,18 @@ async def schedule_row(pool: asyncpg.Pool, connection: TestConnection) -> dict[s
     )
     assert row is not None
     return dict(row)
+
+
+async def until_the_database_clock_passes(pool: asyncpg.Pool, moment: datetime) -> None:
+    """Until `now()` in Postgres, the clock leases are measured by, is past `moment`."""
+    for _ in range(1000):
+        left: float = await pool.fetchval(
+            "SELECT extract(epoch FROM $1::timestamptz - now())::float8", moment
+        )
+        if left < 0:
+            return
+        await asyncio.sleep(left + 0.01)
+    raise AssertionError(f"the database clock never passed {moment}")
 
 
 async def make_due(pool: asyncpg.Pool, connection: TestConnection) -> None:
@@ -632,13 +648,21 @@ async def test_a_sync_longer_than_its_lease_keeps_the_lease_by_heartbeat(
     pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
     connection = await polled(pool, vault)
-    broker, sink = ScriptedBroker(pages=[page(1)], page_delay=2.5), RecordingSink()
-    schedule = SyncSchedule(pool, "replica", lease_seconds=1.5)
+    broker, sink = ScriptedBroker(pages=[page(1)], gate=asyncio.Event()), RecordingSink()
+    schedule = SyncSchedule(pool, "replica", lease_seconds=3)
     due = await lease_one(schedule, connection)
     assert due is not None
+    leased_until = (await schedule_row(pool, connection))["lease_until"]
     running = asyncio.create_task(syncer(pool, vault, schedule, broker, sink).run(due))
-    await asyncio.sleep(2.0)  # longer than the lease: only renewals can still hold it
+    await asyncio.wait_for(broker.asked.wait(), 10)  # under way, and held there by the broker
+    await until_the_database_clock_passes(pool, leased_until)
+
+    # The lease it was given has run out: only its renewals can still hold it.
     assert await lease_one(SyncSchedule(pool, "rescuer", 60), connection) is None
+    assert (await schedule_row(pool, connection))["lease_until"] > leased_until
+    assert not running.done()
+    assert broker.gate is not None
+    broker.gate.set()
     assert await running == "synced"
     assert (await schedule_row(pool, connection))["cursor"] == "100"
 
@@ -696,7 +720,7 @@ async def test_a_poller_never_starts_a_second_sync_of_a_connection_it_is_syncing
 ) -> None:
     connection = await polled(pool, vault)
     schedule = SyncSchedule(pool, "replica", 60)
-    release = asyncio.Event()
+    release, running = asyncio.Event(), asyncio.Event()
     started: list[uuid.UUID] = []
 
     async def sync(due: DueSync) -> str:
@@ -704,12 +728,13 @@ async def test_a_poller_never_starts_a_second_sync_of_a_connection_it_is_syncing
             await schedule.postpone(due.lease, 600)  # another test's leftover
             return "skipped"
         started.append(due.connection.connection_id)
+        running.set()
         await release.wait()
         return "synced"
 
     poller = Poller(schedule, sync, concurrency=1000, tick_seconds=1)
     await poller.tick()
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(running.wait(), 10)
     # Its lease runs out while it still runs (a stalled heartbeat): due and free again.
     await pool.execute(
         "UPDATE sync_schedule SET lease_until = now() - interval '1 second',"
@@ -717,9 +742,8 @@ async def test_a_poller_never_starts_a_second_sync_of_a_connection_it_is_syncing
         connection.created.connection_id,
     )
     await poller.tick()
-    await asyncio.sleep(0.1)
     release.set()
-    await poller.drain()
+    await poller.drain()  # every sync it started has run: a second one of it would be in `started`
     assert started == [connection.created.connection_id]
 
 

@@ -19,12 +19,15 @@ from services.shared.kafka import create_consumer, create_producer
 from services.shared.settings import Topics
 from services.writer.pipeline import Writer
 from services.writer.repository import JournalRepository
+from tests.support.kafka import wait_until_consumed
 
 
 @dataclass
 class RunningPipeline:
+    bootstrap: str
     producer: AIOKafkaProducer
     topics: Topics
+    normalizer_group: str
     writer_group: str
 
     async def send_raw(self, event: RawEvent) -> None:
@@ -36,6 +39,15 @@ class RunningPipeline:
 
     async def send_bytes(self, value: bytes, key: bytes = b"garbage") -> None:
         await self.producer.send_and_wait(self.topics.raw, value, key=key)
+
+    async def caught_up(self) -> None:
+        """Until everything sent so far has been through both stages: the normalizer has
+        committed all of the raw topic, then the writer all of the canonical one."""
+        await wait_until_consumed(
+            self.bootstrap,
+            (self.normalizer_group, self.topics.raw),
+            (self.writer_group, self.topics.canonical),
+        )
 
 
 @contextlib.asynccontextmanager
@@ -70,7 +82,7 @@ async def running_pipeline(
         asyncio.create_task(consume_batches(canonical_consumer, writer, stop, max_records=50)),
     ]
     try:
-        yield RunningPipeline(producer, topics, writer_group)
+        yield RunningPipeline(bootstrap, producer, topics, normalizer_group, writer_group)
     finally:
         stop.set()
         await asyncio.gather(*tasks)

@@ -13,9 +13,20 @@ def record_invalid(budget: DeadLetterBudget, times: int) -> None:
         budget.record_invalid()
 
 
+def tolerated(budget: DeadLetterBudget, times: int) -> int:
+    """How many of `times` more consecutive invalid messages the budget takes before it stops
+    the consumer."""
+    for taken in range(times):
+        try:
+            budget.record_invalid()
+        except DeadLetterBudgetExceeded:
+            return taken
+    return times
+
+
 @pytest.mark.parametrize("limit", [1, 3, 10])
 def test_up_to_the_limit_of_consecutive_invalid_messages_is_tolerated(limit: int) -> None:
-    record_invalid(DeadLetterBudget(max_consecutive=limit), limit)
+    assert tolerated(DeadLetterBudget(max_consecutive=limit), limit) == limit
 
 
 @pytest.mark.parametrize("limit", [1, 3, 10])
@@ -42,16 +53,20 @@ def test_a_valid_message_resets_the_count() -> None:
 
 
 def test_valid_messages_alone_never_spend_the_budget() -> None:
-    budget = DeadLetterBudget(max_consecutive=0)
+    budget = DeadLetterBudget(max_consecutive=3)
     for _ in range(100):
         budget.record_valid()
+    assert tolerated(budget, 10) == 3  # all of it left, and no more
 
 
 def test_invalid_messages_interleaved_with_valid_ones_are_not_consecutive() -> None:
     budget = DeadLetterBudget(max_consecutive=1)
+    taken = 0
     for _ in range(50):
-        budget.record_invalid()
+        taken += tolerated(budget, 1)
         budget.record_valid()
+    assert taken == 50
+    assert tolerated(budget, 10) == 1  # once the valid ones stop, the limit holds again
 
 
 def test_the_stop_is_permanent_and_says_how_many_against_what_limit() -> None:
