@@ -319,7 +319,7 @@ void Reconcile(const datetime from, const bool resend_all)
       ReadDeal(ticket, deal);
       string json = PosCalDealJson(deal);
       string print = PosCalDealFingerprint(json);
-      if(g_queued.Holds(ticket, print) || (!resend_all && g_sent.Holds(ticket, print)))
+      if(!PosCalNeedsSending(g_sent, g_queued, ticket, print, resend_all))
          continue;
       ArrayResize(tickets, count + 1, 1024);
       ArrayResize(prints, count + 1, 1024);

@@ -183,6 +183,32 @@ def test_a_ledger_line_that_is_not_a_ticket_and_a_fingerprint_is_skipped(
     assert ea.run("map-load", (line + "\n").encode().hex()) == "skipped 1\n"
 
 
+@pytest.mark.parametrize(
+    ("sent", "queued", "resend_all", "decision"),
+    [
+        ("", "", False, "queue"),  # never seen: missed while the terminal was off
+        ("900001 aaaa\n", "", False, "skip"),  # sent with this content
+        ("900001 old0\n", "", False, "queue"),  # sent, then the server changed it
+        ("", "900001 aaaa\n", False, "skip"),  # waiting in the outbox already
+        ("", "900001 old0\n", False, "queue"),
+        ("900001 aaaa\n", "", True, "queue"),  # the resend button
+        ("900001 aaaa\n", "900001 aaaa\n", True, "skip"),  # but never twice in the outbox
+    ],
+)
+def test_reconciliation_queues_what_history_has_and_was_not_sent_as_it_is(
+    ea: EaHarness, sent: str, queued: str, resend_all: bool, decision: str
+) -> None:
+    answer = ea.line(
+        "needs-sending",
+        sent.encode().hex(),
+        queued.encode().hex(),
+        "900001",
+        "aaaa",
+        "1" if resend_all else "0",
+    )
+    assert answer == decision
+
+
 def test_each_connection_of_an_account_keeps_its_own_state(ea: EaHarness) -> None:
     first = ea.line("state-folder", str(PINNED_LOGIN), "https://ingest.example/v1/webhooks/mt5/a")
     second = ea.line("state-folder", str(PINNED_LOGIN), "https://ingest.example/v1/webhooks/mt5/b")

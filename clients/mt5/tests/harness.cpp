@@ -181,6 +181,14 @@ int main(int argc, char **argv) {
         bool ok = PosCalCheckUrl(arg(2).c_str(), reason);
         std::cout << (ok ? std::string("ok") : "refused " + reason.utf8()) << " "
                   << PosCalUrlOrigin(arg(2).c_str()).utf8() << "\n";
+    } else if (command == "needs-sending") {
+        // needs-sending SENT_HEX QUEUED_HEX TICKET PRINT RESEND_ALL: the two maps as ledger text
+        MqlArray<uchar> sent_bytes = FromHex(arg(2)), queued_bytes = FromHex(arg(3));
+        PosCalSortedMap sent, queued;
+        sent.Load(PosCalFromUtf8(sent_bytes, ArraySize(sent_bytes)));
+        queued.Load(PosCalFromUtf8(queued_bytes, ArraySize(queued_bytes)));
+        bool needed = PosCalNeedsSending(sent, queued, std::stoull(arg(4)), arg(5).c_str(), arg(6) == "1");
+        std::cout << (needed ? "queue" : "skip") << "\n";
     } else if (command == "state-folder") {
         std::cout << PosCalStateFolder(std::stol(arg(2)), arg(3).c_str()).utf8() << "\n";
     } else if (command == "requests") {

@@ -130,12 +130,14 @@ string PosCalOutboxFileName(const ulong sequence)
    return PosCalZeroPadded(sequence, 12) + ".batch";
   }
 
-//--- Whether a deal from history still has to be sent: not when it was sent, or is queued,
-//--- with this very content.
+//--- Whether a deal read from history is to be queued: not while it waits in the outbox with
+//--- this very content, and not once sent with it, unless all history is being resent.
 bool PosCalNeedsSending(const PosCalSortedMap &sent, const PosCalSortedMap &queued, const ulong ticket,
-                        const string fingerprint)
+                        const string fingerprint, const bool resend_all)
   {
-   return !sent.Holds(ticket, fingerprint) && !queued.Holds(ticket, fingerprint);
+   if(queued.Holds(ticket, fingerprint))
+      return false;
+   return resend_all || !sent.Holds(ticket, fingerprint);
   }
 
 #endif
