@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -50,7 +51,7 @@ class Ingest:
 
     async def send(self, request: EaRequest) -> httpx.Response:
         return await self.client.post(
-            f"/v1/webhooks/mt5/{self.connection.created.connection_id}",
+            urlsplit(self.connection.created.webhook_url).path,
             content=request.body,
             headers=request.headers,
         )
