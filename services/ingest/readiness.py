@@ -6,9 +6,8 @@ import asyncio
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
-from services.ingest.database_calls import DATABASE_FAILURES
+from services.shared.probes import kafka_answers, postgres_answers
 
 
 class DependencyReadiness:
@@ -24,22 +23,8 @@ class DependencyReadiness:
         self._timeout = timeout_seconds
 
     async def __call__(self) -> bool:
-        postgres, kafka = await asyncio.gather(self._postgres_answers(), self._kafka_answers())
+        postgres, kafka = await asyncio.gather(
+            postgres_answers(self._pool, self._timeout),
+            kafka_answers(self._producer, within_seconds=self._timeout),
+        )
         return postgres and kafka
-
-    async def _postgres_answers(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return bool(await self._pool.fetchval("SELECT 1"))
-        except DATABASE_FAILURES:
-            return False
-
-    async def _kafka_answers(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout):
-                # A metadata request to a known broker: a real round trip, which leaves the
-                # producer's own view of the cluster as it is.
-                await self._producer.client.fetch_all_metadata()
-        except (KafkaError, OSError, TimeoutError):
-            return False
-        return True

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import RecordMetadata
 from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import Counter
@@ -22,6 +22,7 @@ from services.shared.errors import InvalidEvent, TransientError
 from services.shared.kafka import MAX_MESSAGE_BYTES, refused_for_its_content
 from services.shared.logging import get_logger
 from services.shared.messaging import process_span, record_delivery, start_send_span
+from services.shared.probes import kafka_answers
 
 _log = get_logger("poscal.normalizer")
 # By broker only: the item types come from payloads, so they must not become label values.
@@ -111,11 +112,13 @@ class Normalizer:
                 await delivery
             except Exception as exc:
                 if refused_for_its_content(exc):
+                    batch = ready.mapping.batch
                     await self._dead_letters.reject(
                         ready.record,
                         "canonical_refused",
                         f"the broker refused the canonical batch: {type(exc).__name__}: {exc}",
-                        str(ready.mapping.batch.event_id),
+                        str(batch.event_id),
+                        source=batch.connection.user_id,
                     )
                     continue
                 failure = failure or exc
@@ -134,19 +137,25 @@ class Normalizer:
             await self._dead_letters.reject(record, "invalid_envelope", _described(exc))
             return None
         event_id = str(event.event_id)
+        # The tenant: whatever its records cause counts against the budget as its own.
+        tenant = event.connection.user_id
         try:
             mapping = normalize(event)
         except InvalidEvent as exc:
-            await self._dead_letters.reject(record, exc.code, exc.detail, event_id)
+            await self._dead_letters.reject(record, exc.code, exc.detail, event_id, source=tenant)
             return None
         try:
             value = mapping.batch.model_dump_json().encode()
         except Exception as exc:
-            await self._dead_letters.reject(record, "unencodable_batch", _described(exc), event_id)
+            await self._dead_letters.reject(
+                record, "unencodable_batch", _described(exc), event_id, source=tenant
+            )
             return None
         if len(value) > self._max_bytes:
             detail = f"{len(value)} bytes, over the {self._max_bytes} a message may have"
-            await self._dead_letters.reject(record, "canonical_too_large", detail, event_id)
+            await self._dead_letters.reject(
+                record, "canonical_too_large", detail, event_id, source=tenant
+            )
             return None
         if mapping.rejected:
             # One letter for the event, however many of its items were refused: the valid
@@ -157,9 +166,10 @@ class Normalizer:
                 describe_rejections(mapping),
                 event_id,
                 rejections=item_rejections(mapping),
+                source=tenant,
             )
         else:
-            self._dead_letters.accepted()
+            self._dead_letters.accepted(tenant)
         if mapping.skipped:
             # Recorded, never fatal: transaction types the journal has no use for (orders,
             # configuration changes, aggregate rows...).
@@ -196,22 +206,9 @@ class Normalizer:
         return delivery
 
     async def healthy(self) -> bool:
-        """Whether the broker answers now and every canonical partition has a leader."""
-        client = self._producer.client
-        try:
-            async with asyncio.timeout(5):
-                updated = await client.force_metadata_update()
-        except Exception:
-            return False
-        partitions = client.cluster.partitions_for_topic(self._topic) or set()
-        return (
-            bool(updated)
-            and bool(partitions)
-            and all(
-                client.cluster.leader_for_partition(TopicPartition(self._topic, p))
-                not in (None, -1)
-                for p in partitions
-            )
+        """Whether the broker takes canonical batches and dead letters now."""
+        return await kafka_answers(self._producer, [self._topic]) and (
+            await self._dead_letters.reachable()
         )
 
     async def give_up(self, record: ConsumerRecord, reason: str) -> None:

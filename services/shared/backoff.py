@@ -15,7 +15,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The next wait: uniform in [0, min(cap, base * 2^attempt)]."""
-        ceiling = min(self.cap_seconds, self.base_seconds * (2**self.attempt))
+        # The exponent stops growing once the cap is reached: an outage of any length (any
+        # number of attempts) never overflows.
+        ceiling = min(self.cap_seconds, self.base_seconds * (2.0 ** min(self.attempt, 64)))
         self.attempt += 1
         return self._random.uniform(0, ceiling)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -28,12 +28,17 @@ FillEntry = Literal["in", "out", "inout", "out_by"]
 # Every broker number in the canonical records: what `numeric` CHECKs of 0008 allow.
 AMOUNT_MAGNITUDE = Decimal(10) ** 15
 AMOUNT_PLACES = 18
+# Arithmetic on bounded amounts (at most 33 digits): sums and products stay exact within 80
+# digits, where Python's default 28-digit context would silently round them.
+EXACT = Context(prec=80, traps=[InvalidOperation, DivisionByZero, Overflow])
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
 
 
 def decimal_places(value: Decimal) -> int:
     """The decimal places `value` really has (trailing zeros do not count); exact, no context."""
+    if value.is_zero():
+        return 0
     _, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite
     trailing = 0

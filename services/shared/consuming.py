@@ -1,16 +1,21 @@
 """The consume loop both consumers share: fetch a batch, let the handler make it durable, then
 commit `offset + 1`. Committing is this loop's job, never the handler's, and never automatic.
 
-A batch that fails transiently is retried (rewound, after a backoff) for as long as the
-infrastructure is down. Once it has failed for the whole retry budget while the handler reports
-its infrastructure healthy, the failure is no outage: the batch is retried record by record, and
-a record that still fails alone is given up (dead-lettered), so no partition waits behind one
-record longer than a real outage's retry budget.
+Failures are retried per partition. A batch that fails transiently is handled again one
+partition at a time: partitions that succeed are committed at once, and a partition that fails
+is paused for its own backoff and read again from its first unfinished record, so the other
+partitions never wait for it. A partition that has failed for the whole retry budget while the
+handler reports its infrastructure healthy is failing for one record's sake, not an outage: its
+records are handled one by one and the one still failing is given up (dead-lettered). So no
+partition waits behind one record longer than a real outage's retry budget, and no other
+partition waits at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ class BatchHandler(Protocol):
         """Make every record's effect durable, or raise TransientError to get them again."""
 
     async def healthy(self) -> bool:
-        """Whether the infrastructure the handler writes to answers now."""
+        """Whether the infrastructure the handler writes to (dead letters included) answers."""
 
     async def give_up(self, record: ConsumerRecord, reason: str) -> None:
         """Set aside (dead-letter) a record that keeps failing while all else is healthy."""
@@ -50,35 +55,93 @@ class RetryBudget:
         return failures >= self.attempts and failing_for_seconds >= self.seconds
 
 
-def _rewind(consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
-    first: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        first[tp] = min(first.get(tp, record.offset), record.offset)
-    assigned = consumer.assignment()
-    for tp, offset in first.items():
-        if tp in assigned:
-            consumer.seek(tp, offset)
+@dataclass
+class _Failing:
+    """A partition failing transiently: how often in a row, since when, and its backoff."""
+
+    since: float
+    backoff: Backoff
+    count: int = 0
+    resume_at: float = 0.0
 
 
-class _Failures:
-    """Consecutive transient failures, and since when."""
+class _Partitions:
+    """The per-partition retry state of one consume loop."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: BatchHandler,
+        budget: RetryBudget,
+        backoff: Backoff,
+        clock: Callable[[], float],
+    ) -> None:
+        self._consumer = consumer
+        self._handler = handler
+        self._budget = budget
+        self._backoff = backoff
         self._clock = clock
-        self.count = 0
-        self._since: float | None = None
+        self._failing: dict[TopicPartition, _Failing] = {}
 
-    def add(self) -> None:
-        self.count += 1
-        if self._since is None:
-            self._since = self._clock()
+    def resume_due(self) -> None:
+        """Resume the paused partitions whose backoff has passed (and are still ours)."""
+        now = self._clock()
+        assigned = self._consumer.assignment()
+        for tp, failing in self._failing.items():
+            if failing.resume_at <= now and tp in assigned and tp in self._consumer.paused():
+                self._consumer.resume(tp)
 
-    def seconds(self) -> float:
-        return 0.0 if self._since is None else self._clock() - self._since
+    def wait_ms(self, poll_timeout_ms: int) -> int:
+        """How long a fetch may wait: never past the next paused partition's resumption."""
+        paused = [f.resume_at for f in self._failing.values() if f.resume_at > self._clock()]
+        if not paused:
+            return poll_timeout_ms
+        until = math.ceil((min(paused) - self._clock()) * 1000)
+        return max(1, min(poll_timeout_ms, until))
 
-    def reset(self) -> None:
-        self.count, self._since = 0, None
+    async def commit(self, records: Sequence[ConsumerRecord]) -> None:
+        for tp in {TopicPartition(r.topic, r.partition) for r in records}:
+            self._failing.pop(tp, None)
+        try:
+            await self._consumer.commit(next_offsets(records))
+        except (CommitFailedError, KafkaError) as exc:
+            # Partitions moved to another consumer: it will see these records again, and the
+            # sinks are idempotent, so redelivery is harmless.
+            _log.warning("offset commit failed; records will be redelivered", error=repr(exc))
+
+    async def failed(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord], error: TransientError
+    ) -> None:
+        """One partition's records failed transiently: retry them after the partition's own
+        backoff, or once its budget is spent while healthy, give up the record that fails."""
+        now = self._clock()
+        failing = self._failing.setdefault(
+            tp, _Failing(since=now, backoff=dataclasses.replace(self._backoff, attempt=0))
+        )
+        failing.count += 1
+        done = 0
+        if self._budget.spent(failing.count, now - failing.since) and (
+            await self._handler.healthy()
+        ):
+            done = await _one_by_one(self._handler, records, error)
+            if done:
+                await self.commit(records[:done])
+            if done == len(records):
+                return
+            failing = self._failing.setdefault(tp, failing)
+        delay = failing.backoff.next_delay()
+        _log.warning(
+            "records failed, retrying their partition",
+            error=str(error),
+            topic=tp.topic,
+            partition=tp.partition,
+            retry_in_s=round(delay, 3),
+            consecutive_failures=failing.count,
+        )
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, records[done].offset)
+            self._consumer.pause(tp)
+        failing.resume_at = self._clock() + delay
 
 
 async def consume_batches(
@@ -92,45 +155,44 @@ async def consume_batches(
     retry_budget: RetryBudget | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    backoff = backoff or Backoff()
-    budget = retry_budget or RetryBudget()
-    failures = _Failures(clock)
+    partitions = _Partitions(
+        consumer, handler, retry_budget or RetryBudget(), backoff or Backoff(), clock
+    )
     while not stop.is_set():
-        fetched = await consumer.getmany(timeout_ms=poll_timeout_ms, max_records=max_records)
-        records = [record for batch in fetched.values() for record in batch]
-        if not records:
+        partitions.resume_due()
+        fetched = await consumer.getmany(
+            timeout_ms=partitions.wait_ms(poll_timeout_ms), max_records=max_records
+        )
+        batches = {tp: records for tp, records in fetched.items() if records}
+        if not batches:
             continue
+        every = [record for records in batches.values() for record in records]
+        try:
+            await handler.handle(every)
+        except TransientError as batch_failure:
+            await _partition_by_partition(partitions, handler, batches, batch_failure)
+            continue
+        await partitions.commit(every)
+
+
+async def _partition_by_partition(
+    partitions: _Partitions,
+    handler: BatchHandler,
+    batches: dict[TopicPartition, list[ConsumerRecord]],
+    batch_failure: TransientError,
+) -> None:
+    """After a whole batch failed: each partition alone, so the others go on."""
+    if len(batches) == 1:
+        [(tp, records)] = batches.items()
+        await partitions.failed(tp, records, batch_failure)
+        return
+    for tp, records in batches.items():
         try:
             await handler.handle(records)
         except TransientError as exc:
-            failures.add()
-            if budget.spent(failures.count, failures.seconds()) and await handler.healthy():
-                done = await _one_by_one(handler, records, exc)
-                if done < len(records):  # the infrastructure went away after all
-                    _rewind(consumer, records[done:])
-                    await asyncio.sleep(backoff.next_delay())
-                if done == 0:
-                    continue
-                records = records[:done]
-            else:
-                delay = backoff.next_delay()
-                _log.warning(
-                    "batch failed, retrying",
-                    error=str(exc),
-                    retry_in_s=round(delay, 3),
-                    consecutive_failures=failures.count,
-                )
-                _rewind(consumer, records)
-                await asyncio.sleep(delay)
-                continue
-        failures.reset()
-        backoff.reset()
-        try:
-            await consumer.commit(next_offsets(records))
-        except (CommitFailedError, KafkaError) as exc:
-            # Partitions moved to another consumer: it will see these records again, and the
-            # sinks are idempotent, so redelivery is harmless.
-            _log.warning("offset commit failed; records will be redelivered", error=repr(exc))
+            await partitions.failed(tp, records, exc)
+            continue
+        await partitions.commit(records)
 
 
 async def _one_by_one(
@@ -157,8 +219,12 @@ async def _one_by_one(
                 offset=record.offset,
                 error=str(exc),
             )
-            await handler.give_up(
-                record,
-                f"still failing after the retry budget while the infrastructure answered: {exc}",
-            )
+            try:
+                await handler.give_up(
+                    record,
+                    "still failing after the retry budget while the infrastructure answered: "
+                    f"{exc}",
+                )
+            except TransientError:  # the dead letter could not be sent: an outage after all
+                return done
     return len(records)

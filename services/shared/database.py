@@ -25,6 +25,10 @@ POSTGRES_UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
 )
+# ...except a client misconfigured (a DSN option that is no option), an InterfaceError too.
+POSTGRES_MISCONFIGURED: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ClientConfigurationError,
+)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -20,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
+from services.shared.probes import kafka_answers
 
 Stage = Literal["normalizer", "writer"]
 _log = get_logger("poscal.dead_letters")
@@ -207,35 +211,78 @@ class DeadLetterBudgetExceeded(PermanentError):
 
 
 class DeadLetterBudget:
-    """Counts consecutive dead letters, and the sources (record keys: connections) they came
-    from; any good message resets both. It is spent only by a run longer than `max_consecutive`
-    that spans at least `min_sources` sources: a bad deploy fails everyone's records, while one
-    tenant sending nothing but garbage is that tenant's problem and must stop no one."""
+    """Counts consecutive dead letters and the sources (tenants: user ids where known) they
+    came from; any good message ends the run.
 
-    def __init__(self, max_consecutive: int, min_sources: int = 1) -> None:
+    A bad deploy fails everyone's records, while tenants sending nothing but garbage are their
+    own problem and must stop no one. So the budget is spent only by a run longer than
+    `max_consecutive` that spans at least `min_sources` sources and at least `active_share` of
+    the sources whose messages were processed in the last `window_seconds`: garbage from a few
+    accounts, however long and from however many of their connections, never spends it.
+    """
+
+    _MAX_REMEMBERED = 100_000
+
+    def __init__(
+        self,
+        max_consecutive: int,
+        min_sources: int = 1,
+        *,
+        active_share: float = 0.5,
+        window_seconds: float = 86_400,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._max = max_consecutive
         self._min_sources = max(1, min_sources)
+        self._share = active_share
+        self._window = window_seconds
+        self._clock = clock
         self._consecutive = 0
         self._sources: set[object] = set()
+        # When each source last had a message processed, and how many did so in the window
+        # (recounted at most once a minute: a long run must not cost a scan per message).
+        self._active: dict[object, float] = {}
+        self._active_count = 0
+        self._counted_at = -math.inf
 
-    def record_valid(self) -> None:
+    def record_valid(self, source: object = None) -> None:
         self._consecutive = 0
         self._sources.clear()
+        if source is not None:
+            if len(self._active) >= self._MAX_REMEMBERED:
+                self._count_active(force=True)
+            self._active[source] = self._clock()
 
     def record_invalid(self, source: object = None) -> None:
         self._consecutive += 1
-        if len(self._sources) < self._min_sources:
+        if len(self._sources) < self._MAX_REMEMBERED:
             self._sources.add(source)
-        if self._consecutive > self._max and len(self._sources) >= self._min_sources:
+        if self._consecutive <= self._max or len(self._sources) < self._min_sources:
+            return
+        needed = max(self._min_sources, math.ceil(self._share * self._count_active()))
+        if len(self._sources) >= needed:
             raise DeadLetterBudgetExceeded(
                 f"{self._consecutive} consecutive invalid messages (limit {self._max}) from "
-                f"{len(self._sources)} or more sources; stopping without committing so a fix "
-                "can reprocess them"
+                f"{len(self._sources)} sources; stopping without committing so a fix can "
+                "reprocess them"
             )
+
+    def _count_active(self, *, force: bool = False) -> int:
+        now = self._clock()
+        if force or now - self._counted_at >= 60:
+            since = now - self._window
+            self._active = {s: at for s, at in self._active.items() if at >= since}
+            self._active_count, self._counted_at = len(self._active), now
+        return self._active_count
 
 
 class DeadLetterPublisher:
-    """Sends dead letters (acknowledged before returning) and keeps the budget of a consumer."""
+    """Sends dead letters (acknowledged before returning) and keeps the budget of a consumer.
+
+    A record already set aside by this process (its batch then failed and came back) is not
+    sent or counted again."""
+
+    _REMEMBERED = 10_000
 
     def __init__(
         self,
@@ -250,6 +297,7 @@ class DeadLetterPublisher:
         self._stage = stage
         self._budget = budget
         self._max_bytes = max_bytes
+        self._sent: OrderedDict[tuple[str, int, int], None] = OrderedDict()
 
     async def reject(
         self,
@@ -259,9 +307,14 @@ class DeadLetterPublisher:
         event_id: str | None = None,
         *,
         rejections: Sequence[ItemRejection] = (),
+        source: object = None,
     ) -> None:
         """Set a message aside, whole or (with `rejections`) in some of its items: log it,
-        send one dead letter for it, and count that one letter against the budget."""
+        send one dead letter for it, and count that one letter against the budget, as coming
+        from `source` (the tenant: its user id; default: the record's key)."""
+        where = (record.topic, record.partition, record.offset)
+        if where in self._sent:
+            return
         log = _log.bind(
             stage=self._stage, topic=record.topic, partition=record.partition, offset=record.offset
         )
@@ -289,11 +342,18 @@ class DeadLetterPublisher:
                 max_bytes=self._max_bytes,
             )
         await self._send(record, sendable)
-        self._budget.record_invalid(record.key)
+        self._sent[where] = None
+        if len(self._sent) > self._REMEMBERED:
+            self._sent.popitem(last=False)
+        self._budget.record_invalid(source if source is not None else record.key)
 
-    def accepted(self) -> None:
-        """A message was processed: the run of invalid ones is over."""
-        self._budget.record_valid()
+    async def reachable(self) -> bool:
+        """Whether the dead-letter topic can take a letter now."""
+        return await kafka_answers(self._producer, [self._topic])
+
+    def accepted(self, source: object = None) -> None:
+        """A message of `source` (its tenant) was processed: the run of invalid ones is over."""
+        self._budget.record_valid(source)
 
     async def _send(self, record: ConsumerRecord, letter: DeadLetter) -> None:
         headers = [*(record.headers or ()), ("poscal-reason-code", letter.reason_code.encode())]

@@ -12,7 +12,12 @@ from typing import Any, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.shared.database import POSTGRES_UNREACHABLE, create_pool, dsn_address
+from services.shared.database import (
+    POSTGRES_MISCONFIGURED,
+    POSTGRES_UNREACHABLE,
+    create_pool,
+    dsn_address,
+)
 from services.shared.kafka import (
     KAFKA_UNREACHABLE,
     Client,
@@ -51,6 +56,7 @@ class Dependencies:
             connect,
             self._stop,
             unreachable=POSTGRES_UNREACHABLE,
+            misconfigured=POSTGRES_MISCONFIGURED,
             backoff=connect_backoff(self._settings.connect_retry_cap_seconds),
         )
 

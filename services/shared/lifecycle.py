@@ -79,13 +79,15 @@ async def connect_with_retry(
     *,
     unreachable: tuple[type[BaseException], ...],
     backoff: Backoff,
+    misconfigured: tuple[type[BaseException], ...] = (),
 ) -> T:
     """`connect()`'s result once it succeeds; StoppedWaiting once `stop` is set (at any point,
     even during an attempt, which is then cancelled: `connect` must clean up after itself).
 
     Failures in `unreachable` are waited out with backoff, logged with the dependency, its
     address (never credentials) and the failure's type; any other failure is a configuration
-    error (bad credentials, a database that does not exist) and propagates.
+    error (bad credentials, a database that does not exist) and propagates, as does one in
+    `misconfigured` even where it is also of an `unreachable` type.
     """
     while not stop.is_set():
         attempt = asyncio.ensure_future(connect())
@@ -99,6 +101,8 @@ async def connect_with_retry(
             break
         try:
             connected = attempt.result()
+        except misconfigured:
+            raise
         except unreachable as exc:
             delay = backoff.next_delay()
             _log.warning(

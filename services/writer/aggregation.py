@@ -17,23 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import (
-    ROUND_HALF_EVEN,
-    Context,
-    Decimal,
-    DivisionByZero,
-    InvalidOperation,
-    Overflow,
-    localcontext,
-)
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Literal
+
+from services.shared.canonical import EXACT
 
 Side = Literal["buy", "sell"]
 _PRICE_QUANTUM = Decimal("1e-10")
 _ZERO = Decimal(0)
-# Bounded amounts (below 10^15, 18 places: services/shared/canonical.py) have at most 33 digits;
-# sums and products of them stay exact well within 80, and nothing is silently clamped.
-_EXACT = Context(prec=80, traps=[InvalidOperation, DivisionByZero, Overflow])
 
 
 @dataclass(frozen=True)
@@ -210,7 +201,7 @@ def aggregate_position(
 ) -> list[TradeAggregate]:
     """Every journal row of one position; the same fills and charges in any order give the
     same rows. A position with charges but no fill (yet) has no row."""
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         segments = _segments(position_key, fills)
         if not segments:
             return []

@@ -8,7 +8,6 @@ event is alone: it is dead-lettered, and every other event of the batch is writt
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
@@ -23,6 +22,7 @@ from services.shared.dead_letters import DeadLetterPublisher, safe_text
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
 from services.shared.messaging import start_process_span
+from services.shared.probes import postgres_answers
 from services.writer.failures import Disposition, StopWriting, classify_database_failure
 from services.writer.repository import EventOutcome, JournalRepository
 
@@ -85,8 +85,9 @@ class Writer:
             if outcome is not None:
                 _annotate(span, outcome)
             db_span.end(end_time=ended)
+        tenants = {batch.event_id: batch.connection.user_id for _, batch in parsed}
         for outcome in outcomes:
-            self._dead_letters.accepted()
+            self._dead_letters.accepted(tenants[outcome.event_id])
             _log.debug("event applied", **_outcome_fields(outcome))
 
     async def _apply_isolating(
@@ -104,7 +105,11 @@ class Writer:
                 )
             [(record, batch)] = parsed
             await self._dead_letters.reject(
-                record, "write_rejected", exc.detail, str(batch.event_id)
+                record,
+                "write_rejected",
+                exc.detail,
+                str(batch.event_id),
+                source=batch.connection.user_id,
             )
             return []
 
@@ -133,13 +138,9 @@ class Writer:
                     raise StopWriting(sqlstate, f"{type(exc).__name__}: {exc}") from exc
 
     async def healthy(self) -> bool:
-        """Whether Postgres answers now: a failure that persists while it does is an event's."""
-        try:
-            async with asyncio.timeout(5):
-                await self._pool.fetchval("SELECT 1")
-        except Exception:
-            return False
-        return True
+        """Whether Postgres answers and the dead-letter topic takes letters now: a failure that
+        persists while they do is an event's."""
+        return await postgres_answers(self._pool) and await self._dead_letters.reachable()
 
     async def give_up(self, record: ConsumerRecord, reason: str) -> None:
         """Dead-letter an event that kept failing while the database was up."""

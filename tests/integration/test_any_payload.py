@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from services.cli.connections import create_connection, create_user
 from services.normalizer.pipeline import Normalizer
-from services.shared.canonical import CanonicalBatch
+from services.shared.canonical import EXACT, CanonicalBatch
 from services.shared.dead_letters import DeadLetter, DeadLetterBudget, DeadLetterPublisher
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.vault import CredentialVault
@@ -199,6 +199,11 @@ async def keys_written(pool: asyncpg.Pool, connection: ConnectionRef) -> set[str
     return {r["key"] for r in rows}
 
 
+def is_own_key(key: str, item_key: str) -> bool:
+    """`key` is the item's own record (`item_key`) or one of its parts (`item_key:...`)."""
+    return key == item_key or key.startswith(item_key + ":")
+
+
 async def check_every_item_accounted_for(
     pool: asyncpg.Pool,
     connection: ConnectionRef,
@@ -212,14 +217,56 @@ async def check_every_item_accounted_for(
     assert outcome.canonical is not None
     written = await keys_written(pool, connection)
     writer_refused = any(x.stage == "writer" for x in outcome.letters)
+    if not writer_refused:
+        await check_stored_as_mapped(pool, connection, outcome.canonical)
     rejected = outcome.rejected_indexes()
     for index, item in enumerate(items):
         if index in rejected or skippable(item):
             continue
-        prefix = key_of(item)
+        item_key = key_of(item)
         if writer_refused or not outcome.all_listed():
             continue  # the whole event is in a dead letter with its reason
-        assert prefix is not None and any(k.startswith(prefix) for k in written), (index, item)
+        assert item_key is not None and any(is_own_key(k, item_key) for k in written), (
+            index,
+            item,
+        )
+
+
+async def check_stored_as_mapped(
+    pool: asyncpg.Pool, connection: ConnectionRef, batch: CanonicalBatch
+) -> None:
+    """What the database holds is exactly what was mapped: nothing rounded, clamped or zeroed
+    (the class of a balance once stored as 0)."""
+    fills = {
+        r["fill_key"]: r
+        for r in await pool.fetch(
+            "SELECT * FROM broker_fills WHERE connection_id = $1", connection.connection_id
+        )
+    }
+    for fill in batch.fills:
+        row = fills[fill.fill_key]
+        for field in ("volume", "price", "profit", "commission", "swap", "fee"):
+            assert row[field] == getattr(fill, field), (fill.fill_key, field)
+        assert (row["symbol"], row["executed_at"]) == (fill.symbol, fill.executed_at)
+    movements = {
+        r["movement_key"]: r
+        for r in await pool.fetch(
+            "SELECT * FROM broker_cash_movements WHERE connection_id = $1",
+            connection.connection_id,
+        )
+    }
+    for movement in batch.cash_movements:
+        assert movements[movement.movement_key]["amount"] == movement.amount
+    if batch.account is not None:  # a fresh tenant's first report is always applied
+        account = await pool.fetchrow(
+            "SELECT current_balance, equity FROM trading_accounts WHERE id = $1",
+            connection.account_id,
+        )
+        assert account is not None
+        assert (account["current_balance"], account["equity"]) == (
+            batch.account.balance,
+            batch.account.equity,
+        )
 
 
 # --- MT5 -----------------------------------------------------------------------------------
@@ -253,6 +300,28 @@ async def test_any_mt5_webhook_is_written_or_dead_lettered_with_its_reason(
         return f"mt5:PosCal-Any:{login}:deal:{ticket}" if isinstance(ticket, int) else None
 
     await check_every_item_accounted_for(pool, connection, outcome, deals, key_of)
+    check_mapped_as_sent(outcome, deals, key_of)
+
+
+def check_mapped_as_sent(outcome: Outcome, deals: list[Any], key_of: Any) -> None:
+    """Every deal mapped carries the exact numbers it was sent with."""
+    if outcome.canonical is None:
+        return
+    sent: dict[str | None, list[dict[str, Any]]] = {}
+    for deal in deals:
+        if isinstance(deal, dict):
+            sent.setdefault(key_of(deal), []).append(deal)
+    money = ("volume", "price", "profit", "commission", "swap", "fee")
+    for fill in outcome.canonical.fills:
+        mapped = tuple(getattr(fill, field) for field in money)
+        assert any(mapped == tuple(d[f] for f in money) for d in sent[fill.fill_key]), fill
+    for movement in outcome.canonical.cash_movements:
+        with localcontext(EXACT):
+            totals = [
+                d["profit"] + d["commission"] + d["swap"] + d["fee"]
+                for d in sent[movement.movement_key]
+            ]
+        assert movement.amount in totals, movement
 
 
 # --- OANDA ---------------------------------------------------------------------------------

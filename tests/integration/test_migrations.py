@@ -331,3 +331,67 @@ async def test_connections_made_before_webhook_urls_could_rotate_keep_their_url(
         await conn.close()
     assert kept == connection_id
     assert later is not None and later["webhook_path_id"] != later["id"]
+
+
+async def test_oanda_financing_booked_as_the_accounts_is_removed_and_its_history_polled_again(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """Re-polled, it would count beside its per-trade charges (0013)."""
+    await apply_migrations(
+        empty_database, migrations_before("0013_oanda_financing_by_trade", tmp_path / "old")
+    )
+    conn = await asyncpg.connect(empty_database)
+    try:
+        user_id = await new_user(conn)
+        account_id = await new_account(conn, user_id)
+        connections = {}
+        for broker, number in (("oanda", "101-004-1-001"), ("mt5", "42")):
+            connections[broker] = await conn.fetchval(
+                "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
+                " account_number, server, label) VALUES ($1, $2, $3, 'demo', $4, 'S', 'x')"
+                " RETURNING id",
+                user_id,
+                account_id,
+                broker,
+                number,
+            )
+            await conn.execute(
+                "INSERT INTO sync_schedule (connection_id, user_id, cursor) VALUES ($1, $2, '900')",
+                connections[broker],
+                user_id,
+            )
+        for key, broker, kind, position in (
+            ("oanda:101-004-1-001:txn:5", "oanda", "financing", None),  # booked before 0013
+            ("oanda:101-004-1-001:txn:6:trade:3", "oanda", "financing", "oanda:101-004-1-001:3"),
+            ("oanda:101-004-1-001:txn:7", "oanda", "deposit", None),
+            ("mt5:S:42:deal:8", "mt5", "financing", None),
+        ):
+            await conn.execute(
+                "INSERT INTO broker_cash_movements (movement_key, user_id, connection_id,"
+                " account_id, kind, amount, executed_at, broker_time, broker_ref, event_id,"
+                " position_key) VALUES ($1, $2, $3, $4, $5, -0.5, now(), 't', 'r',"
+                " gen_random_uuid(), $6)",
+                key,
+                user_id,
+                connections[broker],
+                account_id,
+                kind,
+                position,
+            )
+        await apply_migrations(empty_database)
+        kept = {
+            r["movement_key"]
+            for r in await conn.fetch("SELECT movement_key FROM broker_cash_movements")
+        }
+        cursors = {
+            r["connection_id"]: r["cursor"]
+            for r in await conn.fetch("SELECT connection_id, cursor FROM sync_schedule")
+        }
+    finally:
+        await conn.close()
+    assert kept == {
+        "oanda:101-004-1-001:txn:6:trade:3",
+        "oanda:101-004-1-001:txn:7",
+        "mt5:S:42:deal:8",
+    }
+    assert cursors == {connections["oanda"]: None, connections["mt5"]: "900"}

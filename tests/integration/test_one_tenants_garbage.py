@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 import pytest
 
 from services.devstack.demo import encode_body
@@ -20,7 +21,15 @@ from services.shared.dead_letters import (
 )
 from services.shared.kafka import create_consumer, create_producer
 from services.shared.settings import Topics
-from tests.support.builders import TestConnection, fixture_deals, mt5_body, raw_event
+from services.shared.vault import CredentialVault
+from tests.support.builders import (
+    TestConnection,
+    connect_account,
+    fixture_deals,
+    mt5_body,
+    new_connection,
+    raw_event,
+)
 from tests.support.kafka import committed_offset, read_topic
 
 pytestmark = pytest.mark.integration
@@ -66,6 +75,58 @@ async def test_a_long_run_of_one_tenants_garbage_is_dead_lettered_and_the_next_e
         await asyncio.gather(consumer.stop(), producer.stop())
     assert CanonicalBatch.model_validate_json(canonical.value).event_id == valid.event_id
     assert len(await read_topic(kafka_bootstrap, topics.dead_letter, expect=30)) == 30
+
+
+async def test_one_user_sending_garbage_from_many_connections_stops_no_one(
+    kafka_bootstrap: str, pool: asyncpg.Pool, vault: CredentialVault, topics: Topics
+) -> None:
+    async with pool.acquire() as conn:
+        first = await new_connection(conn, vault)
+        more = [
+            await connect_account(conn, vault, first.user_id, first.login * 100 + n)
+            for n in range(1, 12)
+        ]
+        other = await new_connection(conn, vault)
+    group = f"one-user-{topics.raw}"
+    producer = create_producer(kafka_bootstrap, "test-one-user")
+    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
+    await asyncio.gather(producer.start(), consumer.start())
+    stop = asyncio.Event()
+    try:
+        for _ in range(3):  # every connection of the user, over and over: a long run
+            for connection in [first, *more]:
+                event = raw_event(connection, b'{"account": "not an account"}')
+                await producer.send_and_wait(
+                    topics.raw,
+                    event.model_dump_json().encode(),
+                    key=str(connection.created.connection_id).encode(),
+                )
+        valid = raw_event(other, encode_body(mt5_body(other.login, fixture_deals())))
+        await producer.send_and_wait(
+            topics.raw,
+            valid.model_dump_json().encode(),
+            key=str(other.created.connection_id).encode(),
+        )
+        normalizer = Normalizer(
+            producer,
+            topics.canonical,
+            DeadLetterPublisher(
+                producer,
+                topics.dead_letter,
+                "normalizer",
+                DeadLetterBudget(max_consecutive=5, min_sources=3),
+            ),
+            group,
+        )
+        loop = asyncio.create_task(consume_batches(consumer, normalizer, stop, max_records=7))
+        [canonical] = await read_topic(kafka_bootstrap, topics.canonical, expect=1)
+        assert not loop.done()
+        stop.set()
+        await loop
+    finally:
+        stop.set()
+        await asyncio.gather(consumer.stop(), producer.stop())
+    assert CanonicalBatch.model_validate_json(canonical.value).event_id == valid.event_id
 
 
 async def test_a_run_of_failures_across_many_tenants_still_stops_the_consumer_uncommitted(

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from services.devstack.demo import encode_body
 from services.normalizer.pipeline import normalize
@@ -25,7 +25,7 @@ from services.shared.vault import CredentialVault
 from services.writer.pipeline import Writer
 from services.writer.repository import JournalRepository
 from tests.support.builders import fixture_deals, mt5_body, new_connection, raw_event
-from tests.support.kafka import committed_offset, read_topic
+from tests.support.kafka import committed_offset, committed_offsets, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +185,142 @@ async def test_during_a_real_outage_nothing_is_dead_lettered_however_long_it_las
         await asyncio.gather(consumer.stop(), producer.stop())
     assert handler.given_up == []
     assert sorted(handler.handled) == [0, 1, 2]
+
+
+class OnePoisonedPartition:
+    """A handler whose records of one partition always fail "transiently" (a record there that
+    times out every statement, say), and whose dead letters can be made to fail."""
+
+    def __init__(self, poisoned: int) -> None:
+        self.poisoned = poisoned
+        self.handled: list[tuple[int, int]] = []
+        self.given_up: list[tuple[int, int]] = []
+        self.dead_letters_fail = False
+        self.failures = 0
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        if any(r.partition == self.poisoned for r in records):
+            self.failures += 1
+            raise TransientError("statement timeout")
+        self.handled += [(r.partition, r.offset) for r in records]
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def give_up(self, record: ConsumerRecord, reason: str) -> None:
+        if self.dead_letters_fail:
+            raise TransientError("dead letter not acknowledged")
+        self.given_up.append((record.partition, record.offset))
+
+
+async def partition_keys(bootstrap: str, topic: str) -> dict[int, bytes]:
+    """A key per partition of `topic`, as the producer's partitioner places them."""
+    producer = create_producer(bootstrap, "test-keys")
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        keys: dict[int, bytes] = {}
+        for n in range(1000):
+            key = f"key-{n}".encode()
+            partition = producer._partitioner(key, partitions, partitions)
+            keys.setdefault(partition, key)
+            if len(keys) == len(partitions):
+                return keys
+    finally:
+        await producer.stop()
+    raise AssertionError("no key for every partition")
+
+
+async def test_a_failing_partition_holds_up_no_other_partition(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    keys = await partition_keys(kafka_bootstrap, topics.raw)
+    poisoned, *healthy_partitions = sorted(keys)
+    group = f"poisoned-{topics.raw}"
+    producer = create_producer(kafka_bootstrap, "test-poisoned")
+    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
+    await asyncio.gather(producer.start(), consumer.start())
+    handler, stop = OnePoisonedPartition(poisoned), asyncio.Event()
+    try:
+        for n in range(5):
+            for partition in sorted(keys):
+                await producer.send_and_wait(topics.raw, f"{n}".encode(), key=keys[partition])
+        loop = asyncio.create_task(
+            consume_batches(
+                consumer,
+                handler,
+                stop,
+                max_records=100,
+                backoff=QUICK,
+                retry_budget=RetryBudget(attempts=10**6, seconds=10**6),  # never spent here
+            )
+        )
+
+        async def others_done() -> bool:
+            return len(handler.handled) == 5 * len(healthy_partitions)
+
+        await eventually(others_done, "every other partition's records handled")
+
+        async def others_committed() -> bool:
+            offsets = await committed_offsets(kafka_bootstrap, group, topics.raw)
+            return all(offsets.get(TopicPartition(topics.raw, p)) == 5 for p in healthy_partitions)
+
+        await eventually(others_committed, "every other partition committed")
+
+        async def retried() -> bool:
+            return handler.failures >= 5
+
+        await eventually(retried, "the poisoned partition retried meanwhile")
+        stop.set()
+        await loop
+    finally:
+        stop.set()
+        await asyncio.gather(consumer.stop(), producer.stop())
+    assert all(p != poisoned for p, _ in handler.handled)
+    committed = await committed_offsets(kafka_bootstrap, group, topics.raw)
+    assert committed.get(TopicPartition(topics.raw, poisoned), 0) == 0
+
+
+async def test_a_record_whose_dead_letter_cannot_be_sent_is_kept_for_later_not_lost(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    group = f"undeliverable-{topics.raw}"
+    producer = create_producer(kafka_bootstrap, "test-undeliverable")
+    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
+    await asyncio.gather(producer.start(), consumer.start())
+    handler, stop = OnePoisonedPartition(poisoned=-1), asyncio.Event()
+    try:
+        await producer.send_and_wait(topics.raw, b"poison", key=b"k")
+        [record] = await read_topic(kafka_bootstrap, topics.raw, expect=1)
+        handler.poisoned = record.partition
+        handler.dead_letters_fail = True
+        loop = asyncio.create_task(
+            consume_batches(
+                consumer,
+                handler,
+                stop,
+                max_records=10,
+                backoff=QUICK,
+                retry_budget=RetryBudget(attempts=2, seconds=0),
+            )
+        )
+
+        async def tried_often() -> bool:
+            return handler.failures >= 6  # several give-ups attempted, none could be sent
+
+        await eventually(tried_often, "give-ups attempted while dead letters fail")
+        assert not loop.done()  # the loop lives on: the failure is an outage, not a crash
+        handler.dead_letters_fail = False
+
+        async def given_up() -> bool:
+            return handler.given_up == [(record.partition, record.offset)]
+
+        await eventually(given_up, "the record dead-lettered once letters go through")
+        await eventually(
+            lambda: committed_offset_is(kafka_bootstrap, group, topics.raw, 1), "committed"
+        )
+        stop.set()
+        await loop
+    finally:
+        stop.set()
+        await asyncio.gather(consumer.stop(), producer.stop())

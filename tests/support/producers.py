@@ -27,6 +27,10 @@ class FakeProducer:
         self._send_error = send_error or ConnectionError("broker unreachable")
         self._delivery_error = delivery_error or TimeoutError()
 
+    def deliver_from_now_on(self) -> None:
+        """Acknowledge every later send (as a broker back after an outage)."""
+        self._deliveries = "acknowledged"
+
     async def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> asyncio.Future[RecordMetadata]:

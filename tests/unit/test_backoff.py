@@ -64,3 +64,9 @@ def test_reset_starts_over_from_the_base() -> None:
     backoff.reset()
 
     assert backoff.next_delay() == pytest.approx(1.0)
+
+
+def test_an_outage_of_any_length_never_overflows_the_backoff() -> None:
+    backoff = Backoff(base_seconds=0.2, cap_seconds=30.0)
+    for _ in range(5000):
+        assert 0 <= backoff.next_delay() <= 30.0

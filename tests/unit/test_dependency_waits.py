@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from services.shared.backoff import Backoff
-from services.shared.database import POSTGRES_UNREACHABLE, dsn_address
+from services.shared.database import POSTGRES_MISCONFIGURED, POSTGRES_UNREACHABLE, dsn_address
 from services.shared.lifecycle import StoppedWaiting, connect_with_retry
 
 
@@ -56,6 +56,27 @@ async def test_unreachable_failures_are_retried_and_logged_until_the_dependency_
     waits = [e for e in logs if e["event"] == "waiting for a dependency"]
     assert [e["cause"] for e in waits] == ["ConnectionRefusedError", "CannotConnectNowError"]
     assert all(e["dependency"] == "postgres" and e["address"] == "db:5432/poscal" for e in waits)
+
+
+async def test_a_misconfigured_client_is_not_waited_out_though_asyncpg_calls_it_interface() -> None:
+    attempts = 0
+
+    async def connect() -> str:
+        nonlocal attempts
+        attempts += 1
+        raise asyncpg.exceptions.ClientConfigurationError("sslmode: invalid value 'bogus'")
+
+    with pytest.raises(asyncpg.exceptions.ClientConfigurationError):
+        await connect_with_retry(
+            "postgres",
+            "db",
+            connect,
+            asyncio.Event(),
+            unreachable=POSTGRES_UNREACHABLE,
+            misconfigured=POSTGRES_MISCONFIGURED,
+            backoff=_backoff(),
+        )
+    assert attempts == 1
 
 
 async def test_a_configuration_failure_is_not_waited_out() -> None:

@@ -20,7 +20,13 @@ from services.normalizer.mappers._items import mapped_or_rejected
 from services.normalizer.pipeline import item_rejections, normalize
 from services.shared.dead_letters import MAX_DEAD_LETTER_BYTES, dead_letter, fit_to_size
 from services.shared.envelope import ConnectionRef, RawEvent
-from tests.support.builders import PINNED_CONNECTION, PINNED_LOGIN, fixture_deals, mt5_body
+from tests.support.builders import (
+    PINNED_CONNECTION,
+    PINNED_LOGIN,
+    deposit_deal,
+    fixture_deals,
+    mt5_body,
+)
 from tests.support.records import consumer_record
 
 RECEIVED_AT = datetime(2024, 6, 4, 9, 0, 5, tzinfo=UTC)
@@ -236,3 +242,10 @@ def test_any_exception_an_item_provokes_is_that_items_rejection(failure: Excepti
     assert isinstance(rejection, Rejection)
     assert (rejection.index, rejection.code, rejection.item) == (7, "mapper_error", {"the": "item"})
     assert type(failure).__name__ in rejection.detail
+
+
+def test_a_cash_deal_of_33_digits_adds_up_exactly_never_rounded() -> None:
+    big = Decimal("999999999999999.999999999999999999")
+    deal = deposit_deal(990_001) | {"profit": big, "fee": Decimal("-0.000000000000000001")}
+    [movement] = mt5_mapping([deal]).batch.cash_movements
+    assert movement.amount == Decimal("999999999999999.999999999999999998")

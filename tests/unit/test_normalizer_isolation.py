@@ -93,3 +93,16 @@ async def test_a_broker_that_cannot_deliver_fails_the_batch_to_be_retried() -> N
     with pytest.raises(TransientError):
         await normalizer(producer).handle([consumer_record(webhook_record())])
     assert letters(producer) == []
+
+
+async def test_a_record_dead_lettered_once_is_not_sent_again_when_its_batch_returns() -> None:
+    producer = FakeProducer(deliveries="failed")
+    budget = DeadLetterBudget(max_consecutive=1)
+    letters_out = DeadLetterPublisher(producer, "poscal.dead", "normalizer", budget)
+    normalizer = Normalizer(producer, "poscal.canonical", letters_out, "poscal-normalizer")
+    batch = [consumer_record(b"garbage", offset=0), consumer_record(webhook_record(1), offset=1)]
+    with pytest.raises(TransientError):  # the valid record's delivery failed: retried
+        await normalizer.handle(batch)
+    producer.deliver_from_now_on()
+    await normalizer.handle(batch)  # the retry: the budget of 1 is not spent by the same letter
+    assert [x.offset for x in letters(producer)] == [0]

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import localcontext
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from services.normalizer.mappers import Rejection
 from services.normalizer.mappers._payloads import describe_validation_error
-from services.shared.canonical import CashMovement, Fill
+from services.shared.canonical import EXACT, CashMovement, Fill
 from services.shared.errors import InvalidEvent
 
 T = TypeVar("T")
@@ -33,7 +34,8 @@ def mapped_or_rejected(
     mapper's own code for an InvalidEvent, `mapper_error` for any other exception (a mapper
     that cannot handle some content must cost only that item)."""
     try:
-        return map_item()
+        with localcontext(EXACT):  # an item's arithmetic is exact, never rounded to 28 digits
+            return map_item()
     except ValidationError as exc:
         return Rejection(invalid_code, describe_validation_error(exc), index, item, location)
     except InvalidEvent as exc:
