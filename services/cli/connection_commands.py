@@ -36,13 +36,13 @@ from services.cli.webhook_endpoint import (
     rotate_webhook_url,
     unlock_connection,
 )
-from services.normalizer.mappers import available_brokers
+from services.shared.brokers import broker_names
 from services.shared.vault import CredentialVault
 
 _Record = dict[str, Any]
 # Brokers a connection can be created for: those with a normalizer mapper. Those with a poll
 # adapter too (services/poller/adapters) are polled; the others push webhooks.
-BROKERS = available_brokers()
+BROKERS = broker_names()
 # A command's work in the database, returning the records it prints (as JSON lines).
 _Work = Callable[[asyncpg.Connection], Awaitable[list[_Record]]]
 

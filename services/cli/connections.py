@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from services.ingest.signatures import encode_secret
-from services.poller.adapters import adapter_for
 from services.poller.schedule import schedule_connection
+from services.shared.brokers import adapter_for
 from services.shared.credential_kinds import WEBHOOK_SECRET
 from services.shared.database import Connection
 from services.shared.vault import CredentialVault

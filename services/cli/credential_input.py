@@ -10,15 +10,13 @@ import binascii
 import re
 from datetime import timedelta
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from services.poller.adapters import credential_fields
+from services.shared.brokers import InvalidCredential, UnknownBroker, broker
 
 PUBLIC_KEY_PREFIX = "whpk_"
 MAX_OVERLAP = timedelta(days=30)
 MAX_CREDENTIAL_BYTES = 64 * 1024
-MT5_FIELDS = ("login", "password", "server")
 _OVERLAP = re.compile(r"(\d{1,9})([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -67,43 +65,18 @@ def parse_overlap(text: str) -> timedelta:
     return overlap
 
 
-def _json_fields(broker: str) -> tuple[str, ...] | None:
-    """The fields of a broker's credentials when they are a JSON object of non-empty strings:
-    MT5's sign-in, or what a poll adapter declares; None for a single token (OANDA)."""
-    if broker == "mt5":
-        return MT5_FIELDS
-    try:
-        return credential_fields(broker)
-    except LookupError:
-        return None
-
-
-def parse_broker_credential(broker: str, text: str) -> bytes:
-    """The bytes to seal: for MT5 a JSON object of non-empty strings `login`, `password` and
-    `server`, for IBKR `token` and `query_id` (as its adapter declares; stored in that canonical
-    form); for token brokers (OANDA) the token, whitespace stripped."""
+def parse_broker_credential(broker_name: str, text: str) -> bytes:
+    """The bytes to seal, in the form the broker's plug-in declares: for MT5 a JSON object of
+    non-empty strings `login`, `password` and `server`, for IBKR `token` and `query_id` (stored
+    in that canonical form); for token brokers (OANDA) the token, whitespace stripped."""
     if len(text.encode()) > MAX_CREDENTIAL_BYTES:
         raise InvalidInput(f"the credential on standard input is over {MAX_CREDENTIAL_BYTES} bytes")
     if not text.strip():
         raise InvalidInput("no credential on standard input: it was empty")
-    fields = _json_fields(broker)
-    if fields is None:
-        return text.strip().encode()
-    shape = "{" + ", ".join(f'"{f}": ...' for f in fields) + "}"
     try:
-        document = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        document = None
-    if not isinstance(document, dict):
-        raise InvalidInput(f"{broker} credentials must be a JSON object: {shape}")
-    unknown = sorted(set(document) - set(fields))
-    if unknown:
-        raise InvalidInput(f"{broker} credentials have unknown field(s): {', '.join(unknown)}")
-    for field in fields:
-        value = document.get(field)
-        if not isinstance(value, str) or not value.strip():
-            raise InvalidInput(f"{broker} credentials need {field!r} as a non-empty string")
-    return orjson.dumps({field: document[field] for field in fields})
+        return broker(broker_name).credentials.seal_form(broker_name, text)
+    except (InvalidCredential, UnknownBroker) as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def parse_public_key(text: str) -> bytes:

@@ -12,7 +12,7 @@ import orjson
 
 from services.cli.connection_commands import add_connection_commands
 from services.cli.key_commands import add_key_commands
-from services.normalizer.mappers import available_brokers
+from services.shared.brokers import broker_names
 
 DEFAULT_STATE_DIR = Path(".poscal/dev")
 
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "normalize",
         help="print the canonical events a broker payload would become (no Kafka, no Postgres)",
     )
-    normalize.add_argument("--broker", required=True, choices=available_brokers())
+    normalize.add_argument("--broker", required=True, choices=broker_names())
     normalize.add_argument(
         "--account-number",
         default=None,

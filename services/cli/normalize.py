@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from services.normalizer.mappers import Mapping, mapper_for, payloads_of
+from services.shared.brokers import MappedEvent, UnknownBroker, broker
+from services.shared.dead_letters import json_safe
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
 
@@ -26,7 +27,7 @@ _PROGRAM = "poscal-sync normalize"
 _PLACEHOLDER = uuid.UUID(int=0)
 
 
-def records(mapping: Mapping) -> Iterator[dict[str, Any]]:
+def records(mapping: MappedEvent) -> Iterator[dict[str, Any]]:
     """Every line to print: fills, cash movements, the account snapshot, rejections, skips."""
     batch = mapping.batch
     for fill in batch.fills:
@@ -36,13 +37,14 @@ def records(mapping: Mapping) -> Iterator[dict[str, Any]]:
     if batch.account is not None:
         yield {"kind": "account", "account": batch.account.model_dump(mode="json")}
     for rejection in mapping.rejected:
-        yield {"kind": "rejection", "rejection": dataclasses.asdict(rejection)}
+        described = dataclasses.asdict(rejection) | {"item": json_safe(rejection.item)}
+        yield {"kind": "rejection", "rejection": described}
     for skipped in mapping.skipped:
         yield {"kind": "skipped", "skipped": dataclasses.asdict(skipped)}
 
 
 def run_normalize(
-    broker: str,
+    broker_name: str,
     path: Path,
     out: TextIO,
     account_number: str | None,
@@ -57,11 +59,11 @@ def run_normalize(
         print(f"{_PROGRAM}: cannot read {path}: {exc.strerror or exc}", file=err)
         return 1
     try:
-        payloads = payloads_of(broker)
-    except InvalidEvent as exc:
-        print(f"{_PROGRAM}: {exc.code}: {exc.detail}", file=err)
+        plugin = broker(broker_name)
+    except UnknownBroker:
+        print(f"{_PROGRAM}: unknown_broker: no mapper for broker {broker_name!r}", file=err)
         return 1
-    owner = payloads.owner(body)
+    owner = plugin.payload_owner(body)
     if account_number is None and owner is not None:
         print(
             f"{_PROGRAM}: account number {owner.account_number} taken from the payload "
@@ -72,21 +74,21 @@ def run_normalize(
         connection_id=_PLACEHOLDER,
         user_id=_PLACEHOLDER,
         account_id=_PLACEHOLDER,
-        broker=broker,
+        broker=broker_name,
         connection_type=owner.connection_type if owner else "demo",
         account_number=account_number or (owner.account_number if owner else ""),
         server=owner.server if owner else None,
     )
     event = RawEvent.wrap(
-        source=payloads.source,
+        source=plugin.source,
         connection=connection,
         received_at=now or datetime.now(UTC),
         delivery_id=f"file:{path.name}",
         body=body,
-        content_type=payloads.content_type,
+        content_type=plugin.content_type,
     )
     try:
-        mapping = mapper_for(broker)(event)
+        mapping = plugin.map_event(event)
     except InvalidEvent as exc:
         print(f"{_PROGRAM}: {path} cannot be mapped: {exc.code}: {exc.detail}", file=err)
         return 1

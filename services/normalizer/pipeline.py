@@ -15,7 +15,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from services.normalizer.mappers import Mapping, mapper_for
+from services.shared.brokers import MappedEvent, mapper_for
 from services.shared.dead_letters import DeadLetterPublisher, ItemRejection, safe_text
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
@@ -35,7 +35,7 @@ SKIPPED_ITEMS = Counter(
 REJECTED_ITEMS = "rejected_items"
 
 
-def normalize(event: RawEvent) -> Mapping:
+def normalize(event: RawEvent) -> MappedEvent:
     """The pure step: one raw event to what it means, by the connection's broker."""
     mapper = mapper_for(event.connection.broker)
     try:
@@ -50,7 +50,7 @@ def normalize(event: RawEvent) -> Mapping:
         ) from exc
 
 
-def describe_rejections(mapping: Mapping) -> str:
+def describe_rejections(mapping: MappedEvent) -> str:
     """`3 items rejected (37 mapped): invalid_deal x2, unknown_deal_type x1`."""
     counts = Tally(r.code for r in mapping.rejected)
     by_code = ", ".join(
@@ -61,7 +61,7 @@ def describe_rejections(mapping: Mapping) -> str:
     return f"{len(mapping.rejected)} {noun} rejected ({mapped} mapped): {by_code}"
 
 
-def item_rejections(mapping: Mapping) -> tuple[ItemRejection, ...]:
+def item_rejections(mapping: MappedEvent) -> tuple[ItemRejection, ...]:
     """The mapper's rejections as the dead letter lists them."""
     return tuple(
         ItemRejection(index=r.index, code=r.code, detail=r.detail, item=r.item, location=r.location)
@@ -74,7 +74,7 @@ class _Canonical:
     """One record's canonical batch, encoded and ready to send."""
 
     record: ConsumerRecord
-    mapping: Mapping
+    mapping: MappedEvent
     value: bytes
 
 

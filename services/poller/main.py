@@ -10,10 +10,10 @@ import httpx
 
 from services.ingest.publisher import RawEventPublisher
 from services.poller.metrics import serve_metrics
+from services.poller.retry import FailurePolicy
 from services.poller.schedule import SyncSchedule
-from services.poller.service import Poller
 from services.poller.settings import PollerSettings
-from services.poller.sync import ConnectionSync, RetryPolicy
+from services.poller.syncing import ConnectionSync, Poller
 from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
@@ -41,7 +41,7 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
             schedule=schedule,
             sink=RawEventPublisher(producer, settings.topics.raw, settings.publish_timeout_seconds),
             http=http,
-            retry=RetryPolicy(
+            retry=FailurePolicy(
                 settings.retry_base_seconds,
                 settings.retry_cap_seconds,
                 settings.failures_before_error,

@@ -1,7 +1,19 @@
 """When to try a failed sync again, pure: exponential in the failures so far, with jitter, and
-never sooner than the broker asked (Retry-After)."""
+never sooner than the broker asked (Retry-After); and after how many the connection is `error`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How failed syncs back off (`base_seconds` doubling up to `cap_seconds`) and how many in a
+    row turn the connection's status to `error`, with an alert."""
+
+    base_seconds: float
+    cap_seconds: float
+    failures_before_error: int
 
 
 def retry_delay(

@@ -19,20 +19,18 @@ from aiolimiter import AsyncLimiter
 from structlog.testing import capture_logs
 
 from services.devstack.ports import free_port
-from services.normalizer.mappers.ibkr import map_event
-from services.poller.adapters import (
-    BrokerUnavailable,
-    CredentialsRejected,
-    Delta,
-    adapter_for,
-)
-from services.poller.adapters._errors import (
+from services.shared.brokers import adapter_for
+from services.shared.brokers.errors import (
     AccountMismatch,
     BrokerRequestFailed,
+    BrokerUnavailable,
+    CredentialsRejected,
     UnexpectedResponse,
 )
-from services.poller.adapters._http_calls import HostHoldOffs, RetryPolicy
-from services.poller.adapters.ibkr import FlexOptions, IbkrFlexAdapter
+from services.shared.brokers.http import HostHoldOffs, RetryPolicy
+from services.shared.brokers.ibkr.adapter import FlexOptions, IbkrFlexAdapter
+from services.shared.brokers.ibkr.mapping import map_event
+from services.shared.brokers.polling import Delta
 from services.shared.envelope import RawEvent
 from tests.support.builders import PINNED_CONNECTION
 from tests.support.fake_flex import (

@@ -15,7 +15,7 @@ import pytest
 
 from services.cli.connections import create_user
 from services.devstack.demo import encode_body
-from services.normalizer.mappers.mt5 import map_event
+from services.shared.brokers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
 from services.shared.envelope import RawEvent
 from services.shared.vault import CredentialVault

@@ -19,15 +19,15 @@ from aiolimiter import AsyncLimiter
 from structlog.testing import capture_logs
 
 from services.devstack.ports import free_port
-from services.poller.adapters import (
+from services.shared.brokers import adapter_for
+from services.shared.brokers.errors import (
+    BrokerRequestFailed,
     BrokerUnavailable,
     CredentialsRejected,
-    Delta,
-    adapter_for,
 )
-from services.poller.adapters._errors import BrokerRequestFailed
-from services.poller.adapters._http_calls import HostHoldOffs, RetryPolicy
-from services.poller.adapters.oanda import OandaAdapter, OandaOptions
+from services.shared.brokers.http import HostHoldOffs, RetryPolicy
+from services.shared.brokers.oanda.adapter import OandaAdapter, OandaOptions
+from services.shared.brokers.polling import Delta
 from tests.support.fake_oanda import ACCOUNT_ID, TOKEN, FakeOanda, numbered_transactions
 from tests.support.poll_adapters import RecordedSleeps, adapter_context
 

@@ -23,14 +23,7 @@ from structlog.testing import capture_logs
 from services.cli.connections import ConnectionRefused
 from services.cli.credentials import set_broker_credentials
 from services.cli.live import enable_live
-from services.poller.adapters import (
-    AdapterContext,
-    AdapterFactory,
-    BrokerAdapter,
-    BrokerUnavailable,
-    CredentialsRejected,
-    Delta,
-)
+from services.poller.retry import FailurePolicy
 from services.poller.schedule import (
     DueSync,
     LeaseLost,
@@ -38,9 +31,10 @@ from services.poller.schedule import (
     UserSyncLimit,
     schedule_connection,
 )
-from services.poller.service import Poller
-from services.poller.sync import ConnectionSync, RetryPolicy
+from services.poller.syncing import ConnectionSync, Poller
 from services.shared import credential_kinds
+from services.shared.brokers.errors import BrokerUnavailable, CredentialsRejected
+from services.shared.brokers.polling import AdapterContext, AdapterFactory, BrokerAdapter, Delta
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, connect_account, new_connection
 from tests.support.ingest import RecordingSink
@@ -179,7 +173,7 @@ def syncer(
         schedule=schedule,
         sink=sink,
         http=None,  # type: ignore[arg-type]  # the scripted broker makes no HTTP calls
-        retry=RetryPolicy(base_seconds=30, cap_seconds=3600, failures_before_error=3),
+        retry=FailurePolicy(base_seconds=30, cap_seconds=3600, failures_before_error=3),
         jitter=lambda: 0.5,
         adapters=broker.factory(),
     )

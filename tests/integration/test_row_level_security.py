@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from services.devstack.demo import encode_body
-from services.normalizer.mappers.mt5 import map_event
+from services.shared.brokers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
 from services.shared.database import Connection
 from services.shared.vault import CredentialVault

@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from services.poller.adapters import AdapterContext
+from services.shared.brokers.polling import AdapterContext
 from services.shared.envelope import ConnectionRef, ConnectionType
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from services.poller.adapters._http_calls import (
+from services.shared.brokers.http import (
     HostHoldOffs,
     RedactQueryToken,
     RetryPolicy,

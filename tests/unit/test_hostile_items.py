@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from services.normalizer.mappers import Mapping, Rejection
-from services.normalizer.mappers._items import mapped_or_rejected
 from services.normalizer.pipeline import item_rejections, normalize
+from services.shared.brokers import MappedEvent, Rejection
+from services.shared.brokers.items import mapped_or_rejected
 from services.shared.dead_letters import MAX_DEAD_LETTER_BYTES, dead_letter, fit_to_size
 from services.shared.envelope import ConnectionRef, RawEvent
 from tests.support.builders import (
@@ -64,13 +64,13 @@ def event(body: bytes, connection: ConnectionRef = PINNED_CONNECTION) -> RawEven
     )
 
 
-def mt5_mapping(deals: list[Any], **account: Any) -> Mapping:
+def mt5_mapping(deals: list[Any], **account: Any) -> MappedEvent:
     document = mt5_body(PINNED_LOGIN, deals)
     document["account"] |= account
     return normalize(event(raw_json(document)))
 
 
-def with_one_bad_deal(**changes: Any) -> Mapping:
+def with_one_bad_deal(**changes: Any) -> MappedEvent:
     good, bad = fixture_deals()[0], fixture_deals()[1] | changes
     return mt5_mapping([good, bad])
 
@@ -82,12 +82,12 @@ def nested(depth: int) -> Verbatim:
     return Verbatim('{"deeper":[' * half + '"bottom"' + "]}" * half)
 
 
-def only_rejection(mapping: Mapping) -> Rejection:
+def only_rejection(mapping: MappedEvent) -> Rejection:
     [rejection] = mapping.rejected
     return rejection
 
 
-def letter_size(mapping: Mapping) -> int:
+def letter_size(mapping: MappedEvent) -> int:
     letter = dead_letter(
         consumer_record(b"raw"),
         stage="normalizer",

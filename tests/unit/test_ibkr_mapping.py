@@ -11,8 +11,9 @@ from decimal import Decimal
 
 import pytest
 
-from services.normalizer.mappers import Mapping, mapper_for
-from services.normalizer.mappers.ibkr import map_event, parse_flex_time
+from services.shared.brokers import MappedEvent, mapper_for
+from services.shared.brokers.ibkr.flex import parse_flex_time
+from services.shared.brokers.ibkr.mapping import map_event
 from services.shared.canonical import CanonicalBatch, Fill
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
@@ -43,7 +44,7 @@ def event(body: bytes, account: str = "U1234567") -> RawEvent:
     )
 
 
-def mapping_of(body: bytes, account: str = "U1234567") -> Mapping:
+def mapping_of(body: bytes, account: str = "U1234567") -> MappedEvent:
     return map_event(event(body, account))
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.normalizer.mappers import mapper_for
-from services.normalizer.mappers.mt5 import map_event
+from services.shared.brokers import mapper_for
+from services.shared.brokers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
 from services.shared.dead_letters import json_safe
 from services.shared.envelope import ConnectionRef, RawEvent

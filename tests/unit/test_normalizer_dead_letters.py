@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from services.devstack.demo import encode_body
-from services.normalizer.mappers import Mapping, Rejection
 from services.normalizer.pipeline import REJECTED_ITEMS, Normalizer, describe_rejections
+from services.shared.brokers import MappedEvent, Rejection
 from services.shared.canonical import CanonicalBatch
 from services.shared.dead_letters import (
     DeadLetter,
@@ -197,7 +197,7 @@ def test_the_reason_counts_the_rejections_by_code_most_frequent_first() -> None:
         Rejection(code, "why", index, None)
         for index, code in enumerate(["b_code", "a_code", "b_code", "c_code", "a_code", "b_code"])
     )
-    assert describe_rejections(Mapping(batch, rejected)) == (
+    assert describe_rejections(MappedEvent(batch, rejected)) == (
         "6 items rejected (0 mapped): b_code x3, a_code x2, c_code x1"
     )
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from services.poller.adapters import CredentialsRejected
-from services.poller.adapters import ibkr as ibkr_adapter
-from services.poller.adapters.oanda import (
+from services.shared.brokers.errors import CredentialsRejected
+from services.shared.brokers.ibkr import adapter as ibkr_adapter
+from services.shared.brokers.oanda.adapter import (
     LIVE_URL,
     MAX_PAGE_BYTES,
     PRACTICE_URL,

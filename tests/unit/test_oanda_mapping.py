@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.normalizer.mappers import Skipped, mapper_for
-from services.normalizer.mappers.oanda import map_event, split_by_units
+from services.shared.brokers import Skipped, mapper_for
+from services.shared.brokers.oanda.mapping import map_event, split_by_units
 from services.shared.canonical import CanonicalBatch, CashMovement, Fill
 from services.shared.dead_letters import json_safe
 from services.shared.envelope import ConnectionRef, RawEvent

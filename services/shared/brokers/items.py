@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from services.normalizer.mappers import Rejection
-from services.normalizer.mappers._payloads import describe_validation_error
+from services.shared.brokers import Rejection
+from services.shared.brokers.payloads import describe_validation_error
 from services.shared.canonical import EXACT, CashMovement, Fill
 from services.shared.errors import InvalidEvent
 

@@ -14,9 +14,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
-from services.normalizer.mappers import Mapping, PayloadOwner, Rejection
-from services.normalizer.mappers._items import check_plausible_time, mapped_or_rejected
-from services.normalizer.mappers._payloads import json_object_or_none, parse_json_payload
+from services.shared.brokers import (
+    Broker,
+    CredentialField,
+    Credentials,
+    MappedEvent,
+    PayloadOwner,
+    Rejection,
+)
+from services.shared.brokers.items import check_plausible_time, mapped_or_rejected
+from services.shared.brokers.payloads import json_object_or_none, parse_json_payload
 from services.shared.canonical import (
     AccountSnapshot,
     CanonicalBatch,
@@ -220,7 +227,7 @@ def _snapshot(
     )
 
 
-def map_event(event: RawEvent) -> Mapping:
+def map_event(event: RawEvent) -> MappedEvent:
     webhook = _parse_body(event.body)
     _check_account(event, webhook.account)
     prefix = f"mt5:{webhook.account.server}:{webhook.account.login}"
@@ -260,11 +267,7 @@ def map_event(event: RawEvent) -> Mapping:
         fills=tuple(fills),
         cash_movements=tuple(cash),
     )
-    return Mapping(batch=batch, rejected=tuple(rejected))
-
-
-# For tools that read a payload from a file (`poscal-sync normalize`).
-SOURCE = "webhook"
+    return MappedEvent(batch=batch, rejected=tuple(rejected))
 
 
 def payload_owner(body: bytes) -> PayloadOwner | None:
@@ -277,3 +280,20 @@ def payload_owner(body: bytes) -> PayloadOwner | None:
     if not isinstance(login, int) or isinstance(login, bool):
         return None
     return PayloadOwner(str(login), server if isinstance(server, str) else None)
+
+
+BROKER = Broker(
+    name="mt5",
+    title="MetaTrader 5",
+    map_event=map_event,
+    # The account's sign-in: what a cloud terminal logs in with (the investor password suffices).
+    credentials=Credentials(
+        (
+            CredentialField("login", "Login", secret=False),
+            CredentialField("password", "Investor password"),
+            CredentialField("server", "Server", secret=False),
+        )
+    ),
+    source="webhook",
+    payload_owner=payload_owner,
+)

@@ -25,9 +25,8 @@ from typing import Any, Literal
 import orjson
 from aiolimiter import AsyncLimiter
 
-from services.poller.adapters import AdapterContext, BrokerAdapter, Delta
-from services.poller.adapters._errors import CredentialsUnreadable, UnexpectedResponse
-from services.poller.adapters._http_calls import (
+from services.shared.brokers.errors import CredentialsUnreadable, UnexpectedResponse
+from services.shared.brokers.http import (
     BrokerHttp,
     HostHoldOffs,
     RetryPolicy,
@@ -35,6 +34,7 @@ from services.poller.adapters._http_calls import (
     read_json_object,
     shared_limiter,
 )
+from services.shared.brokers.polling import AdapterContext, BrokerAdapter, Delta
 from services.shared.envelope import ConnectionType
 from services.shared.logging import get_logger
 

@@ -1,38 +1,39 @@
-"""One connection's sync: open its credentials in memory, pull each page of what changed since
-its cursor, publish the page, and only then move the cursor, renewing the lease meanwhile.
+"""The poller's work: lease due connections up to its concurrency and sync each in its own task
+(never two of one connection); a sync opens the credentials in memory, pulls each page of what
+changed since the cursor, publishes it, and only then moves the cursor, renewing the lease
+meanwhile. On stop, running syncs finish their page.
 
-A crash between the publish and the cursor save re-polls from the old cursor next time. If
-nothing new arrived in between, that is the same page and the same event id downstream. If new
+A crash between a publish and its cursor save re-polls from the old cursor next time. If nothing
+new arrived in between, that is the same page and the same event id downstream. If new
 transactions did arrive, the re-polled page spans a different window and gets another event id:
 its transactions are published twice, but downstream keys fills per transaction, so nothing
-doubles."""
+doubles. How often one user's connections sync is held by the lease query (`UserSyncLimit`),
+across replicas, not here."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import asyncpg
 import httpx
 from opentelemetry import trace
 
-from services.poller.adapters import (
-    AdapterContext,
-    AdapterFactory,
-    BrokerUnavailable,
-    CredentialsRejected,
-    adapter_for,
-)
 from services.poller.metrics import ALERTS, PAGES, SYNCS
-from services.poller.retry import retry_delay
+from services.poller.retry import FailurePolicy, retry_delay
 from services.poller.schedule import DueSync, Lease, LeaseLost, SyncSchedule
 from services.shared import credential_kinds
+from services.shared.brokers import adapter_for
+from services.shared.brokers.errors import BrokerUnavailable, CredentialsRejected
+from services.shared.brokers.polling import AdapterContext, AdapterFactory
 from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import RawEvent
 from services.shared.errors import PermanentError
@@ -45,13 +46,6 @@ _tracer = trace.get_tracer("poscal.poller")
 
 class EventSink(Protocol):
     async def publish(self, event: RawEvent) -> None: ...
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    base_seconds: float
-    cap_seconds: float
-    failures_before_error: int
 
 
 class NoCredentials(Exception):
@@ -78,7 +72,7 @@ class ConnectionSync:
         schedule: SyncSchedule,
         sink: EventSink,
         http: httpx.AsyncClient,
-        retry: RetryPolicy,
+        retry: FailurePolicy,
         jitter: Callable[[], float] = random.random,
         adapters: Callable[[str], AdapterFactory] = adapter_for,
     ) -> None:
@@ -307,3 +301,79 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, LookupError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class Poller:
+    def __init__(
+        self,
+        schedule: SyncSchedule,
+        sync: Callable[[DueSync], Coroutine[Any, Any, str]],
+        *,
+        concurrency: int,
+        tick_seconds: float,
+        shutdown_grace_seconds: float = 10.0,
+    ) -> None:
+        self._schedule = schedule
+        self._sync = sync
+        self._concurrency = concurrency
+        self._tick = tick_seconds
+        self._grace = shutdown_grace_seconds
+        self._running: dict[uuid.UUID, asyncio.Task[str]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.tick()
+            waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(stop.wait())}
+            _, pending = await asyncio.wait(
+                waiters | set(self._running.values()),
+                timeout=self._tick,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for waiter in waiters & pending:
+                waiter.cancel()
+        await self._finish_running()
+
+    async def tick(self) -> int:
+        """Lease and start what is due (as many as there are free slots); returns how many."""
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        try:
+            due = await self._schedule.lease_due(free, exclude=frozenset(self._running))
+        except Exception as exc:  # the database is away: try again next tick
+            _log.warning("cannot lease due connections", cause=type(exc).__name__)
+            return 0
+        started = 0
+        for item in due:
+            connection_id = item.connection.connection_id
+            if connection_id in self._running:
+                # Leased again while a sync of it still runs here (its lease had run out): that
+                # sync's writes now fail on the old token; hand the new lease straight back.
+                with contextlib.suppress(LeaseLost):
+                    await self._schedule.postpone(item.lease, 0)
+                continue
+            task = asyncio.create_task(self._sync(item), name=f"sync-{connection_id}")
+            self._running[connection_id] = task
+            task.add_done_callback(functools.partial(self._finished, connection_id))
+            started += 1
+        return started
+
+    def _finished(self, connection_id: uuid.UUID, task: asyncio.Task[str]) -> None:
+        if self._running.get(connection_id) is task:
+            del self._running[connection_id]
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("sync crashed", cause=repr(task.exception()))
+
+    async def drain(self) -> None:
+        """Wait for every running sync (tests, and a clean stop)."""
+        while self._running:
+            await asyncio.wait(set(self._running.values()))
+
+    async def _finish_running(self) -> None:
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running.values()), timeout=self._grace)
+        for task in pending:  # their leases run out and another replica picks them up
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*pending, return_exceptions=True)

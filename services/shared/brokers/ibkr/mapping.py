@@ -30,27 +30,21 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping as AttributeMap
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
-from xml.parsers import expat
-from zoneinfo import ZoneInfo
 
-from services.normalizer.mappers import Mapping, PayloadOwner, Rejection, Skipped
-from services.normalizer.mappers._items import check_plausible_time, mapped_or_rejected
+from services.shared.brokers import MappedEvent, PayloadOwner, Rejection, Skipped
+from services.shared.brokers.ibkr.flex import FlexXmlError, eastern_to_utc, read_flex_xml
+from services.shared.brokers.items import check_plausible_time, mapped_or_rejected
 from services.shared.canonical import CanonicalBatch, Fill, FillEntry, Side
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
 
-_EASTERN = ZoneInfo("America/New_York")
 _DECIMAL = re.compile(r"^-?\d+(\.\d+)?$")
 _ID = re.compile(r"^\d{1,20}$")
 # Flex writes "no id" as an empty attribute or as "0".
 _NO_ID = frozenset({"", "0"})
-_DATE = r"(?P<date>\d{8}|\d{4}-\d{2}-\d{2})"
-_TIME = r"(?P<time>\d{6}|\d{2}:\d{2}:\d{2})"
-_DATE_TIME = re.compile(rf"^{_DATE}[;, ]?{_TIME}$")
 _ENTRIES: dict[str, FillEntry] = {"O": "in", "C": "out", "C;O": "inout"}
 _UNKNOWN_ENTRY = frozenset({"", "-"})
 _SIDES: dict[str, tuple[Side, bool]] = {
@@ -61,10 +55,6 @@ _SIDES: dict[str, tuple[Side, bool]] = {
 }
 _CANCEL_TYPES = frozenset({"TradeCancel", "FracShareCancel"})
 _ZERO = Decimal(0)
-
-
-class _Refused(Exception):
-    """A document feature refused before it can be expanded (DTDs, entity declarations)."""
 
 
 _CHARGES = (("ibCommission", "commission"), ("taxes", "taxes"))
@@ -81,29 +71,11 @@ def _charges_comment(row: AttributeMap[str, str]) -> str | None:
 
 
 def parse_flex(body: bytes) -> ET.Element:
-    """The document's root element. A DTD is refused outright: Flex never sends one, and
-    refusing it closes the door on entity expansion (billion laughs, external entities).
-    """
-    builder = ET.TreeBuilder()
-    parser = expat.ParserCreate()
-
-    def refuse(*_: object) -> None:
-        raise _Refused("DTDs and entity declarations are refused")
-
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse  # type: ignore[assignment]
-    parser.StartElementHandler = builder.start
-    parser.EndElementHandler = builder.end
-    parser.CharacterDataHandler = builder.data
+    """The document's root element; InvalidEvent (`malformed_xml`) for what is no Flex XML."""
     try:
-        parser.Parse(body, True)
-    except expat.ExpatError as exc:
+        return read_flex_xml(body)
+    except FlexXmlError as exc:
         raise InvalidEvent("malformed_xml", str(exc)) from None
-    except _Refused as exc:
-        raise InvalidEvent("malformed_xml", str(exc)) from None
-    root: ET.Element = builder.close()
-    return root
 
 
 def _statements(root: ET.Element, connection: ConnectionRef) -> list[tuple[str, ET.Element]]:
@@ -150,37 +122,6 @@ def _decimal(row: AttributeMap[str, str], name: str, default: Decimal | None = N
     if not _DECIMAL.match(value):
         raise InvalidEvent("invalid_trade", f"{name}: {value!r} is not a decimal number")
     return Decimal(value) + 0  # + 0: "-0" is plain zero
-
-
-def parse_flex_time(text: str) -> datetime:
-    """A Flex date-time as written (yyyyMMdd or yyyy-MM-dd, then HHmmss or HH:mm:ss, joined by
-    ';', ',', a space or nothing): the naive US/Eastern wall-clock time; InvalidEvent for any
-    other format. The IBKR poll adapter reads trade times with this too, so a format one of them
-    refuses, both refuse."""
-    match = _DATE_TIME.match(text)
-    if match is None:
-        raise InvalidEvent(
-            "invalid_trade",
-            f"time {text!r}: expected yyyyMMdd or yyyy-MM-dd, then HHmmss or HH:mm:ss",
-        )
-    date = match["date"].replace("-", "")
-    time = match["time"].replace(":", "")
-    try:
-        return datetime(
-            int(date[:4]),
-            int(date[4:6]),
-            int(date[6:]),
-            int(time[:2]),
-            int(time[2:4]),
-            int(time[4:]),
-        )
-    except ValueError as exc:
-        raise InvalidEvent("invalid_trade", f"time {text!r}: {exc}") from None
-
-
-def eastern_to_utc(text: str) -> datetime:
-    """A Flex date-time (see `parse_flex_time`) in US/Eastern, as UTC."""
-    return parse_flex_time(text).replace(tzinfo=_EASTERN).astimezone(UTC)
 
 
 def _broker_time(row: AttributeMap[str, str]) -> str:
@@ -412,7 +353,7 @@ def _skip_or_map(
     return mapped
 
 
-def map_event(event: RawEvent) -> Mapping:
+def map_event(event: RawEvent) -> MappedEvent:
     statements = _statements(parse_flex(event.body), event.connection)
     rows = _rows(statements)
     by_transaction = _transaction_index(rows)
@@ -442,16 +383,12 @@ def map_event(event: RawEvent) -> Mapping:
         received_at=event.received_at,
         fills=fills.all(),
     )
-    return Mapping(batch=batch, rejected=tuple(rejected), skipped=tuple(skipped))
+    return MappedEvent(batch=batch, rejected=tuple(rejected), skipped=tuple(skipped))
 
 
 def _item(element: ET.Element) -> dict[str, Any]:
     """The rejected row as JSON-safe data: its element name and attributes as written."""
     return {"element": element.tag, **element.attrib}
-
-
-# For tools that read a payload from a file (`poscal-sync normalize`).
-CONTENT_TYPE = "application/xml"
 
 
 def payload_owner(body: bytes) -> PayloadOwner | None:

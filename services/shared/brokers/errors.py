@@ -1,8 +1,8 @@
-"""What an adapter raises besides the contract's two errors (in `adapters/__init__.py`).
+"""What a poll adapter raises, and what the poller makes of it.
 
-CredentialsRejected (contract)   stop polling until the credentials are replaced
+CredentialsRejected              stop polling until the credentials are replaced
  └── CredentialsUnreadable       the stored credentials are not in this broker's form
-BrokerUnavailable (contract)     transient: retry later, after `retry_after` if given
+BrokerUnavailable (transient)    retry later, after `retry_after` if given
 PermanentError (shared)
  ├── BrokerRequestFailed         the broker refused the request itself (a 4xx other than
  │                               401/403/429, or a Flex error code retrying cannot fix)
@@ -11,14 +11,28 @@ PermanentError (shared)
  └── PeriodGap                   the broker's answer starts after the cursor: what lies between
                                  was never fetched (a Flex query period too short)
 
-The module is private (leading underscore) so `adapter_for` can never mistake it for a broker.
 No message ever holds a token: callers redact before building one.
 """
 
 from __future__ import annotations
 
-from services.poller.adapters import CredentialsRejected
-from services.shared.errors import PermanentError
+from services.shared.errors import PermanentError, TransientError
+
+
+class CredentialsRejected(Exception):
+    """The broker refused the credentials (401/403): stop until they are replaced."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(f"the broker refused the credentials (HTTP {status_code}): {detail}")
+        self.status_code = status_code
+
+
+class BrokerUnavailable(TransientError):
+    """The broker could not answer now (429, 5xx, network); retry after `retry_after` if given."""
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class CredentialsUnreadable(CredentialsRejected):

@@ -33,9 +33,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from services.normalizer.mappers import Mapping, PayloadOwner, Rejection, Skipped
-from services.normalizer.mappers._items import check_plausible_time, mapped_or_rejected
-from services.normalizer.mappers._payloads import json_object_or_none, parse_json_payload
+from services.shared.brokers import MappedEvent, PayloadOwner, Rejection, Skipped
+from services.shared.brokers.items import check_plausible_time, mapped_or_rejected
+from services.shared.brokers.payloads import json_object_or_none, parse_json_payload
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill, Side
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
@@ -412,7 +412,7 @@ def _map_transaction(item: Any, page: _Page, prefix: str, event: RawEvent) -> Se
     return records
 
 
-def map_event(event: RawEvent) -> Mapping:
+def map_event(event: RawEvent) -> MappedEvent:
     page = _parse_body(event.body)
     _check_account(event, page)
     prefix = f"oanda:{page.account_id}"
@@ -465,7 +465,7 @@ def map_event(event: RawEvent) -> Mapping:
         fills=tuple(fills),
         cash_movements=tuple(cash),
     )
-    return Mapping(batch=batch, rejected=tuple(rejected), skipped=tuple(skipped))
+    return MappedEvent(batch=batch, rejected=tuple(rejected), skipped=tuple(skipped))
 
 
 def payload_owner(body: bytes) -> PayloadOwner | None:

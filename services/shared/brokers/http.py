@@ -30,9 +30,13 @@ from typing import Any, Literal
 import httpx
 from aiolimiter import AsyncLimiter
 
-from services.poller.adapters import BrokerUnavailable, CredentialsRejected
-from services.poller.adapters._errors import BrokerRequestFailed, UnexpectedResponse
 from services.shared.backoff import Backoff
+from services.shared.brokers.errors import (
+    BrokerRequestFailed,
+    BrokerUnavailable,
+    CredentialsRejected,
+    UnexpectedResponse,
+)
 from services.shared.logging import get_logger
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -56,6 +60,8 @@ class RetryPolicy:
     # BrokerUnavailable(retry_after): the poller reschedules the connection instead of a sync
     # sleeping on its lease. Up to this, the wait is slept in place, at most once per try.
     longest_wait_seconds: float = 10.0
+    # No retry sooner than this (full jitter alone could ask again at once).
+    least_wait_seconds: float = 0.0
 
     def backoff(self) -> Backoff:
         return Backoff(base_seconds=self.backoff_base_seconds, cap_seconds=self.backoff_cap_seconds)
@@ -215,9 +221,14 @@ class BrokerHttp:
         secrets: Iterable[str],
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        again: Callable[[httpx.Response], str | None] | None = None,
     ) -> httpx.Response:
         """A 2xx response, or CredentialsRejected (401/403, at once), BrokerRequestFailed
-        (other 4xx, at once) or BrokerUnavailable (429/5xx/network, once retries run out)."""
+        (other 4xx, at once) or BrokerUnavailable (429/5xx/network, once retries run out).
+
+        `again` reads a 2xx answer that may still mean "not yet" (a Flex statement being
+        generated): it returns why to ask again, retried like a 5xx, or None for the answer; it
+        may raise any of the errors above itself."""
         secret_list = [secret for secret in secrets if secret]
         hold_offs = self.hold_offs or shared_hold_offs()
         backoff = self.retry.backoff()
@@ -238,7 +249,10 @@ class BrokerHttp:
             else:
                 match verdict(response.status_code):
                     case "ok":
-                        return response
+                        not_yet = again(response) if again is not None else None
+                        if not_yet is None:
+                            return response
+                        problem, retry_after = not_yet, None
                     case "credentials":
                         raise CredentialsRejected(
                             response.status_code, response_detail(response, secret_list)
@@ -267,7 +281,10 @@ class BrokerHttp:
                     retry_after=retry_after,
                 )
             # With a Retry-After, the wait is the host's hold-off, waited before the next try.
-            delay = retry_after if retry_after is not None else backoff.next_delay()
+            if retry_after is not None:
+                delay = retry_after
+            else:
+                delay = max(self.retry.least_wait_seconds, backoff.next_delay())
             _log.warning(
                 "broker_request_retried",
                 broker=self.broker,
