@@ -1,52 +1,162 @@
 """The writer's SQL: one transaction applies a batch of canonical events idempotently.
 
 Fills and cash movements are inserted by their broker-derived keys (a replay inserts nothing);
-every position that gained a fill is recomputed from all of its fills under a per-position lock,
-so redelivery in any order converges on the same journal rows.
+every position that gained a fill or a charge is recomputed from all of them under a
+per-position lock, so redelivery in any order converges on the same journal rows. What the rows,
+the balance and the monthly count become is decided by the pure rules of journal.py.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 
-from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
+from services.shared.bulk_rows import BulkRows, Column
+from services.shared.canonical import CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
 from services.shared.envelope import ConnectionRef
 from services.shared.logging import get_logger
-from services.writer.aggregation import (
+from services.writer.journal import (
+    MonthlySyncs,
     PositionCharge,
     PositionFill,
+    StoredBalance,
     TradeAggregate,
     aggregate_position,
+    balance_applies,
+    count_syncs,
+    newest_snapshots,
 )
 
 _log = get_logger("poscal.writer")
 
-_INSERT_FILLS = """
-INSERT INTO broker_fills (fill_key, position_key, user_id, connection_id, account_id, broker,
-    symbol, side, entry, volume, price, profit, commission, swap, fee, executed_at, broker_time,
-    broker_ref, order_ref, comment, cancelled, event_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],
-    $7::text[], $8::text[], $9::text[], $10::numeric[], $11::numeric[], $12::numeric[],
-    $13::numeric[], $14::numeric[], $15::numeric[], $16::timestamptz[], $17::text[], $18::text[],
-    $19::text[], $20::text[], $21::bool[], $22::uuid[])
--- A fill is written once; the one later change is its cancellation, which is final.
-ON CONFLICT (fill_key) DO UPDATE SET cancelled = true
-    WHERE EXCLUDED.cancelled AND NOT broker_fills.cancelled
-RETURNING fill_key, position_key
-"""
 
-_INSERT_CASH = """
-INSERT INTO broker_cash_movements (movement_key, user_id, connection_id, account_id, kind, amount,
-    currency, executed_at, broker_time, broker_ref, comment, event_id, position_key)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::numeric[],
-    $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[])
-ON CONFLICT (movement_key) DO NOTHING
-RETURNING movement_key, position_key
-"""
+@dataclass(frozen=True)
+class _Delivered:
+    """A record as one event delivered it."""
+
+    batch: CanonicalBatch
+    record: Fill | CashMovement
+
+    @property
+    def connection(self) -> ConnectionRef:
+        return self.batch.connection
+
+
+def _fill(d: _Delivered) -> Fill:
+    assert isinstance(d.record, Fill)
+    return d.record
+
+
+def _cash(d: _Delivered) -> CashMovement:
+    assert isinstance(d.record, CashMovement)
+    return d.record
+
+
+FILLS = BulkRows[_Delivered](
+    "broker_fills",
+    (
+        Column("fill_key", "text", lambda d: _fill(d).fill_key),
+        Column("position_key", "text", lambda d: _fill(d).position_key),
+        Column("user_id", "uuid", lambda d: d.connection.user_id),
+        Column("connection_id", "uuid", lambda d: d.connection.connection_id),
+        Column("account_id", "uuid", lambda d: d.connection.account_id),
+        Column("broker", "text", lambda d: d.connection.broker),
+        Column("symbol", "text", lambda d: _fill(d).symbol),
+        Column("side", "text", lambda d: _fill(d).side),
+        Column("entry", "text", lambda d: _fill(d).entry),
+        Column("volume", "numeric", lambda d: _fill(d).volume),
+        Column("price", "numeric", lambda d: _fill(d).price),
+        Column("profit", "numeric", lambda d: _fill(d).profit),
+        Column("commission", "numeric", lambda d: _fill(d).commission),
+        Column("swap", "numeric", lambda d: _fill(d).swap),
+        Column("fee", "numeric", lambda d: _fill(d).fee),
+        Column("executed_at", "timestamptz", lambda d: _fill(d).executed_at),
+        Column("broker_time", "text", lambda d: _fill(d).broker_time),
+        Column("broker_ref", "text", lambda d: _fill(d).broker_ref),
+        Column("order_ref", "text", lambda d: _fill(d).order_ref),
+        Column("comment", "text", lambda d: _fill(d).comment),
+        Column("cancelled", "bool", lambda d: _fill(d).cancelled),
+        Column("event_id", "uuid", lambda d: d.batch.event_id),
+    ),
+)
+_INSERT_FILLS = FILLS.insert(
+    # A fill is written once; the one later change is its cancellation, which is final.
+    "ON CONFLICT (fill_key) DO UPDATE SET cancelled = true"
+    " WHERE EXCLUDED.cancelled AND NOT broker_fills.cancelled"
+    " RETURNING fill_key, position_key"
+)
+
+CASH = BulkRows[_Delivered](
+    "broker_cash_movements",
+    (
+        Column("movement_key", "text", lambda d: _cash(d).movement_key),
+        Column("user_id", "uuid", lambda d: d.connection.user_id),
+        Column("connection_id", "uuid", lambda d: d.connection.connection_id),
+        Column("account_id", "uuid", lambda d: d.connection.account_id),
+        Column("kind", "text", lambda d: _cash(d).kind),
+        Column("amount", "numeric", lambda d: _cash(d).amount),
+        Column("currency", "text", lambda d: d.batch.account.currency if d.batch.account else None),
+        Column("executed_at", "timestamptz", lambda d: _cash(d).executed_at),
+        Column("broker_time", "text", lambda d: _cash(d).broker_time),
+        Column("broker_ref", "text", lambda d: _cash(d).broker_ref),
+        Column("comment", "text", lambda d: _cash(d).comment),
+        Column("event_id", "uuid", lambda d: d.batch.event_id),
+        Column("position_key", "text", lambda d: _cash(d).position_key),
+    ),
+)
+_INSERT_CASH = CASH.insert(
+    "ON CONFLICT (movement_key) DO NOTHING RETURNING movement_key, position_key"
+)
+
+
+@dataclass(frozen=True)
+class _JournalRow:
+    aggregate: TradeAggregate
+    connection: ConnectionRef
+
+
+JOURNAL = BulkRows[_JournalRow](
+    "trading_journal",
+    (
+        Column("mt5_trade_id", "text", lambda r: r.aggregate.trade_id),
+        Column("position_key", "text", lambda r: r.aggregate.position_key),
+        Column("user_id", "uuid", lambda r: r.connection.user_id),
+        Column("account_id", "uuid", lambda r: r.connection.account_id),
+        Column("connection_id", "uuid", lambda r: r.connection.connection_id),
+        Column("connection_type", "text", lambda r: r.connection.connection_type),
+        Column("broker", "text", lambda r: r.connection.broker),
+        Column("symbol", "text", lambda r: r.aggregate.symbol),
+        Column("side", "text", lambda r: r.aggregate.side),
+        Column("volume", "numeric", lambda r: r.aggregate.volume),
+        Column("closed_volume", "numeric", lambda r: r.aggregate.closed_volume),
+        Column("entry_price", "numeric", lambda r: r.aggregate.entry_price),
+        Column("exit_price", "numeric", lambda r: r.aggregate.exit_price),
+        Column("opened_at", "timestamptz", lambda r: r.aggregate.opened_at),
+        Column("closed_at", "timestamptz", lambda r: r.aggregate.closed_at),
+        Column("profit", "numeric", lambda r: r.aggregate.profit),
+        Column("commission", "numeric", lambda r: r.aggregate.commission),
+        Column("swap", "numeric", lambda r: r.aggregate.swap),
+        Column("fees", "numeric", lambda r: r.aggregate.fees),
+        Column("status", "text", lambda r: r.aggregate.status),
+        Column("fill_count", "int", lambda r: r.aggregate.fill_count),
+    ),
+)
+# Whose row a trade id is stays as it was; everything else follows the fills.
+_JOURNAL_KEPT = ("mt5_trade_id", "position_key", "user_id", "broker")
+_UPSERT_JOURNAL = JOURNAL.insert(
+    "ON CONFLICT (mt5_trade_id) DO UPDATE SET "
+    + JOURNAL.excluded(n for n in JOURNAL.names if n not in _JOURNAL_KEPT)
+    + ", synced_at = now(), updated_at = now()"
+    # Trade ids are unique across users: a row another user keeps under one (their history of
+    # an account now connected by someone else) is left alone, and missing from what this
+    # returns.
+    " WHERE j.user_id = EXCLUDED.user_id RETURNING mt5_trade_id",
+    alias="j",
+    computed={"synced_at": "now()"},
+)
 
 _LOCK_POSITIONS = """
 SELECT count(pg_advisory_xact_lock(hashtextextended(k, 7)))
@@ -72,29 +182,6 @@ JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
     ON m.position_key = p.position_key AND m.connection_id = p.connection_id
 """
 
-_UPSERT_JOURNAL = """
-INSERT INTO trading_journal AS j (mt5_trade_id, position_key, user_id, account_id, connection_id,
-    connection_type, broker, symbol, side, volume, closed_volume, entry_price, exit_price,
-    opened_at, closed_at, profit, commission, swap, fees, status, fill_count, synced_at)
-SELECT *, now() FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
-    $6::text[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::numeric[],
-    $12::numeric[], $13::numeric[], $14::timestamptz[], $15::timestamptz[], $16::numeric[],
-    $17::numeric[], $18::numeric[], $19::numeric[], $20::text[], $21::int[])
-ON CONFLICT (mt5_trade_id) DO UPDATE SET
-    symbol = EXCLUDED.symbol, side = EXCLUDED.side, volume = EXCLUDED.volume,
-    closed_volume = EXCLUDED.closed_volume, entry_price = EXCLUDED.entry_price,
-    exit_price = EXCLUDED.exit_price, opened_at = EXCLUDED.opened_at,
-    closed_at = EXCLUDED.closed_at, profit = EXCLUDED.profit, commission = EXCLUDED.commission,
-    swap = EXCLUDED.swap, fees = EXCLUDED.fees, status = EXCLUDED.status,
-    fill_count = EXCLUDED.fill_count, account_id = EXCLUDED.account_id,
-    connection_id = EXCLUDED.connection_id, connection_type = EXCLUDED.connection_type,
-    synced_at = now(), updated_at = now()
--- Trade ids are unique across users: a row another user keeps under one (their history of an
--- account now connected by someone else) is left alone, and missing from what this returns.
-WHERE j.user_id = EXCLUDED.user_id
-RETURNING mt5_trade_id
-"""
-
 _DELETE_STALE_SEGMENTS = """
 DELETE FROM trading_journal AS j
 USING unnest($1::text[], $2::uuid[]) AS p(position_key, user_id)
@@ -102,46 +189,72 @@ WHERE j.position_key = p.position_key AND j.user_id = p.user_id
     AND NOT (j.mt5_trade_id = ANY($3::text[]))
 """
 
-# A newer report wins, unless its deals are older than deals already recorded for the account
-# (fills of this very batch included): that is an old report re-sent, and would roll back.
-_APPLY_BALANCE = """
-UPDATE trading_accounts
-SET current_balance = $2, equity = $3, currency = coalesce($4, currency),
-    balance_as_of = $5, balance_received_at = $6, updated_at = now()
-WHERE id = $1 AND (balance_as_of IS NULL
-    OR (balance_as_of, coalesce(balance_received_at, '-infinity')) < ($5, $6))
-AND ($7::timestamptz IS NULL OR $7 >= coalesce(greatest(
-    (SELECT max(executed_at) FROM broker_fills WHERE account_id = $1),
-    (SELECT max(executed_at) FROM broker_cash_movements WHERE account_id = $1)), '-infinity'))
-RETURNING id
+# Each account's balance as it stands, locked until the transaction ends, with the newest deal
+# recorded for it (this batch's fills and movements, inserted before, included). NO KEY UPDATE,
+# as an UPDATE itself would lock: other writers' fill inserts hold KEY SHARE on the account
+# (their foreign key) while they wait for a position this writer holds.
+_STORED_BALANCES = """
+SELECT a.id, a.balance_as_of, a.balance_received_at, greatest(
+    (SELECT max(executed_at) FROM broker_fills WHERE account_id = a.id),
+    (SELECT max(executed_at) FROM broker_cash_movements WHERE account_id = a.id)) AS newest_deal
+FROM trading_accounts AS a WHERE a.id = ANY($1::uuid[])
+ORDER BY a.id
+FOR NO KEY UPDATE OF a
 """
 
-_RECORD_EVENTS = """
-INSERT INTO sync_events (event_id, connection_id, user_id, source, received_at, fills_received,
-    fills_inserted, cash_received, cash_inserted, positions_touched, balance_applied)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[],
-    $6::int[], $7::int[], $8::int[], $9::int[], $10::int[], $11::bool[])
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
+_APPLY_BALANCES = """
+UPDATE trading_accounts AS a
+SET current_balance = v.balance, equity = v.equity, currency = coalesce(v.currency, a.currency),
+    balance_as_of = v.as_of, balance_received_at = v.received_at, updated_at = now()
+FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::text[], $5::timestamptz[],
+    $6::timestamptz[]) AS v(id, balance, equity, currency, as_of, received_at)
+WHERE a.id = v.id
 """
 
-_AUDIT_SYNC = """
-INSERT INTO mt5_security_audit AS a (connection_id, user_id, monthly_sync_count, sync_month,
-    last_sync_at, last_event_id)
-VALUES ($1, $2, $3, date_trunc('month', $4 AT TIME ZONE 'UTC')::date, $4, $5)
-ON CONFLICT (connection_id) DO UPDATE SET
-    -- A newer month starts the count over; a late event from an older month changes nothing.
-    monthly_sync_count = CASE
-        WHEN a.sync_month IS NULL OR EXCLUDED.sync_month > a.sync_month
-            THEN EXCLUDED.monthly_sync_count
-        WHEN EXCLUDED.sync_month = a.sync_month
-            THEN a.monthly_sync_count + EXCLUDED.monthly_sync_count
-        ELSE a.monthly_sync_count END,
-    sync_month = greatest(a.sync_month, EXCLUDED.sync_month),
-    last_sync_at = greatest(a.last_sync_at, EXCLUDED.last_sync_at),
-    last_event_id = CASE WHEN EXCLUDED.last_sync_at >= coalesce(a.last_sync_at, '-infinity')
-        THEN EXCLUDED.last_event_id ELSE a.last_event_id END,
-    updated_at = now()
+
+@dataclass(frozen=True)
+class _Recorded:
+    batch: CanonicalBatch
+    outcome: EventOutcome
+
+
+SYNC_EVENTS = BulkRows[_Recorded](
+    "sync_events",
+    (
+        Column("event_id", "uuid", lambda r: r.batch.event_id),
+        Column("connection_id", "uuid", lambda r: r.batch.connection.connection_id),
+        Column("user_id", "uuid", lambda r: r.batch.connection.user_id),
+        Column("source", "text", lambda r: r.batch.source),
+        Column("received_at", "timestamptz", lambda r: r.batch.received_at),
+        Column("fills_received", "int", lambda r: len(r.batch.fills)),
+        Column("fills_inserted", "int", lambda r: r.outcome.fills_inserted),
+        Column("cash_received", "int", lambda r: len(r.batch.cash_movements)),
+        Column("cash_inserted", "int", lambda r: r.outcome.cash_inserted),
+        Column("positions_touched", "int", lambda r: r.outcome.positions_touched),
+        Column("balance_applied", "bool", lambda r: r.outcome.balance_applied),
+    ),
+)
+_RECORD_EVENTS = SYNC_EVENTS.insert("ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+
+# Every connection synced has its audit row (made with the connection, but one missing must not
+# lose a count), then each is read locked, counted by journal.count_syncs, and written.
+_ENSURE_AUDIT_ROWS = """
+INSERT INTO mt5_security_audit (connection_id, user_id)
+SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT (connection_id) DO NOTHING
+"""
+_STORED_SYNCS = """
+SELECT connection_id, sync_month, monthly_sync_count, last_sync_at, last_event_id
+FROM mt5_security_audit WHERE connection_id = ANY($1::uuid[])
+ORDER BY connection_id
+FOR NO KEY UPDATE
+"""
+_RECORD_SYNCS = """
+UPDATE mt5_security_audit AS a
+SET sync_month = v.month, monthly_sync_count = v.count, last_sync_at = v.last_sync_at,
+    last_event_id = v.last_event_id, updated_at = now()
+FROM unnest($1::uuid[], $2::date[], $3::int[], $4::timestamptz[], $5::uuid[])
+    AS v(connection_id, month, count, last_sync_at, last_event_id)
+WHERE a.connection_id = v.connection_id
 """
 
 _TOUCH_CONNECTIONS = """
@@ -160,20 +273,20 @@ class EventOutcome:
     first_time: bool
 
 
-def _dedupe_fills(batches: Sequence[CanonicalBatch]) -> list[tuple[CanonicalBatch, Fill]]:
-    seen: dict[str, tuple[CanonicalBatch, Fill]] = {}
+def _first_of_each(batches: Sequence[CanonicalBatch], fills: bool) -> list[_Delivered]:
+    """Each record once (by its key), as the first event of the batch delivered it."""
+    seen: dict[str, _Delivered] = {}
     for batch in batches:
-        for fill in batch.fills:
-            seen.setdefault(fill.fill_key, (batch, fill))
+        records: Sequence[Fill | CashMovement] = batch.fills if fills else batch.cash_movements
+        for record in records:
+            key = record.fill_key if isinstance(record, Fill) else record.movement_key
+            seen.setdefault(key, _Delivered(batch, record))
     return list(seen.values())
 
 
-def _dedupe_cash(batches: Sequence[CanonicalBatch]) -> list[tuple[CanonicalBatch, CashMovement]]:
-    seen: dict[str, tuple[CanonicalBatch, CashMovement]] = {}
-    for batch in batches:
-        for movement in batch.cash_movements:
-            seen.setdefault(movement.movement_key, (batch, movement))
-    return list(seen.values())
+def _key(delivered: _Delivered) -> str:
+    record = delivered.record
+    return record.fill_key if isinstance(record, Fill) else record.movement_key
 
 
 class JournalRepository:
@@ -181,16 +294,20 @@ class JournalRepository:
         self, conn: Connection, batches: Sequence[CanonicalBatch]
     ) -> list[EventOutcome]:
         async with conn.transaction():
-            fill_owner, filled = await self._insert_fills(conn, batches)
-            cash_owner, charged = await self._insert_cash(conn, batches)
+            fills_per_event, filled = await self._insert(
+                conn, _first_of_each(batches, fills=True), _INSERT_FILLS, FILLS
+            )
+            cash_per_event, charged = await self._insert(
+                conn, _first_of_each(batches, fills=False), _INSERT_CASH, CASH
+            )
             new_positions = filled | charged
             await self._recompute_positions(conn, batches, new_positions)
             balance_events = await self._apply_balances(conn, batches)
             outcomes = [
                 EventOutcome(
                     event_id=b.event_id,
-                    fills_inserted=fill_owner.get(b.event_id, 0),
-                    cash_inserted=cash_owner.get(b.event_id, 0),
+                    fills_inserted=fills_per_event.get(b.event_id, 0),
+                    cash_inserted=cash_per_event.get(b.event_id, 0),
                     positions_touched=len(_positions_of(b) & new_positions),
                     balance_applied=b.event_id in balance_events,
                     first_time=False,
@@ -198,43 +315,26 @@ class JournalRepository:
                 for b in batches
             ]
             first_time = await self._record_events(conn, batches, outcomes)
-        return [
-            EventOutcome(**{**o.__dict__, "first_time": o.event_id in first_time}) for o in outcomes
-        ]
+        return [replace(o, first_time=o.event_id in first_time) for o in outcomes]
 
-    async def _insert_fills(
-        self, conn: Connection, batches: Sequence[CanonicalBatch]
+    async def _insert(
+        self,
+        conn: Connection,
+        delivered: list[_Delivered],
+        statement: str,
+        rows: BulkRows[_Delivered],
     ) -> tuple[dict[uuid.UUID, int], set[str]]:
-        pairs = _dedupe_fills(batches)
-        if not pairs:
+        """Insert what is new; per event, how many of its records were; the positions they
+        belong to."""
+        if not delivered:
             return {}, set()
-        columns = list(
-            zip(
-                *[_fill_row(batch.connection, batch.event_id, f) for batch, f in pairs], strict=True
-            )
-        )
-        rows = await conn.fetch(_INSERT_FILLS, *columns)
-        inserted = {r["fill_key"] for r in rows}
-        owner: dict[uuid.UUID, int] = {}
-        for batch, fill in pairs:
-            if fill.fill_key in inserted:
-                owner[batch.event_id] = owner.get(batch.event_id, 0) + 1
-        return owner, {r["position_key"] for r in rows}
-
-    async def _insert_cash(
-        self, conn: Connection, batches: Sequence[CanonicalBatch]
-    ) -> tuple[dict[uuid.UUID, int], set[str]]:
-        pairs = _dedupe_cash(batches)
-        if not pairs:
-            return {}, set()
-        columns = list(zip(*[_cash_row(b, m) for b, m in pairs], strict=True))
-        rows = await conn.fetch(_INSERT_CASH, *columns)
-        inserted = {r["movement_key"] for r in rows}
-        owner: dict[uuid.UUID, int] = {}
-        for batch, movement in pairs:
-            if movement.movement_key in inserted:
-                owner[batch.event_id] = owner.get(batch.event_id, 0) + 1
-        return owner, {r["position_key"] for r in rows if r["position_key"] is not None}
+        inserted = await conn.fetch(statement, *rows.arrays(delivered))
+        keys = {r[0] for r in inserted}
+        per_event: dict[uuid.UUID, int] = {}
+        for d in delivered:
+            if _key(d) in keys:
+                per_event[d.batch.event_id] = per_event.get(d.batch.event_id, 0) + 1
+        return per_event, {r["position_key"] for r in inserted if r["position_key"] is not None}
 
     async def _recompute_positions(
         self, conn: Connection, batches: Sequence[CanonicalBatch], positions: set[str]
@@ -252,15 +352,16 @@ class JournalRepository:
         charges: dict[str, list[PositionCharge]] = {}
         for row in await conn.fetch(_POSITION_CHARGES, keys, connections):
             charges.setdefault(row["position_key"], []).append(PositionCharge(**dict(row)))
-        rows = []
-        for key in keys:
-            for aggregate in aggregate_position(key, fills.get(key, []), charges.get(key, [])):
-                rows.append(_journal_row(aggregate, owners[key]))
-        trade_ids = [str(r[0]) for r in rows]
+        rows = [
+            _JournalRow(aggregate, owners[key])
+            for key in keys
+            for aggregate in aggregate_position(key, fills.get(key, []), charges.get(key, []))
+        ]
+        trade_ids = [row.aggregate.trade_id for row in rows]
         written: set[str] = set()
         if rows:
-            columns = list(zip(*rows, strict=True))
-            written = {r["mt5_trade_id"] for r in await conn.fetch(_UPSERT_JOURNAL, *columns)}
+            upserted = await conn.fetch(_UPSERT_JOURNAL, *JOURNAL.arrays(rows))
+            written = {r["mt5_trade_id"] for r in upserted}
         users = [owners[k].user_id for k in keys]
         await conn.execute(_DELETE_STALE_SEGMENTS, keys, users, trade_ids)
         if foreign := sorted(set(trade_ids) - written):
@@ -272,23 +373,33 @@ class JournalRepository:
     async def _apply_balances(
         self, conn: Connection, batches: Sequence[CanonicalBatch]
     ) -> set[uuid.UUID]:
-        applied = set()
-        for account_id, batch in sorted(newest_snapshots(batches).items()):
-            snapshot = batch.account
-            assert snapshot is not None
-            updated = await conn.fetchval(
-                _APPLY_BALANCE,
-                account_id,
-                snapshot.balance,
-                snapshot.equity,
-                snapshot.currency,
-                snapshot.as_of,
-                batch.received_at,
-                snapshot.deals_through,
+        reports = newest_snapshots(batches)
+        if not reports:
+            return set()
+        stored = {
+            row["id"]: StoredBalance(
+                row["balance_as_of"], row["balance_received_at"], row["newest_deal"]
             )
-            if updated is not None:
-                applied.add(batch.event_id)
-        return applied
+            for row in await conn.fetch(_STORED_BALANCES, sorted(reports))
+        }
+        applied = [
+            batch
+            for account_id, batch in sorted(reports.items())
+            if account_id in stored
+            and batch.account is not None
+            and balance_applies(stored[account_id], batch.account, batch.received_at)
+        ]
+        if applied:
+            await conn.execute(
+                _APPLY_BALANCES,
+                [b.connection.account_id for b in applied],
+                [b.account.balance if b.account else None for b in applied],
+                [b.account.equity if b.account else None for b in applied],
+                [b.account.currency if b.account else None for b in applied],
+                [b.account.as_of if b.account else None for b in applied],
+                [b.received_at for b in applied],
+            )
+        return {b.event_id for b in applied}
 
     async def _record_events(
         self,
@@ -296,161 +407,47 @@ class JournalRepository:
         batches: Sequence[CanonicalBatch],
         outcomes: Sequence[EventOutcome],
     ) -> set[uuid.UUID]:
-        unique = {b.event_id: (b, o) for b, o in zip(batches, outcomes, strict=True)}
-        columns = list(
-            zip(
-                *[
-                    (
-                        b.event_id,
-                        b.connection.connection_id,
-                        b.connection.user_id,
-                        b.source,
-                        b.received_at,
-                        len(b.fills),
-                        o.fills_inserted,
-                        len(b.cash_movements),
-                        o.cash_inserted,
-                        o.positions_touched,
-                        o.balance_applied,
-                    )
-                    for b, o in unique.values()
-                ],
-                strict=True,
-            )
-        )
-        first_time = {r["event_id"] for r in await conn.fetch(_RECORD_EVENTS, *columns)}
-        per_connection: dict[uuid.UUID, list[CanonicalBatch]] = {}
+        unique = {b.event_id: _Recorded(b, o) for b, o in zip(batches, outcomes, strict=True)}
+        recorded = list(unique.values())
+        first_time = {
+            r["event_id"] for r in await conn.fetch(_RECORD_EVENTS, *SYNC_EVENTS.arrays(recorded))
+        }
+        synced: dict[uuid.UUID, list[CanonicalBatch]] = {}
         for event_id in first_time:
-            batch = unique[event_id][0]
-            per_connection.setdefault(batch.connection.connection_id, []).append(batch)
-        for connection_id, synced in sorted(per_connection.items()):
-            latest = max(synced, key=lambda b: b.received_at)
-            # Counted toward the month of the latest event; older-month stragglers do not count.
-            in_latest_month = sum(
-                1 for b in synced if _same_month(b.received_at, latest.received_at)
-            )
-            await conn.execute(
-                _AUDIT_SYNC,
-                connection_id,
-                latest.connection.user_id,
-                in_latest_month,
-                latest.received_at,
-                latest.event_id,
-            )
-        if per_connection:
-            ids = sorted(per_connection)
-            at = [max(b.received_at for b in per_connection[i]) for i in ids]
-            await conn.execute(_TOUCH_CONNECTIONS, ids, at)
+            batch = unique[event_id].batch
+            synced.setdefault(batch.connection.connection_id, []).append(batch)
+        if synced:
+            await self._count_syncs(conn, synced)
         return first_time
+
+    async def _count_syncs(
+        self, conn: Connection, synced: dict[uuid.UUID, list[CanonicalBatch]]
+    ) -> None:
+        ids = sorted(synced)
+        await conn.execute(_ENSURE_AUDIT_ROWS, ids, [synced[i][0].connection.user_id for i in ids])
+        counted: dict[uuid.UUID, MonthlySyncs] = {}
+        for row in await conn.fetch(_STORED_SYNCS, ids):
+            stored = MonthlySyncs(
+                row["sync_month"],
+                row["monthly_sync_count"],
+                row["last_sync_at"],
+                row["last_event_id"],
+            )
+            events = [(b.received_at, b.event_id) for b in synced[row["connection_id"]]]
+            counted[row["connection_id"]] = count_syncs(stored, events)
+        await conn.execute(
+            _RECORD_SYNCS,
+            ids,
+            [counted[i].month for i in ids],
+            [counted[i].count for i in ids],
+            [counted[i].last_sync_at for i in ids],
+            [counted[i].last_event_id for i in ids],
+        )
+        latest: list[datetime] = [max(b.received_at for b in synced[i]) for i in ids]
+        await conn.execute(_TOUCH_CONNECTIONS, ids, latest)
 
 
 def _positions_of(batch: CanonicalBatch) -> set[str]:
     """The positions an event's records belong to: its fills' and its position charges'."""
     charged = {m.position_key for m in batch.cash_movements if m.position_key is not None}
     return {f.position_key for f in batch.fills} | charged
-
-
-def _same_month(a: datetime, b: datetime) -> bool:
-    a, b = a.astimezone(UTC), b.astimezone(UTC)
-    return (a.year, a.month) == (b.year, b.month)
-
-
-def newest_snapshots(batches: Sequence[CanonicalBatch]) -> dict[uuid.UUID, CanonicalBatch]:
-    """Per account, the batch whose balance report is the one to apply.
-
-    The latest report wins, among those whose deals are not older than the newest deal any
-    report of these batches carried (an older one is a stale copy re-sent late).
-    """
-    reports: dict[uuid.UUID, list[tuple[CanonicalBatch, AccountSnapshot]]] = {}
-    for batch in batches:
-        if batch.account is not None:
-            reports.setdefault(batch.connection.account_id, []).append((batch, batch.account))
-    newest = {}
-    for account_id, candidates in reports.items():
-        newest_deal = max(
-            (report.deals_through for _, report in candidates if report.deals_through),
-            default=None,
-        )
-        current = [(b, r) for b, r in candidates if _reflects(r, newest_deal)]
-        newest[account_id] = max(current, key=lambda c: (c[1].as_of, c[0].received_at))[0]
-    return newest
-
-
-def _reflects(report: AccountSnapshot, newest_deal: datetime | None) -> bool:
-    """Whether a report is at least as recent as the newest deal known (or cannot tell)."""
-    if report.deals_through is None or newest_deal is None:
-        return True
-    return report.deals_through >= newest_deal
-
-
-def _fill_row(connection: ConnectionRef, event_id: uuid.UUID, f: Fill) -> tuple[object, ...]:
-    return (
-        f.fill_key,
-        f.position_key,
-        connection.user_id,
-        connection.connection_id,
-        connection.account_id,
-        connection.broker,
-        f.symbol,
-        f.side,
-        f.entry,
-        f.volume,
-        f.price,
-        f.profit,
-        f.commission,
-        f.swap,
-        f.fee,
-        f.executed_at,
-        f.broker_time,
-        f.broker_ref,
-        f.order_ref,
-        f.comment,
-        f.cancelled,
-        event_id,
-    )
-
-
-def _cash_row(batch: CanonicalBatch, m: CashMovement) -> tuple[object, ...]:
-    c = batch.connection
-    currency = batch.account.currency if batch.account else None
-    return (
-        m.movement_key,
-        c.user_id,
-        c.connection_id,
-        c.account_id,
-        m.kind,
-        m.amount,
-        currency,
-        m.executed_at,
-        m.broker_time,
-        m.broker_ref,
-        m.comment,
-        batch.event_id,
-        m.position_key,
-    )
-
-
-def _journal_row(a: TradeAggregate, c: ConnectionRef) -> tuple[object, ...]:
-    return (
-        a.trade_id,
-        a.position_key,
-        c.user_id,
-        c.account_id,
-        c.connection_id,
-        c.connection_type,
-        c.broker,
-        a.symbol,
-        a.side,
-        a.volume,
-        a.closed_volume,
-        a.entry_price,
-        a.exit_price,
-        a.opened_at,
-        a.closed_at,
-        a.profit,
-        a.commission,
-        a.swap,
-        a.fees,
-        a.status,
-        a.fill_count,
-    )

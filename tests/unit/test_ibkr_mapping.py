@@ -17,7 +17,7 @@ from services.shared.brokers.ibkr.mapping import map_event
 from services.shared.canonical import CanonicalBatch, Fill
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
-from services.writer.aggregation import PositionFill, TradeAggregate, aggregate_position
+from services.writer.journal import PositionFill, TradeAggregate, aggregate_position
 from tests.support.builders import FIXTURES, PINNED_CONNECTION
 
 RECEIVED_AT = datetime(2025, 2, 1, 13, 30, 5, tzinfo=UTC)

@@ -20,7 +20,7 @@ from services.shared.canonical import CanonicalBatch, CashMovement, Fill
 from services.shared.dead_letters import json_safe
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
-from services.writer.aggregation import (
+from services.writer.journal import (
     PositionCharge,
     PositionFill,
     TradeAggregate,

@@ -11,7 +11,7 @@ from typing import Literal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.writer.aggregation import PositionCharge, PositionFill, aggregate_position
+from services.writer.journal import PositionCharge, PositionFill, aggregate_position
 
 KEY = "oanda:101-004-1-001:3001"
 T0 = datetime(2024, 3, 4, 10, 0, tzinfo=UTC)

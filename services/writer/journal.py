@@ -1,4 +1,7 @@
-"""Pure: a position's fills, in any order, into the journal rows they add up to.
+"""The journal's rules, pure: a position's fills into the journal rows they add up to, which
+balance report an account keeps, and how a connection's syncs are counted per month.
+
+A position's fills, in any order, add up to the same rows.
 
 A position is IN fills (open/add) and OUT fills (partial or full closes). Entry and exit prices
 are volume-weighted; money is summed. A netting account's reversal (INOUT) closes what is open
@@ -14,15 +17,15 @@ kind as fees. Sums are exact (a context wide enough for any bounded amount), nev
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Literal
 
-from services.shared.canonical import EXACT
+from services.shared.canonical import EXACT, AccountSnapshot, CanonicalBatch, Side
 
-Side = Literal["buy", "sell"]
 _PRICE_QUANTUM = Decimal("1e-10")
 _ZERO = Decimal(0)
 
@@ -207,3 +210,100 @@ def aggregate_position(
             return []
         _charge(segments, sorted(charges, key=lambda c: (c.executed_at, c.movement_key)))
         return [_aggregate(s, position_key) for s in segments]
+
+
+# --- the balance ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredBalance:
+    """What an account's balance is now: the report it came from (the broker's `as_of`, when we
+    received it), and the newest deal recorded for the account (this batch's included)."""
+
+    as_of: datetime | None
+    received_at: datetime | None
+    newest_deal: datetime | None
+
+
+def newest_snapshots(batches: Sequence[CanonicalBatch]) -> dict[uuid.UUID, CanonicalBatch]:
+    """Per account, the batch whose balance report is the one to apply.
+
+    The latest report wins, among those whose deals are not older than the newest deal any
+    report of these batches carried (an older one is a stale copy re-sent late).
+    """
+    reports: dict[uuid.UUID, list[tuple[CanonicalBatch, AccountSnapshot]]] = {}
+    for batch in batches:
+        if batch.account is not None:
+            reports.setdefault(batch.connection.account_id, []).append((batch, batch.account))
+    newest = {}
+    for account_id, candidates in reports.items():
+        newest_deal = max(
+            (report.deals_through for _, report in candidates if report.deals_through),
+            default=None,
+        )
+        current = [(b, r) for b, r in candidates if _reflects(r, newest_deal)]
+        newest[account_id] = max(current, key=lambda c: (c[1].as_of, c[0].received_at))[0]
+    return newest
+
+
+def balance_applies(stored: StoredBalance, report: AccountSnapshot, received_at: datetime) -> bool:
+    """A newer report replaces the balance, unless its deals are older than deals already
+    recorded for the account: that is an old report re-sent, and would roll the balance back."""
+    newer = stored.as_of is None or (stored.as_of, stored.received_at or _NEVER) < (
+        report.as_of,
+        received_at,
+    )
+    return newer and _reflects(report, stored.newest_deal)
+
+
+def _reflects(report: AccountSnapshot, newest_deal: datetime | None) -> bool:
+    """Whether a report is at least as recent as the newest deal known (or cannot tell)."""
+    if report.deals_through is None or newest_deal is None:
+        return True
+    return report.deals_through >= newest_deal
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+# --- syncs per month ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonthlySyncs:
+    """A connection's sync count of its latest month, and its latest sync."""
+
+    month: date | None = None
+    count: int = 0
+    last_sync_at: datetime | None = None
+    last_event_id: uuid.UUID | None = None
+
+
+def month_of(moment: datetime) -> date:
+    utc = moment.astimezone(UTC)
+    return date(utc.year, utc.month, 1)
+
+
+def count_syncs(stored: MonthlySyncs, synced: Sequence[tuple[datetime, uuid.UUID]]) -> MonthlySyncs:
+    """The count after these newly recorded events (received at, event id), in any order.
+
+    The events count toward the month of the latest of them; a newer month starts the count over;
+    events of an older month than the one counted (stragglers) change nothing."""
+    if not synced:
+        return stored
+    latest_at, latest_id = max(synced)
+    month = month_of(latest_at)
+    in_month = sum(1 for at, _ in synced if month_of(at) == month)
+    if stored.month is None or month > stored.month:
+        counted_month, count = month, in_month
+    elif month == stored.month:
+        counted_month, count = month, stored.count + in_month
+    else:
+        counted_month, count = stored.month, stored.count
+    newest = stored.last_sync_at is None or latest_at >= stored.last_sync_at
+    return MonthlySyncs(
+        month=counted_month,
+        count=count,
+        last_sync_at=latest_at if newest else stored.last_sync_at,
+        last_event_id=latest_id if newest else stored.last_event_id,
+    )
