@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.writer.journal import PositionFill, Side, TradeAggregate, aggregate_position
+from services.shared.canonical import Side
+from services.writer.journal import PositionFill, TradeAggregate, aggregate_position
 from tests.support.builders import FIXTURES
 
 Entry = Literal["in", "out", "inout", "out_by"]
