@@ -249,7 +249,13 @@ class DeliveryClaims:
             _answer(request, outcomes[request.claim.token])
 
     async def _insert(self, requests: list[_Request]) -> dict[uuid.UUID, ClaimOutcome]:
-        async with database_call("claiming webhook ids", self._timeout):
+        """Raises IntegrityConstraintViolationError (a row whose connection or user is gone),
+        and TransientError if the database cannot answer."""
+        async with database_call(
+            "claiming webhook ids",
+            self._timeout,
+            answers=(asyncpg.IntegrityConstraintViolationError,),
+        ):
             rows = await self._pool.fetch(
                 _CLAIM,
                 [r.claim.connection_id for r in requests],
