@@ -203,12 +203,47 @@ async def test_a_source_reaching_the_alert_threshold_raises_an_alert_and_forces_
     assert await status_of(pool, connection) == "active"
     [alert] = [entry for entry in logs if entry.get("alert") == "webhook_verification_failures"]
     assert alert["log_level"] == "error"
-    assert (alert["connection_id"], alert["source"], alert["failures"]) == (
+    assert (alert["scope"], alert["connection_id"], alert["source"], alert["failures"]) == (
+        "source",
         str(connection.created.connection_id),
         STRANGER,
         3,
     )
     assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 1
+    forced = await pool.fetch(
+        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert [r["rotation_forced_reason"] for r in forced] == ["verification_failures"]
+
+
+async def test_a_forgery_spread_over_many_addresses_raises_the_connection_wide_alert(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(
+        master_key, database_url, failure_alert_threshold=3, failures_before_throttle=100
+    )
+    # Each address stays below the threshold; together they cross it twice (3 and 6).
+    addresses = [f"192.0.2.{n}" for n in range(1, 8)]
+    alerts_before = metric("poscal_ingest_verification_alerts_total")
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        with capture_logs() as logs:
+            failures = [(await forged(ingest, connection, a)).status_code for a in addresses]
+        signed = await deliver(ingest, connection, SENDER)
+
+    assert failures == [401] * 7
+    assert signed.status_code == 202
+    alerts = [entry for entry in logs if entry.get("alert") == "webhook_verification_failures"]
+    assert [(a["scope"], a["consecutive_failures"], a["source"]) for a in alerts] == [
+        ("connection", 3, addresses[2]),
+        ("connection", 6, addresses[5]),
+    ]
+    assert {a["connection_id"] for a in alerts} == {str(connection.created.connection_id)}
+    assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 2
     forced = await pool.fetch(
         "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
         connection.created.connection_id,
