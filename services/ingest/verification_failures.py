@@ -63,6 +63,24 @@ SELECT (SELECT failures FROM by_source) AS source_failures,
     (SELECT consecutive_failures FROM by_connection) AS connection_failures
 """
 
+# How a verified delivery ends failure runs, as the rest of the statement that marks deliveries
+# accepted (replays.py), after its CTE `accepted` (connection_id, claimed_at, source): the run
+# of its source, and the connection's consecutive count, end if every failure counted was
+# before its claim. A failure counted after the claim keeps the count as it is, whenever the
+# acceptance is written. Both sides use the database's clock (`now()` of claim and count), never
+# a replica's.
+ENDED_BY_ACCEPTANCES = """, per_source AS (
+    UPDATE webhook_verification_failures AS f SET failures = 0
+    FROM (SELECT connection_id, source, max(claimed_at) AS at FROM accepted GROUP BY 1, 2) AS s
+    WHERE f.connection_id = s.connection_id AND f.source = s.source AND f.failures > 0
+      AND f.last_failure_at <= s.at
+)
+UPDATE mt5_security_audit AS a SET consecutive_failures = 0, updated_at = now()
+FROM (SELECT connection_id, max(claimed_at) AS at FROM accepted GROUP BY connection_id) AS s
+WHERE a.connection_id = s.connection_id AND a.consecutive_failures > 0
+  AND (a.last_failure_at IS NULL OR a.last_failure_at <= s.at)
+"""
+
 _FORCE_ROTATION = """
 UPDATE mt5_credentials SET rotation_forced_at = now(), rotation_forced_reason = $2
 WHERE connection_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
@@ -117,7 +135,7 @@ class VerificationFailures:
 
     def verified(self, connection_id: uuid.UUID, source: str) -> None:
         """The source signed correctly: its failures stop being throttled here at once (the
-        count itself ends with the acceptance's write, see replays.py)."""
+        count itself ends with the acceptance's write: ENDED_BY_ACCEPTANCES)."""
         self._throttled.pop((connection_id, source), None)
 
     async def count(self, attempt: Attempt, source: str) -> int:
