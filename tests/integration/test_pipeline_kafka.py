@@ -277,6 +277,12 @@ class RecordingBatches:
         self.batches.append([record.offset for record in records])
         await self._handler.handle(records)
 
+    async def healthy(self) -> bool:
+        return await self._handler.healthy()
+
+    async def give_up(self, record: ConsumerRecord, reason: str) -> None:
+        await self._handler.give_up(record, reason)
+
 
 async def test_too_many_invalid_messages_in_a_row_stop_the_consumer_without_committing(
     kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics
