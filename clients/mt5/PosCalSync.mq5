@@ -499,7 +499,7 @@ void Pause(const int status, const string detail)
    if(status == 401)
       advice = "check that Webhook secret is the connection's current secret, Ingest URL its webhook URL, and that this computer's clock is right";
    if(status == 423)
-      advice = "the connection is locked after failed signatures: rotate its secret and enter the new one";
+      advice = "the connection's operator locked it: once it is unlocked reopen these inputs and press OK, or enter the new secret if it was rotated";
    string message = "sending paused (" + (status > 0 ? "HTTP " + IntegerToString(status) + ": " : "") + detail + "): " + advice
                     + "; nothing is lost, sending resumes when the inputs change";
    Print(LOG_PREFIX, message);

@@ -22,13 +22,14 @@ from starlette.routing import Route
 from services.ingest.audit import Attempt, AuditTrail
 from services.ingest.change_listener import ConnectionChangeListener
 from services.ingest.client_ip import IPNetwork, client_address, client_source, parse_networks
-from services.ingest.client_refusals import ClientRefusals
-from services.ingest.connections import ConnectionDirectory
+from services.ingest.client_refusals import ClientRefusals, client_budget, sender_budget
+from services.ingest.connections import ConnectionDirectory, VerifiableConnection
 from services.ingest.errors import (
     ClientThrottled,
     IncompleteBody,
     IngestRefusal,
     PayloadTooLarge,
+    Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -113,17 +114,19 @@ def wire(
         replay_window=timedelta(days=settings.replay_window_days),
         attempt_retention=timedelta(days=settings.attempt_retention_days),
     )
+    refusals = ClientRefusals(settings.refusals_per_client)
     audit = AuditTrail(
         pool,
         instance_id=instance.instance_id if instance is not None else None,
         oldest_in_flight=in_flight.oldest_began_at if in_flight is not None else lambda: None,
+        held=refusals,
         flush_interval_seconds=settings.audit_flush_seconds,
     )
     return IngestWiring(
         receiver=receiver,
         audit=audit,
         claims=claims,
-        refusals=ClientRefusals(settings.refusals_per_client),
+        refusals=refusals,
         retention=retention,
         listener=listener,
         ready=ready or _always_ready,
@@ -175,8 +178,6 @@ async def receive_webhook(request: Request) -> Response:
     wiring: IngestWiring = request.app.state.wiring
     broker = request.path_params["broker"]
     attempt = _attempt(request, broker, request.app.state.trusted_proxies)
-    for summary in wiring.refusals.summaries():  # windows of throttled attempts that ended
-        wiring.audit.record(summary)
     with _tracer.start_as_current_span(
         f"POST {WEBHOOK_ROUTE}",
         kind=SpanKind.SERVER,
@@ -189,13 +190,13 @@ async def receive_webhook(request: Request) -> Response:
     ) as span:
         client = client_source(attempt.client_ip)
         try:
-            wait = wiring.refusals.wait(client)
-            if wait is not None:
-                raise ClientThrottled("rate_limited_refusals", wait)
+            connection = await _connection(wiring, attempt, client)
             if not _is_json(request.headers.get("content-type")):
                 raise UnsupportedMediaType("unsupported_media_type")
             body = await _read_body(request, settings.max_body_bytes)
-            event = await wiring.receiver.receive(attempt, client, request.headers, body)
+            event = await wiring.receiver.receive(
+                attempt, connection, client, request.headers, body
+            )
         except IngestRefusal as refusal:
             _refused(wiring, attempt, client, refusal, span)
             raise
@@ -214,6 +215,19 @@ async def receive_webhook(request: Request) -> Response:
         return JSONResponse({"status": "accepted", "event_id": str(event.event_id)}, 202)
 
 
+async def _connection(wiring: IngestWiring, attempt: Attempt, client: str) -> VerifiableConnection:
+    """The connection the URL names. For a malformed or unknown URL: 401, or for a client over
+    its refusal budget 429 at once (nothing more is read; misses are cached, so this is cheap).
+    For a known one the budget stops nothing: the delivery is verified first."""
+    connection = await wiring.receiver.find(attempt)
+    if connection is not None:
+        return connection
+    wait = wiring.refusals.wait(client_budget(client))
+    if wait is not None:
+        raise ClientThrottled("rate_limited_refusals", wait)
+    raise Unauthorized("unknown_connection")
+
+
 def _refused(
     wiring: IngestWiring,
     attempt: Attempt,
@@ -221,7 +235,8 @@ def _refused(
     refusal: IngestRefusal,
     span: trace.Span,
 ) -> None:
-    """Audit, trace and log a refusal, and spend the client's refusal budget for it."""
+    """Audit, trace and log a refusal, and spend a refusal budget for it: the sender's for a
+    delivery that verified, else the client address's."""
     attempt.status_code, attempt.reason = refusal.status_code, refusal.reason
     span.set_attribute("http.response.status_code", refusal.status_code)
     span.set_attribute("poscal.refusal_reason", refusal.reason)
@@ -229,10 +244,14 @@ def _refused(
         span.set_attribute("poscal.connection_id", str(attempt.connection_id))
     if refusal.status_code >= 500:
         span.set_status(Status(StatusCode.ERROR, refusal.reason))
-    if isinstance(refusal, ClientThrottled) and not wiring.refusals.throttled(client, attempt):
-        return  # folded into its window's one record: no row, no log line of its own
     if refusal.spends_refusal_budget:
-        wiring.refusals.spend(client)
+        if refusal.verified:
+            assert attempt.connection_id is not None
+            budget = sender_budget(client, attempt.connection_id)
+        else:
+            budget = client_budget(client)
+        if not wiring.refusals.refused(budget, attempt):
+            return  # folded into its window's one record: no row, no log line of its own
     wiring.audit.record(attempt)
     _log.warning(
         "webhook refused",
@@ -346,11 +365,6 @@ def create_app(
     return app
 
 
-def _record_all(audit: AuditTrail, attempts: Callable[[], list[Attempt]]) -> None:
-    for attempt in attempts():
-        audit.record(attempt)
-
-
 async def _start(app: Starlette, active: IngestWiring, stack: contextlib.AsyncExitStack) -> None:
     """Start what runs beside the requests, then take webhooks. Stopping runs in reverse: the
     last attempt records are written before the instance says it stopped cleanly."""
@@ -363,9 +377,8 @@ async def _start(app: Starlette, active: IngestWiring, stack: contextlib.AsyncEx
 
         stack.push_async_callback(stop_instance)
     active.audit.start()
+    # Its stop records what is still held back too: the windows of folded refusals still open.
     stack.push_async_callback(active.audit.stop)
-    # Before the audit stops: the windows of throttled attempts still open are recorded.
-    stack.callback(_record_all, active.audit, active.refusals.drain)
     stack.push_async_callback(active.claims.drain)
     if active.retention is not None:
         active.retention.start()

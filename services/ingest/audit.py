@@ -2,7 +2,10 @@
 
 Records are queued in memory and written in batches (one transaction each): the attempt rows,
 each connection's success aggregates in `mt5_security_audit`, and how far this instance's record
-is complete (`ingest_instances.flushed_through`, so a death is bounded: see instances.py).
+is complete (`ingest_instances.flushed_through`, so a death is bounded: see instances.py). That
+mark never passes a request still being answered, nor an attempt held back in a record that is
+not complete yet (a window of folded refusals, client_refusals.py), whose record this loop
+takes once it is.
 Auditing never decides whether an event is accepted, so it can neither lose nor double one; if
 Postgres stays away the queue is bounded, and what overflows is written down as an audit gap.
 """
@@ -17,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -66,6 +70,26 @@ class Attempt:
     @property
     def accepted(self) -> bool:
         return self.status_code == 202
+
+
+class HeldAttempts(Protocol):
+    """Attempts answered but held back for a while, to be recorded as one record later."""
+
+    def release(self, *, everything: bool = False) -> list[Attempt]:
+        """The records complete now (with `everything`, all of them: at shutdown)."""
+        ...
+
+    def held_since(self) -> datetime | None:
+        """When the earliest attempt still held back was received, if any."""
+        ...
+
+
+class _NothingHeld:
+    def release(self, *, everything: bool = False) -> list[Attempt]:
+        return []
+
+    def held_since(self) -> datetime | None:
+        return None
 
 
 _INSERT_ATTEMPTS = """
@@ -142,8 +166,8 @@ class _Dropped:
 class AuditTrail:
     """`instance_id` is the registered ingest instance (instances.py) whose `flushed_through`
     each written batch moves forward, in the batch's own transaction; `oldest_in_flight` says
-    when the oldest request still being answered began, so progress never passes an attempt
-    that is not queued yet."""
+    when the oldest request still being answered began, and `held` holds attempts answered but
+    not handed over yet, so progress never passes an attempt that is not queued yet."""
 
     def __init__(
         self,
@@ -151,6 +175,7 @@ class AuditTrail:
         *,
         instance_id: uuid.UUID | None = None,
         oldest_in_flight: Callable[[], float | None] = lambda: None,
+        held: HeldAttempts | None = None,
         flush_interval_seconds: float = 0.2,
         batch_size: int = 1000,
         max_queued: int = 50_000,
@@ -159,6 +184,7 @@ class AuditTrail:
         self._pool = pool
         self.instance_id = instance_id or uuid.uuid4()
         self._oldest_in_flight = oldest_in_flight
+        self._held = held or _NothingHeld()
         self._interval = flush_interval_seconds
         self._batch_size = batch_size
         self._max_queued = max_queued
@@ -182,7 +208,7 @@ class AuditTrail:
 
     def all_recorded(self) -> bool:
         """Every attempt recorded so far is written, or covered by a written audit gap."""
-        return not self._queue and self._dropped is None
+        return not self._queue and self._dropped is None and self._held.held_since() is None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-trail")
@@ -192,6 +218,7 @@ class AuditTrail:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._take_held(everything=True)
         with contextlib.suppress(TimeoutError, *DATABASE_FAILURES):
             async with asyncio.timeout(timeout_seconds):
                 while not self.all_recorded():
@@ -220,13 +247,20 @@ class AuditTrail:
         """Write what is queued now, a batch at a time (a batch that fails stays queued), and
         how far the record is complete."""
         async with self._flushing:
+            self._take_held()
             await self._flush_queue()
+
+    def _take_held(self, *, everything: bool = False) -> None:
+        for attempt in self._held.release(everything=everything):
+            self.record(attempt)
 
     def _progress_mark(self) -> datetime:
         """Every attempt received before this is queued by now, or written already."""
         now = time.time()
         oldest = self._oldest_in_flight()
-        return datetime.fromtimestamp(now if oldest is None else min(now, oldest), UTC)
+        mark = datetime.fromtimestamp(now if oldest is None else min(now, oldest), UTC)
+        held = self._held.held_since()
+        return mark if held is None else min(mark, held)
 
     async def _flush_queue(self) -> None:
         mark = self._progress_mark()

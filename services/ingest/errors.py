@@ -10,8 +10,8 @@ IngestRefusal
  ├── PayloadTooLarge        413
  ├── UnsupportedMediaType   415: the body is not declared as JSON
  ├── Locked                 423: an operator locked the connection (`connections lock`)
- ├── RateLimited            429: with Retry-After
- │    ├── ClientThrottled       the client address spent its refusal budget (no lookup made)
+ ├── RateLimited            429: with Retry-After, over the connection's or user's rate
+ │    ├── ClientThrottled       a malformed or unknown URL from a client over its refusal budget
  │    └── VerificationThrottled this source failed verification repeatedly
  └── Unavailable            503: the connection could not be looked up or the event could not be
       │                     made durable, or ingest is not ready yet; the sender should retry
@@ -21,7 +21,8 @@ IngestRefusal
 
 `reason` is a code from a fixed set, for audit, logs and metrics only; the sender sees `error`
 and `public_detail`, which never say which part of a signature was wrong. Every refusal but our
-own 503s spends the client's refusal budget (`spends_refusal_budget`).
+own 503s spends a refusal budget (`spends_refusal_budget`, see client_refusals.py): the
+sender's for a refusal of a delivery that verified (`verified`), else the client address's.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class IngestRefusal(Exception):
     status_code = 400
     error = "bad_request"
     public_detail = "the request was refused"
-    # The client caused it, so it counts towards the client's refusal budget.
+    # The client caused it, so it counts towards a refusal budget.
     spends_refusal_budget = True
+    # Only ever raised for a delivery that verified: it is the sender's, not the address's.
+    verified = False
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -58,6 +61,7 @@ class LiveNotEnabled(IngestRefusal):
     status_code = 403
     error = "live_not_enabled"
     public_detail = "this live connection is not enabled yet; sync a demo connection first"
+    verified = True
 
 
 class RequestTimeout(IngestRefusal):
@@ -75,6 +79,7 @@ class Replay(IngestRefusal):
     status_code = 409
     error = "replay"
     public_detail = "this webhook-id is already accepted for this connection: do not resend it"
+    verified = True
 
 
 class PayloadTooLarge(IngestRefusal):
@@ -93,12 +98,14 @@ class Locked(IngestRefusal):
     status_code = 423
     error = "locked"
     public_detail = "this connection is locked by its operator; ask them to unlock it"
+    verified = True
 
 
 class RateLimited(IngestRefusal):
     status_code = 429
     error = "rate_limited"
     public_detail = "too many webhooks; retry after the time in Retry-After"
+    verified = True
 
     def __init__(self, reason: str, retry_after_seconds: int) -> None:
         super().__init__(reason)
@@ -110,12 +117,12 @@ class RateLimited(IngestRefusal):
 
 class ClientThrottled(RateLimited):
     public_detail = "too many refused requests from this address; retry after Retry-After"
-    # Already over budget: spending more would only push its end further out.
-    spends_refusal_budget = False
+    verified = False
 
 
 class VerificationThrottled(RateLimited):
     public_detail = "too many failed verifications from this address; retry after Retry-After"
+    verified = False
 
 
 class Unavailable(IngestRefusal):
@@ -137,6 +144,9 @@ class InProgress(Unavailable):
         "a delivery with this webhook-id is still being stored; nothing is accepted yet:"
         " retry after Retry-After"
     )
+    # Not our failure: the sender's own duplicate, sent while the first is being stored.
+    spends_refusal_budget = True
+    verified = True
 
 
 class Overloaded(Unavailable):

@@ -45,9 +45,12 @@ URLs, wrong brokers and failed verifications all get the same 401. Failed verifi
 counted per connection and client address: after `POSCAL_FAILURES_BEFORE_THROTTLE` (default 3)
 that address's failures get 429, for a `Retry-After` that doubles with each further failure (up
 to `POSCAL_FAILURE_THROTTLE_CAP_SECONDS`, default 900). Nothing another address sends can stop a
-delivery that verifies. Every refusal but a 503 spends the client address's refusal budget
-(`POSCAL_REFUSALS_PER_CLIENT`, default `120/minute`; an IPv6 address counts as its /64); over
-it, the address is answered 429 before anything else is checked. Deliveries are rate-limited
+delivery that verifies. Every refusal but a 503 of our own spends a refusal budget
+(`POSCAL_REFUSALS_PER_CLIENT`, default `120/minute`): a refusal of a correctly signed delivery
+its sender's on that connection, any other the client address's (an IPv6 address counts as its
+/64). Over it, a malformed or unknown URL from that address is answered 429 at once, and its
+refusals are recorded folded; a delivery that verifies is never refused by it. Deliveries are
+rate-limited
 per connection (`POSCAL_RATE_LIMIT_PER_CONNECTION`, default `120/minute`) and per user
 (`POSCAL_RATE_LIMIT_PER_USER`, default `600/minute`); client addresses are taken from
 forwarding headers only when the peer is in `POSCAL_TRUSTED_PROXIES`."""
@@ -158,11 +161,11 @@ def _webhook_operation() -> dict[str, Any]:
                 "locked",
             ),
             "429": _refusal(
-                "Over the connection's or the user's delivery rate, over this client address's"
-                " refusal budget (answered before anything else is checked), or this address"
-                " failed verification repeatedly (its failures are held off for a time that"
-                " doubles per further failure; a delivery that verifies is still accepted)."
-                " Retry after `Retry-After`.",
+                "Over the connection's or the user's delivery rate, a malformed or unknown URL"
+                " from a client address over its refusal budget (answered before anything"
+                " else is read), or this address failed verification repeatedly (its failures"
+                " are held off for a time that doubles per further failure). A delivery that"
+                " verifies is accepted whatever its address did. Retry after `Retry-After`.",
                 "rate_limited",
                 retry_after=True,
             ),

@@ -1,6 +1,5 @@
 """Webhook rate limits in this replica's memory: per connection and per user for verified
-deliveries, and per client address for refused ones (checked before any lookup, so a flood of
-forged or misdirected requests costs little and cannot crowd out anyone else).
+deliveries, and the token buckets behind the refusal budgets too (client_refusals.py).
 
 Token buckets: a limit of N per window holds up to N tokens and refills N per window, so a
 sender may burst to the limit and then keeps to the rate. The limits are per replica: behind N

@@ -1,8 +1,9 @@
-"""Accepting one webhook: find its connection by the URL, verify it, apply the abuse controls,
-claim its webhook id, then make it durable. The order matters:
+"""Accepting one webhook: find its connection by the URL (`find`), verify it, apply the abuse
+controls, claim its webhook id, then make it durable (`receive`). The order matters:
 
-1. unknown URL or failed verification: 401, alike; a failure of a known connection is counted
-   for its source, which after a few is throttled (429, a wait that doubles per failure);
+1. unknown URL or failed verification: 401, alike (an unknown URL from a client over its refusal
+   budget: 429, see app.py); a failure of a known connection is counted for its source, which
+   after a few is throttled (429, a wait that doubles per failure);
 2. a connection its operator locked: 423, and a live one not enabled yet: 403, told only to a
    sender whose delivery verifies;
 3. over the connection's or user's rate: 429;
@@ -10,7 +11,8 @@ claim its webhook id, then make it durable. The order matters:
    has not finished (its replica may have died): 503 until it is accepted or taken over;
 5. published and acknowledged by Kafka: 202 (a failed publish releases the claim: 503).
 
-Whatever other sources did, a delivery that verifies goes on past step 1.
+Whatever other sources did, a delivery that verifies goes on past step 1, and no refusal budget
+stops it after that: it is refused only for what its own connection and user did.
 """
 
 from __future__ import annotations
@@ -93,14 +95,44 @@ class WebhookReceiver:
         self._rate_limits = rate_limits
         self._tolerance = tolerance_seconds
 
+    async def find(self, attempt: Attempt) -> VerifiableConnection | None:
+        """The connection the URL names (recorded in `attempt`), or None if there is none for
+        this broker or the path id is no UUID. Raises Unauthorized for a connection whose secret
+        does not open, and Unavailable if the lookup cannot be made."""
+        if attempt.webhook_path_id is None:  # the URL's last segment is no UUID
+            return None
+        try:
+            connection = await self._connections.find(attempt.webhook_path_id)
+        except UnreadableSecret as exc:
+            # Our fault, not the sender's, but a sender must not learn which connections exist:
+            # the same 401 as an unknown one, and an error for whoever runs the service.
+            _log.error(
+                "webhook secret does not decrypt: is the master key the one it was sealed under?",
+                connection_id=str(exc.connection_id),
+                cause=type(exc.__cause__).__name__,
+            )
+            raise Unauthorized("unreadable_secret") from None
+        except TransientError as exc:
+            raise Unavailable("connection_lookup_failed") from exc
+        if connection is None or connection.ref.broker != attempt.broker:
+            return None
+        attempt.connection_id = connection.ref.connection_id
+        attempt.user_id = connection.ref.user_id
+        return connection
+
     async def receive(
-        self, attempt: Attempt, source: str, headers: Mapping[str, str], body: bytes
+        self,
+        attempt: Attempt,
+        connection: VerifiableConnection,
+        source: str,
+        headers: Mapping[str, str],
+        body: bytes,
     ) -> RawEvent:
         """Returns the event once the broker has acknowledged it; raises an IngestRefusal.
 
-        `source` is whom failed verifications count against (see client_ip.client_source).
+        `connection` is what `find` returned for this attempt; `source` is whom failed
+        verifications count against (see client_ip.client_source).
         """
-        connection = await self._known_connection(attempt)
         delivery = await self._verified(attempt, source, connection, headers, body)
         if connection.locked:
             raise Locked("locked")
@@ -127,28 +159,6 @@ class WebhookReceiver:
             raise Unavailable("publish_failed") from exc
         self._claims.accepted(claim, attempt.received_at, source)
         return event
-
-    async def _known_connection(self, attempt: Attempt) -> VerifiableConnection:
-        if attempt.webhook_path_id is None:  # the URL's last segment is no UUID
-            raise Unauthorized("unknown_connection")
-        try:
-            connection = await self._connections.find(attempt.webhook_path_id)
-        except UnreadableSecret as exc:
-            # Our fault, not the sender's, but a sender must not learn which connections exist:
-            # the same 401 as an unknown one, and an error for whoever runs the service.
-            _log.error(
-                "webhook secret does not decrypt: is the master key the one it was sealed under?",
-                connection_id=str(exc.connection_id),
-                cause=type(exc.__cause__).__name__,
-            )
-            raise Unauthorized("unreadable_secret") from None
-        except TransientError as exc:
-            raise Unavailable("connection_lookup_failed") from exc
-        if connection is None or connection.ref.broker != attempt.broker:
-            raise Unauthorized("unknown_connection")
-        attempt.connection_id = connection.ref.connection_id
-        attempt.user_id = connection.ref.user_id
-        return connection
 
     async def _verified(
         self,
@@ -203,7 +213,8 @@ class WebhookReceiver:
             raise Unavailable("replay_store_unavailable") from exc
         if isinstance(outcome, Claim):
             return outcome
-        # Nothing is delivered by this request: it must not use up the sender's allowance.
+        # Nothing is delivered by this request: it must not use up the sender's allowance (so
+        # its duplicates never refuse a new webhook id). Its refusal budget counts it instead.
         self._rate_limits.give_back(connection.ref.connection_id, connection.ref.user_id)
         if isinstance(outcome, Replayed):
             raise Replay("replay")

@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 
 from services.ingest.database_calls import database_call
+from services.ingest.verification_failures import ENDED_BY_ACCEPTANCES
 from services.shared.errors import TransientError
 from services.shared.logging import get_logger
 
@@ -65,11 +66,9 @@ LEFT JOIN claimed c ON c.claim_token = w.token
 LEFT JOIN webhook_deliveries d ON d.connection_id = w.connection_id AND d.webhook_id = w.webhook_id
 """
 
-# Accepted; and a verified delivery ends the run of failed verifications of its source, and the
-# connection's consecutive count, if every failure counted was before its claim. A failure
-# counted after the claim keeps the count as it is, whenever this write arrives. Both sides use
-# the database's clock (`now()` of claim and count), never a replica's.
-_ACCEPT = """
+# Accepted, and in the same statement the runs of failed verifications these acceptances end
+# (verification_failures.py says which).
+_MARK_ACCEPTED = """
 WITH accepted AS (
     UPDATE webhook_deliveries AS d SET state = 'accepted', accepted_at = v.at
     FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[])
@@ -77,17 +76,8 @@ WITH accepted AS (
     WHERE d.connection_id = v.connection_id AND d.webhook_id = v.webhook_id
       AND d.claim_token = v.token
     RETURNING d.connection_id, d.claimed_at, v.source
-), per_source AS (
-    UPDATE webhook_verification_failures AS f SET failures = 0
-    FROM (SELECT connection_id, source, max(claimed_at) AS at FROM accepted GROUP BY 1, 2) AS s
-    WHERE f.connection_id = s.connection_id AND f.source = s.source AND f.failures > 0
-      AND f.last_failure_at <= s.at
-)
-UPDATE mt5_security_audit AS a SET consecutive_failures = 0, updated_at = now()
-FROM (SELECT connection_id, max(claimed_at) AS at FROM accepted GROUP BY connection_id) AS s
-WHERE a.connection_id = s.connection_id AND a.consecutive_failures > 0
-  AND (a.last_failure_at IS NULL OR a.last_failure_at <= s.at)
-"""
+)"""
+_ACCEPT = _MARK_ACCEPTED + ENDED_BY_ACCEPTANCES
 
 _RELEASE = """
 DELETE FROM webhook_deliveries
@@ -249,7 +239,13 @@ class DeliveryClaims:
             _answer(request, outcomes[request.claim.token])
 
     async def _insert(self, requests: list[_Request]) -> dict[uuid.UUID, ClaimOutcome]:
-        async with database_call("claiming webhook ids", self._timeout):
+        """Raises IntegrityConstraintViolationError (a row whose connection or user is gone),
+        and TransientError if the database cannot answer."""
+        async with database_call(
+            "claiming webhook ids",
+            self._timeout,
+            answers=(asyncpg.IntegrityConstraintViolationError,),
+        ):
             rows = await self._pool.fetch(
                 _CLAIM,
                 [r.claim.connection_id for r in requests],

@@ -40,9 +40,11 @@ class IngestSettings(KeyedServiceSettings):
     rate_limit_per_user: str = Field(
         "600/minute", validation_alias=AliasChoices("POSCAL_RATE_LIMIT_PER_USER")
     )
-    # Refusals (any status but our own 503s) a client address (an IPv6 /64) may cause before
-    # it is answered 429 without any lookup: what keeps floods of forged or misdirected
-    # requests cheap, and the attempt log bounded.
+    # Refusals (any status but our own 503s) a client address (an IPv6 /64) may cause, and a
+    # sender on one connection from that address, before their refusals are folded into one
+    # record per window and the address's malformed or unknown URLs get 429 at once: what
+    # keeps floods of forged or misdirected requests cheap and the attempt log bounded,
+    # without ever refusing a delivery that verifies (client_refusals.py).
     refusals_per_client: str = Field(
         "120/minute", validation_alias=AliasChoices("POSCAL_REFUSALS_PER_CLIENT")
     )

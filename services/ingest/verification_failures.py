@@ -1,8 +1,10 @@
 """Failed verifications, counted per connection and source (a client address) in Postgres, so
 every replica counts into one number. They throttle that source only, with a Retry-After that
-doubles per further failure up to a cap; at the alert threshold an alert is raised and the
-connection's credentials are marked for forced rotation. Nothing here ever stops a delivery that
-verifies: a stranger who knows a webhook URL cannot lock its sender out.
+doubles per further failure up to a cap. An alert is raised, and the connection's credentials
+are marked for forced rotation, when one source reaches the alert threshold, and when the
+connection's consecutive failures from all sources together reach a multiple of it (a forgery
+spread over many addresses). Nothing here ever stops a delivery that verifies: a stranger who
+knows a webhook URL cannot lock its sender out.
 
 While a source is throttled, its failures are answered from this replica's memory (no write);
 each replica learns a source's throttle from the shared count at its first failure there.
@@ -61,6 +63,24 @@ SELECT (SELECT failures FROM by_source) AS source_failures,
     (SELECT consecutive_failures FROM by_connection) AS connection_failures
 """
 
+# How a verified delivery ends failure runs, as the rest of the statement that marks deliveries
+# accepted (replays.py), after its CTE `accepted` (connection_id, claimed_at, source): the run
+# of its source, and the connection's consecutive count, end if every failure counted was
+# before its claim. A failure counted after the claim keeps the count as it is, whenever the
+# acceptance is written. Both sides use the database's clock (`now()` of claim and count), never
+# a replica's.
+ENDED_BY_ACCEPTANCES = """, per_source AS (
+    UPDATE webhook_verification_failures AS f SET failures = 0
+    FROM (SELECT connection_id, source, max(claimed_at) AS at FROM accepted GROUP BY 1, 2) AS s
+    WHERE f.connection_id = s.connection_id AND f.source = s.source AND f.failures > 0
+      AND f.last_failure_at <= s.at
+)
+UPDATE mt5_security_audit AS a SET consecutive_failures = 0, updated_at = now()
+FROM (SELECT connection_id, max(claimed_at) AS at FROM accepted GROUP BY connection_id) AS s
+WHERE a.connection_id = s.connection_id AND a.consecutive_failures > 0
+  AND (a.last_failure_at IS NULL OR a.last_failure_at <= s.at)
+"""
+
 _FORCE_ROTATION = """
 UPDATE mt5_credentials SET rotation_forced_at = now(), rotation_forced_reason = $2
 WHERE connection_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
@@ -115,7 +135,7 @@ class VerificationFailures:
 
     def verified(self, connection_id: uuid.UUID, source: str) -> None:
         """The source signed correctly: its failures stop being throttled here at once (the
-        count itself ends with the acceptance's write, see replays.py)."""
+        count itself ends with the acceptance's write: ENDED_BY_ACCEPTANCES)."""
         self._throttled.pop((connection_id, source), None)
 
     async def count(self, attempt: Attempt, source: str) -> int:
@@ -137,12 +157,15 @@ class VerificationFailures:
             )
             assert row is not None
             failures: int = row["source_failures"]
-            if failures == self._alert_threshold:  # exactly one replica sees it reached
+            connection_failures: int = row["connection_failures"]
+            # Each count is returned to one request only, so exactly one replica sees it reached.
+            scope = self._alert_scope(failures, connection_failures)
+            if scope is not None:
                 await self._pool.execute(
                     _FORCE_ROTATION, attempt.connection_id, "verification_failures"
                 )
-        if failures == self._alert_threshold:
-            self._alert(attempt, source, failures, row["connection_failures"])
+        if scope is not None:
+            self._alert(attempt, source, scope, failures, connection_failures)
         wait = self._policy.wait_after(failures)
         if wait:
             self._throttle(attempt.connection_id, source, wait)
@@ -156,13 +179,30 @@ class VerificationFailures:
                 self._throttled.clear()
         self._throttled[(connection_id, source)] = now + seconds
 
+    def _alert_scope(self, failures: int, connection_failures: int) -> str | None:
+        """ "source" when this source's run reaches the threshold, "connection" when the
+        connection's consecutive failures from every source reach a multiple of it (only one
+        alert when both do), None otherwise."""
+        if failures == self._alert_threshold:
+            return "source"
+        if connection_failures % self._alert_threshold == 0:
+            return "connection"
+        return None
+
     def _alert(
-        self, attempt: Attempt, source: str, failures: int, connection_failures: int
+        self,
+        attempt: Attempt,
+        source: str,
+        scope: str,
+        failures: int,
+        connection_failures: int,
     ) -> None:
         VERIFICATION_ALERTS.inc()
         _log.error(
-            "ALERT repeated failed webhook verifications from one source",
+            "ALERT repeated failed webhook verifications"
+            + (" from one source" if scope == "source" else " of one connection from any source"),
             alert="webhook_verification_failures",
+            scope=scope,
             connection_id=str(attempt.connection_id),
             user_id=str(attempt.user_id),
             source=source,

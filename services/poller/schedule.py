@@ -41,7 +41,8 @@ WITH candidates AS (
     WHERE s.next_sync_at <= now()
       AND (s.lease_until IS NULL OR s.lease_until < now())
       AND NOT s.connection_id = ANY($5::uuid[])
-      -- A webhook lockout ('locked') concerns the webhook secret, not the broker's API.
+      -- 'locked' is an operator's `connections lock` of the webhooks (a suspect webhook
+      -- secret); polling uses the broker's API credentials, so it goes on.
       AND c.status IN ('active', 'error', 'locked')
       AND (c.connection_type = 'demo' OR c.live_enabled_at IS NOT NULL)
       -- Only with an active credential the broker has not refused: with none stored yet the

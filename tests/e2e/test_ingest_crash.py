@@ -21,25 +21,26 @@ from services.shared.envelope import RawEvent, derive_event_id
 from services.shared.kafka import TopicSpec, ensure_topics
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
-from tests.support.frozen_link import FrozenLink
-from tests.support.ingest_process import IngestProcess
 from tests.support.kafka import read_topic
+from tests.support.service_process import ServiceProcess, ingest_process, wait_until_ready
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
-# How long the restarted ingest leaves a claim to its publisher before taking it over: longer
-# than a restart, so its first answer to the retry is the 503 of a claim still leased.
-LEASE_SECONDS = 8
+# How long the restarted ingest leaves a claim to its publisher before taking it over: far
+# longer than the test, so that only moving the claim's time back (as the lease passing would)
+# lets a retry take it over, however slow the machine.
+LEASE_SECONDS = 3600
 
 
 @pytest.fixture
-def link() -> Iterator[FrozenLink]:
-    with FrozenLink() as link:
+def link() -> Iterator[TcpProxy]:
+    with TcpProxy() as link:
         yield link
 
 
 @pytest.fixture
-def broker(link: FrozenLink) -> Iterator[EmbeddedBroker]:
+def broker(link: TcpProxy) -> Iterator[EmbeddedBroker]:
     """A broker of this test's own that every client reaches through the link, metadata and
     all (it advertises the link's port, not its own)."""
     with EmbeddedBroker(advertised_port=link.port) as broker:
@@ -61,24 +62,15 @@ async def wait_for_claim(
         await asyncio.sleep(0.02)
 
 
-async def retry_until_decided(
-    client: httpx.AsyncClient,
-    path: str,
-    body: bytes,
-    headers: dict[str, str],
-    within: float = 4 * LEASE_SECONDS,
-) -> list[httpx.Response]:
-    """The same delivery sent again and again as a sender should: after each Retry-After,
-    until an answer says it is decided (anything but 429 and 503)."""
-    answers: list[httpx.Response] = []
-    deadline = time.monotonic() + within
-    while True:
-        answer = await client.post(path, content=body, headers=headers)
-        answers.append(answer)
-        if answer.status_code not in (429, 503):
-            return answers
-        assert time.monotonic() < deadline, [a.status_code for a in answers]
-        await asyncio.sleep(int(answer.headers["retry-after"]))
+async def lease_passes(pool: asyncpg.Pool, connection: TestConnection, webhook_id: str) -> None:
+    """What waiting out the claim's lease would do: its claim time moves back past it."""
+    await pool.execute(
+        "UPDATE webhook_deliveries SET claimed_at = claimed_at - make_interval(secs => $3)"
+        " WHERE connection_id = $1 AND webhook_id = $2 AND state = 'publishing'",
+        connection.created.connection_id,
+        webhook_id,
+        float(LEASE_SECONDS + 1),
+    )
 
 
 async def test_a_webhook_whose_ingest_died_mid_publish_is_published_by_the_senders_retry(
@@ -86,7 +78,7 @@ async def test_a_webhook_whose_ingest_died_mid_publish_is_published_by_the_sende
     vault: CredentialVault,
     database_url: str,
     master_key: str,
-    link: FrozenLink,
+    link: TcpProxy,
     broker: EmbeddedBroker,
     tmp_path: Path,
 ) -> None:
@@ -94,20 +86,22 @@ async def test_a_webhook_whose_ingest_died_mid_publish_is_published_by_the_sende
     await ensure_topics(link.address, [TopicSpec(topic, 1)])
     async with pool.acquire() as conn:
         connection = await new_connection(conn, vault)
-    env = {
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": link.address,
-        "POSCAL_MASTER_KEY": master_key,
-        "POSCAL_TOPIC_RAW": topic,
-        "POSCAL_LOG_FORMAT": "json",
-    }
     secret = connection.created.webhook_secret
     body = encode_body(mt5_body(connection.login, fixture_deals(), balance="1234.56"))
     headers = signed_headers(secret, "msg_killed", body)  # the very same on every retry
     warm_up = encode_body(mt5_body(connection.login, fixture_deals()[:1]))
 
-    with IngestProcess(env, tmp_path / "ingest-killed.log") as doomed:
-        async with httpx.AsyncClient(base_url=doomed.url, timeout=120) as client:
+    def ingest(name: str, **env: str) -> tuple[ServiceProcess, str]:
+        directory = tmp_path / name
+        directory.mkdir()
+        return ingest_process(
+            directory, database_url, link.address, master_key, POSCAL_TOPIC_RAW=topic, **env
+        )
+
+    doomed, doomed_url = ingest("killed")
+    with doomed:
+        wait_until_ready(doomed, doomed_url)
+        async with httpx.AsyncClient(base_url=doomed_url, timeout=120) as client:
             first = await client.post(
                 connection.webhook_path,
                 content=warm_up,
@@ -124,21 +118,29 @@ async def test_a_webhook_whose_ingest_died_mid_publish_is_published_by_the_sende
                 await stuck  # the sender got no answer: it will retry
     link.cut()  # what the killed ingest had sent towards the broker is gone with it
 
-    restarted_env = env | {
-        "POSCAL_PUBLISH_TIMEOUT_SECONDS": "2",
-        "POSCAL_CLAIM_LEASE_SECONDS": str(LEASE_SECONDS),
-    }
-    with IngestProcess(restarted_env, tmp_path / "ingest-restarted.log") as restarted:
-        async with httpx.AsyncClient(base_url=restarted.url, timeout=30) as client:
-            answers = await retry_until_decided(client, connection.webhook_path, body, headers)
+    restarted, restarted_url = ingest(
+        "restarted",
+        POSCAL_PUBLISH_TIMEOUT_SECONDS="2",
+        POSCAL_CLAIM_LEASE_SECONDS=str(LEASE_SECONDS),
+    )
+    with restarted:
+        wait_until_ready(restarted, restarted_url)
+        async with httpx.AsyncClient(base_url=restarted_url, timeout=30) as client:
+            # The dead publisher's claim is still leased: retries are told to wait, never 409.
+            leased = [
+                await client.post(connection.webhook_path, content=body, headers=headers)
+                for _ in range(2)
+            ]
+            await lease_passes(pool, connection, "msg_killed")
+            taken_over = await client.post(connection.webhook_path, content=body, headers=headers)
             afterwards = await client.post(connection.webhook_path, content=body, headers=headers)
 
-    statuses = [a.status_code for a in answers]
-    assert statuses[0] == 503 and statuses[-1] == 202, statuses
-    assert set(statuses[:-1]) == {503}, statuses  # never 409 before the event was published
-    assert all(1 <= int(a.headers["retry-after"]) <= LEASE_SECONDS for a in answers[:-1])
+    assert [a.status_code for a in leased] == [503, 503]
+    assert {a.json()["error"] for a in leased} == {"unavailable"}
+    assert all(1 <= int(a.headers["retry-after"]) <= LEASE_SECONDS for a in leased)
     event_id = derive_event_id(connection.created.connection_id, "msg_killed")
-    assert answers[-1].json() == {"status": "accepted", "event_id": str(event_id)}
+    assert taken_over.status_code == 202
+    assert taken_over.json() == {"status": "accepted", "event_id": str(event_id)}
     assert afterwards.status_code == 409  # now it is accepted, and only now
 
     records = await read_topic(link.address, topic, expect=2)  # the warm-up, then this one

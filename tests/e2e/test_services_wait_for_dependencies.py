@@ -2,7 +2,7 @@
 ready (and saying what it waits for, never a password), becomes ready without a restart once
 both answer, and stops cleanly on SIGTERM while it waits.
 
-"Down" is an address where nothing listens yet. Postgres comes up there as a forwarder to the
+"Down" is an address where nothing listens yet. Postgres comes up there as a proxy to the
 session's (migrated) server, Kafka as a fresh broker started on that very port.
 """
 
@@ -28,7 +28,7 @@ from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
 from tests.support.service_process import ServiceProcess
-from tests.support.tcp_forwarder import TcpForwarder
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -52,11 +52,11 @@ class LateDependencies:
         )
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
         self.topics = topics
-        self._forwarder: TcpForwarder | None = None
+        self._proxy: TcpProxy | None = None
         self._broker: EmbeddedBroker | None = None
 
     def postgres_up(self) -> None:
-        self._forwarder = TcpForwarder(self.postgres_port, self._session_port).start()
+        self._proxy = TcpProxy(self.postgres_port, self._session_port).start()
 
     def kafka_up(self) -> None:
         self._broker = EmbeddedBroker(port=self.kafka_port).start()
@@ -77,8 +77,8 @@ class LateDependencies:
     def close(self) -> None:
         if self._broker is not None:
             self._broker.stop()
-        if self._forwarder is not None:
-            self._forwarder.stop()
+        if self._proxy is not None:
+            self._proxy.stop()
 
 
 @pytest.fixture

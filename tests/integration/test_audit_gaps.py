@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from services.ingest.audit import Attempt, AuditTrail
+from services.ingest.client_refusals import ClientRefusals
 from services.ingest.instances import LOCK_NAMESPACE, IngestInstance
 from services.ingest.retention import Retention
 
@@ -36,6 +37,14 @@ async def _gaps(pool: asyncpg.Pool, instance_id: uuid.UUID) -> list[asyncpg.Reco
     return list(
         await pool.fetch("SELECT * FROM webhook_audit_gaps WHERE instance_id = $1", instance_id)
     )
+
+
+async def _progress(pool: asyncpg.Pool, instance: IngestInstance) -> datetime:
+    value: datetime = await pool.fetchval(
+        "SELECT flushed_through FROM ingest_instances WHERE instance_id = $1",
+        instance.instance_id,
+    )
+    return value
 
 
 @pytest.fixture
@@ -113,6 +122,40 @@ async def test_a_flush_moves_the_instance_progress_up_to_the_oldest_request_in_f
     trail.record(_attempt(agent, flushed_at))
     await trail.flush()
     assert await progress() >= flushed_at
+
+
+async def test_a_window_of_folded_refusals_holds_the_progress_back_and_is_written_when_it_ends(
+    database_url: str, pool: asyncpg.Pool, instances: list[IngestInstance]
+) -> None:
+    instance = await _registered(database_url, pool, instances)
+    await pool.execute(
+        "UPDATE ingest_instances SET flushed_through = now() - interval '1 hour'"
+        " WHERE instance_id = $1",
+        instance.instance_id,
+    )
+    clock = [1000.0]
+    refusals = ClientRefusals("1/hour", fold_seconds=60, clock=lambda: clock[0])
+    trail = AuditTrail(pool, instance_id=instance.instance_id, held=refusals)
+    agent = f"folded-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    for n in range(5):  # one within budget, the first of the window, then three folded
+        attempt = _attempt(agent, start + timedelta(seconds=n))
+        if refusals.refused("203.0.113.9", attempt):
+            trail.record(attempt)
+
+    await trail.flush()
+    # The folded three are in no row yet: a death now must leave them inside its gap.
+    assert await _progress(pool, instance) == start + timedelta(seconds=2)
+
+    clock[0] += 60  # the window ends, and no request comes to close it
+    ended_at = datetime.now(UTC)
+    await trail.flush()  # what the audit loop does every POSCAL_AUDIT_FLUSH_SECONDS
+    written = await pool.fetch(
+        "SELECT attempts FROM webhook_attempts WHERE user_agent = $1 ORDER BY id", agent
+    )
+    assert [r["attempts"] for r in written] == [1, 1, 3]
+    assert await _progress(pool, instance) >= ended_at
+    assert trail.all_recorded()
 
 
 async def test_an_instance_whose_lock_session_is_cut_is_found_lost_then_resolves_its_gap(

@@ -262,6 +262,29 @@ async def test_the_same_webhook_id_twice_at_once_is_in_flight_not_a_replay(
     await claims.release(first)
 
 
+async def test_a_claim_for_a_connection_deleted_meanwhile_costs_no_other_claim_in_its_batch(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    # Users may delete their own connections: a delivery verified against the cached one then
+    # claims an id for a row that is gone, in the same statement as everyone else's claims.
+    async with pool.acquire() as conn:
+        other_tenant, deleted = [await new_connection(conn, vault) for _ in range(2)]
+        await conn.execute(
+            "DELETE FROM mt5_connections WHERE id = $1", deleted.created.connection_id
+        )
+    claims = DeliveryClaims(pool, lease_seconds=30)
+    theirs, gone = await asyncio.gather(
+        claims.claim(
+            other_tenant.created.connection_id, other_tenant.user_id, "msg_theirs", uuid.uuid4()
+        ),
+        claims.claim(deleted.created.connection_id, deleted.user_id, "msg_gone", uuid.uuid4()),
+        return_exceptions=True,
+    )
+    assert isinstance(theirs, Claim), theirs
+    assert isinstance(gone, TransientError), gone  # answered 503 alone
+    await claims.release(theirs)
+
+
 async def test_auditing_that_cannot_write_loses_and_doubles_nothing(
     pool: asyncpg.Pool,
     vault: CredentialVault,

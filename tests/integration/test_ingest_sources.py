@@ -1,7 +1,8 @@
 """Ingest's defences per source, against the real Postgres: failed verifications throttle the
 address that sends them and can never lock out a sender whose signatures are good; every refusal
-spends the client's budget and a throttled client adds a bounded number of attempt rows; a
-leaked URL is replaced without the connection losing anything."""
+spends a refusal budget, and over it a client adds a bounded number of attempt rows while its
+correctly signed deliveries still go through; a leaked URL is replaced without the connection
+losing anything."""
 
 from __future__ import annotations
 
@@ -19,15 +20,15 @@ from structlog.testing import capture_logs
 
 from services.cli.webhook_endpoint import lock_connection, rotate_webhook_url, unlock_connection
 from services.devstack.demo import encode_body, signed_headers
-from services.ingest.audit import Attempt, AuditTrail
+from services.ingest.audit import Attempt
+from services.ingest.instances import IngestInstance
 from services.ingest.replays import Claim, DeliveryClaims
 from services.ingest.signatures import encode_secret
 from services.ingest.verification_failures import ThrottlePolicy, VerificationFailures
-from services.shared.database import create_pool
 from services.shared.envelope import RawEvent, derive_event_id
 from services.shared.errors import TransientError
 from services.shared.vault import CredentialVault
-from tests.support.builders import TestConnection, fixture_deals, mt5_body
+from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
 from tests.support.ingest import RecordingSink, RunningIngest, ingest_settings, running_ingest
 
 pytestmark = pytest.mark.integration
@@ -203,12 +204,47 @@ async def test_a_source_reaching_the_alert_threshold_raises_an_alert_and_forces_
     assert await status_of(pool, connection) == "active"
     [alert] = [entry for entry in logs if entry.get("alert") == "webhook_verification_failures"]
     assert alert["log_level"] == "error"
-    assert (alert["connection_id"], alert["source"], alert["failures"]) == (
+    assert (alert["scope"], alert["connection_id"], alert["source"], alert["failures"]) == (
+        "source",
         str(connection.created.connection_id),
         STRANGER,
         3,
     )
     assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 1
+    forced = await pool.fetch(
+        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert [r["rotation_forced_reason"] for r in forced] == ["verification_failures"]
+
+
+async def test_a_forgery_spread_over_many_addresses_raises_the_connection_wide_alert(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    settings = settings_for(
+        master_key, database_url, failure_alert_threshold=3, failures_before_throttle=100
+    )
+    # Each address stays below the threshold; together they cross it twice (3 and 6).
+    addresses = [f"192.0.2.{n}" for n in range(1, 8)]
+    alerts_before = metric("poscal_ingest_verification_alerts_total")
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        with capture_logs() as logs:
+            failures = [(await forged(ingest, connection, a)).status_code for a in addresses]
+        signed = await deliver(ingest, connection, SENDER)
+
+    assert failures == [401] * 7
+    assert signed.status_code == 202
+    alerts = [entry for entry in logs if entry.get("alert") == "webhook_verification_failures"]
+    assert [(a["scope"], a["consecutive_failures"], a["source"]) for a in alerts] == [
+        ("connection", 3, addresses[2]),
+        ("connection", 6, addresses[5]),
+    ]
+    assert {a["connection_id"] for a in alerts} == {str(connection.created.connection_id)}
+    assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 2
     forced = await pool.fetch(
         "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
         connection.created.connection_id,
@@ -295,81 +331,285 @@ async def test_an_operators_lock_refuses_verified_deliveries_until_unlocked(
     assert unlocked.status_code == 202
 
 
-# --- the refusal budget: every refusal spends it, and a throttled client stays cheap ---------
+# --- refusal budgets: every refusal spends one, over it records are folded, nobody is stopped --
 
 
-async def test_every_refusal_spends_the_clients_budget_and_then_nothing_is_looked_up(
+def fresh_network() -> str:
+    """An address in a /64 no other spec uses, so its attempt rows are this spec's alone."""
+    return f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}:{uuid.uuid4().int % 0xFFFF:x}::1"
+
+
+def unknown_path() -> str:
+    return f"/v1/webhooks/mt5/{uuid.uuid4()}"
+
+
+async def rows_from(pool: asyncpg.Pool, address: str) -> list[asyncpg.Record]:
+    return list(
+        await pool.fetch(
+            "SELECT connection_id, status_code, reason, attempts FROM webhook_attempts"
+            " WHERE client_ip << $1::inet ORDER BY id",
+            address.replace("::1", "::/64"),
+        )
+    )
+
+
+async def test_a_stranger_exhausting_every_budget_it_can_from_the_senders_address_stops_nothing(
+    pool: asyncpg.Pool,
     vault: CredentialVault,
     connection: TestConnection,
-    pool: asyncpg.Pool,
     master_key: str,
     database_url: str,
 ) -> None:
-    # Any lookup fails (503) with this pool closed: a 429 proves none was made.
-    closed = await create_pool(database_url, min_size=0, max_size=1)
-    await closed.close()
+    # One address (a NAT, a VPS, a proxy whose address is not trusted) shared by the sender
+    # and a hostile tenant with a connection of its own.
+    shared = fresh_network()
+    async with pool.acquire() as conn:
+        hostile = await new_connection(conn, vault)
+    settings = settings_for(
+        master_key,
+        database_url,
+        refusals_per_client="3/hour",
+        rate_limit_per_connection="8/hour",
+        failures_before_throttle=3,
+    )
+    many = 40
+    sender: list[int] = []
+    hostile_refusals = 0
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
 
-    def audit_into_the_real_database(wiring: Any) -> None:
-        wiring.audit = AuditTrail(pool)
+        async def then_the_sender_delivers(phase: list[httpx.Response]) -> None:
+            nonlocal hostile_refusals
+            hostile_refusals += sum(1 for answer in phase if answer.status_code != 202)
+            sender.append((await deliver(ingest, connection, shared)).status_code)
 
-    settings = settings_for(master_key, database_url, refusals_per_client="3/minute")
-    async with running_ingest(
-        settings, closed, vault, RecordingSink(), customize=audit_into_the_real_database
-    ) as ingest:
-        refusals = [
-            (await deliver(ingest, connection, STRANGER, content_type="text/plain")).status_code
+        await then_the_sender_delivers(  # malformed and unknown URLs
+            [
+                await ingest.client.post(
+                    "/v1/webhooks/mt5/not-a-uuid" if n % 2 else unknown_path(),
+                    content=b"{}",
+                    headers={"content-type": "application/json", "x-forwarded-for": shared},
+                )
+                for n in range(many)
+            ]
+        )
+        await then_the_sender_delivers(  # the sender's URL, undeclared bodies
+            [
+                await deliver(ingest, connection, shared, content_type="text/plain")
+                for _ in range(many)
+            ]
+        )
+        await then_the_sender_delivers(  # the sender's URL, forged signatures
+            [await forged(ingest, connection, shared) for _ in range(many)]
+        )
+        hostile_first = await deliver(ingest, hostile, shared, webhook_id="msg_hostile")
+        await then_the_sender_delivers(  # its own replays: 409
+            [await deliver(ingest, hostile, shared, webhook_id="msg_hostile") for _ in range(many)]
+        )
+        await then_the_sender_delivers(  # past its own connection's rate: 429
+            [await deliver(ingest, hostile, shared) for _ in range(many)]
+        )
+        await ingest.wiring.claims.drain()
+        sender_replay = await deliver(ingest, connection, shared, webhook_id="msg_sender")
+        sender_replayed = [
+            (await deliver(ingest, connection, shared, webhook_id="msg_sender")).status_code
             for _ in range(3)
         ]
-        held_off = await deliver(ingest, connection, STRANGER)
-        elsewhere = await deliver(ingest, connection, SENDER)
-        await ingest.settle()
-    assert refusals == [415, 415, 415]
-    assert held_off.status_code == 429 and int(held_off.headers["retry-after"]) >= 1
-    assert elsewhere.status_code == 503  # another address is looked up (and fails here)
-    row = await pool.fetchrow(
-        "SELECT connection_id, webhook_path_id, reason FROM webhook_attempts"
-        " WHERE webhook_path_id = $1 AND status_code = 429",
-        connection.webhook_path_id,
-    )
-    assert row is not None
-    assert dict(row) == {
-        "connection_id": None,  # refused before its connection was looked up
-        "webhook_path_id": connection.webhook_path_id,
-        "reason": "rate_limited_refusals",
-    }
+    # Shut down: every open window's record is written.
+
+    assert hostile_first.status_code == 202
+    assert sender == [202] * 5  # after each of the stranger's phases
+    assert (sender_replay.status_code, sender_replayed) == (202, [409, 409, 409])
+    refused = [r for r in await rows_from(pool, shared) if r["status_code"] != 202]
+    # Every request is accounted for, in a bounded number of rows.
+    assert sum(r["attempts"] for r in refused) == hostile_refusals + 3
+    assert len(refused) <= 30 < hostile_refusals
+    # A fold never mixes connections: each record is its own connection's, or no connection's.
+    folded = {(r["connection_id"], r["status_code"], r["reason"]) for r in refused}
+    ids = {None, connection.created.connection_id, hostile.created.connection_id}
+    assert {connection_id for connection_id, _, _ in folded} == ids
+    assert (hostile.created.connection_id, 409, "replay") in folded
+    # The hostile tenant's replays spent its own budget, not the sender's: the sender's are
+    # within its own, each a row as usual.
+    assert [
+        r["attempts"]
+        for r in refused
+        if (r["connection_id"], r["status_code"]) == (connection.created.connection_id, 409)
+    ] == [1, 1, 1]
+    assert (hostile.created.connection_id, 429, "rate_limited_connection") in folded
+    assert (None, 429, "rate_limited_refusals") in folded
 
 
-async def test_a_throttled_client_adds_one_row_per_window_whatever_it_sends(
+async def test_over_its_budget_a_client_gets_429_for_a_bad_url_and_its_verified_deliveries_pass(
     pool: asyncpg.Pool,
     vault: CredentialVault,
     connection: TestConnection,
     master_key: str,
     database_url: str,
 ) -> None:
-    noisy = f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}::1"
-    settings = settings_for(master_key, database_url, refusals_per_client="2/minute")
+    client = fresh_network()
+    settings = settings_for(master_key, database_url, refusals_per_client="3/hour")
+
+    async def post(ingest: RunningIngest, path: str, source: str) -> httpx.Response:
+        headers = {"content-type": "application/json", "x-forwarded-for": source}
+        return await ingest.client.post(path, content=b"{}", headers=headers)
+
+    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+        # Any refusal spends the address's budget: here an undeclared body, a forgery, a bad URL.
+        spent = [
+            (await deliver(ingest, connection, client, content_type="text/plain")).status_code,
+            (await forged(ingest, connection, client)).status_code,
+            (await post(ingest, unknown_path(), client)).status_code,
+        ]
+        unknown = await post(ingest, unknown_path(), client)
+        malformed = await post(ingest, "/v1/webhooks/mt5/not-a-uuid", client)
+        elsewhere = await post(ingest, unknown_path(), OTHER_STRANGER)
+        signed = await deliver(ingest, connection, client)
+    assert spent == [415, 401, 401]
+    for held_off in (unknown, malformed):
+        assert held_off.status_code == 429 and int(held_off.headers["retry-after"]) >= 1
+        assert held_off.json()["error"] == "rate_limited"
+    assert elsewhere.status_code == 401  # another address has a budget of its own
+    assert signed.status_code == 202  # a known URL is verified first, and this one verifies
+    rows = await rows_from(pool, client)
+    assert [tuple(r) for r in rows] == [
+        (connection.created.connection_id, 415, "unsupported_media_type", 1),
+        (connection.created.connection_id, 401, "signature_mismatch", 1),
+        (None, 401, "unknown_connection", 1),
+        (None, 429, "rate_limited_refusals", 1),  # the first of its window, as it came
+        (connection.created.connection_id, 202, "accepted", 1),
+        (None, 429, "rate_limited_refusals", 1),  # the rest of the window, once it ended
+    ]
+
+
+async def test_an_over_budget_clients_refusals_add_two_rows_per_window_and_kind(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    noisy = fresh_network()
+    settings = settings_for(master_key, database_url, refusals_per_client="2/hour")
     async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
         refused = [(await forged(ingest, connection, noisy)).status_code for _ in range(2)]
         with capture_logs() as logs:
             throttled = [
-                (await deliver(ingest, connection, noisy.replace("::1", f"::{n:x}"))).status_code
-                for n in range(30)  # any address of its /64, correctly signed or not
+                (
+                    await ingest.client.post(
+                        unknown_path(),
+                        content=b"{}",
+                        headers={
+                            "content-type": "application/json",
+                            # any address of its /64
+                            "x-forwarded-for": noisy.replace("::1", f"::{n:x}"),
+                        },
+                    )
+                ).status_code
+                for n in range(30)
+            ]
+            # Refusals of its known URL are answered as ever, and folded alike.
+            undeclared = [
+                (await deliver(ingest, connection, noisy, content_type="text/plain")).status_code
+                for _ in range(10)
             ]
         await ingest.settle()
-    # Shut down: the open window's record is written too.
-    assert refused == [401, 401] and throttled == [429] * 30
-    rows = await pool.fetch(
-        "SELECT status_code, reason, attempts FROM webhook_attempts"
-        " WHERE client_ip << $1::inet ORDER BY id",
-        noisy.replace("::1", "::/64"),
-    )
-    assert [tuple(r) for r in rows] == [
+    # Shut down: the open windows' records are written too.
+    assert refused == [401, 401] and throttled == [429] * 30 and undeclared == [415] * 10
+    rows = await rows_from(pool, noisy)
+    assert [tuple(r)[1:] for r in rows] == [
         (401, "signature_mismatch", 1),
         (401, "signature_mismatch", 1),
         (429, "rate_limited_refusals", 1),  # the first of the window, as it came
-        (429, "rate_limited_refusals", 29),  # the rest of the window, in one row
+        (415, "unsupported_media_type", 1),
+        (429, "rate_limited_refusals", 29),  # the rest of each window, in one row
+        (415, "unsupported_media_type", 9),
     ]
-    assert len([e for e in logs if e["event"] == "webhook refused"]) == 1
+    assert len([e for e in logs if e["event"] == "webhook refused"]) == 2
+
+
+async def test_throttled_attempts_held_in_a_window_are_never_behind_the_instances_progress(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    instance = IngestInstance(database_url, pool)
+    await instance.register()
+
+    def audited_for(wiring: Any) -> None:
+        wiring.audit.instance_id = instance.instance_id  # as a started ingest has it
+
+    async def flushed_through() -> datetime:
+        value: datetime = await pool.fetchval(
+            "SELECT flushed_through FROM ingest_instances WHERE instance_id = $1",
+            instance.instance_id,
+        )
+        return value
+
+    client = fresh_network()
+    settings = settings_for(master_key, database_url, refusals_per_client="1/hour")
+    try:
+        async with running_ingest(
+            settings, pool, vault, RecordingSink(), customize=audited_for
+        ) as ingest:
+            await deliver(ingest, connection, client, content_type="text/plain")  # spends it
+            await deliver(ingest, connection, client, path=unknown_path())  # opens a window
+            await deliver(ingest, connection, client, path=unknown_path())  # folded: held back
+            first_held_by = datetime.now(UTC)
+            for _ in range(3):
+                await deliver(ingest, connection, client, path=unknown_path())
+            await ingest.settle()
+            # Were this process killed now, the gap would start at this mark: it must cover
+            # the attempts in the open window, which no row holds yet.
+            assert await flushed_through() <= first_held_by
+            assert [r["attempts"] for r in await rows_from(pool, client)] == [1, 1]
+        assert [r["attempts"] for r in await rows_from(pool, client)] == [1, 1, 4]
+    finally:
+        await instance.stop(clean=False)
+
+
+async def test_a_senders_duplicates_of_an_id_still_being_stored_are_folded_not_a_new_ids_refusal(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    master_key: str,
+    database_url: str,
+) -> None:
+    class HeldPublish:
+        """Kafka acknowledges `msg_slow` only when told to."""
+
+        def __init__(self) -> None:
+            self.publishing = asyncio.Event()
+            self.acknowledge = asyncio.Event()
+
+        async def publish(self, event: RawEvent) -> None:
+            if event.delivery_id == "msg_slow":
+                self.publishing.set()
+                await self.acknowledge.wait()
+
+    sender = fresh_network()
+    sink = HeldPublish()
+    settings = settings_for(
+        master_key,
+        database_url,
+        refusals_per_client="3/hour",
+        rate_limit_per_connection="2/hour",
+    )
+    async with running_ingest(settings, pool, vault, sink) as ingest:
+        slow = asyncio.create_task(deliver(ingest, connection, sender, webhook_id="msg_slow"))
+        await sink.publishing.wait()
+        duplicates = [
+            await deliver(ingest, connection, sender, webhook_id="msg_slow") for _ in range(30)
+        ]
+        new_id = await deliver(ingest, connection, sender, webhook_id="msg_new")
+        sink.acknowledge.set()
+        first = await slow
+    assert {(d.status_code, d.json()["error"]) for d in duplicates} == {(503, "unavailable")}
+    # Neither the refusal budget nor the rate the duplicates might have used stops a new id.
+    assert (new_id.status_code, first.status_code) == (202, 202)
+    in_flight = [r for r in await rows_from(pool, sender) if r["reason"] == "in_flight"]
+    assert [r["attempts"] for r in in_flight] == [1, 1, 1, 1, 26]
 
 
 async def test_our_own_503s_spend_nothing_of_the_clients_budget(
@@ -383,10 +623,14 @@ async def test_our_own_503s_spend_nothing_of_the_clients_budget(
         async def publish(self, event: RawEvent) -> None:
             raise TransientError("broker unreachable")
 
-    settings = settings_for(master_key, database_url, refusals_per_client="2/minute")
+    client = fresh_network()
+    settings = settings_for(master_key, database_url, refusals_per_client="2/hour")
     async with running_ingest(settings, pool, vault, Unreachable()) as ingest:
-        ours = [(await deliver(ingest, connection, SENDER)).status_code for _ in range(5)]
-        theirs = [(await forged(ingest, connection, SENDER)).status_code for _ in range(3)]
+        ours = [(await deliver(ingest, connection, client)).status_code for _ in range(5)]
+        theirs = [
+            (await deliver(ingest, connection, client, path=unknown_path())).status_code
+            for _ in range(3)
+        ]
     assert ours == [503] * 5
     assert theirs == [401, 401, 429]
 

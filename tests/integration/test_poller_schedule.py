@@ -3,8 +3,8 @@ replicas off each other's connections (each lease has its own token, a running s
 stops once it is lost), the cursor moves only after a publish and never back, failures back off
 and turn into an alert, a broker's request to wait is not a failure the first time, refused
 credentials stop syncing until new ones arrive (whenever they commit), a connection without
-credentials waits for them without failing, live waits for demo, a webhook lockout does not
-stop polling, and one user's connections take turns across replicas."""
+credentials waits for them without failing, live waits for demo, an operator's lock of the
+webhooks does not stop polling, and one user's connections take turns across replicas."""
 
 from __future__ import annotations
 

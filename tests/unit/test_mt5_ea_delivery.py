@@ -31,8 +31,8 @@ def ea(tmp_path_factory: pytest.TempPathFactory) -> EaHarness:
         (500, "retry"),
         (503, "retry"),
         (403, "retry"),  # a live connection not enabled yet: it will be
-        (401, "paused"),  # retrying a bad signature would count towards the lockout
-        (423, "paused"),
+        (401, "paused"),  # a bad signature does not fix itself; retrying only gets throttled
+        (423, "paused"),  # an operator's lock
         (404, "paused"),
         (301, "paused"),
         (400, "refused"),

@@ -12,8 +12,9 @@ enum PosCalOutcome
   {
    POSCAL_DELIVERED,  // 2xx, or 409: ingest already accepted this webhook id
    POSCAL_RETRY,      // the network, 408, 429, 5xx, 403 (live not enabled yet): try again later
-   POSCAL_PAUSED,     // the URL or the secret is wrong (401, 404, 405, 423, 3xx): nothing more is
-                      // sent until the inputs change, and no batch is dropped
+   POSCAL_PAUSED,     // the URL or the secret is wrong, or an operator locked the connection
+                      // (401, 404, 405, 423, 3xx): nothing more is sent until the inputs change,
+                      // and no batch is dropped
    POSCAL_REFUSED     // any other 4xx: this batch itself is refused; logged with the reason, dropped
   };
 
@@ -26,7 +27,8 @@ PosCalOutcome PosCalClassify(const int status)
       return POSCAL_DELIVERED;
    if(status == 408 || status == 429 || status == 403)
       return POSCAL_RETRY;
-   // Retrying a 401 would count towards the connection's lockout; 423 is that lockout.
+   // A wrong secret, URL or clock (401) does not fix itself, and retrying it only gets this
+   // address throttled (429); 423 is an operator's lock, which a retry cannot lift either.
    if(status == 401 || status == 404 || status == 405 || status == 423)
       return POSCAL_PAUSED;
    if(status >= 300 && status < 400)

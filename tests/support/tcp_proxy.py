@@ -1,7 +1,9 @@
-"""A TCP proxy on loopback that a test can freeze, as a hung network link or broker would: once
-frozen, bytes stop moving both ways and are held, never delivered; `cut` then drops every
-connection with what it held, and the link carries new connections again. It runs its own event
-loop in a thread, so the test's loop may block (say, waiting for a process) without stalling it.
+"""A TCP proxy on loopback to a real server elsewhere, for what a network can do to a service:
+come up late (nothing listens on its port until `start`, and a service pointed there sees the
+server appear exactly then), hang (once frozen, bytes stop moving both ways and are held, never
+delivered), and drop (`cut` aborts every connection with what it held; new ones are carried
+again). It runs its own event loop in a thread, so the test's loop may block (say, waiting for a
+process) without stalling it.
 """
 
 from __future__ import annotations
@@ -17,34 +19,39 @@ from services.devstack.ports import LocalServer
 _CHUNK = 65536
 
 
-class FrozenLink(LocalServer):
-    def __init__(self) -> None:
+class TcpProxy(LocalServer):
+    """Listens on `port` (0: any free one) once started; forwards to `target_port`, or to what
+    `forward_to` names later (until then connections are refused at once)."""
+
+    def __init__(
+        self, port: int = 0, target_port: int | None = None, target_host: str = "127.0.0.1"
+    ) -> None:
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._upstream: tuple[str, int] | None = None
+        self._upstream = (target_host, target_port) if target_port is not None else None
         self._flowing: asyncio.Event | None = None
         # Every connection's pumps (one per direction) and both of its ends.
         self._pumps: set[asyncio.Task[None]] = set()
         self._ends: set[asyncio.StreamWriter] = set()
-        self.port = 0
+        self.port = port
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> Self:
-        """Listening at once (clients may be told the port); forwarding once `forward_to`."""
+        """Listening once this returns (clients may be told the port)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self.port))
         sock.listen()
         self._socket = sock
         self.port = sock.getsockname()[1]
         self._loop = asyncio.new_event_loop()
         started = threading.Event()
         self._thread = threading.Thread(
-            target=self._serve, args=(sock, started), name="frozen-link", daemon=True
+            target=self._serve, args=(sock, started), name="tcp-proxy", daemon=True
         )
         self._thread.start()
         if not started.wait(10):
