@@ -49,10 +49,10 @@ from services.devstack.demo import create_demo_connection, demo_account, encode_
 from services.devstack.demo_trades import demo_stream
 from services.devstack.ports import dies_with_parent, free_port, stop_process
 from services.devstack.postgres import EmbeddedPostgres
-from services.ingest.signatures import decode_secret, sign
 from services.shared.crypto import new_master_key_base64
 from services.shared.kafka import TopicSpec, create_producer, ensure_topics
 from services.shared.migrations import apply_migrations
+from services.shared.signatures import decode_secret, sign
 
 TARGET_RATIO = 0.75
 REPO = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from services.ingest.signatures import encode_secret
 from services.poller.schedule import schedule_connection
 from services.shared.brokers import adapter_for
 from services.shared.credential_kinds import WEBHOOK_SECRET
 from services.shared.database import Connection
+from services.shared.signatures import encode_secret
 from services.shared.vault import CredentialVault
 
 

@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 
 from services.cli.connections import ConnectionNotFound, ConnectionRefused
 from services.cli.credential_input import encode_public_key, parse_broker_credential
-from services.ingest.signatures import encode_secret
 from services.shared.credential_kinds import (
     BROKER_CREDENTIALS,
     WEBHOOK_PUBLIC_KEY,
     WEBHOOK_SECRET,
 )
 from services.shared.database import Connection
+from services.shared.signatures import encode_secret
 from services.shared.vault import CredentialVault
 
 WEBHOOK_SECRET_BYTES = 32

@@ -17,9 +17,9 @@ import orjson
 
 from services.cli.connections import NewConnection, create_connection, create_user
 from services.devstack.demo_trades import DemoAccount, demo_stream
-from services.ingest.signatures import decode_secret, sign
 from services.shared.crypto import LocalKeyEncryptionKey
 from services.shared.database import Connection
+from services.shared.signatures import decode_secret, sign
 from services.shared.vault import CredentialVault
 
 DEMO_SERVER = "PosCal-Demo"

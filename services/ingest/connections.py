@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.ingest.database_calls import database_call
-from services.ingest.signatures import VerificationKeys
 from services.shared import credential_kinds
 from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import ConnectionRef
+from services.shared.signatures import VerificationKeys
 from services.shared.vault import CredentialVault
 
 # Connections webhooks are verified for; one an operator locked is answered 423 once a delivery

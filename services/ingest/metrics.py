@@ -38,5 +38,5 @@ NOT_READY = Counter(
 )
 
 
-async def serve_metrics(_: Request) -> Response:
+async def metrics_endpoint(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,6 @@ import contextlib
 
 import httpx
 
-from services.ingest.publisher import RawEventPublisher
 from services.poller.metrics import serve_metrics
 from services.poller.retry import FailurePolicy
 from services.poller.schedule import SyncSchedule
@@ -17,6 +16,7 @@ from services.poller.syncing import ConnectionSync, Poller
 from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
+from services.shared.publishing import RawEventPublisher
 from services.shared.vault import CredentialVault
 
 _log = get_logger("poscal.poller")

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import asyncpg
 import httpx
@@ -38,14 +38,11 @@ from services.shared.crypto import DecryptionFailed
 from services.shared.envelope import RawEvent
 from services.shared.errors import PermanentError
 from services.shared.logging import get_logger
+from services.shared.publishing import RawEventSink
 from services.shared.vault import CredentialVault
 
 _log = get_logger("poscal.poller")
 _tracer = trace.get_tracer("poscal.poller")
-
-
-class EventSink(Protocol):
-    async def publish(self, event: RawEvent) -> None: ...
 
 
 class NoCredentials(Exception):
@@ -70,7 +67,7 @@ class ConnectionSync:
         pool: asyncpg.Pool,
         vault: CredentialVault,
         schedule: SyncSchedule,
-        sink: EventSink,
+        sink: RawEventSink,
         http: httpx.AsyncClient,
         retry: FailurePolicy,
         jitter: Callable[[], float] = random.random,

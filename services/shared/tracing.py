@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -104,4 +105,7 @@ def setup_tracing(service_name: str, trace_file: Path | None) -> TracerProvider:
             BatchSpanProcessor(JsonLinesSpanExporter(trace_file), schedule_delay_millis=500)
         )
     trace.set_tracer_provider(provider)
+    # A client span of every Postgres query (OpenTelemetry's own asyncpg instrumentation): the
+    # statement, never its parameters.
+    AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     return provider

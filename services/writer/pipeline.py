@@ -8,13 +8,12 @@ event is alone: it is dead-lettered, and every other event of the batch is writt
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import asyncpg
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, Status, StatusCode
 from pydantic import ValidationError
 
 from services.shared.canonical import CanonicalBatch
@@ -69,22 +68,19 @@ class Writer:
     async def _write(
         self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]], spans: list[Span]
     ) -> None:
-        started = time.time_ns()
-        outcomes = await self._apply_isolating(parsed)
-        ended = time.time_ns()
+        # One span for the batch's writes (its queries are the asyncpg instrumentation's spans
+        # under it), linked to the span of each record it writes.
+        with _tracer.start_as_current_span(
+            "write canonical batch",
+            links=[Link(span.get_span_context()) for span in spans],
+            attributes={"poscal.batch_size": len(parsed)},
+        ):
+            outcomes = await self._apply_isolating(parsed)
         by_event = {o.event_id: o for o in outcomes}
         for (_, batch), span in zip(parsed, spans, strict=True):
             outcome = by_event.get(batch.event_id)
-            db_span = _tracer.start_span(
-                "db.transaction apply canonical batch",
-                context=trace.set_span_in_context(span),
-                kind=SpanKind.CLIENT,
-                start_time=started,
-                attributes={"db.system.name": "postgresql", "poscal.batch_size": len(parsed)},
-            )
             if outcome is not None:
                 _annotate(span, outcome)
-            db_span.end(end_time=ended)
         tenants = {batch.event_id: batch.connection.user_id for _, batch in parsed}
         for outcome in outcomes:
             self._dead_letters.accepted(tenants[outcome.event_id])

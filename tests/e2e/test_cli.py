@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from services.ingest.signatures import decode_secret
 from services.shared.credential_kinds import BROKER_CREDENTIALS, WEBHOOK_PUBLIC_KEY, WEBHOOK_SECRET
 from services.shared.crypto import LocalKeyEncryptionKey, new_master_key_base64
 from services.shared.database import create_pool
+from services.shared.signatures import decode_secret
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, new_connection
 from tests.support.scratch_database import scratch_database

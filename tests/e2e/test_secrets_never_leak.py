@@ -31,13 +31,13 @@ from services.cli.connections import NewConnection, create_connection
 from services.cli.traces import read_trace_dir
 from services.devstack.demo import encode_body, signed_headers, wait_for_events
 from services.devstack.stack import SERVICES, DevStack
-from services.ingest.signatures import decode_secret, encode_secret, sign
 from services.shared.credential_kinds import BROKER_CREDENTIALS
 from services.shared.crypto import LocalKeyEncryptionKey, data_key_aad, generate_key, seal
 from services.shared.database import Connection
 from services.shared.dead_letters import DeadLetter
 from services.shared.envelope import RawEvent
 from services.shared.kafka import TopicSpec, ensure_topics
+from services.shared.signatures import decode_secret, encode_secret, sign
 from services.shared.vault import CredentialVault
 from tests.support.builders import (
     PINNED_CONNECTION,

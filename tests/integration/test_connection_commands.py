@@ -23,12 +23,12 @@ from services.cli.credentials import (
     rotate_webhook_secret,
     set_broker_credentials,
 )
-from services.ingest.signatures import decode_secret
 from services.shared.credential_kinds import (
     BROKER_CREDENTIALS,
     WEBHOOK_PUBLIC_KEY,
     WEBHOOK_SECRET,
 )
+from services.shared.signatures import decode_secret
 from services.shared.vault import CredentialVault
 from tests.support.builders import SERVER, TestConnection, new_connection
 

@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 
 from services.cli.connections import create_connection
-from services.ingest.signatures import decode_secret
 from services.shared.credential_kinds import WEBHOOK_SECRET as WEBHOOK_SECRET_KIND
 from services.shared.crypto import DecryptionFailed, LocalKeyEncryptionKey, new_master_key_base64
+from services.shared.signatures import decode_secret
 from services.shared.vault import CredentialVault
 from tests.support.builders import SERVER, TestConnection, new_connection
 

@@ -17,15 +17,15 @@ from structlog.testing import capture_logs
 
 from services.devstack.demo import encode_body, signed_headers
 from services.devstack.ports import free_port
-from services.ingest.app import IngestWiring, create_app, wire
-from services.ingest.publisher import RawEventPublisher
-from services.ingest.receiver import EventSink
+from services.ingest.app import create_app
+from services.ingest.bootstrap import IngestWiring, wire
 from services.ingest.settings import IngestSettings
 from services.shared.crypto import LocalKeyEncryptionKey, new_master_key_base64
 from services.shared.database import create_pool
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from services.shared.kafka import create_producer
+from services.shared.publishing import RawEventPublisher, RawEventSink
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
@@ -75,7 +75,7 @@ def _wiring(
     settings: IngestSettings,
     pool: asyncpg.Pool,
     vault: CredentialVault,
-    sink: EventSink,
+    sink: RawEventSink,
     ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> Callable[[contextlib.AsyncExitStack], Awaitable[IngestWiring]]:
     async def build(_: contextlib.AsyncExitStack) -> IngestWiring:

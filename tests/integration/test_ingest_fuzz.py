@@ -33,8 +33,8 @@ from structlog.testing import capture_logs
 from services.ingest.app import create_app
 from services.ingest.openapi import ERROR_STATUSES, openapi_document
 from services.ingest.settings import IngestSettings
-from services.ingest.signatures import decode_secret, sign
 from services.shared.settings import Topics
+from services.shared.signatures import decode_secret, sign
 from tests.support.builders import TestConnection
 from tests.support.kafka import read_topic
 

@@ -13,7 +13,8 @@ from aiokafka import AIOKafkaProducer
 
 from services.devstack.broker import EmbeddedBroker
 from services.devstack.postgres import EmbeddedPostgres
-from services.ingest.app import IngestWiring, create_app, wire
+from services.ingest.app import create_app
+from services.ingest.bootstrap import IngestWiring, wire
 from services.ingest.readiness import DependencyReadiness
 from services.shared.database import create_pool
 from services.shared.kafka import create_producer, started

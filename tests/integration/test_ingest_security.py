@@ -26,11 +26,11 @@ from services.ingest.change_listener import CHANNEL
 from services.ingest.connections import ConnectionDirectory, VerifiableConnection
 from services.ingest.replays import Claim, DeliveryClaims, InFlight
 from services.ingest.retention import Retention
-from services.ingest.signatures import encode_secret, sign, sign_v1a
 from services.shared import credential_kinds
 from services.shared.database import create_pool
 from services.shared.envelope import RawEvent, derive_event_id
 from services.shared.errors import TransientError
+from services.shared.signatures import encode_secret, sign, sign_v1a
 from services.shared.vault import CredentialVault
 from tests.support.builders import (
     TestConnection,

@@ -23,10 +23,10 @@ from services.devstack.demo import encode_body, signed_headers
 from services.ingest.audit import Attempt
 from services.ingest.instances import IngestInstance
 from services.ingest.replays import Claim, DeliveryClaims
-from services.ingest.signatures import encode_secret
 from services.ingest.verification_failures import ThrottlePolicy, VerificationFailures
 from services.shared.envelope import RawEvent, derive_event_id
 from services.shared.errors import TransientError
+from services.shared.signatures import encode_secret
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
 from tests.support.ingest import RecordingSink, RunningIngest, ingest_settings, running_ingest

@@ -15,11 +15,11 @@ import asyncpg
 import pytest
 
 from services.cli.keys import KeyRotationRefused, RotationReport, rotate_data_keys
-from services.ingest.signatures import decode_secret
 from services.shared.credential_kinds import WEBHOOK_SECRET
 from services.shared.crypto import DecryptionFailed, LocalKeyEncryptionKey, generate_key
 from services.shared.database import create_pool
 from services.shared.keyring import KeyRing, UnknownKeyEncryptionKey
+from services.shared.signatures import decode_secret
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, new_connection
 from tests.support.scratch_database import scratch_database

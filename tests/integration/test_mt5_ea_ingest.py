@@ -16,9 +16,9 @@ import asyncpg
 import httpx
 import pytest
 
-from services.ingest.publisher import RawEventPublisher
 from services.shared.envelope import RawEvent
 from services.shared.kafka import create_producer
+from services.shared.publishing import RawEventPublisher
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from tests.support.builders import SERVER, TestConnection, fixture_deals, new_connection

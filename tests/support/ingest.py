@@ -12,10 +12,11 @@ from typing import Any
 import asyncpg
 import httpx
 
-from services.ingest.app import IngestWiring, create_app, wire
-from services.ingest.receiver import EventSink
+from services.ingest.app import create_app
+from services.ingest.bootstrap import IngestWiring, wire
 from services.ingest.settings import IngestSettings
 from services.shared.envelope import RawEvent
+from services.shared.publishing import RawEventSink
 from services.shared.vault import CredentialVault
 
 
@@ -63,7 +64,7 @@ async def running_ingest(
     settings: IngestSettings,
     pool: asyncpg.Pool,
     vault: CredentialVault,
-    sink: EventSink,
+    sink: RawEventSink,
     *,
     client_address: tuple[str, int] = ("203.0.113.7", 40000),
     customize: Callable[[IngestWiring], None] | None = None,

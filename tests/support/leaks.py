@@ -24,8 +24,8 @@ import httpx
 import orjson
 from aiokafka import ConsumerRecord
 
-from services.ingest.signatures import decode_secret
 from services.shared.database import Connection
+from services.shared.signatures import decode_secret
 
 # Shorter needles could match by chance; every planted secret is longer than this.
 MIN_NEEDLE_BYTES = 12

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingest.signatures import decode_secret, parse_headers, verify
+from services.shared.signatures import decode_secret, parse_headers, verify
 from tests.support.mt5_ea import EaHarness, ea_harness, utf16_hex
 from tests.unit.test_signatures import (
     SPEC_ID,

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingest.signatures import (
+from services.shared.signatures import (
     SignatureRejected,
     SignedDelivery,
     VerificationKeys,

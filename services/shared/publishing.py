@@ -1,14 +1,23 @@
-"""Publishes raw events to Kafka and returns only once the broker has acknowledged them."""
+"""Raw events onto the raw topic, acknowledged before `publish` returns: ingest's webhooks and the
+poller's pages alike."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from services.shared.messaging import record_delivery, send_span
+
+
+class RawEventSink(Protocol):
+    """Where raw events go: Kafka (RawEventPublisher), or what a test keeps."""
+
+    async def publish(self, event: RawEvent) -> None:
+        """Durably there once this returns; raises TransientError when it cannot be made so."""
 
 
 class RawEventPublisher:
