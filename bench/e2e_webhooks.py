@@ -26,7 +26,6 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from services.cli.connections import NewConnection
 from services.devstack.demo import (
     create_demo_connection,
     demo_account,
@@ -36,6 +35,7 @@ from services.devstack.demo import (
 )
 from services.devstack.demo_trades import demo_stream
 from services.devstack.stack import DevStack
+from services.shared.connection_admin.connections import NewConnection
 from services.shared.kafka import TopicSpec, create_producer, ensure_topics
 
 

@@ -14,29 +14,29 @@ from typing import Any, TextIO
 import asyncpg
 import orjson
 
-from services.cli.connection_list import list_connections
-from services.cli.connections import ConnectionRefused, create_connection
-from services.cli.credential_input import (
-    MAX_CREDENTIAL_BYTES,
-    InvalidInput,
-    parse_overlap,
-    parse_public_key,
-)
-from services.cli.credentials import (
+from services.cli.settings import CliSettings, MasterKeyMissing
+from services.shared.brokers import broker_names
+from services.shared.connection_admin.connections import ConnectionRefused, create_connection
+from services.shared.connection_admin.credentials import (
     add_public_key,
     revoke_public_key,
     rotate_webhook_secret,
     set_broker_credentials,
 )
-from services.cli.live import enable_live
-from services.cli.settings import CliSettings, MasterKeyMissing
-from services.cli.webhook_endpoint import (
+from services.shared.connection_admin.endpoints import (
     LockChange,
     lock_connection,
     rotate_webhook_url,
     unlock_connection,
 )
-from services.shared.brokers import broker_names
+from services.shared.connection_admin.inputs import (
+    MAX_CREDENTIAL_BYTES,
+    InvalidInput,
+    parse_overlap,
+    parse_public_key,
+)
+from services.shared.connection_admin.listing import list_connections
+from services.shared.connection_admin.live import enable_live
 from services.shared.vault import CredentialVault
 
 _Record = dict[str, Any]

@@ -140,8 +140,8 @@ def _migrate() -> int:
 async def _create_user(email: str) -> int:
     import asyncpg
 
-    from services.cli.connections import create_user
     from services.cli.settings import CliSettings
+    from services.shared.connection_admin.connections import create_user
 
     conn = await asyncpg.connect(CliSettings().database_url.get_secret_value())
     try:

@@ -15,8 +15,12 @@ import asyncpg
 import httpx
 import orjson
 
-from services.cli.connections import NewConnection, create_connection, create_user
 from services.devstack.demo_trades import DemoAccount, demo_stream
+from services.shared.connection_admin.connections import (
+    NewConnection,
+    create_connection,
+    create_user,
+)
 from services.shared.crypto import LocalKeyEncryptionKey
 from services.shared.database import Connection
 from services.shared.signatures import decode_secret, sign

@@ -8,7 +8,6 @@ import contextlib
 
 import httpx
 
-from services.poller.metrics import serve_metrics
 from services.poller.retry import FailurePolicy
 from services.poller.schedule import SyncSchedule
 from services.poller.settings import PollerSettings
@@ -16,6 +15,7 @@ from services.poller.syncing import ConnectionSync, Poller
 from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
+from services.shared.metrics_server import start_metrics_server
 from services.shared.publishing import RawEventPublisher
 from services.shared.vault import CredentialVault
 
@@ -25,7 +25,7 @@ _log = get_logger("poscal.poller")
 async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if settings.metrics_port:
-            stack.callback(serve_metrics(settings.metrics_host, settings.metrics_port))
+            stack.callback(start_metrics_server(settings.metrics_host, settings.metrics_port))
         kek = settings.key_ring()  # a key that does not load is configuration: fail at once
         connect = Dependencies(settings, stop, stack)
         pool = await connect.postgres(max_size=settings.concurrency + 2)

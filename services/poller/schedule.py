@@ -181,13 +181,6 @@ WHERE connection_id = $1 AND lease_token = $2
 RETURNING connection_id
 """
 
-_SCHEDULE = """
-INSERT INTO sync_schedule (connection_id, user_id, interval_seconds, next_sync_at)
-SELECT id, user_id, $2::integer, now() + make_interval(secs => $2::integer * $3::float8)
-FROM mt5_connections WHERE id = $1
-ON CONFLICT (connection_id) DO NOTHING
-"""
-
 
 class LeaseLost(Exception):
     """Another lease holds this connection now: stop without writing anything."""
@@ -230,16 +223,6 @@ class DueSync:
     @property
     def lease(self) -> Lease:
         return Lease(self.connection.connection_id, self.lease_token)
-
-
-async def schedule_connection(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
-    connection_id: uuid.UUID,
-    interval_seconds: int = 60,
-    spread: float = 0.0,
-) -> None:
-    """Put a polled connection on the schedule: first sync within `spread` of an interval."""
-    await conn.execute(_SCHEDULE, connection_id, interval_seconds, spread)
 
 
 class SyncSchedule:

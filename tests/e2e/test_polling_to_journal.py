@@ -23,10 +23,10 @@ import asyncpg
 import orjson
 import pytest
 
-from services.cli.connections import create_connection
-from services.cli.credentials import set_broker_credentials
 from services.devstack.ports import dies_with_parent
 from services.devstack.stack import DevStack
+from services.shared.connection_admin.connections import create_connection
+from services.shared.connection_admin.credentials import set_broker_credentials
 from services.shared.vault import CredentialVault
 from tests.support.builders import FIXTURES, new_connection
 from tests.support.fake_flex import FakeFlex

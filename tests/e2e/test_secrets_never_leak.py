@@ -27,10 +27,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.cli.connections import NewConnection, create_connection
 from services.cli.traces import read_trace_dir
 from services.devstack.demo import encode_body, signed_headers, wait_for_events
 from services.devstack.stack import SERVICES, DevStack
+from services.shared.connection_admin.connections import NewConnection, create_connection
 from services.shared.credential_kinds import BROKER_CREDENTIALS
 from services.shared.crypto import LocalKeyEncryptionKey, data_key_aad, generate_key, seal
 from services.shared.database import Connection

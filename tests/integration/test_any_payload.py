@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.cli.connections import create_connection, create_user
 from services.normalizer.pipeline import Normalizer
 from services.shared.canonical import EXACT, CanonicalBatch
+from services.shared.connection_admin.connections import create_connection, create_user
 from services.shared.dead_letters import DeadLetter, DeadLetterBudget, DeadLetterPublisher
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.vault import CredentialVault

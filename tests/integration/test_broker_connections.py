@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from services.cli.connections import (
+from services.shared.connection_admin.connections import (
     ConnectionRefused,
     NewConnection,
     create_connection,

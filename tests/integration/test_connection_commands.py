@@ -15,14 +15,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from services.cli.connection_list import list_connections
-from services.cli.connections import ConnectionNotFound, ConnectionRefused, create_connection
-from services.cli.credential_input import InvalidInput
-from services.cli.credentials import (
+from services.shared.connection_admin.connections import (
+    ConnectionNotFound,
+    ConnectionRefused,
+    create_connection,
+)
+from services.shared.connection_admin.credentials import (
     add_public_key,
     rotate_webhook_secret,
     set_broker_credentials,
 )
+from services.shared.connection_admin.inputs import InvalidInput
+from services.shared.connection_admin.listing import list_connections
 from services.shared.credential_kinds import (
     BROKER_CREDENTIALS,
     WEBHOOK_PUBLIC_KEY,

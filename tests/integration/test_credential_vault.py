@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from services.cli.connections import create_connection
+from services.shared.connection_admin.connections import create_connection
 from services.shared.credential_kinds import WEBHOOK_SECRET as WEBHOOK_SECRET_KIND
 from services.shared.crypto import DecryptionFailed, LocalKeyEncryptionKey, new_master_key_base64
 from services.shared.signatures import decode_secret

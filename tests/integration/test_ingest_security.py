@@ -18,8 +18,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import REGISTRY
 
-from services.cli.credentials import rotate_webhook_secret
-from services.cli.webhook_endpoint import lock_connection
 from services.devstack.demo import encode_body, signed_headers
 from services.ingest.audit import AuditTrail
 from services.ingest.change_listener import CHANNEL
@@ -27,6 +25,8 @@ from services.ingest.connections import ConnectionDirectory, VerifiableConnectio
 from services.ingest.replays import Claim, DeliveryClaims, InFlight
 from services.ingest.retention import Retention
 from services.shared import credential_kinds
+from services.shared.connection_admin.credentials import rotate_webhook_secret
+from services.shared.connection_admin.endpoints import lock_connection
 from services.shared.database import create_pool
 from services.shared.envelope import RawEvent, derive_event_id
 from services.shared.errors import TransientError

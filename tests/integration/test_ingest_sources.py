@@ -18,12 +18,16 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from services.cli.webhook_endpoint import lock_connection, rotate_webhook_url, unlock_connection
 from services.devstack.demo import encode_body, signed_headers
 from services.ingest.audit import Attempt
 from services.ingest.instances import IngestInstance
 from services.ingest.replays import Claim, DeliveryClaims
 from services.ingest.verification_failures import ThrottlePolicy, VerificationFailures
+from services.shared.connection_admin.endpoints import (
+    lock_connection,
+    rotate_webhook_url,
+    unlock_connection,
+)
 from services.shared.envelope import RawEvent, derive_event_id
 from services.shared.errors import TransientError
 from services.shared.signatures import encode_secret

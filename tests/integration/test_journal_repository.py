@@ -13,10 +13,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.cli.connections import create_user
 from services.devstack.demo import encode_body
 from services.shared.brokers.mt5 import map_event
 from services.shared.canonical import CanonicalBatch
+from services.shared.connection_admin.connections import create_user
 from services.shared.envelope import RawEvent
 from services.shared.vault import CredentialVault
 from services.writer.repository import JournalRepository

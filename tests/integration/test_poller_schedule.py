@@ -20,21 +20,20 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from services.cli.connections import ConnectionRefused
-from services.cli.credentials import set_broker_credentials
-from services.cli.live import enable_live
 from services.poller.retry import FailurePolicy
 from services.poller.schedule import (
     DueSync,
     LeaseLost,
     SyncSchedule,
     UserSyncLimit,
-    schedule_connection,
 )
 from services.poller.syncing import ConnectionSync, Poller
 from services.shared import credential_kinds
 from services.shared.brokers.errors import BrokerUnavailable, CredentialsRejected
 from services.shared.brokers.polling import AdapterContext, AdapterFactory, BrokerAdapter, Delta
+from services.shared.connection_admin.connections import ConnectionRefused, schedule_connection
+from services.shared.connection_admin.credentials import set_broker_credentials
+from services.shared.connection_admin.live import enable_live
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, connect_account, new_connection
 from tests.support.ingest import RecordingSink

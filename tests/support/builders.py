@@ -14,7 +14,11 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from services.cli.connections import NewConnection, create_connection, create_user
+from services.shared.connection_admin.connections import (
+    NewConnection,
+    create_connection,
+    create_user,
+)
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.vault import CredentialVault
 

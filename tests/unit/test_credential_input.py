@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from services.cli.credential_input import (
+from services.shared.connection_admin.inputs import (
     MAX_CREDENTIAL_BYTES,
     InvalidInput,
     encode_public_key,

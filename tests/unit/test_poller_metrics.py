@@ -6,12 +6,14 @@ import httpx
 import pytest
 
 from services.devstack.ports import free_port
-from services.poller.metrics import serve_metrics
+from services.poller import metrics as poller_metrics
+from services.shared.metrics_server import start_metrics_server
 
 
 def test_the_metrics_endpoint_exposes_the_poller_alerts_and_stops_when_told() -> None:
+    assert poller_metrics.ALERTS is not None  # the poller's counters, registered by its module
     port = free_port()
-    stop = serve_metrics("127.0.0.1", port)
+    stop = start_metrics_server("127.0.0.1", port)
     try:
         answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     finally:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.cli.rotation import ActiveCredential, classify_rotation
+from services.shared.connection_admin.rotation import ActiveCredential, classify_rotation
 from services.shared.credential_kinds import BROKER_CREDENTIALS, WEBHOOK_PUBLIC_KEY, WEBHOOK_SECRET
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

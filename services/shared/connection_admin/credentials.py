@@ -13,8 +13,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.cli.connections import ConnectionNotFound, ConnectionRefused
-from services.cli.credential_input import encode_public_key, parse_broker_credential
+from services.shared.connection_admin.connections import ConnectionNotFound, ConnectionRefused
+from services.shared.connection_admin.inputs import encode_public_key, parse_broker_credential
 from services.shared.credential_kinds import (
     BROKER_CREDENTIALS,
     WEBHOOK_PUBLIC_KEY,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from services.cli.connections import ConnectionNotFound, ConnectionRefused
+from services.shared.connection_admin.connections import ConnectionNotFound, ConnectionRefused
 from services.shared.database import Connection
 
 _DEMO_SYNCED = """

@@ -12,7 +12,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.cli.connections import ConnectionNotFound, ConnectionRefused, webhook_url
+from services.shared.connection_admin.connections import (
+    ConnectionNotFound,
+    ConnectionRefused,
+    webhook_url,
+)
 from services.shared.database import Connection
 
 LOCKED_BY_OPERATOR = "webhooks locked by an operator: `connections unlock` or rotate-secret"

@@ -12,12 +12,28 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from services.poller.schedule import schedule_connection
-from services.shared.brokers import adapter_for
+from services.shared.brokers import UnknownBroker, broker
 from services.shared.credential_kinds import WEBHOOK_SECRET
 from services.shared.database import Connection
 from services.shared.signatures import encode_secret
 from services.shared.vault import CredentialVault
+
+_SCHEDULE = """
+INSERT INTO sync_schedule (connection_id, user_id, interval_seconds, next_sync_at)
+SELECT id, user_id, $2::integer, now() + make_interval(secs => $2::integer * $3::float8)
+FROM mt5_connections WHERE id = $1
+ON CONFLICT (connection_id) DO NOTHING
+"""
+
+
+async def schedule_connection(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    connection_id: uuid.UUID,
+    interval_seconds: int = 60,
+    spread: float = 0.0,
+) -> None:
+    """Put a polled connection on the schedule: first sync within `spread` of an interval."""
+    await conn.execute(_SCHEDULE, connection_id, interval_seconds, spread)
 
 
 class ConnectionRefused(Exception):
@@ -47,13 +63,12 @@ def webhook_url(base_url: str, broker: str, webhook_path_id: uuid.UUID) -> str:
     return f"{base_url.rstrip('/')}/v1/webhooks/{broker}/{webhook_path_id}"
 
 
-def is_polled(broker: str) -> bool:
-    """Whether the poller can sync this broker (it has `services/poller/adapters/<broker>.py`)."""
+def is_polled(broker_name: str) -> bool:
+    """Whether the poller can sync this broker (its plug-in has a poll adapter)."""
     try:
-        adapter_for(broker)
-    except LookupError:
+        return broker(broker_name).polled
+    except UnknownBroker:
         return False
-    return True
 
 
 def _checked_api_url(api_url: str | None) -> str | None:

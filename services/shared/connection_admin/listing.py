@@ -1,6 +1,6 @@
 """`connections list`: every connection with its health, where a polled one stands with its
 broker credentials, and whether its credentials are due for rotation (the policy is
-`services.cli.rotation`; this module only reads the rows)."""
+`services.shared.connection_admin.rotation`; this module only reads the rows)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from services.cli.connections import webhook_url
-from services.cli.rotation import ActiveCredential, classify_rotation
+from services.shared.connection_admin.connections import webhook_url
+from services.shared.connection_admin.rotation import ActiveCredential, classify_rotation
 from services.shared.credential_kinds import BROKER_CREDENTIALS
 from services.shared.database import Connection
 
