@@ -4,16 +4,18 @@ rejection, with its reason, and the rest of the payload is still mapped."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import localcontext
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from services.shared.brokers import Rejection
+from services.shared.brokers import MappedEvent, Rejection, Skipped
 from services.shared.brokers.payloads import describe_validation_error
-from services.shared.canonical import EXACT, CashMovement, Fill
+from services.shared.canonical import EXACT, AccountSnapshot, CanonicalBatch, CashMovement, Fill
+from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
 
 T = TypeVar("T")
@@ -53,3 +55,86 @@ def check_plausible_time(record: Fill | CashMovement, received_at: datetime) -> 
             f"executed at {record.executed_at.isoformat()}, more than a day after the event"
             f" was received ({received_at.isoformat()})",
         )
+
+
+Record = Fill | CashMovement
+
+
+@dataclass
+class MappedItems:
+    """A payload's items as they are mapped, one by one: records, rejections, skips; then the
+    event they make (`event`). Every mapper collects them this one way."""
+
+    fills: list[Fill] = field(default_factory=list)
+    cash: list[CashMovement] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def map(
+        self,
+        index: int,
+        item: Any,
+        map_item: Callable[[], Record | Sequence[Record] | Skipped],
+        *,
+        invalid_code: str,
+        described_as: Any = None,
+    ) -> bool:
+        """Map one item (see `mapped_or_rejected`) and keep what it became; whether it became
+        records. `described_as`: how the item is described in a rejection (default: itself)."""
+        outcome = mapped_or_rejected(
+            index,
+            item if described_as is None else described_as,
+            map_item,
+            invalid_code=invalid_code,
+        )
+        if isinstance(outcome, Rejection | Skipped):
+            self.keep(outcome)
+            return False
+        self.add(outcome)
+        return True
+
+    def keep(self, outcome: Rejection | Skipped) -> None:
+        """An item refused, or left out on purpose."""
+        if isinstance(outcome, Rejection):
+            self.rejected.append(outcome)
+        else:
+            self.skipped.append(outcome)
+
+    def add(self, records: Record | Sequence[Record]) -> None:
+        for record in [records] if isinstance(records, Fill | CashMovement) else records:
+            if isinstance(record, Fill):
+                self.fills.append(record)
+            else:
+                self.cash.append(record)
+
+    def account(
+        self, summary: Any, snapshot: Callable[[], AccountSnapshot], *, invalid_code: str
+    ) -> AccountSnapshot | None:
+        """The account snapshot, an item too: one the journal cannot hold is rejected (the
+        records still go on)."""
+        outcome = mapped_or_rejected(
+            None, summary, snapshot, invalid_code=invalid_code, location="account"
+        )
+        if isinstance(outcome, Rejection):
+            self.rejected.append(outcome)
+            return None
+        return outcome
+
+    def event(
+        self,
+        event: RawEvent,
+        account: AccountSnapshot | None = None,
+        fills: Sequence[Fill] | None = None,
+    ) -> MappedEvent:
+        """The event these items make (`fills`: instead of those collected, when the mapper
+        settles them itself)."""
+        batch = CanonicalBatch(
+            event_id=event.event_id,
+            source=event.source,
+            connection=event.connection,
+            received_at=event.received_at,
+            account=account,
+            fills=tuple(self.fills if fills is None else fills),
+            cash_movements=tuple(self.cash),
+        )
+        return MappedEvent(batch=batch, rejected=tuple(self.rejected), skipped=tuple(self.skipped))

@@ -20,13 +20,11 @@ from services.shared.brokers import (
     Credentials,
     MappedEvent,
     PayloadOwner,
-    Rejection,
 )
-from services.shared.brokers.items import check_plausible_time, mapped_or_rejected
+from services.shared.brokers.items import MappedItems, check_plausible_time
 from services.shared.brokers.payloads import json_object_or_none, parse_json_payload
 from services.shared.canonical import (
     AccountSnapshot,
-    CanonicalBatch,
     CashMovement,
     Fill,
     FillEntry,
@@ -232,42 +230,20 @@ def map_event(event: RawEvent) -> MappedEvent:
     _check_account(event, webhook.account)
     prefix = f"mt5:{webhook.account.server}:{webhook.account.login}"
     offset = webhook.server_time_offset_seconds
-    fills: list[Fill] = []
-    cash: list[CashMovement] = []
-    rejected: list[Rejection] = []
+    items = MappedItems()
     for index, item in enumerate(webhook.deals):
-        mapped = mapped_or_rejected(
+        items.map(
             index,
             item,
             partial(_map_item, item, prefix, offset, event),
             invalid_code="invalid_deal",
         )
-        if isinstance(mapped, Rejection):
-            rejected.append(mapped)
-        elif isinstance(mapped, Fill):
-            fills.append(mapped)
-        else:
-            cash.append(mapped)
-    # The balance is an item too: one the journal cannot hold costs the report, not the deals.
-    snapshot = mapped_or_rejected(
-        None,
+    snapshot = items.account(
         webhook.account,
-        lambda: _snapshot(event, webhook.account, fills, cash),
+        lambda: _snapshot(event, webhook.account, items.fills, items.cash),
         invalid_code="invalid_account",
-        location="account",
     )
-    if isinstance(snapshot, Rejection):
-        rejected.append(snapshot)
-    batch = CanonicalBatch(
-        event_id=event.event_id,
-        source=event.source,
-        connection=event.connection,
-        received_at=event.received_at,
-        account=None if isinstance(snapshot, Rejection) else snapshot,
-        fills=tuple(fills),
-        cash_movements=tuple(cash),
-    )
-    return MappedEvent(batch=batch, rejected=tuple(rejected))
+    return items.event(event, snapshot)
 
 
 def payload_owner(body: bytes) -> PayloadOwner | None:

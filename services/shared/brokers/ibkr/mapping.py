@@ -36,8 +36,8 @@ from typing import Any
 
 from services.shared.brokers import MappedEvent, PayloadOwner, Rejection, Skipped
 from services.shared.brokers.ibkr.flex import FlexXmlError, eastern_to_utc, read_flex_xml
-from services.shared.brokers.items import check_plausible_time, mapped_or_rejected
-from services.shared.canonical import CanonicalBatch, Fill, FillEntry, Side
+from services.shared.brokers.items import MappedItems, check_plausible_time, mapped_or_rejected
+from services.shared.canonical import Fill, FillEntry, Side
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
 
@@ -357,33 +357,22 @@ def map_event(event: RawEvent) -> MappedEvent:
     statements = _statements(parse_flex(event.body), event.connection)
     rows = _rows(statements)
     by_transaction = _transaction_index(rows)
-    fills = _Fills()
-    rejected: list[Rejection] = []
-    skipped: list[Skipped] = []
+    items = MappedItems()
+    fills = _Fills()  # each execution once: this mapper settles its fills itself
     for index, (account, element) in enumerate(rows):
-        row = element.attrib
         outcome = mapped_or_rejected(
             index,
             _item(element),
             partial(_skip_or_map, index, element, account, by_transaction, event),
             invalid_code="invalid_trade",
         )
-        if isinstance(outcome, Rejection):
-            rejected.append(outcome)
-            continue
-        if isinstance(outcome, Skipped):
-            skipped.append(outcome)
-            continue
-        if not any([fills.add(m) for m in outcome]):
-            skipped.append(Skipped(index, "Trade", _row_ref(row), "the same execution again"))
-    batch = CanonicalBatch(
-        event_id=event.event_id,
-        source=event.source,
-        connection=event.connection,
-        received_at=event.received_at,
-        fills=fills.all(),
-    )
-    return MappedEvent(batch=batch, rejected=tuple(rejected), skipped=tuple(skipped))
+        if isinstance(outcome, Rejection | Skipped):
+            items.keep(outcome)
+        elif not any([fills.add(m) for m in outcome]):
+            items.keep(
+                Skipped(index, "Trade", _row_ref(element.attrib), "the same execution again")
+            )
+    return items.event(event, fills=fills.all())
 
 
 def _item(element: ET.Element) -> dict[str, Any]:

@@ -33,10 +33,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from services.shared.brokers import MappedEvent, PayloadOwner, Rejection, Skipped
-from services.shared.brokers.items import check_plausible_time, mapped_or_rejected
+from services.shared.brokers import MappedEvent, PayloadOwner, Skipped
+from services.shared.brokers.items import MappedItems, Record, check_plausible_time
 from services.shared.brokers.payloads import json_object_or_none, parse_json_payload
-from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill, Side
+from services.shared.canonical import AccountSnapshot, CashMovement, Fill, Side
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
 
@@ -344,7 +344,6 @@ def _map_fill(item: Any, prefix: str) -> list[Fill]:
     return _map_order_fill(_OrderFill.model_validate(item), prefix)
 
 
-Record = Fill | CashMovement
 _MAPPED: dict[str, Callable[[Any, str], Sequence[Record]]] = {
     "ORDER_FILL": _map_fill,
     "DAILY_FINANCING": _map_daily_financing,
@@ -403,69 +402,46 @@ def _time_of(item: Any) -> datetime | None:
     return None
 
 
-def _map_transaction(item: Any, page: _Page, prefix: str, event: RawEvent) -> Sequence[Record]:
+def _map_transaction(
+    index: int, item: Any, page: _Page, prefix: str, event: RawEvent
+) -> Sequence[Record] | Skipped:
+    kind = item.get("type") if isinstance(item, dict) else None
+    if not isinstance(kind, str):
+        raise InvalidEvent("invalid_transaction", "a transaction must be an object with a type")
+    if kind not in _MAPPED:
+        ref = item.get("id")
+        return Skipped(index, kind, ref if isinstance(ref, str) else None, _NOT_MAPPED)
     if item.get("accountID", page.account_id) != page.account_id:
         raise InvalidEvent("account_mismatch", f"transaction is for {item['accountID']}")
-    records = _MAPPED[item["type"]](item, prefix)
+    records = _MAPPED[kind](item, prefix)
     for record in records:
         check_plausible_time(record, event.received_at)
     return records
+
+
+_NOT_MAPPED = "not a fill or a cash movement"
 
 
 def map_event(event: RawEvent) -> MappedEvent:
     page = _parse_body(event.body)
     _check_account(event, page)
     prefix = f"oanda:{page.account_id}"
-    fills: list[Fill] = []
-    cash: list[CashMovement] = []
-    rejected: list[Rejection] = []
-    skipped: list[Skipped] = []
+    items = MappedItems()
     for index, item in enumerate(page.transactions):
-        kind = item.get("type") if isinstance(item, dict) else None
-        if not isinstance(kind, str):
-            detail = "a transaction must be an object with a type"
-            rejected.append(Rejection("invalid_transaction", detail, index, item))
-            continue
-        if kind not in _MAPPED:
-            ref = item.get("id")
-            reason = "not a fill or a cash movement"
-            skipped.append(Skipped(index, kind, ref if isinstance(ref, str) else None, reason))
-            continue
-        mapped = mapped_or_rejected(
+        items.map(
             index,
             item,
-            partial(_map_transaction, item, page, prefix, event),
+            partial(_map_transaction, index, item, page, prefix, event),
             invalid_code="invalid_transaction",
         )
-        if isinstance(mapped, Rejection):
-            rejected.append(mapped)
-            continue
-        for record in mapped:
-            if isinstance(record, Fill):
-                fills.append(record)
-            else:
-                cash.append(record)
-    snapshot: AccountSnapshot | Rejection | None = None
+    snapshot = None
     if page.account is not None:
-        snapshot = mapped_or_rejected(
-            None,
+        snapshot = items.account(
             page.account,
             partial(_snapshot, event, page, page.account),
             invalid_code="invalid_payload",
-            location="account",
         )
-        if isinstance(snapshot, Rejection):
-            rejected.append(snapshot)
-    batch = CanonicalBatch(
-        event_id=event.event_id,
-        source=event.source,
-        connection=event.connection,
-        received_at=event.received_at,
-        account=None if isinstance(snapshot, Rejection) else snapshot,
-        fills=tuple(fills),
-        cash_movements=tuple(cash),
-    )
-    return MappedEvent(batch=batch, rejected=tuple(rejected), skipped=tuple(skipped))
+    return items.event(event, snapshot)
 
 
 def payload_owner(body: bytes) -> PayloadOwner | None:
