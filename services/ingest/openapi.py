@@ -1,4 +1,5 @@
-"""The ingest HTTP API's OpenAPI 3.1 document, served at /openapi.json and kept in schemas/."""
+"""The ingest HTTP API's OpenAPI 3.1 document, served at /openapi.json and kept in schemas/: its
+error codes from the refusal types, its limits and defaults from the settings."""
 
 from __future__ import annotations
 
@@ -7,52 +8,68 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import AliasChoices
 from starlette.requests import Request
 from starlette.responses import Response
+
+from services.ingest.errors import IngestRefusal, RateLimited, Unavailable
+from services.ingest.settings import IngestSettings
 
 OPENAPI_DIR = Path(__file__).resolve().parents[2] / "schemas" / "openapi"
 OPENAPI_FILE = "ingest.json"
 
-# The `error` codes of the webhook's refusals, with the status each is sent with.
-WEBHOOK_ERRORS: dict[str, int] = {
-    "incomplete_body": 400,
-    "unauthorized": 401,
-    "live_not_enabled": 403,
-    "request_timeout": 408,
-    "replay": 409,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "locked": 423,
-    "rate_limited": 429,
-    "unavailable": 503,
-}
+
+def _refusal_types(base: type[IngestRefusal] = IngestRefusal) -> list[type[IngestRefusal]]:
+    found: list[type[IngestRefusal]] = []
+    for cls in base.__subclasses__():
+        found += [cls, *_refusal_types(cls)]
+    return found
+
+
+# The `error` codes of the webhook's refusals, with the status each is sent with: one per type
+# of refusal ingest can answer (subtypes share their parent's code).
+WEBHOOK_ERRORS: dict[str, int] = dict(
+    sorted({cls.error: cls.status_code for cls in _refusal_types()}.items(), key=lambda e: e[1])
+)
+# Refusals that tell the sender when to retry (those with a wait of their own).
+RETRY_AFTER_STATUSES = frozenset(
+    cls.status_code for cls in _refusal_types() if issubclass(cls, RateLimited | Unavailable)
+)
 # The router's own refusals of a path or method it does not serve, in the same shape.
 ROUTING_ERRORS: dict[str, int] = {"not_found": 404, "method_not_allowed": 405}
 ERROR_STATUSES = WEBHOOK_ERRORS | ROUTING_ERRORS
 JSON_MEDIA_TYPES = ("application/json", "application/*+json")
 
-_SECURITY = """\
+
+def _setting(name: str) -> str:
+    """A setting as the documents name it: its variable and its default."""
+    field = IngestSettings.model_fields[name]
+    alias = field.validation_alias
+    variable = alias.choices[0] if isinstance(alias, AliasChoices) else name.upper()
+    return f"`{variable}` (default {field.default})"
+
+
+_SECURITY = f"""\
 Every delivery is signed as [Standard Webhooks](https://www.standardwebhooks.com/) describe: the
-signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`, exactly the bytes sent.
+signed content is `{{webhook-id}}.{{webhook-timestamp}}.{{raw body}}`, exactly the bytes sent.
 `webhook-signature` holds space-separated entries, any of which may verify:
 
 - `v1,<base64 HMAC-SHA256>` keyed with the base64-decoded connection secret (after `whsec_`);
 - `v1a,<base64 Ed25519 signature>` checked against the connection's public keys.
 
 Several secrets or keys may be active while one rotates. A timestamp further than
-`POSCAL_SIGNATURE_TOLERANCE_SECONDS` (default 300) from the server's clock is refused. Unknown
+{_setting("signature_tolerance_seconds")} from the server's clock is refused. Unknown
 URLs, wrong brokers and failed verifications all get the same 401. Failed verifications are
-counted per connection and client address: after `POSCAL_FAILURES_BEFORE_THROTTLE` (default 3)
+counted per connection and client address: after {_setting("failures_before_throttle")}
 that address's failures get 429, for a `Retry-After` that doubles with each further failure (up
-to `POSCAL_FAILURE_THROTTLE_CAP_SECONDS`, default 900). Nothing another address sends can stop a
+to {_setting("failure_throttle_cap_seconds")}). Nothing another address sends can stop a
 delivery that verifies. Every refusal but a 503 of our own spends a refusal budget
-(`POSCAL_REFUSALS_PER_CLIENT`, default `120/minute`): a refusal of a correctly signed delivery
+({_setting("refusals_per_client")}): a refusal of a correctly signed delivery
 its sender's on that connection, any other the client address's (an IPv6 address counts as its
 /64). Over it, a malformed or unknown URL from that address is answered 429 at once, and its
 refusals are recorded folded; a delivery that verifies is never refused by it. Deliveries are
-rate-limited
-per connection (`POSCAL_RATE_LIMIT_PER_CONNECTION`, default `120/minute`) and per user
-(`POSCAL_RATE_LIMIT_PER_USER`, default `600/minute`); client addresses are taken from
+rate-limited per connection ({_setting("rate_limit_per_connection")}) and per user
+({_setting("rate_limit_per_user")}); client addresses are taken from
 forwarding headers only when the peer is in `POSCAL_TRUSTED_PROXIES`."""
 
 
@@ -64,8 +81,8 @@ def _json(schema: str) -> dict[str, Any]:
     return {"application/json": {"schema": _ref("schemas", schema)}}
 
 
-def _refusal(description: str, *errors: str, retry_after: bool = False) -> dict[str, Any]:
-    example = errors[0]
+def _refusal(description: str, error: str, *, retry_after: bool = False) -> dict[str, Any]:
+    example = error
     response: dict[str, Any] = {
         "description": description,
         "content": {
@@ -78,6 +95,56 @@ def _refusal(description: str, *errors: str, retry_after: bool = False) -> dict[
     if retry_after:
         response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
     return response
+
+
+# What each refusal status means for a sender (the codes and statuses come from errors.py).
+_REFUSALS: dict[int, str] = {
+    400: ("The connection closed before the whole body arrived (nothing was accepted)."),
+    401: (
+        "Unknown URL, wrong broker, missing or malformed webhook headers, a"
+        " timestamp outside the tolerance, or no matching signature: indistinguishable"
+        " on purpose."
+    ),
+    403: (
+        "A live connection that `poscal-sync connections enable-live` has not enabled"
+        " yet (a demo connection of the same broker must have synced first). Only"
+        " correctly signed deliveries learn this."
+    ),
+    408: (
+        f"The body did not arrive within {_setting('body_timeout_seconds')} of"
+        " the headers; nothing was accepted and the connection is closed."
+    ),
+    409: (
+        "This connection has already durably accepted (published to Kafka) a delivery"
+        " with this `webhook-id`: stop sending it. Never answered for a delivery that"
+        " is not on Kafka yet."
+    ),
+    413: ("The body (or its declared `Content-Length`) is over `POSCAL_MAX_BODY_BYTES`."),
+    415: (
+        "The body is not declared as JSON: its content type is neither"
+        " `application/json` nor `application/*+json`."
+    ),
+    423: (
+        "The connection's operator locked it (`poscal-sync connections lock`); nothing"
+        " is accepted until they unlock it or rotate its secret. Only correctly signed"
+        " deliveries learn this: failed ones still get 401."
+    ),
+    429: (
+        "Over the connection's or the user's delivery rate, a malformed or unknown URL"
+        " from a client address over its refusal budget (answered before anything"
+        " else is read), or this address failed verification repeatedly (its failures"
+        " are held off for a time that doubles per further failure). A delivery that"
+        " verifies is accepted whatever its address did. Retry after `Retry-After`."
+    ),
+    503: (
+        "Nothing was accepted: the connection could not be looked up, the event could"
+        " not be made durable, ingest is still waiting for Postgres or Kafka, more"
+        " requests are in progress than `POSCAL_MAX_CONCURRENT_REQUESTS`, or a delivery"
+        " with this `webhook-id` is still being published (its publisher may have"
+        " stopped; `Retry-After` is then the time left before the retry may take it"
+        " over). Retry after `Retry-After`."
+    ),
+}
 
 
 def _webhook_operation() -> dict[str, Any]:
@@ -104,8 +171,8 @@ def _webhook_operation() -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "description": (
-                "The broker's payload, any JSON object or array, at most `POSCAL_MAX_BODY_BYTES`"
-                " (default 262144) bytes. Signed and stored byte for byte: it is never"
+                "The broker's payload, any JSON object or array, at most"
+                f" {_setting('max_body_bytes')} bytes. Signed and stored byte for byte: it is never"
                 " re-serialised. Content type `application/json` or any `application/*+json`."
             ),
             "content": {
@@ -118,67 +185,12 @@ def _webhook_operation() -> dict[str, Any]:
                 "description": "Verified, and acknowledged by Kafka.",
                 "content": _json("Accepted"),
             },
-            "400": _refusal(
-                "The connection closed before the whole body arrived (nothing was accepted).",
-                "incomplete_body",
-            ),
-            "401": _refusal(
-                "Unknown URL, wrong broker, missing or malformed webhook headers, a"
-                " timestamp outside the tolerance, or no matching signature: indistinguishable"
-                " on purpose.",
-                "unauthorized",
-            ),
-            "403": _refusal(
-                "A live connection that `poscal-sync connections enable-live` has not enabled"
-                " yet (a demo connection of the same broker must have synced first). Only"
-                " correctly signed deliveries learn this.",
-                "live_not_enabled",
-            ),
-            "408": _refusal(
-                "The body did not arrive within `POSCAL_BODY_TIMEOUT_SECONDS` (default 15) of"
-                " the headers; nothing was accepted and the connection is closed.",
-                "request_timeout",
-            ),
-            "409": _refusal(
-                "This connection has already durably accepted (published to Kafka) a delivery"
-                " with this `webhook-id`: stop sending it. Never answered for a delivery that"
-                " is not on Kafka yet.",
-                "replay",
-            ),
-            "413": _refusal(
-                "The body (or its declared `Content-Length`) is over `POSCAL_MAX_BODY_BYTES`.",
-                "payload_too_large",
-            ),
-            "415": _refusal(
-                "The body is not declared as JSON: its content type is neither"
-                " `application/json` nor `application/*+json`.",
-                "unsupported_media_type",
-            ),
-            "423": _refusal(
-                "The connection's operator locked it (`poscal-sync connections lock`); nothing"
-                " is accepted until they unlock it or rotate its secret. Only correctly signed"
-                " deliveries learn this: failed ones still get 401.",
-                "locked",
-            ),
-            "429": _refusal(
-                "Over the connection's or the user's delivery rate, a malformed or unknown URL"
-                " from a client address over its refusal budget (answered before anything"
-                " else is read), or this address failed verification repeatedly (its failures"
-                " are held off for a time that doubles per further failure). A delivery that"
-                " verifies is accepted whatever its address did. Retry after `Retry-After`.",
-                "rate_limited",
-                retry_after=True,
-            ),
-            "503": _refusal(
-                "Nothing was accepted: the connection could not be looked up, the event could"
-                " not be made durable, ingest is still waiting for Postgres or Kafka, more"
-                " requests are in progress than `POSCAL_MAX_CONCURRENT_REQUESTS`, or a delivery"
-                " with this `webhook-id` is still being published (its publisher may have"
-                " stopped; `Retry-After` is then the time left before the retry may take it"
-                " over). Retry after `Retry-After`.",
-                "unavailable",
-                retry_after=True,
-            ),
+            **{
+                str(status): _refusal(
+                    _REFUSALS[status], error, retry_after=status in RETRY_AFTER_STATUSES
+                )
+                for error, status in WEBHOOK_ERRORS.items()
+            },
         },
     }
 
