@@ -19,7 +19,6 @@ from aiolimiter import AsyncLimiter
 from structlog.testing import capture_logs
 
 from services.devstack.ports import free_port
-from services.shared.brokers import adapter_for
 from services.shared.brokers.errors import (
     BrokerRequestFailed,
     BrokerUnavailable,
@@ -166,15 +165,6 @@ async def test_transactions_made_after_a_sync_come_with_the_next_poll(
     assert page.delivery_id == f"oanda:{ACCOUNT_ID}:txn:2501-2503"
     assert page.next_cursor == "2503"
     assert read(page)["transactions"] == added
-
-
-async def test_a_repeated_poll_of_the_same_window_is_the_same_page(
-    oanda: FakeOanda, http: httpx.AsyncClient, sleeps: VirtualTime
-) -> None:
-    adapter = make_adapter(http, oanda.url, sleeps)
-    first = await pages(adapter, "2000")
-    again = await pages(adapter, "2000")
-    assert first == again
 
 
 async def test_requests_say_who_asks_and_want_rfc3339_times(
@@ -361,21 +351,6 @@ async def test_the_token_is_never_in_an_exception_or_a_log_line(
     written += [caplog.text, *map(repr, structured)]
     assert structured, "the retries were logged"
     assert not [text for text in written if TOKEN in text or "wrong-token-abcdef" in text]
-
-
-async def test_the_adapter_is_found_by_broker_name(
-    oanda: FakeOanda, http: httpx.AsyncClient
-) -> None:
-    context = adapter_context(
-        http,
-        broker="oanda",
-        account_number=ACCOUNT_ID,
-        credentials=TOKEN.encode(),
-        api_url=oanda.url,
-    )
-    adapter = adapter_for("oanda")(context)
-    found = [delta async for delta in adapter.fetch_closed_trades("2499")]
-    assert [d.delivery_id for d in found] == [f"oanda:{ACCOUNT_ID}:txn:2500-2500"]
 
 
 async def test_a_delta_that_fits_one_page_is_read_since_the_cursor_and_cut_at_the_window(
