@@ -136,6 +136,8 @@ class Broker:
     # The poller's way in; None for a broker that only pushes webhooks.
     poll: AdapterFactory | None = None
     connection_types: tuple[ConnectionType, ...] = ("demo", "live")
+    # Whether an account number alone is ambiguous: the trading server is part of its keys.
+    needs_server: bool = False
 
     @property
     def polled(self) -> bool:

@@ -272,4 +272,5 @@ BROKER = Broker(
     ),
     source="webhook",
     payload_owner=payload_owner,
+    needs_server=True,  # deal keys embed server and login: a blank one would match no webhook
 )

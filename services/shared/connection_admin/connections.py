@@ -71,6 +71,13 @@ def is_polled(broker_name: str) -> bool:
         return False
 
 
+def _needs_server(broker_name: str) -> bool:
+    try:
+        return broker(broker_name).needs_server
+    except UnknownBroker:
+        return False
+
+
 def _checked_api_url(api_url: str | None) -> str | None:
     if api_url is None:
         return None
@@ -97,9 +104,8 @@ async def create_connection(
     """A live connection is created unable to sync until `enable-live` allows it."""
     if not account_number.strip():
         raise ConnectionRefused("--account-number must not be blank")
-    if broker == "mt5" and not server.strip():
-        # MT5 trade ids embed server and login: a blank one would accept no webhook at all.
-        raise ConnectionRefused("--server must not be blank for mt5")
+    if _needs_server(broker) and not server.strip():
+        raise ConnectionRefused(f"--server must not be blank for {broker}")
     polled = is_polled(broker)
     api_url = _checked_api_url(api_url)
     async with conn.transaction():
