@@ -1,12 +1,5 @@
-"""End-to-end benchmark: signed MT5 webhooks through the dev stack into the journal.
-
-Measures webhook-to-row latency (client send -> the writer's commit, from the commit timestamp
-of the event's `sync_events` row) and
-throughput, and a baseline in the same run on the same broker: the same payloads produced to and
-consumed from a bare topic. Prints one JSON object; the ratio is what to compare across machines.
-
-    python -m bench.e2e_webhooks [--events 400] [--connections 4] [--concurrency 8]
-"""
+"""End-to-end benchmark: signed MT5 webhooks through the dev stack into the journal, against a
+bare-Kafka baseline on the same broker. Prints one JSON object."""
 
 from __future__ import annotations
 
@@ -134,6 +127,10 @@ async def _kafka_baseline(bootstrap: str, bodies: list[bytes]) -> float:
 
 
 async def _measure(stack: DevStack, args: argparse.Namespace) -> dict[str, object]:
+    """Webhook-to-row latency (client send -> the writer's commit, from the commit timestamp of
+    the event's `sync_events` row) and throughput, and a baseline in the same run on the same
+    broker: the same payloads produced to and consumed from a bare topic. The ratio to the
+    baseline is what to compare across machines."""
     deliveries = await _prepare(stack, args.connections, args.events)
     started = time.perf_counter()
     latencies, measured_to = await _drive(stack, deliveries, args.concurrency)

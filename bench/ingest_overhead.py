@@ -1,17 +1,5 @@
-"""Ingest overhead: the full ingest service against a minimal verify-and-produce endpoint.
-
-Both run as uvicorn processes on the same embedded Postgres and broker, in the same run: (a) the
-real ingest, every check on and tracing to a file as in the dev stack, rate limits raised out of
-the way; (b) a bare Starlette app that checks one HMAC-SHA256 and produces the body with the
-pipeline's producer settings (`acks=all`). One load generator (fixed concurrency, freshly signed
-MT5 webhooks, warmed up first) drives each in alternating rounds; medians over the rounds are
-reported, with each server's CPU per webhook and whether every 202 reached the topic. Prints one
-JSON object; the full/minimal throughput ratio is what to compare across machines and commits
-(target >= 0.75).
-
-    python -m bench.ingest_overhead [--requests 2000] [--concurrency 32] [--rounds 5]
-                                    [--client keepalive|httpx]
-"""
+"""Ingest overhead: the full ingest service against a minimal verify-and-produce endpoint, in
+alternating rounds of the same load. Prints one JSON object (target throughput ratio >= 0.75)."""
 
 from __future__ import annotations
 
@@ -402,6 +390,14 @@ async def _measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
+    """Both run as uvicorn processes on the same embedded Postgres and broker, in the same run:
+    (a) the real ingest, every check on and tracing to a file as in the dev stack, rate limits
+    raised out of the way; (b) a bare Starlette app that checks one HMAC-SHA256 and produces the
+    body with the pipeline's producer settings (`acks=all`). One load generator (fixed
+    concurrency, freshly signed MT5 webhooks, warmed up first) drives each in alternating
+    rounds; medians over the rounds are reported, with each server's CPU per webhook and whether
+    every 202 reached the topic. The full/minimal throughput ratio is what to compare across
+    machines and commits."""
     with contextlib.ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="poscal-bench-")))
         postgres = stack.enter_context(EmbeddedPostgres(log_path=state / "postgres.log"))

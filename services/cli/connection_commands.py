@@ -40,8 +40,8 @@ from services.shared.connection_admin.live import enable_live
 from services.shared.vault import CredentialVault
 
 _Record = dict[str, Any]
-# Brokers a connection can be created for: those with a normalizer mapper. Those with a poll
-# adapter too (services/poller/adapters) are polled; the others push webhooks.
+# Brokers a connection can be created for: every broker plug-in (services/shared/brokers/).
+# Those with a poll adapter (`Broker.poll`) are polled; the others push webhooks.
 BROKERS = broker_names()
 # A command's work in the database, returning the records it prints (as JSON lines).
 _Work = Callable[[asyncpg.Connection], Awaitable[list[_Record]]]

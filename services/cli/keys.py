@@ -1,18 +1,4 @@
-"""`keys rotate`: re-wrap every user data key under the current master key, while services run.
-
-Runbook, to replace the master key (the key-encryption key) with no downtime:
-
-1. `poscal-sync keys new` prints a fresh key. Deploy every service (and the CLI) with it as
-   `POSCAL_MASTER_KEY` and the old key in `POSCAL_PREVIOUS_MASTER_KEYS` (comma-separated).
-2. Run `poscal-sync keys rotate` until it prints `"remaining": 0`. Interrupting it loses nothing
-   and running it again continues; two runs at once are safe.
-3. Remove the old key from `POSCAL_PREVIOUS_MASTER_KEYS` and deploy again.
-
-Each data key is re-wrapped in a statement of its own that updates the row only if it still
-holds what was read (compare-and-set on its kek id and wrapped bytes), so a concurrent run, or a
-service creating a data key meanwhile, is never overwritten. Credentials are not touched: they
-are sealed under the data keys, which stay the same.
-"""
+"""`keys rotate`: re-wrap every user data key under the current master key, while services run."""
 
 from __future__ import annotations
 
@@ -57,6 +43,19 @@ async def rotate_data_keys(
 
     Refuses, before changing anything, if some data key is under a KEK the ring does not hold:
     its owner's credentials could not be opened, and re-wrapping cannot change that.
+
+    Runbook, to replace the master key (the key-encryption key) with no downtime:
+
+    1. `poscal-sync keys new` prints a fresh key. Deploy every service (and the CLI) with it as
+       `POSCAL_MASTER_KEY` and the old key in `POSCAL_PREVIOUS_MASTER_KEYS` (comma-separated).
+    2. Run `poscal-sync keys rotate` until it prints `"remaining": 0`. Interrupting it loses
+       nothing and running it again continues; two runs at once are safe.
+    3. Remove the old key from `POSCAL_PREVIOUS_MASTER_KEYS` and deploy again.
+
+    Each data key is re-wrapped in a statement of its own that updates the row only if it still
+    holds what was read (compare-and-set on its kek id and wrapped bytes), so a concurrent run,
+    or a service creating a data key meanwhile, is never overwritten. Credentials are not
+    touched: they are sealed under the data keys, which stay the same.
     """
     unknown = await _unknown_keks(conn, keys)
     if unknown:

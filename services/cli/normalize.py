@@ -1,10 +1,4 @@
-"""`poscal-sync normalize`: one broker payload file through its mapper, printed as JSON lines.
-
-Nothing is published or written: the file (a webhook body, a poll page) is wrapped as a raw
-event of a placeholder connection and mapped exactly as the normalizer would map it. Each line
-is `{"kind": K, K: {...}}` with K one of fill, cash_movement, account, rejection, skipped, in
-that order; canonical records appear as the canonical topic would carry them.
-"""
+"""`poscal-sync normalize`: one broker payload file through its mapper, printed as JSON lines."""
 
 from __future__ import annotations
 
@@ -52,6 +46,14 @@ def run_normalize(
     err: TextIO | None = None,
     now: datetime | None = None,
 ) -> int:
+    """Map the file and print what it became; the exit status: 1 if the file cannot be read, the
+    broker is unknown or the payload cannot be mapped.
+
+    Nothing is published or written: the file (a webhook body, a poll page) is wrapped as a raw
+    event of a placeholder connection and mapped by the broker's mapper, as the normalizer maps
+    it. Each line is `{"kind": K, K: {...}}` with K one of fill, cash_movement, account,
+    rejection, skipped, in that order; canonical records appear as the canonical topic would
+    carry them."""
     err = err or sys.stderr
     try:
         body = path.read_bytes()

@@ -1,8 +1,5 @@
-"""`poscal-sync traces`: recent traces from the dev stack's span files, printed as trees.
-
-Pure core (`load_spans`, `build_traces`, `render_trace`) over plain records; the shell reads the
-`*.jsonl` files each service's exporter appends to.
-"""
+"""`poscal-sync traces`: recent traces from the dev stack's span files, printed as trees. Pure core
+(`load_spans`, `build_traces`, `render_trace`); the shell reads the `*.jsonl` span files."""
 
 from __future__ import annotations
 

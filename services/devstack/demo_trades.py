@@ -1,9 +1,4 @@
-"""A realistic, seeded stream of MT5 deal webhooks for the demo and the benchmark. Pure.
-
-Positions open with one IN deal, close in one to three partial OUT deals (some stay open), over
-several symbols, after an opening deposit; each webhook carries the deals since the last one and
-the account's balance, the way an Expert Advisor reporting on OnTradeTransaction would.
-"""
+"""A realistic, seeded stream of MT5 deal webhooks for the demo and the benchmark. Pure."""
 
 from __future__ import annotations
 
@@ -97,7 +92,12 @@ def webhook_body(
 def demo_stream(
     account: DemoAccount, positions: int, seed: int = 7, start_server_time: int = 1_764_000_000
 ) -> Iterator[dict[str, Any]]:
-    """Webhook bodies, oldest first; `positions` positions in all, about 70% of them closed."""
+    """Webhook bodies, oldest first; `positions` positions in all, about 70% of them closed.
+
+    Positions open with one IN deal, close in one to three partial OUT deals (some stay open),
+    over several symbols, after an opening deposit; each webhook carries the deals since the
+    last one and the account's balance, the way an Expert Advisor reporting on
+    OnTradeTransaction would."""
     rng = random.Random(seed)  # noqa: S311 - demo data, not a secret
     balance = Decimal("10000.00")
     now = start_server_time

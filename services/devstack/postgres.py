@@ -1,9 +1,4 @@
-"""A throwaway PostgreSQL cluster from Debian's server binaries, for the dev stack and tests.
-
-initdb and postgres refuse to run as root; started as root, they run as the `postgres` OS user.
-The cluster lives in a fresh directory under the system temp dir (reachable by that user) and is
-deleted on stop.
-"""
+"""A throwaway PostgreSQL cluster from Debian's server binaries, for the dev stack and tests."""
 
 from __future__ import annotations
 
@@ -50,7 +45,11 @@ def find_pg_bin() -> Path:
 
 
 class EmbeddedPostgres(LocalServer):
-    """Start with `start()` (or as a context manager); `dsn` is ready once it returns."""
+    """Start with `start()` (or as a context manager); `dsn` is ready once it returns.
+
+    initdb and postgres refuse to run as root; started as root, they run as the `postgres` OS
+    user. The cluster lives in a fresh directory under the system temp dir (reachable by that
+    user) and is deleted on stop."""
 
     def __init__(
         self, database: str = "poscal", log_path: Path | None = None, port: int = 0

@@ -1,8 +1,4 @@
-"""`poscal-sync dev`: Postgres, the broker, migrations, topics and the three services, together.
-
-Each service runs as its own process, exactly as in production, with its logs and spans in the
-state directory. Stopping the stack stops every process it started.
-"""
+"""`poscal-sync dev`: Postgres, the broker, migrations, topics and the four services, together."""
 
 from __future__ import annotations
 
@@ -42,6 +38,9 @@ def pipeline_topics(topics: Topics, partitions: int = 6) -> list[TopicSpec]:
 
 @dataclass
 class DevStack:
+    """Each service runs as its own process, as in production, with its logs and spans in the
+    state directory. Stopping the stack stops every process it started."""
+
     state_dir: Path
     port: int = 8080
     # Either may hold a secret (a password in the URL, the key-encryption key): never in a repr.

@@ -1,14 +1,4 @@
-"""The attempt log: every delivery attempt, accepted or refused, recorded off the request path.
-
-Records are queued in memory and written in batches (one transaction each): the attempt rows,
-each connection's success aggregates in `mt5_security_audit`, and how far this instance's record
-is complete (`ingest_instances.flushed_through`, so a death is bounded: see instances.py). That
-mark never passes a request still being answered, nor an attempt held back in a record that is
-not complete yet (a window of folded refusals, client_refusals.py), whose record this loop
-takes once it is.
-Auditing never decides whether an event is accepted, so it can neither lose nor double one; if
-Postgres stays away the queue is bounded, and what overflows is written down as an audit gap.
-"""
+"""The attempt log: every delivery attempt, accepted or refused, recorded off the request path."""
 
 from __future__ import annotations
 
@@ -48,7 +38,8 @@ def _text(text: str, limit: int = 64) -> str:
 
 @dataclass
 class Attempt:
-    """One delivery attempt, filled in as the request goes on; recorded once it is answered."""
+    """One delivery attempt, as far as it is known (copied with each thing learned about it);
+    recorded once it is answered."""
 
     broker: str
     received_at: datetime
@@ -164,10 +155,18 @@ class _Dropped:
 
 
 class AuditTrail:
-    """`instance_id` is the registered ingest instance (instances.py) whose `flushed_through`
-    each written batch moves forward, in the batch's own transaction; `oldest_in_flight` says
-    when the oldest request still being answered began, and `held` holds attempts answered but
-    not handed over yet, so progress never passes an attempt that is not queued yet."""
+    """Records are queued in memory and written in batches (one transaction each): the attempt
+    rows, each connection's success aggregates in `mt5_security_audit`, and how far this
+    instance's record is complete (`ingest_instances.flushed_through`, so a death is bounded:
+    see instances.py). Auditing never decides whether an event is accepted, so it can neither
+    lose nor double one; if Postgres stays away the queue is bounded, and what overflows is
+    written down as an audit gap.
+
+    `instance_id` is the registered ingest instance whose `flushed_through` each written batch
+    moves forward, in the batch's own transaction. That mark never passes a request still being
+    answered (`oldest_in_flight` says when the oldest one began), nor an attempt held back in a
+    record that is not complete yet (`held`: a window of folded refusals, client_refusals.py),
+    whose record this loop takes once it is."""
 
     def __init__(
         self,

@@ -1,9 +1,5 @@
 """Keeps the connection cache honest: LISTENs for `poscal_connection_changed` (sent by triggers
-when a connection's status or credentials change) and forgets that connection at once.
-
-While the listening connection is down, notifications may be missed, so the cache is not
-trusted (every lookup reads Postgres) until it is back and the cache has been emptied.
-"""
+when what ingest caches of a connection changes) and forgets that connection at once."""
 
 from __future__ import annotations
 
@@ -23,6 +19,9 @@ _log = get_logger("poscal.ingest.cache")
 
 
 class ConnectionChangeListener:
+    """While the listening connection is down, notifications may be missed, so the cache is not
+    trusted (every lookup reads Postgres) until it is back and the cache has been emptied."""
+
     def __init__(self, dsn: str, directory: ConnectionDirectory) -> None:
         self._dsn = dsn
         self._directory = directory

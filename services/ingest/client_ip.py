@@ -1,11 +1,5 @@
-"""Who sent a request, pure: the peer address, or behind trusted proxies, the nearest address in
-`X-Forwarded-For` that is not one of them; and the source that budgets and failure counts are
-kept for (`client_source`).
-
-`X-Forwarded-For` is read right to left: each proxy appends the address it received the request
-from, so only entries added by proxies we trust are believable. The first untrusted address from
-the right is the client; anything further left was written by the client itself and may be forged.
-"""
+"""Who sent a request, pure: its client's address (`client_address`), and the source that budgets
+and failure counts are kept for (`client_source`)."""
 
 from __future__ import annotations
 
@@ -48,7 +42,13 @@ def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
 def client_address(
     peer: str | None, forwarded_for: str | None, trusted_proxies: Sequence[IPNetwork]
 ) -> str | None:
-    """The client's address as text, or None if nothing believable names one."""
+    """The client's address as text, or None if nothing believable names one: the peer address,
+    or behind trusted proxies, the nearest address in `X-Forwarded-For` that is not one of them.
+
+    `X-Forwarded-For` is read right to left: each proxy appends the address it received the
+    request from, so only entries added by proxies we trust are believable. The first untrusted
+    address from the right is the client; anything further left was written by the client
+    itself and may be forged."""
     address = _address(peer) if peer else None
     if address is None or not forwarded_for or not _trusted(address, trusted_proxies):
         return str(address) if address is not None else None

@@ -1,15 +1,5 @@
 """Refusal budgets (POSCAL_REFUSALS_PER_CLIENT, in this replica's memory), and an over-budget
-client's refusals folded into one record per window, so that no client can grow the attempt log,
-or the log output, without bound.
-
-Every refusal but our own 503s spends a budget: a refusal of a delivery that verified spends its
-sender's (`sender_budget`: the client address and the connection), any other one the client
-address's (`client_budget`), so one tenant's own replays never spend another's. Over budget,
-refusals are folded: the first of each window (per budget, connection, status and reason) is
-recorded as it comes, the rest become one record that stands for all of them (`attempts`).
-Folding only changes what is recorded, never an answer; and attempts held in an open window are
-what the audit's progress mark must not pass (`held_since`).
-"""
+client's refusals folded into one record per window: no client grows the attempt log endlessly."""
 
 from __future__ import annotations
 
@@ -57,6 +47,16 @@ class _Fold:
 
 
 class ClientRefusals:
+    """Every refusal but our own 503s spends a budget: a refusal of a delivery that verified
+    spends its sender's (`sender_budget`: the client address and the connection), any other one
+    the client address's (`client_budget`), so one tenant's own replays never spend another's.
+
+    Over budget, refusals are folded, so that no client can grow the attempt log, or the log
+    output, without bound: the first of each window (per budget, connection, status and reason)
+    is recorded as it comes, the rest become one record that stands for all of them
+    (`attempts`). Folding only changes what is recorded, never an answer; and attempts held in
+    an open window are what the audit's progress mark must not pass (`held_since`)."""
+
     def __init__(
         self,
         spec: str,

@@ -1,9 +1,5 @@
 """Looks up a webhook's connection by its URL's path id, with its verification keys (decrypted
-only in memory).
-
-Cached briefly per replica; Postgres notifications (see change_listener.py) make any change to a
-connection's status, credentials or URL forget it at once, in every replica.
-"""
+only in memory)."""
 
 from __future__ import annotations
 
@@ -52,7 +48,8 @@ class VerifiableConnection:
 
 class ConnectionDirectory:
     """Connections that may deliver webhooks, by path id, cached briefly (misses too, against
-    id spraying)."""
+    id spraying). Postgres notifications (change_listener.py) make any change to a connection's
+    status, credentials or URL forget it at once, in every replica."""
 
     def __init__(
         self,

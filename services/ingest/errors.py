@@ -1,34 +1,39 @@
-"""What ingest answers when it refuses a delivery, mapped to HTTP in one place (app.py).
-
-IngestRefusal
- ├── IncompleteBody         400: the sender went away before the whole body arrived
- ├── Unauthorized           401: unknown URL, a secret that does not decrypt, or failed
- │                          verification (indistinguishable to the sender)
- ├── LiveNotEnabled         403: a live connection before `connections enable-live`
- ├── RequestTimeout         408: the body did not arrive in time (the connection is closed)
- ├── Replay                 409: this webhook id is durably accepted (on Kafka) already
- ├── PayloadTooLarge        413
- ├── UnsupportedMediaType   415: the body is not declared as JSON
- ├── Locked                 423: an operator locked the connection (`connections lock`)
- ├── RateLimited            429: with Retry-After, over the connection's or user's rate
- │    ├── ClientThrottled       a malformed or unknown URL from a client over its refusal budget
- │    └── VerificationThrottled this source failed verification repeatedly
- └── Unavailable            503: the connection could not be looked up or the event could not be
-      │                     made durable, or ingest is not ready yet; the sender should retry
-      ├── InProgress            this webhook id is claimed by a publish that has not finished
-      │                         (its replica may have died): retry after its lease
-      └── Overloaded            more requests in progress than this replica answers at once
-
-`reason` is a code from a fixed set, for audit, logs and metrics only; the sender sees `error`
-and `public_detail`, which never say which part of a signature was wrong. Every refusal but our
-own 503s spends a refusal budget (`spends_refusal_budget`, see client_refusals.py): the
-sender's for a refusal of a delivery that verified (`verified`), else the client address's.
-"""
+"""What ingest answers when it refuses a delivery, mapped to HTTP in one place (app.py)."""
 
 from __future__ import annotations
 
 
 class IngestRefusal(Exception):
+    """A delivery refused, with what the sender is told:
+
+    IngestRefusal
+     ├── IncompleteBody         400: the sender went away before the whole body arrived
+     ├── Unauthorized           401: unknown URL, a secret that does not decrypt, or failed
+     │                          verification (indistinguishable to the sender)
+     ├── LiveNotEnabled         403: a live connection before `connections enable-live`
+     ├── RequestTimeout         408: the body did not arrive in time (the connection is closed)
+     ├── Replay                 409: this webhook id is durably accepted (on Kafka) already
+     ├── PayloadTooLarge        413
+     ├── UnsupportedMediaType   415: the body is not declared as JSON
+     ├── Locked                 423: an operator locked the connection (`connections lock`)
+     ├── RateLimited            429: with Retry-After, over the connection's or user's rate
+     │    ├── ClientThrottled       a malformed or unknown URL from a client over its refusal
+     │    │                         budget
+     │    └── VerificationThrottled this source failed verification repeatedly
+     └── Unavailable            503: the connection could not be looked up, the webhook id not
+          │                     claimed or the event not made durable, or ingest is not ready
+          │                     yet; the sender should retry
+          ├── InProgress            this webhook id is claimed by a publish that has not
+          │                         finished (its replica may have died): retry after its lease
+          └── Overloaded            more requests in progress than this replica answers at once
+
+    `reason` is a code from a fixed set, for audit, logs and metrics only; the sender sees
+    `error` and `public_detail`, which never say which part of a signature was wrong. Every
+    refusal but our own 503s spends a refusal budget (`spends_refusal_budget`, see
+    client_refusals.py): the sender's for a refusal of a delivery that verified (`verified`),
+    else the client address's.
+    """
+
     status_code = 400
     error = "bad_request"
     public_detail = "the request was refused"

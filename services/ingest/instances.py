@@ -1,11 +1,5 @@
-"""This ingest process in `ingest_instances`: registered at start, alive for as long as its own
-session holds its advisory lock, `stopped` after a clean stop. Any replica finds instances that
-died otherwise (at its start, then periodically) and records an audit gap for each.
-
-A process killed outright closes its sockets, so Postgres releases its lock at once; a host
-that vanishes is noticed through TCP keepalives on that session (about half a minute). The
-lock needs a session of its own: behind a transaction-mode pooler it would not hold.
-"""
+"""This ingest process in `ingest_instances`, and the audit gap recorded for each instance that
+died without recording all its attempts."""
 
 from __future__ import annotations
 
@@ -84,6 +78,14 @@ class AuditGap:
 
 
 class IngestInstance:
+    """This process's row: registered at start, alive for as long as its own session holds its
+    advisory lock, `stopped` after a clean stop. Any replica finds instances that died otherwise
+    (at its start, then periodically) and records an audit gap for each.
+
+    A process killed outright closes its sockets, so Postgres releases its lock at once; a host
+    that vanishes is noticed through TCP keepalives on that session (about half a minute). The
+    lock needs a session of its own: behind a transaction-mode pooler it would not hold."""
+
     def __init__(
         self,
         dsn: str,

@@ -1,14 +1,5 @@
 """Webhook rate limits in this replica's memory: per connection and per user for verified
-deliveries, and the token buckets behind the refusal budgets too (client_refusals.py).
-
-Token buckets: a limit of N per window holds up to N tokens and refills N per window, so a
-sender may burst to the limit and then keeps to the rate. The limits are per replica: behind N
-replicas a sender may get up to N times the configured rate. A refused delivery consumes nothing
-of the sender's allowance.
-
-Written out here (not with `limits`' in-memory storage) because this runs on every webhook: a
-few dictionary operations, no locks, no expiry threads. `limits` still parses the settings.
-"""
+deliveries, and the token buckets behind the refusal budgets too (client_refusals.py)."""
 
 from __future__ import annotations
 
@@ -40,7 +31,12 @@ class _Limit:
 
 
 class TokenBuckets:
-    """One set of limits (`120/minute;10/second`, the `limits` syntax), a bucket per key."""
+    """One set of limits (`120/minute;10/second`, the `limits` syntax), a bucket per key.
+
+    A limit of N per window holds up to N tokens and refills N per window, so a sender may
+    burst to the limit and then keeps to the rate. Written out here (not with `limits`'
+    in-memory storage) because this runs on every webhook: a few dictionary operations, no
+    locks, no expiry threads. `limits` still parses the settings."""
 
     _MAX_BUCKETS = 200_000
 
@@ -88,6 +84,11 @@ class TokenBuckets:
 
 
 class WebhookRateLimits:
+    """Per connection and per user, for deliveries that verified. The limits are per replica:
+    behind N replicas a sender may get up to N times the configured rate. A delivery over a
+    limit, or one that turns out to deliver nothing (`give_back`: a replay, one in flight),
+    consumes nothing of the sender's allowance."""
+
     def __init__(
         self, per_connection: str, per_user: str, clock: Callable[[], float] = time.monotonic
     ) -> None:

@@ -1,28 +1,5 @@
 """Replay defence: a webhook id is accepted at most once per connection, across restarts and
-replicas, because claiming it is an INSERT against a primary key (never check-then-insert).
-
-A claim is `publishing` until Kafka has acknowledged its event; then it is marked `accepted`
-right away, on the request's own path (not waited for). What a second delivery of the id is told
-follows the claim it meets, so that 409 means one thing, "durably accepted":
-
-- `accepted`: 409 (`Replayed`), stop sending it;
-- `publishing` within its lease: 503 with the time left on the lease (`InFlight`). Its publisher
-  may still succeed, or may have died between claim and publish: either way the sender keeps
-  retrying and loses nothing;
-- `publishing` past its lease: taken over (a new claim), so a dead publisher's event is
-  published by the retry. At worst the same event id is published twice, which every consumer
-  downstream absorbs.
-
-A replica that has published an id answers its retries 409 even before the `accepted` mark is
-written. A failed publish releases the claim, so the sender's retry can succeed at once. The
-acceptance also ends the run of failed verifications of the source that sent it (see
-verification_failures.py), but only failures counted before its claim, by the database's clock.
-
-Claims (and acceptances) that arrive together are written together: one statement per batch of
-concurrent requests, rows in key order (so concurrent batches cannot deadlock), so the front
-door pays one round trip per batch rather than per webhook. Within a batch the first claim of an
-id wins and the others are in flight behind it, as they would be one by one.
-"""
+replicas, because claiming it is an INSERT against a primary key (never check-then-insert)."""
 
 from __future__ import annotations
 
@@ -143,6 +120,31 @@ def _answer(request: _Request, result: ClaimOutcome | BaseException) -> None:
 
 
 class DeliveryClaims:
+    """Claims of webhook ids, written in batches; what a delivery is told follows its claim.
+
+    A claim is `publishing` until Kafka has acknowledged its event; then it is marked `accepted`
+    right away, on the request's own path (not waited for). What a second delivery of the id is told
+    follows the claim it meets, so that 409 means one thing, "durably accepted":
+
+    - `accepted`: 409 (`Replayed`), stop sending it;
+    - `publishing` within its lease: 503 with the time left on the lease (`InFlight`). Its publisher
+      may still succeed, or may have died between claim and publish: either way the sender keeps
+      retrying and loses nothing;
+    - `publishing` past its lease: taken over (a new claim), so a dead publisher's event is
+      published by the retry. At worst the same event id is published twice, which every consumer
+      downstream absorbs.
+
+    A replica that has published an id answers its retries 409 even before the `accepted` mark is
+    written. A failed publish releases the claim, so the sender's retry can succeed at once. The
+    acceptance also ends the run of failed verifications of the source that sent it (see
+    verification_failures.py), but only failures counted before its claim, by the database's clock.
+
+    Claims (and acceptances) that arrive together are written together: one statement per batch of
+    concurrent requests, rows in key order (so concurrent batches cannot deadlock), so the front
+    door pays one round trip per batch rather than per webhook. Within a batch the first claim of an
+    id wins and the others are in flight behind it, as they would be one by one.
+    """
+
     def __init__(
         self, pool: asyncpg.Pool, lease_seconds: float, timeout_seconds: float = 5.0
     ) -> None:

@@ -1,8 +1,5 @@
-"""What a slow or greedy client may hold of one ingest process: at most `max_in_flight` requests
-are answered at once (503 with Retry-After beyond, never an unbounded queue), and a request's
-body must have arrived within `body_timeout_seconds` of its headers (408, then the connection is
-closed). Header read and idle keep-alive limits are uvicorn's and the proxy's (infra/nginx/).
-"""
+"""What a slow or greedy client may hold of one ingest process: how many requests are answered at
+once, and how long a request's body may take to arrive."""
 
 from __future__ import annotations
 
@@ -49,7 +46,12 @@ class InFlightRequests:
 
 class RequestBounds:
     """ASGI middleware enforcing both bounds; `in_flight` is shared with the audit trail, which
-    must not claim progress past a request still being answered."""
+    must not claim progress past a request still being answered.
+
+    At most `max_in_flight` requests are answered at once (503 with Retry-After beyond, never an
+    unbounded queue), and a request's body must have arrived within `body_timeout_seconds` of
+    its headers (408, then the connection is closed). Header read and idle keep-alive limits are
+    uvicorn's and the proxy's (infra/nginx/)."""
 
     def __init__(
         self,

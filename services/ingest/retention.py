@@ -1,7 +1,5 @@
-"""Forgets what is no longer needed: accepted webhook ids after the replay window, attempt
-records (and the audit gaps and ended ingest instances that speak of them) after their
-retention, failed-verification counts once their run has ended. In small chunks, so no lock is
-held for long; every replica may run it (deleting the same rows twice is harmless)."""
+"""Forgets what ingest no longer needs (webhook ids, attempt records, failed-verification counts)
+once past its time, in small chunks; every replica may run it."""
 
 from __future__ import annotations
 
@@ -47,6 +45,11 @@ DELETE FROM ingest_instances WHERE instance_id = ANY(ARRAY(
 
 
 class Retention:
+    """Webhook ids after the replay window, attempt records (and the audit gaps and ended ingest
+    instances that speak of them) after their retention, failed-verification counts once their
+    run has ended. In small chunks, so no lock is held for long; every replica may run it
+    (deleting the same rows twice is harmless)."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,

@@ -50,8 +50,10 @@ class IngestSettings(KeyedServiceSettings):
     )
     # Failed verifications of one connection from one source: answered 401 up to
     # `failures_before_throttle`, then 429 for 1 s, 2 s, 4 s... up to the cap; the source's
-    # `failure_alert_threshold`-th raises an alert and marks the credentials for rotation.
-    # Nothing locks a connection (POSCAL_LOCKOUT_THRESHOLD is the alert threshold's old name).
+    # `failure_alert_threshold`-th (or the connection's, from all sources together, at each
+    # multiple of it) raises an alert and marks the credentials for rotation. Ingest never locks
+    # a connection, only an operator does (POSCAL_LOCKOUT_THRESHOLD is the alert threshold's old
+    # name).
     failures_before_throttle: int = Field(
         3, ge=0, validation_alias=AliasChoices("POSCAL_FAILURES_BEFORE_THROTTLE")
     )

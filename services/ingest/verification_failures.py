@@ -1,14 +1,5 @@
 """Failed verifications, counted per connection and source (a client address) in Postgres, so
-every replica counts into one number. They throttle that source only, with a Retry-After that
-doubles per further failure up to a cap. An alert is raised, and the connection's credentials
-are marked for forced rotation, when one source reaches the alert threshold, and when the
-connection's consecutive failures from all sources together reach a multiple of it (a forgery
-spread over many addresses). Nothing here ever stops a delivery that verifies: a stranger who
-knows a webhook URL cannot lock its sender out.
-
-While a source is throttled, its failures are answered from this replica's memory (no write);
-each replica learns a source's throttle from the shared count at its first failure there.
-"""
+every replica counts into one number: they throttle that source only, and raise alerts."""
 
 from __future__ import annotations
 
@@ -105,6 +96,18 @@ class ThrottlePolicy:
 
 
 class VerificationFailures:
+    """Failures throttle their source only, with a Retry-After that doubles per further failure
+    up to a cap (ThrottlePolicy). An alert is raised, and the connection's credentials are
+    marked for forced rotation, when one source reaches the alert threshold, and when the
+    connection's consecutive failures from all sources together reach a multiple of it (a
+    forgery spread over many addresses). Nothing here ever stops a delivery that verifies, and
+    nothing here locks a connection (only an operator does): a stranger who knows a webhook URL
+    cannot lock its sender out.
+
+    While a source is throttled, its failures are answered from this replica's memory (no
+    write); each replica learns a source's throttle from the shared count at its first failure
+    there."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,

@@ -95,7 +95,8 @@ class Normalizer:
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         """Whatever one record's content causes is that record's dead letter; only a producer
-        that cannot deliver fails the batch (TransientError), to be retried whole.
+        that cannot deliver fails the batch (TransientError), whose records the consume loop
+        retries, per partition.
 
         Sends are pipelined: all enqueued, then every acknowledgement awaited before the loop
         may commit. Order per partition is kept by the producer. Each send's span ends when its

@@ -1,16 +1,4 @@
-"""The sync schedule in Postgres: leasing due connections, saving cursors, recording outcomes.
-
-Every lease gets a fresh `lease_token`, and every later write names it: a replica whose lease
-ran out and was taken over (even by itself) can no longer move the cursor or the schedule.
-`lease_owner` only says who holds the lease, for people looking at the table.
-
-A broker's request to wait (a long Retry-After) is not counted as a failure when the previous
-attempt ended well; it leaves `last_error` set (without counting), so a request to wait on the
-very next attempt is counted, as is every one after, until a success clears `last_error`.
-
-A connection is leased only while it has an active broker credential that the broker has not
-refused (`rejected_credential_id`): without one it is waiting for credentials, not failing.
-"""
+"""The sync schedule in Postgres: leasing due connections, saving cursors, recording outcomes."""
 
 from __future__ import annotations
 
@@ -188,7 +176,11 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class Lease:
-    """One lease of one connection: only its holder may write the connection's schedule."""
+    """One lease of one connection: only its holder may write the connection's schedule.
+
+    Every lease gets a fresh `lease_token`, and every later write names it: a replica whose
+    lease ran out and was taken over (even by itself) can no longer move the cursor or the
+    schedule. `lease_owner` only says who holds the lease, for people looking at the table."""
 
     connection_id: uuid.UUID
     token: uuid.UUID
@@ -217,7 +209,7 @@ class DueSync:
     cursor: str | None
     consecutive_failures: int
     api_url: str | None
-    # The previous attempt ended in a failure or a request to wait (see the module docstring).
+    # The previous attempt ended in a failure or a request to wait (see `told_to_wait`).
     had_error: bool = False
 
     @property
@@ -339,7 +331,11 @@ class SyncSchedule:
         return turned
 
     async def told_to_wait(self, lease: Lease, seconds: float, reason: str) -> None:
-        """The broker asked to wait: try again then, no failure counted, `reason` noted."""
+        """The broker asked to wait: try again then, no failure counted, `reason` noted.
+
+        The poller calls this only when the previous attempt ended well (`had_error` false): it
+        leaves `last_error` set, so a request to wait on the very next attempt is counted as a
+        failure instead, as is every one after, until a success clears `last_error`."""
         if (
             await self._pool.fetchval(
                 _TOLD_TO_WAIT, lease.connection_id, lease.token, seconds, reason

@@ -1,14 +1,5 @@
 """The poller's work: lease due connections up to its concurrency and sync each in its own task
-(never two of one connection); a sync opens the credentials in memory, pulls each page of what
-changed since the cursor, publishes it, and only then moves the cursor, renewing the lease
-meanwhile. On stop, running syncs finish their page.
-
-A crash between a publish and its cursor save re-polls from the old cursor next time. If nothing
-new arrived in between, that is the same page and the same event id downstream. If new
-transactions did arrive, the re-polled page spans a different window and gets another event id:
-its transactions are published twice, but downstream keys fills per transaction, so nothing
-doubles. How often one user's connections sync is held by the lease query (`UserSyncLimit`),
-across replicas, not here."""
+(never two of one connection), publishing each page before its cursor moves."""
 
 from __future__ import annotations
 
@@ -61,6 +52,15 @@ class BrokerCredential:
 
 
 class ConnectionSync:
+    """One connection's sync: open the credentials in memory, pull each page of what changed
+    since the cursor, publish it, and only then move the cursor, renewing the lease meanwhile.
+
+    A crash between a publish and its cursor save re-polls from the old cursor next time. If
+    nothing new arrived in between, that is the same page and the same event id downstream. If
+    new transactions did arrive, the re-polled page spans a different window and gets another
+    event id: its transactions are published twice, but downstream keys fills per transaction,
+    so nothing doubles."""
+
     def __init__(
         self,
         *,
@@ -301,6 +301,12 @@ def _describe(exc: Exception) -> str:
 
 
 class Poller:
+    """Leases due connections up to `concurrency` each tick and runs each sync in its own task,
+    never two of one connection. On stop, running syncs get `shutdown_grace_seconds` to finish;
+    the rest are cancelled, and their leases run out for any replica to take again. How often
+    one user's connections sync is held by the lease query (`UserSyncLimit`), across replicas,
+    not here."""
+
     def __init__(
         self,
         schedule: SyncSchedule,

@@ -1,8 +1,5 @@
 """Many rows in one statement: a table's columns defined once (name, Postgres type, where each
-value comes from), so the SQL's column list and the arrays handed to it cannot fall out of order.
-
-The statement reads the arrays with `unnest`, one typed parameter per column.
-"""
+value comes from), so the SQL's column list and the arrays handed to it cannot fall out of order."""
 
 from __future__ import annotations
 

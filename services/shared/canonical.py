@@ -1,15 +1,4 @@
-"""The canonical topic's contract: broker-neutral fills, cash movements and account snapshots.
-
-Amounts are Decimal (JSON strings on the wire), times are UTC; every record carries a stable
-idempotency key derived from the broker's own atomic id, so replays can never double-count.
-
-Every value is bounded here to what the database holds (migration 0008 states the same bounds as
-CHECK constraints), so a value outside is refused where it enters, with its reason, never
-silently altered further on (an exponent too large for a column, text Postgres cannot store):
-- numbers: finite, magnitude below 10^15, at most 18 decimal places (`AMOUNT_*`);
-- text: valid Unicode (no lone surrogates) without NUL, at most a stated length;
-- times: aware, from 1970 up to (not including) 2200.
-"""
+"""The canonical topic's contract: broker-neutral fills, cash movements and account snapshots."""
 
 from __future__ import annotations
 
@@ -25,7 +14,12 @@ from services.shared.envelope import ConnectionRef, EventSource
 Side = Literal["buy", "sell"]
 FillEntry = Literal["in", "out", "inout", "out_by"]
 
-# Every broker number in the canonical records: what `numeric` CHECKs of 0008 allow.
+# Every value is bounded here to what the database holds (migration 0008 states the same bounds
+# as CHECK constraints), so a value outside is refused where it enters, with its reason, never
+# silently altered further on (an exponent too large for a column, text Postgres cannot store):
+# numbers finite, below 10^15 in magnitude, at most 18 decimal places; text valid Unicode (no lone
+# surrogates) without NUL, at most a stated length; times aware, from 1970 up to (not including)
+# 2200.
 AMOUNT_MAGNITUDE = Decimal(10) ** 15
 AMOUNT_PLACES = 18
 # Arithmetic on bounded amounts (at most 33 digits): sums and products stay exact within 80
@@ -152,6 +146,9 @@ class AccountSnapshot(_Canonical):
     deals_through: Instant | None = None
 
 
+# Amounts are Decimal (JSON strings on the wire), times are UTC; every record carries a stable
+# idempotency key derived from the broker's own atomic id (`fill_key`, `movement_key`), so replays
+# can never double-count. (A comment, not the docstring: that is the JSON Schema's description.)
 class CanonicalBatch(_Canonical):
     """Everything one raw event became. One message, so one event is written atomically."""
 

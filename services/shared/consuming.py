@@ -1,15 +1,5 @@
 """The consume loop both consumers share: fetch a batch, let the handler make it durable, then
-commit `offset + 1`. Committing is this loop's job, never the handler's, and never automatic.
-
-Failures are retried per partition. A batch that fails transiently is handled again one
-partition at a time: partitions that succeed are committed at once, and a partition that fails
-is paused for its own backoff and read again from its first unfinished record, so the other
-partitions never wait for it. A partition that has failed for the whole retry budget while the
-handler reports its infrastructure healthy is failing for one record's sake, not an outage: its
-records are handled one by one and the one still failing is given up (dead-lettered). So no
-partition waits behind one record longer than a real outage's retry budget, and no other
-partition waits at all.
-"""
+commit `offset + 1`; transient failures are retried per partition."""
 
 from __future__ import annotations
 
@@ -155,6 +145,17 @@ async def consume_batches(
     retry_budget: RetryBudget | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
+    """Consume until `stop`: committing is this loop's job, never the handler's, never automatic.
+
+    A batch that fails transiently is handled again one partition at a time: partitions that
+    succeed are committed at once, and a partition that fails is paused for its own backoff and
+    read again from its first unfinished record, so the other partitions never wait for it. A
+    partition that has failed for the whole retry budget while the handler reports its
+    infrastructure healthy is failing for one record's sake, not an outage: its records are
+    handled one by one and the one still failing is given up (dead-lettered). So no partition
+    waits behind one record longer than a real outage's retry budget. Any exception other than
+    TransientError ends the loop (and the service) without committing.
+    """
     partitions = _Partitions(
         consumer, handler, retry_budget or RetryBudget(), backoff or Backoff(), clock
     )

@@ -1,8 +1,4 @@
-"""Envelope encryption, pure: AES-256-GCM data keys wrapped by a key-encryption key (KEK).
-
-Every ciphertext is `nonce (12 bytes) || ciphertext+tag`, with a fresh random nonce, and is bound
-by associated data to what it belongs to, so a ciphertext moved to another row fails to open.
-"""
+"""Envelope encryption, pure: AES-256-GCM data keys wrapped by a key-encryption key (KEK)."""
 
 from __future__ import annotations
 
@@ -40,6 +36,8 @@ def generate_key() -> bytes:
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """`nonce (12 bytes) || ciphertext+tag` with a fresh random nonce, bound by associated data
+    to what it belongs to, so a ciphertext moved to another row fails to open."""
     nonce = os.urandom(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 

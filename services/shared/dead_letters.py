@@ -1,9 +1,4 @@
-"""The dead-letter topic's contract, and the budget that stops a bad deploy dead-lettering all.
-
-Building a letter cannot fail: whatever a record holds (any bytes, any nesting, text that is not
-valid Unicode), its letter is valid JSON within the size limit, so a record can always be set
-aside and its partition moves on.
-"""
+"""The dead-letter topic's contract, and the budget that stops a bad deploy dead-lettering all."""
 
 from __future__ import annotations
 
@@ -28,7 +23,9 @@ from services.shared.probes import kafka_answers
 Stage = Literal["normalizer", "writer"]
 _log = get_logger("poscal.dead_letters")
 
-# Kafka's default message limit (broker `message.max.bytes`) is 1 MiB; the headroom covers the
+# The producer would send up to MAX_MESSAGE_BYTES (4 MiB, its `max_request_size` in kafka.py),
+# but a letter is kept below Kafka's default broker limit (`message.max.bytes`, 1 MiB) so that it
+# is accepted even on a dead-letter topic left at the default; the 64 KiB of headroom cover the
 # key, the copied headers and the record's framing.
 MAX_DEAD_LETTER_BYTES = 1024 * 1024 - 64 * 1024
 # How much of a rejected item a letter describes: enough to read, never the whole of a flood.
@@ -150,7 +147,11 @@ def dead_letter(
 ) -> DeadLetter:
     """The letter for `record`, refused as a whole or, with `rejections`, in some items. Never
     raises: should the details not describe (they always should), the letter says so and
-    carries the message without them."""
+    carries the message without them.
+
+    So building a letter cannot fail: whatever a record holds (any bytes, any nesting, text that
+    is not valid Unicode), its letter is valid JSON, and `fit_to_size` keeps it within the size
+    limit, so a record can always be set aside and its partition moves on."""
     value = bytes(record.value or b"")
     common: dict[str, Any] = {
         "stage": stage,

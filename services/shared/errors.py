@@ -1,27 +1,24 @@
-"""The pipeline's error tree. Permanent means dead-letter and move on; transient means retry.
-
-PipelineError
- ├── PermanentError          the input itself is wrong: retrying cannot help
- │    └── InvalidEvent       a message that cannot be mapped (goes to the dead-letter topic)
- └── TransientError          the world is briefly wrong (broker or database down): retry
-"""
+"""The pipeline's error tree: permanent means the input is wrong, transient means retry later."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class MessageOrigin:
-    """Where a message came from, so every error can say which one failed."""
-
-    topic: str
-    partition: int
-    offset: int
-
 
 class PipelineError(Exception):
-    """Base of every error the pipeline raises on purpose."""
+    """Base of every error the pipeline raises on purpose. The tree, with the subclasses that
+    live beside the code raising them:
+
+    PipelineError
+     ├── PermanentError                 the input itself is wrong: retrying it cannot help
+     │    ├── InvalidEvent              an event (or one of its items) that cannot be mapped:
+     │    │                             dead-lettered (or rejected alone), and the rest goes on
+     │    ├── EventRefused              writer: an event whose write fails for what it holds
+     │    ├── DeadLetterBudgetExceeded  dead_letters: too many in a row to be bad input: stop
+     │    └── BrokerRequestFailed, ...  brokers/errors.py: the connection's error at once
+     ├── TransientError                 the world is briefly wrong (broker or database down):
+     │    │                             back off and retry without committing
+     │    └── BrokerUnavailable         brokers/errors.py: retry after `retry_after` if given
+     └── StopWriting                    writer: every write would fail until someone acts: exit
+    """
 
 
 class PermanentError(PipelineError):

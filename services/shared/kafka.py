@@ -1,9 +1,4 @@
-"""Kafka clients configured the one way this pipeline uses them, and topic creation.
-
-At-least-once everywhere: producers wait for all in-sync replicas (`acks=all`); consumers never
-auto-commit and commit `offset + 1` only after the work is durable. Exactly-once effects come from
-idempotent sinks, not from the idempotent producer (which the embedded broker lacks).
-"""
+"""Kafka clients configured the one way this pipeline uses them (at least once), and topics."""
 
 from __future__ import annotations
 
@@ -53,6 +48,10 @@ class TopicSpec:
 
 
 def create_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+    """A producer whose acknowledgement means every in-sync replica has the record (`acks=all`).
+
+    Not the idempotent producer (the embedded broker lacks it): a retried send may duplicate a
+    record, and exactly-once effects come from the idempotent sinks downstream instead."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
@@ -72,6 +71,8 @@ def create_consumer(
     session_timeout_ms: int = 10000,
     fetch_max_wait_ms: int = 500,
 ) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits: the consume loop commits `offset + 1` only once the
+    work is durable (consuming.py)."""
     return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap_servers,

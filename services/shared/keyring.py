@@ -1,13 +1,5 @@
 """Key-encryption-key rotation, pure: the current KEK wraps new data keys, and it or any previous
-KEK unwraps a data key by the `kek_id` stored beside it.
-
-Rotating the master key, without downtime:
-
-1. deploy every service with the new key in `POSCAL_MASTER_KEY` and the old one in
-   `POSCAL_PREVIOUS_MASTER_KEYS` (comma-separated, base64);
-2. run `poscal-sync keys rotate` until it reports `"remaining": 0`;
-3. drop the old key from `POSCAL_PREVIOUS_MASTER_KEYS` and deploy again.
-"""
+KEK unwraps a data key by the `kek_id` stored beside it."""
 
 from __future__ import annotations
 
@@ -33,7 +25,10 @@ class UnknownKeyEncryptionKey(DecryptionFailed):
 
 class KeyRing:
     """The current KEK plus previous ones. As a KeyEncryptionKey it is its current key; the
-    vault unwraps through `unwrap_with`, which picks the key a data key was wrapped under."""
+    vault unwraps through `unwrap_with`, which picks the key a data key was wrapped under.
+
+    Previous keys are what lets the master key change with no downtime: the runbook is
+    `rotate_data_keys` (services/cli/keys.py)."""
 
     def __init__(
         self, current: KeyEncryptionKey, previous: Iterable[KeyEncryptionKey] = ()

@@ -1,8 +1,5 @@
-"""Whether a dependency answers now: one real round trip, bounded in time; never raises.
-
-What readiness probes and the consumers' retry budget ask before they trust a failure to be an
-outage (or a record's own).
-"""
+"""Whether a dependency answers now: one real round trip, bounded in time; never raises. Asked by
+readiness probes, and by consumers before they take a failure for an outage or a record's own."""
 
 from __future__ import annotations
 

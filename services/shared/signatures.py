@@ -1,10 +1,4 @@
-"""Standard Webhooks signatures, pure: parse the three headers, check the time, verify, sign.
-
-Signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`; `webhook-signature` holds one
-or more space-separated entries: `v1,<base64 HMAC-SHA256>` (symmetric, `whsec_` secrets) or
-`v1a,<base64 ed25519 signature>` (asymmetric, `whpk_` public keys). Any entry matching any active
-key verifies, so keys can rotate without downtime.
-"""
+"""Standard Webhooks signatures, pure: parse the three headers, check the time, verify, sign."""
 
 from __future__ import annotations
 
@@ -113,7 +107,13 @@ def _matches_v1a(public_keys: Sequence[bytes], content: bytes, signature: bytes)
 
 
 def verify(delivery: SignedDelivery, body: bytes, keys: VerificationKeys | Sequence[bytes]) -> None:
-    """Pass silently when any signature matches any active key of its version; otherwise raise."""
+    """Pass silently when any signature matches any active key of its version; otherwise raise.
+
+    Signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`; `webhook-signature` holds
+    one or more space-separated entries: `v1,<base64 HMAC-SHA256>` (symmetric, `whsec_` secrets)
+    or `v1a,<base64 ed25519 signature>` (asymmetric, `whpk_` public keys). Any entry matching any
+    active key verifies, so keys can rotate without downtime.
+    """
     if not isinstance(keys, VerificationKeys):
         keys = VerificationKeys(secrets=tuple(keys))
     content = _signed_content(delivery.webhook_id, delivery.timestamp, body)

@@ -1,8 +1,4 @@
-"""OpenTelemetry set-up, and W3C trace context carried in Kafka headers.
-
-OTLP export is on when the SDK's own `OTEL_EXPORTER_OTLP_ENDPOINT` is set; spans also go to a
-JSON-lines file when a trace file is configured (the dev stack does, for `poscal-sync traces`).
-"""
+"""OpenTelemetry set-up, and W3C trace context carried in Kafka headers."""
 
 from __future__ import annotations
 
@@ -92,7 +88,11 @@ def span_to_record(span: ReadableSpan) -> dict[str, object]:
 
 
 def setup_tracing(service_name: str, trace_file: Path | None) -> TracerProvider:
-    """Install the global tracer provider for this process and return it (to shut it down)."""
+    """Install the global tracer provider for this process and return it (to shut it down).
+
+    OTLP export is on when the SDK's own `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; spans also go to a JSON-lines file when
+    `trace_file` is given (the dev stack does, for `poscal-sync traces`)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"

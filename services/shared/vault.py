@@ -1,8 +1,4 @@
-"""The credential vault: secrets stored only as AES-256-GCM ciphertext under per-user data keys.
-
-Data keys are wrapped by a key-encryption key: new ones by the current KEK, and each is unwrapped
-by the KEK its row names (`kek_id`), the current one or a previous one of the key ring.
-"""
+"""The credential vault: secrets stored only as AES-256-GCM ciphertext under per-user data keys."""
 
 from __future__ import annotations
 
@@ -22,7 +18,10 @@ from services.shared.keyring import KeyRing
 
 
 class CredentialVault:
-    """Seals and opens credentials; plaintext exists only in memory, never in a row or a log."""
+    """Seals and opens credentials; plaintext exists only in memory, never in a row or a log.
+
+    Data keys are wrapped by the key ring: new ones by the current KEK, and each is unwrapped by
+    the KEK its row names (`kek_id`), the current one or a previous one."""
 
     def __init__(self, kek: KeyEncryptionKey | KeyRing) -> None:
         self._keys = KeyRing.of(kek)

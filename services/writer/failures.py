@@ -1,10 +1,4 @@
-"""What a failed write means for the events: retry them, dead-letter the one causing it, or stop.
-
-Only infrastructure failures are retried (the database unreachable, failing over, out of room,
-a lock timeout) and only configuration failures stop the writer (a missing table or privilege,
-bad credentials, or a database that reports itself broken); everything else an event provokes,
-whatever the exception, is that event's problem: the writer finds it and dead-letters it.
-"""
+"""What a failed write means for the events: retry them, dead-letter the one causing it, or stop."""
 
 from __future__ import annotations
 
@@ -66,10 +60,14 @@ _STOP_CLASSES = frozenset(
 def classify_database_failure(exc: BaseException) -> Disposition:
     """Retry, dead-letter or stop, for an exception raised while applying events.
 
-    A database error is judged by its SQLSTATE; a failure to reach the database retries; a
-    client misconfiguration stops. Anything else (a value the database refuses, a check, an
-    arithmetic error in our own code on some content) dead-letters: the writer isolates the
-    event that provokes it, and the dead-letter budget stops a writer that fails on everything.
+    Only infrastructure failures are retried (the database unreachable, failing over, out of
+    room, a lock timeout) and only configuration failures stop the writer (a missing table or
+    privilege, bad credentials, or a database that reports itself broken): a database error is
+    judged by its SQLSTATE, a failure to reach the database retries, a client misconfiguration
+    stops. Anything else an event provokes, whatever the exception (a value the database
+    refuses, a check, an arithmetic error in our own code on some content), is that event's
+    problem: the writer isolates the event and dead-letters it, and the dead-letter budget stops
+    a writer that fails on everything.
     """
     if isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError):
         # The schema changed under a running writer (0A000): asyncpg has dropped the stale plan.

@@ -1,19 +1,5 @@
 """The journal's rules, pure: a position's fills into the journal rows they add up to, which
-balance report an account keeps, and how a connection's syncs are counted per month.
-
-A position's fills, in any order, add up to the same rows.
-
-A position is IN fills (open/add) and OUT fills (partial or full closes). Entry and exit prices
-are volume-weighted; money is summed. A netting account's reversal (INOUT) closes what is open
-and opens the rest the other way: that second leg becomes its own journal row, keyed by the
-reversing fill, so each row describes one direction. Likewise a position that went flat and
-opens again (IBKR keys positions by instrument) starts a new row keyed by its first fill, so each
-round trip is its own row.
-
-A position's charges (cash movements that name it, such as an OANDA trade's daily financing)
-count in the row of the round trip open when they were booked: financing as swap, any other
-kind as fees. Sums are exact (a context wide enough for any bounded amount), never rounded.
-"""
+balance report an account keeps, and how a connection's syncs are counted per month."""
 
 from __future__ import annotations
 
@@ -203,7 +189,20 @@ def aggregate_position(
     position_key: str, fills: Iterable[PositionFill], charges: Iterable[PositionCharge] = ()
 ) -> list[TradeAggregate]:
     """Every journal row of one position; the same fills and charges in any order give the
-    same rows. A position with charges but no fill (yet) has no row."""
+    same rows. A position with charges but no fill (yet) has no row.
+
+    A position is IN fills (open/add) and OUT fills (partial or full closes). Entry and exit
+    prices are volume-weighted; money is summed. A netting account's reversal (INOUT) closes
+    what is open and opens the rest the other way: that second leg becomes its own journal row,
+    keyed by the reversing fill, so each row describes one direction. Likewise a position that
+    went flat and opens again (IBKR keys positions by instrument) starts a new row keyed by its
+    first fill, so each round trip is its own row.
+
+    A position's charges (cash movements that name it, such as an OANDA trade's daily
+    financing) count in the row of the round trip open when they were booked: financing as
+    swap, any other kind as fees. Sums are exact (a context wide enough for any bounded
+    amount), never rounded.
+    """
     with localcontext(EXACT):
         segments = _segments(position_key, fills)
         if not segments:

@@ -1,10 +1,5 @@
 """Canonical batches in, written to Postgres; offsets are committed by the consume loop only after
-the writes have committed.
-
-A consumer batch is one transaction. When an event in it provokes a failure that is not the
-database's (see failures.py), the batch is split in halves, each written on its own, until the
-event is alone: it is dead-lettered, and every other event of the batch is written.
-"""
+the writes have committed."""
 
 from __future__ import annotations
 
@@ -30,6 +25,16 @@ _tracer = trace.get_tracer("poscal.writer")
 
 
 class Writer:
+    """The writer's batch handler: each consumer batch is written in one transaction when it can
+    be, never an event in part.
+
+    When an event in it provokes a failure that is not the database's (see failures.py), the
+    batch is split in halves, each written in a transaction of its own, until the event is
+    alone: it is dead-lettered, and every other event of the batch is written. A record that is
+    no canonical batch is dead-lettered before any write; a failure of the database itself is
+    retried by the consume loop (TransientError), and one no retry can fix stops the writer
+    (StopWriting)."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,

@@ -1,10 +1,5 @@
-"""The writer's SQL: one transaction applies a batch of canonical events idempotently.
-
-Fills and cash movements are inserted by their broker-derived keys (a replay inserts nothing);
-every position that gained a fill or a charge is recomputed from all of them under a
-per-position lock, so redelivery in any order converges on the same journal rows. What the rows,
-the balance and the monthly count become is decided by the pure rules of journal.py.
-"""
+"""The writer's SQL: `JournalRepository.apply` writes the canonical events it is given in one
+transaction, idempotently."""
 
 from __future__ import annotations
 
@@ -293,6 +288,14 @@ class JournalRepository:
     async def apply(
         self, conn: Connection, batches: Sequence[CanonicalBatch]
     ) -> list[EventOutcome]:
+        """Apply these events in one transaction; what each of them did.
+
+        Fills and cash movements are inserted by their broker-derived keys (a replay inserts
+        nothing); every position that gained a fill or a charge is recomputed from all of them
+        under a per-position lock, so redelivery in any order converges on the same journal
+        rows. What the rows, the balance and the monthly count become is decided by the pure
+        rules of journal.py.
+        """
         async with conn.transaction():
             fills_per_event, filled = await self._insert(
                 conn, _first_of_each(batches, fills=True), _INSERT_FILLS, FILLS

@@ -1,9 +1,5 @@
 """Broker plug-ins: each broker is one module or package here exporting `BROKER`, the one typed
-object the services find it by. Adding a broker means adding one, and touches no shared code.
-
-A broker's mapper is pure (no I/O, no clock): one raw event to what it means. Its poll adapter,
-if it has one, does HTTP only (see `polling.py`): the poller publishes and saves cursors.
-"""
+object the services find it by. Adding a broker means adding one, and touches no shared code."""
 
 from __future__ import annotations
 
@@ -123,7 +119,11 @@ def _no_owner(_body: bytes) -> PayloadOwner | None:
 
 @dataclass(frozen=True)
 class Broker:
-    """One broker, as every service sees it."""
+    """One broker, as every service sees it.
+
+    Its mapper (`map_event`) is pure (no I/O, no clock): one raw event to what it means. Its poll
+    adapter (`poll`), if it has one, does HTTP only (see `polling.py`): the poller publishes
+    each page and saves cursors."""
 
     name: str
     title: str

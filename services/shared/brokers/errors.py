@@ -1,22 +1,20 @@
-"""What a poll adapter raises, and what the poller makes of it.
-
-CredentialsRejected              stop polling until the credentials are replaced
- └── CredentialsUnreadable       the stored credentials are not in this broker's form
-BrokerUnavailable (transient)    retry later, after `retry_after` if given
-PermanentError (shared)
- ├── BrokerRequestFailed         the broker refused the request itself (a 4xx other than
- │                               401/403/429, or a Flex error code retrying cannot fix)
- ├── UnexpectedResponse          the broker answered something the adapter cannot read
- ├── AccountMismatch             the broker answered for another account than the connection's
- └── PeriodGap                   the broker's answer starts after the cursor: what lies between
-                                 was never fetched (a Flex query period too short)
-
-No message ever holds a token: callers redact before building one.
-"""
+"""What a poll adapter raises, and what the poller makes of it. No message ever holds a token:
+callers redact before building one."""
 
 from __future__ import annotations
 
 from services.shared.errors import PermanentError, TransientError
+
+# CredentialsRejected              stop polling until the credentials are replaced
+#  └── CredentialsUnreadable       the stored credentials are not in this broker's form
+# BrokerUnavailable (transient)    retry later, after `retry_after` if given
+# PermanentError (shared)         the connection turns to error at once; retried with backoff
+#  ├── BrokerRequestFailed         the broker refused the request itself (a 4xx other than
+#  │                               401/403/429, or a Flex error code retrying cannot fix)
+#  ├── UnexpectedResponse          the broker answered something the adapter cannot read
+#  ├── AccountMismatch             the broker answered for another account than the connection's
+#  └── PeriodGap                   the broker's answer starts after the cursor: what lies between
+#                                  was never fetched (a Flex query period too short)
 
 
 class CredentialsRejected(Exception):

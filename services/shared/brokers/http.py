@@ -1,15 +1,5 @@
 """One broker request the way every adapter sends it: under a rate limit, retried with jittered
-backoff (or the broker's Retry-After) on 429, 5xx and network errors, and answered with the
-adapter errors. The deciding parts are pure functions; `BrokerHttp.get` is the only I/O.
-
-A Retry-After holds off the whole host, not just the request that earned it: every adapter
-calling that host from this process waits until then before its next request (`HostHoldOffs`),
-and a wait longer than `RetryPolicy.longest_wait_seconds` is never slept inside a sync but
-handed to the poller at once as BrokerUnavailable(retry_after=...).
-
-No token reaches a message: request targets drop the query (Flex puts its token there) and every
-detail taken from a response or an httpx exception is redacted first.
-"""
+backoff (or the broker's Retry-After) on 429, 5xx and network errors; failing as adapter errors."""
 
 from __future__ import annotations
 
@@ -204,7 +194,14 @@ def _utc_now() -> datetime:
 @dataclass(frozen=True)
 class BrokerHttp:
     """Sends a broker's GET requests; one per adapter, sharing the host's limiter and hold-offs
-    (None: the process-wide ones)."""
+    (None: the process-wide ones). The deciding parts are the pure functions above; `get` is the
+    only I/O.
+
+    A Retry-After holds off the whole host (`HostHoldOffs`), and a wait longer than
+    `RetryPolicy.longest_wait_seconds` is never slept inside a sync but handed to the poller at
+    once as BrokerUnavailable(retry_after=...). No token reaches a message: request targets drop
+    the query (Flex puts its token there) and every detail taken from a response or an httpx
+    exception is redacted first."""
 
     broker: str
     http: httpx.AsyncClient

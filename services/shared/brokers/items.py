@@ -1,6 +1,5 @@
-"""Mapping one payload item, the one way every mapper does: whatever goes wrong with an item
-(refused by its model, by the mapper, or any exception its content provokes) is that item's
-rejection, with its reason, and the rest of the payload is still mapped."""
+"""Mapping one payload item, the one way every mapper does: whatever goes wrong with an item is
+that item's rejection, with its reason, and the rest of the payload is still mapped."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""MetaTrader 5: deal webhooks into canonical fills, cash movements and a balance snapshot.
-
-The body is `{"account": {...}, "server_time_offset_seconds": N, "deals": [TradeDeal...]}`.
-Deal times are the trade server's wall clock written as epoch numbers; UTC is that minus the
-offset the sender reports. Positions are keyed by `position_id`; each deal by its ticket.
-"""
+"""MetaTrader 5: deal webhooks into canonical fills, cash movements and a balance snapshot."""
 
 from __future__ import annotations
 
@@ -112,6 +107,8 @@ class Mt5Deal(_Strict):
 
 
 class Mt5Webhook(_Strict):
+    """The body: `{"account": {...}, "server_time_offset_seconds": N, "deals": [TradeDeal...]}`."""
+
     account: Mt5Account
     server_time_offset_seconds: Integer = Field(ge=-_MAX_OFFSET_SECONDS, le=_MAX_OFFSET_SECONDS)
     deals: list[Any]
@@ -126,7 +123,9 @@ def rounded_offset(offset_seconds: int) -> int:
 
 
 def server_time_to_utc(time_msc: int, offset_seconds: int) -> datetime:
-    """A server wall-clock epoch in milliseconds, as the UTC instant it names."""
+    """A server wall-clock epoch in milliseconds, as the UTC instant it names: deal times are the
+    trade server's wall clock written as epoch numbers, so UTC is that minus the offset the
+    sender reports (rounded to a quarter hour)."""
     utc_ms = time_msc - rounded_offset(offset_seconds) * 1000
     return _EPOCH + timedelta(milliseconds=utc_ms)
 
@@ -147,6 +146,7 @@ def _deal_time_msc(deal: Mt5Deal) -> int:
 def _map_deal(deal: Mt5Deal, prefix: str, offset: int) -> Fill | CashMovement:
     time_msc = _deal_time_msc(deal)
     executed_at = server_time_to_utc(time_msc, offset)
+    # Each deal is keyed by its ticket, its position by `position_id`.
     key = f"{prefix}:deal:{deal.ticket}"
     if deal.type in CASH_KINDS:
         return CashMovement(

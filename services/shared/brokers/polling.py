@@ -1,9 +1,4 @@
-"""The poll adapter contract: what the poller and the connection wizard ask of a broker's API.
-
-An adapter does HTTP only: it checks credentials, describes the account, and pages through what
-changed since a cursor, each page the raw bytes its mapper reads. It never touches Kafka or
-Postgres; the poller publishes each page and saves its cursor only once Kafka acknowledged it.
-"""
+"""The poll adapter contract: what the poller and the connection wizard ask of a broker's API."""
 
 from __future__ import annotations
 
@@ -40,6 +35,11 @@ class Delta:
 
 
 class BrokerAdapter(Protocol):
+    """A broker's API, HTTP only: it checks credentials, describes the account, and pages through
+    what changed since a cursor, each page the raw bytes its mapper reads. It never touches Kafka
+    or Postgres; the poller publishes each page and saves its cursor only once Kafka acknowledged
+    it."""
+
     async def authenticate(self) -> None:
         """Check the credentials (lightly); raises CredentialsRejected or BrokerUnavailable
         (see errors.py)."""

@@ -1,10 +1,5 @@
 """A connection's credentials, replaced by the operator: broker sign-in credentials, the webhook
-secret (rotated with an overlap; rotating unlocks a locked connection), and Ed25519 webhook
-public keys.
-
-Each command is one transaction holding the connection's row lock, so two operators acting on
-the same connection at once are serialised and neither sees the other's half-done change.
-"""
+secret (rotated with an overlap; rotating unlocks a locked connection), Ed25519 public keys."""
 
 from __future__ import annotations
 
@@ -53,6 +48,9 @@ class RotatedSecret:
 
 
 async def _lock_connection(conn: Connection, connection_id: uuid.UUID) -> _Target:
+    """The connection, its row locked until the command's transaction ends: each command is one
+    transaction holding it, so two operators acting on the same connection at once are
+    serialised and neither sees the other's half-done change."""
     row = await conn.fetchrow(
         "SELECT user_id, broker, status FROM mt5_connections WHERE id = $1 FOR UPDATE",
         connection_id,

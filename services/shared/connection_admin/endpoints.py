@@ -1,10 +1,5 @@
 """A connection's webhook endpoint, as its operator controls it: a new URL when the old one
-leaked (the connection, its history and its event ids stay as they are), and locking it.
-
-Ingest never locks a connection by itself (failed verifications only throttle their source):
-`locked` is an operator's decision, for a connection whose correctly signed deliveries must stop
-(say its secret is suspected stolen). Rotating the secret or `unlock` ends it.
-"""
+leaked (the connection, its history and its event ids stay as they are), and locking it."""
 
 from __future__ import annotations
 
@@ -55,7 +50,12 @@ async def lock_connection(
     conn: Connection, connection_id: uuid.UUID, reason: str | None = None
 ) -> LockChange:
     """Stop accepting the connection's webhooks, correctly signed or not (423 to those that
-    verify). Polling, if any, goes on: the lock concerns the webhook endpoint."""
+    verify). Polling, if any, goes on: the lock concerns the webhook endpoint.
+
+    Only an operator locks a connection; ingest never does (failed verifications throttle their
+    source only, so a stranger who knows the URL cannot lock its sender out). Locking is for a
+    connection whose correctly signed deliveries must stop (say its secret is suspected
+    stolen); rotating the secret or `unlock_connection` ends it."""
     row = await conn.fetchrow(
         "UPDATE mt5_connections SET status = 'locked', locked_at = now(), last_error = $2,"
         " updated_at = now() WHERE id = $1 AND status IN ('active', 'error')"

@@ -1,7 +1,5 @@
-"""What an operator hands the connection commands, checked before anything is stored (pure).
-
-Error messages say what is wrong with the input and never repeat it: it may be a secret.
-"""
+"""What an operator hands the connection commands, checked before anything is stored (pure);
+errors say what is wrong with the input and never repeat it: it may be a secret."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """`connections list`: every connection with its health, where a polled one stands with its
-broker credentials, and whether its credentials are due for rotation (the policy is
-`services.shared.connection_admin.rotation`; this module only reads the rows)."""
+broker credentials, and whether its credentials are due for rotation (decided in rotation.py)."""
 
 from __future__ import annotations
 

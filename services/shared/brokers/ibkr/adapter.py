@@ -1,37 +1,5 @@
 """IBKR Flex Web Service (v3): the connection's Flex query, run in two steps (SendRequest, then
-GetStatement until the statement is ready) and handed over as FlexQueryResponse XML the ibkr
-mapper reads.
-
-The Flex service has no "since" parameter: the query's own period decides which trades come
-back, so the same trades come back poll after poll. The cursor is the newest trade time handed
-over, as `yyyyMMdd;HHmmss` (US/Eastern wall clock, as IBKR writes it), and a poll hands over
-only what is newer:
-
-- A statement that starts (FlexStatement@fromDate) on a later day than the cursor may have
-  passed trades by: they were in no statement polled. A trade-time cursor cannot tell "no
-  trades since" (an account quiet for longer than the query's period) from "trades missed"
-  (the poller was away that long), so this is a warning (`alert=flex_period_gap`, naming both
-  days and the fix: a longer query period, e.g. Last 365 Calendar Days, or a re-run of the
-  missing history), and the statement is still handed over: stopping would lose what it has.
-- A statement over MAX_PAGE_BYTES is handed over in parts, each a FlexQueryResponse with the
-  statement's own attributes and some of its <Trades> rows. Rows linked by their ids (an
-  execution, its cancellation or correction, its closed lots) stay in one part. Parts go out
-  in the order of their newest row.
-- A part (or a statement that fits in one) whose rows are all at or before the cursor was
-  handed over before and is skipped, so an unchanged statement publishes nothing. A
-  cancellation or correction of an old trade has its own, newer time: its part (with the
-  original) goes out again. An execution reported only later with a time at or before the
-  cursor would be missed; Flex reports the executions of one second together.
-- A part's delivery id is a digest of its <Trades> rows (not of `whenGenerated`), so the same
-  part generated again is the same event downstream. Each part's cursor is its newest row time
-  (one second less when the next part has rows of that same second), so a crash between two
-  parts re-polls the ones not yet acknowledged.
-- Trade times are read with the mapper's own `parse_flex_time`: a format the mapper refuses
-  stops the poll here (UnexpectedResponse) rather than being dead-lettered downstream.
-
-The token travels in the query string (`t=`), which is why messages name request targets
-without their query and why httpx's request log lines are redacted.
-"""
+GetStatement until the statement is ready), handed over as FlexQueryResponse XML pages."""
 
 from __future__ import annotations
 
@@ -246,6 +214,40 @@ class IbkrFlexAdapter:
         return _rows(root, "OpenPositions")
 
     async def fetch_closed_trades(self, cursor: str | None) -> AsyncIterator[Delta]:
+        """The statement's trades newer than `cursor`, in parts (statements.py decides them).
+
+        The Flex service has no "since" parameter: the query's own period decides which trades
+        come back, so the same trades come back poll after poll. The cursor is the newest trade
+        time handed over, as `yyyyMMdd;HHmmss` (US/Eastern wall clock, as IBKR writes it), and
+        a poll hands over only what is newer:
+
+        - A statement that starts (FlexStatement@fromDate) on a later day than the cursor may
+          have passed trades by: they were in no statement polled. A trade-time cursor cannot
+          tell "no trades since" (an account quiet for longer than the query's period) from
+          "trades missed" (the poller was away that long), so this is a warning
+          (`alert=flex_period_gap`, naming both days and the fix: a longer query period, e.g.
+          Last 365 Calendar Days, or a re-run of the missing history), and the statement is
+          still handed over: stopping would lose what it has.
+        - A statement over the page budget (MAX_PAGE_BYTES) is handed over in parts, each a
+          FlexQueryResponse with the statement's own attributes and some of its <Trades> rows.
+          Rows linked by their ids (an execution, its cancellation or correction, its closed
+          lots) stay in one part. Parts go out in the order of their newest row.
+        - A part (or a statement that fits in one) whose rows are all at or before the cursor
+          was handed over before and is skipped, so an unchanged statement publishes nothing. A
+          cancellation or correction of an old trade has its own, newer time: its part (with
+          the original) goes out again. An execution reported only later with a time at or
+          before the cursor would be missed; Flex reports the executions of one second together.
+        - A part's delivery id is a digest of its <Trades> rows (not of `whenGenerated`), so the
+          same part generated again is the same event downstream. Each part's cursor is its
+          newest row time (one second less when the next part has rows of that same second), so
+          a crash between two parts re-polls the ones not yet acknowledged.
+        - Trade times are read with `parse_flex_time` (flex.py), as the mapper reads them: a
+          format the mapper refuses stops the poll here (UnexpectedResponse) rather than being
+          dead-lettered downstream.
+
+        The token travels in the query string (`t=`), which is why messages name request
+        targets without their query and why httpx's request log lines are redacted.
+        """
         previous = read_cursor(cursor)
         prefetched, self._prefetched = self._prefetched, None
         body, root = prefetched or await self._fresh_statement()

@@ -1,28 +1,4 @@
-"""Interactive Brokers Flex: the executions of a `FlexQueryResponse` into canonical fills.
-
-The body (application/xml) is the Flex Web Service's GetStatement document verbatim. Only
-`<Trade levelOfDetail="EXECUTION">` rows are fills; order and closed-lot summaries, `<Order>`
-rows and automatic FX conversions are skipped and recorded. IBKR positions are per instrument
-(`ibkr:{accountId}:{conid}`), so one key sees round trip after round trip: the writer starts a
-new journal row each time the position has gone flat.
-
-Decisions where the Flex data leaves room:
-- An execution is keyed by its `tradeID` (else `transactionID`): the id a cancellation or a
-  correction names as `origTradeID`, so the cancelled fill meets its original even when the two
-  arrive in different statements. `origTransactionID` alone is resolved within the document.
-- A cancellation ("Ca") is its original's fill marked cancelled; it reverses the original, so its
-  negated amounts are the original's. A correction ("Co", or `origTradeID` on a normal row)
-  cancels the original and adds the corrected execution. Within one document each execution is
-  one fill: the original's own row wins over what its cancellation reconstructs.
-- Without `openCloseIndicator` (FX rows carry none), a buy opens and a sell closes.
-- `profit` is `fifoPnlRealized`, which IBKR nets of the commissions and taxes of both the
-  opening and the closing execution. A gross figure cannot be rebuilt from one row, so the
-  charges are not booked again: `commission` and `fee` stay 0 (the row's `ibCommission` and
-  `taxes` are kept in the comment), and a journal row's profit + commission + fees is the
-  account's real result, as it is for every other broker.
-- Zero-quantity rows (BookTrade adjustments) move no position: skipped and recorded.
-- Times are US/Eastern wall clock; an hour the autumn change repeats reads as its first (EDT).
-"""
+"""Interactive Brokers Flex: the executions of a `FlexQueryResponse` into canonical fills."""
 
 from __future__ import annotations
 
@@ -354,6 +330,34 @@ def _skip_or_map(
 
 
 def map_event(event: RawEvent) -> MappedEvent:
+    """The event's executions as fills, each once; every other row skipped or rejected alone.
+
+    The body (application/xml) is the Flex Web Service's GetStatement document verbatim. Only
+    `<Trade levelOfDetail="EXECUTION">` rows are fills; order and closed-lot summaries,
+    `<Order>` rows and automatic FX conversions are skipped and recorded. IBKR positions are per
+    instrument (`ibkr:{accountId}:{conid}`), so one key sees round trip after round trip: the
+    writer starts a new journal row each time the position has gone flat.
+
+    Decisions where the Flex data leaves room:
+    - An execution is keyed by its `tradeID` (else `transactionID`): the id a cancellation or a
+      correction names as `origTradeID`, so the cancelled fill meets its original even when the
+      two arrive in different statements. `origTransactionID` alone is resolved within the
+      document.
+    - A cancellation ("Ca") is its original's fill marked cancelled; it reverses the original,
+      so its negated amounts are the original's. A correction ("Co", or `origTradeID` on a
+      normal row) cancels the original and adds the corrected execution. Within one document
+      each execution is one fill: the original's own row wins over what its cancellation
+      reconstructs.
+    - Without `openCloseIndicator` (FX rows carry none), a buy opens and a sell closes.
+    - `profit` is `fifoPnlRealized`, which IBKR nets of the commissions and taxes of both the
+      opening and the closing execution. A gross figure cannot be rebuilt from one row, so the
+      charges are not booked again: `commission` and `fee` stay 0 (the row's `ibCommission` and
+      `taxes` are kept in the comment), and a journal row's profit + commission + fees is the
+      account's real result, as it is for every other broker.
+    - Zero-quantity rows (BookTrade adjustments) move no position: skipped and recorded.
+    - Times are US/Eastern wall clock; an hour the autumn change repeats reads as its first
+      (EDT).
+    """
     statements = _statements(parse_flex(event.body), event.connection)
     rows = _rows(statements)
     by_transaction = _transaction_index(rows)

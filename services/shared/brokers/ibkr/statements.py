@@ -1,7 +1,5 @@
 """Handing a Flex statement over in pages, pure: each page's rows, its digest (its delivery id)
-and its cursor, the newest trade time it holds. The adapter fetches; this decides what to hand
-over and where the next poll starts (see adapter.py for why each rule is what it is).
-"""
+and its cursor. The rules and their reasons: `IbkrFlexAdapter.fetch_closed_trades` (adapter.py)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
 """OANDA v20 REST: an account's transactions after a cursor, in windows of at most 1000 ids,
-each handed over as one JSON page that the oanda mapper reads.
-
-The window is fixed by the summary's lastTransactionID read at the start of the poll, so a
-page's content and its delivery id depend only on its window, even while the trader keeps
-trading during the poll. A delta that fits one page (the usual poll) is read with
-`/transactions/sinceid` and cut at the window's end; a longer one (a first sync, a long outage)
-is paged with `/transactions/idrange`.
-
-A page's body is kept under `MAX_PAGE_BYTES`: a window whose page would be larger is handed over
-as its two halves (by id), each halved again while still too large. The halves depend only on
-the window's transactions, so a re-poll of the same window yields the same pages.
-"""
+each handed over as one or more JSON pages that the oanda mapper reads."""
 
 from __future__ import annotations
 
@@ -89,7 +78,9 @@ def fitted_pages(
 ) -> Iterator[tuple[IdWindow, bytes]]:
     """The window as one page if its body fits `budget` bytes, else its halves by id, each
     fitted the same way, oldest first. Only the page that ends the window is rendered `last`
-    (when the window is the poll's last). A single id is one page whatever its size."""
+    (when the window is the poll's last). A single id is one page whatever its size. The halves
+    depend only on the window's transactions, so a re-poll of the same window yields the same
+    pages."""
     body = render(window, transactions, last)
     if len(body) <= budget or window.first == window.last:
         yield window, body
@@ -204,6 +195,13 @@ class OandaAdapter:
         return trades
 
     async def fetch_closed_trades(self, cursor: str | None) -> AsyncIterator[Delta]:
+        """The pages after `cursor`, oldest first.
+
+        The windows are fixed by the summary's lastTransactionID read at the start of the poll,
+        so a page's content and its delivery id depend only on its window, even while the trader
+        keeps trading during the poll. A delta that fits one window (the usual poll) is read with
+        `/transactions/sinceid` and cut at the window's end; a longer one (a first sync, a long
+        outage) is paged with `/transactions/idrange`."""
         after = read_cursor(cursor)
         summary = await self._summary()
         last_id = self._last_transaction_id(summary)

@@ -1,25 +1,4 @@
-"""OANDA v20: one poller page of account transactions into canonical fills and cash movements.
-
-The body (application/json) is the poller's page, with OANDA's objects inside it verbatim:
-
-    {"kind": "oanda.transactions", "accountID": "101-004-1435156-001",
-     "environment": "practice" | "live", "from_id": "2304" | null, "to_id": "2311",
-     "lastTransactionID": "2311", "transactions": [Transaction...],
-     "account": {AccountSummary} | null, "openTrades": [Trade...] | null}
-
-A position is one OANDA trade (`oanda:{accountID}:{tradeID}`): an ORDER_FILL opens it, and later
-fills reduce or close it, each leg its own canonical fill. Every number is a decimal string and
-stays a Decimal; a JSON number where OANDA writes a string is refused, never rounded.
-
-An ORDER_FILL's `commission` and `guaranteedExecutionFee` belong to the whole fill, not to a leg:
-they are shared across its legs in proportion to |units|, each share rounded half-even to the
-amount's own decimals, and the last leg takes the remainder so the legs add up exactly. OANDA
-writes charges as positive amounts; canonical charges are negative, as MT5's are. The realized
-P/L and financing of each closed or reduced trade are its leg's own. DAILY_FINANCING,
-TRANSFER_FUNDS and DIVIDEND_ADJUSTMENT are cash movements; a daily financing's share of each open
-trade (`positionFinancings[].openTradeFinancings[]`) is a charge of that trade, so the trade's
-journal swap is OANDA's TradeSummary `financing`. Every other type is skipped.
-"""
+"""OANDA v20: one poller page of account transactions into canonical fills and cash movements."""
 
 from __future__ import annotations
 
@@ -49,7 +28,8 @@ _ZERO = Decimal(0)
 
 
 def _decimal_text(value: object) -> Decimal:
-    # OANDA writes every amount as a string; a JSON number here was re-encoded on the way.
+    # OANDA writes every amount as a string, and it stays a Decimal: a JSON number here was
+    # re-encoded on the way, so it is refused, never rounded.
     if not isinstance(value, str) or not _DECIMAL_TEXT.match(value):
         raise ValueError("must be a decimal number written as a string")
     return Decimal(value)
@@ -97,7 +77,14 @@ def parse_time(text: str) -> datetime:
 
 
 class _Page(BaseModel):
-    """The poller's own envelope: exactly these fields."""
+    """The poller's own envelope (application/json): exactly these fields, with OANDA's objects
+    inside it verbatim.
+
+        {"kind": "oanda.transactions", "accountID": "101-004-1435156-001",
+         "environment": "practice" | "live", "from_id": "2304" | null, "to_id": "2311",
+         "lastTransactionID": "2311", "transactions": [Transaction...],
+         "account": {AccountSummary} | null, "openTrades": [Trade...] | null}
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -240,6 +227,12 @@ def _side(units: Decimal) -> Side:
 
 
 def _map_order_fill(fill: _OrderFill, prefix: str) -> list[Fill]:
+    """An ORDER_FILL's legs, each its own canonical fill. A position is one OANDA trade
+    (`oanda:{accountID}:{tradeID}`): an ORDER_FILL opens it, and later fills reduce or close it.
+
+    The fill's `commission` and `guaranteedExecutionFee` belong to the whole fill, not to a leg:
+    they are shared across its legs in proportion to |units| (`split_by_units`). The realized
+    P/L and financing of each closed or reduced trade are its leg's own."""
     legs = _legs(fill)
     if not legs:
         raise InvalidEvent(
@@ -255,7 +248,8 @@ def _map_order_fill(fill: _OrderFill, prefix: str) -> list[Fill]:
             raise InvalidEvent("invalid_transaction", f"trade {leg.trade_id}: no price")
         prices.append(price)
     units = [leg.units for leg in legs]
-    # OANDA writes charges as positive amounts off the balance; canonical charges are negative.
+    # OANDA writes charges as positive amounts off the balance; canonical charges are negative,
+    # as MT5's are.
     commissions = split_by_units(_ZERO - fill.commission, units)
     fees = split_by_units(_ZERO - fill.guaranteed_execution_fee, units)
     executed_at = parse_time(fill.time)
@@ -344,6 +338,7 @@ def _map_fill(item: Any, prefix: str) -> list[Fill]:
     return _map_order_fill(_OrderFill.model_validate(item), prefix)
 
 
+# An ORDER_FILL is fills; the other three are cash movements; every other type is skipped.
 _MAPPED: dict[str, Callable[[Any, str], Sequence[Record]]] = {
     "ORDER_FILL": _map_fill,
     "DAILY_FINANCING": _map_daily_financing,
