@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,6 +24,7 @@ from services.ingest.request_bounds import InFlightRequests, RequestBounds
 from services.ingest.settings import IngestSettings
 from services.ingest.webhooks import WEBHOOK_ROUTE, receive_webhook
 from services.shared.logging import get_logger
+from services.shared.server_spans import ServerSpans
 
 _log = get_logger("poscal.ingest")
 # Probes and scrapes are not worth a trace each.
@@ -136,10 +136,11 @@ def create_app(
             Route("/openapi.json", serve_openapi),
         ],
         middleware=[
-            # The server span of each request (OpenTelemetry's own ASGI instrumentation), named
-            # by its route; the ASGI events inside a request are not worth a span each.
+            # The server span of each request (OpenTelemetry's own ASGI instrumentation, safe
+            # from any header), named by its route; the ASGI events inside a request are not
+            # worth a span each.
             Middleware(
-                OpenTelemetryMiddleware,
+                ServerSpans,
                 excluded_urls=_UNTRACED,
                 default_span_details=_span_named_by_route,
                 server_request_hook=_without_query,

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.shared.brokers.mt5 import Mt5Deal, Mt5Webhook, map_event
+from services.shared.brokers.mt5 import map_event
+from services.shared.brokers.mt5.webhook import Mt5Webhook, TradeDeal
 from services.shared.envelope import RawEvent
 from services.shared.signatures import decode_secret, parse_headers, verify
 from tests.support.builders import PINNED_CONNECTION, PINNED_LOGIN, SERVER, fixture_deals
@@ -150,7 +151,7 @@ def test_the_body_is_exactly_account_offset_and_trade_deals(ea: EaHarness) -> No
     assert document["deals"] == fixture_deals()
     Mt5Webhook.model_validate_json(request.body)
     for deal in document["deals"]:
-        Mt5Deal.model_validate(deal)
+        TradeDeal.model_validate(deal)
 
 
 def test_the_body_maps_to_the_fixtures_fills(ea: EaHarness) -> None:

@@ -1,4 +1,5 @@
-"""MetaTrader 5: deal webhooks into canonical fills, cash movements and a balance snapshot."""
+"""MT5 deal webhooks (the Expert Advisor, bridges) into canonical fills, cash movements and a
+balance snapshot."""
 
 from __future__ import annotations
 
@@ -9,47 +10,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
-from services.shared.brokers import (
-    Broker,
-    CredentialField,
-    Credentials,
-    MappedEvent,
-    PayloadOwner,
-)
+from services.shared.brokers import MappedEvent, PayloadOwner
 from services.shared.brokers.items import MappedItems, check_plausible_time
+from services.shared.brokers.mt5.deals import Mt5Deal, account_prefix, canonical_deal
 from services.shared.brokers.payloads import json_object_or_none, parse_json_payload
-from services.shared.canonical import (
-    AccountSnapshot,
-    CashMovement,
-    Fill,
-    FillEntry,
-    Side,
-)
+from services.shared.canonical import AccountSnapshot, CashMovement, Fill
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
 
-_ENTRIES: dict[int, FillEntry] = {0: "in", 1: "out", 2: "inout", 3: "out_by"}
-_SIDES: dict[int, Side] = {0: "buy", 1: "sell"}
-# DEAL_TYPE_BUY_CANCELED / SELL_CANCELED: MT5 re-types an executed deal when the broker cancels
-# it, zeroes its profit and books the money as a separate balance deal.
-_CANCELLED_SIDES: dict[int, Side] = {13: "buy", 14: "sell"}
-# ENUM_DEAL_TYPE values 2 and above: money movements, not trades.
-CASH_KINDS: dict[int, str] = {
-    2: "balance",
-    3: "credit",
-    4: "charge",
-    5: "correction",
-    6: "bonus",
-    7: "commission",
-    8: "commission_daily",
-    9: "commission_monthly",
-    10: "commission_agent_daily",
-    11: "commission_agent_monthly",
-    12: "interest",
-    15: "dividend",
-    16: "dividend_franked",
-    17: "tax",
-}
 _MAX_OFFSET_SECONDS = 14 * 3600
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # TimeTradeServer() - TimeGMT() jitters by a second or two; real zones are whole quarter hours.
@@ -76,7 +44,7 @@ class Mt5Account(_Strict):
     equity: Decimal
 
 
-class Mt5Deal(_Strict):
+class TradeDeal(_Strict):
     """Exactly the fields of the MetaTrader5 package's TradeDeal."""
 
     ticket: Integer = Field(gt=0, le=_ULONG_MAX)
@@ -130,7 +98,7 @@ def server_time_to_utc(time_msc: int, offset_seconds: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=utc_ms)
 
 
-def _deal_time_msc(deal: Mt5Deal) -> int:
+def _deal_time_msc(deal: TradeDeal) -> int:
     """The deal's server time in milliseconds; `time` and `time_msc` must name the same second."""
     if deal.time == 0 and deal.time_msc == 0:
         raise InvalidEvent("invalid_deal", "a deal needs a time")
@@ -143,49 +111,24 @@ def _deal_time_msc(deal: Mt5Deal) -> int:
     return deal.time_msc
 
 
-def _map_deal(deal: Mt5Deal, prefix: str, offset: int) -> Fill | CashMovement:
+def _read_deal(deal: TradeDeal, offset: int) -> Mt5Deal:
     time_msc = _deal_time_msc(deal)
-    executed_at = server_time_to_utc(time_msc, offset)
-    # Each deal is keyed by its ticket, its position by `position_id`.
-    key = f"{prefix}:deal:{deal.ticket}"
-    if deal.type in CASH_KINDS:
-        return CashMovement(
-            movement_key=key,
-            kind=CASH_KINDS[deal.type],
-            # Balance operations carry their amount in profit; any charge on them counts too.
-            amount=deal.profit + deal.commission + deal.swap + deal.fee,
-            executed_at=executed_at,
-            broker_time=str(time_msc),
-            broker_ref=str(deal.ticket),
-            comment=deal.comment or None,
-        )
-    side = _SIDES.get(deal.type) or _CANCELLED_SIDES.get(deal.type)
-    if side is None:
-        raise InvalidEvent("unknown_deal_type", f"deal type {deal.type} is not known")
-    if not deal.symbol:
-        raise InvalidEvent("invalid_deal", "a trade deal needs a symbol")
-    if deal.position_id <= 0:
-        raise InvalidEvent("invalid_deal", "a trade deal needs a position_id")
-    if deal.volume <= 0 or deal.price <= 0:
-        raise InvalidEvent("invalid_deal", "a trade deal needs a positive volume and price")
-    return Fill(
-        fill_key=key,
-        position_key=f"{prefix}:{deal.position_id}",
-        symbol=deal.symbol,
-        side=side,
-        entry=_ENTRIES[deal.entry],
+    return Mt5Deal(
+        ticket=deal.ticket,
+        order=deal.order,
+        position_id=deal.position_id,
+        deal_type=deal.type,
+        entry=deal.entry,
         volume=deal.volume,
         price=deal.price,
-        profit=deal.profit,
         commission=deal.commission,
         swap=deal.swap,
         fee=deal.fee,
-        executed_at=executed_at,
-        broker_time=str(time_msc),
-        broker_ref=str(deal.ticket),
-        order_ref=str(deal.order) if deal.order else None,
-        comment=deal.comment or None,
-        cancelled=deal.type in _CANCELLED_SIDES,
+        profit=deal.profit,
+        symbol=deal.symbol,
+        comment=deal.comment,
+        executed_at=server_time_to_utc(time_msc, offset),
+        server_time_msc=time_msc,
     )
 
 
@@ -206,7 +149,7 @@ def _check_account(event: RawEvent, account: Mt5Account) -> None:
 
 
 def _map_item(item: Any, prefix: str, offset: int, event: RawEvent) -> Fill | CashMovement:
-    mapped = _map_deal(Mt5Deal.model_validate(item), prefix, offset)
+    mapped = canonical_deal(_read_deal(TradeDeal.model_validate(item), offset), prefix)
     check_plausible_time(mapped, event.received_at)
     return mapped
 
@@ -228,7 +171,7 @@ def _snapshot(
 def map_event(event: RawEvent) -> MappedEvent:
     webhook = _parse_body(event.body)
     _check_account(event, webhook.account)
-    prefix = f"mt5:{webhook.account.server}:{webhook.account.login}"
+    prefix = account_prefix(webhook.account.server, webhook.account.login)
     offset = webhook.server_time_offset_seconds
     items = MappedItems()
     for index, item in enumerate(webhook.deals):
@@ -256,21 +199,3 @@ def payload_owner(body: bytes) -> PayloadOwner | None:
     if not isinstance(login, int) or isinstance(login, bool):
         return None
     return PayloadOwner(str(login), server if isinstance(server, str) else None)
-
-
-BROKER = Broker(
-    name="mt5",
-    title="MetaTrader 5",
-    map_event=map_event,
-    # The account's sign-in: what a cloud terminal logs in with (the investor password suffices).
-    credentials=Credentials(
-        (
-            CredentialField("login", "Login", secret=False),
-            CredentialField("password", "Investor password"),
-            CredentialField("server", "Server", secret=False),
-        )
-    ),
-    source="webhook",
-    payload_owner=payload_owner,
-    needs_server=True,  # deal keys embed server and login: a blank one would match no webhook
-)
