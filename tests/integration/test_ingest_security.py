@@ -38,6 +38,7 @@ from tests.support.builders import (
     fixture_deals,
     mt5_body,
     new_connection,
+    store_credential,
 )
 from tests.support.ingest import IngestStarter, RecordingSink, RunningIngest
 
@@ -304,25 +305,6 @@ async def test_json_media_types_with_parameters_or_suffixes_are_accepted(
 # --- keys: ed25519 and rotation overlap -----------------------------------------------------
 
 
-async def add_credential(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    kind: str,
-    value: bytes,
-    expires_at: datetime | None = None,
-) -> None:
-    async with pool.acquire() as conn:
-        await vault.store(
-            conn,
-            user_id=connection.user_id,
-            connection_id=connection.created.connection_id,
-            kind=kind,
-            plaintext=value,
-            expires_at=expires_at,
-        )
-
-
 async def test_a_v1a_signature_verifies_against_the_connections_ed25519_public_key(
     pool: asyncpg.Pool,
     vault: CredentialVault,
@@ -331,7 +313,7 @@ async def test_a_v1a_signature_verifies_against_the_connections_ed25519_public_k
 ) -> None:
     sender_key = Ed25519PrivateKey.generate()
     public = sender_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    await add_credential(pool, vault, connection, credential_kinds.WEBHOOK_PUBLIC_KEY, public)
+    await store_credential(pool, vault, connection, credential_kinds.WEBHOOK_PUBLIC_KEY, public)
     body = body_of(connection)
 
     def v1a_headers(key: Ed25519PrivateKey, webhook_id: str) -> dict[str, str]:
@@ -362,8 +344,8 @@ async def test_every_active_secret_verifies_and_an_expired_one_does_not(
     ingest_with: IngestStarter,
 ) -> None:
     newer, expired = b"n" * 32, b"e" * 32
-    await add_credential(pool, vault, connection, credential_kinds.WEBHOOK_SECRET, newer)
-    await add_credential(
+    await store_credential(pool, vault, connection, credential_kinds.WEBHOOK_SECRET, newer)
+    await store_credential(
         pool,
         vault,
         connection,
