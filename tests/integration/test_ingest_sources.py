@@ -88,6 +88,14 @@ async def status_of(pool: asyncpg.Pool, connection: TestConnection) -> str:
     return status
 
 
+async def rotation_forced_reasons(pool: asyncpg.Pool, connection: TestConnection) -> list[str]:
+    forced = await pool.fetch(
+        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    return [r["rotation_forced_reason"] for r in forced]
+
+
 def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name, {}) or 0.0
 
@@ -190,11 +198,7 @@ async def test_a_source_reaching_the_alert_threshold_raises_an_alert_and_forces_
         3,
     )
     assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 1
-    forced = await pool.fetch(
-        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
-        connection.created.connection_id,
-    )
-    assert [r["rotation_forced_reason"] for r in forced] == ["verification_failures"]
+    assert await rotation_forced_reasons(pool, connection) == ["verification_failures"]
 
 
 async def test_a_forgery_spread_over_many_addresses_raises_the_connection_wide_alert(
@@ -217,11 +221,7 @@ async def test_a_forgery_spread_over_many_addresses_raises_the_connection_wide_a
     ]
     assert {a["connection_id"] for a in alerts} == {str(connection.created.connection_id)}
     assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 2
-    forced = await pool.fetch(
-        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
-        connection.created.connection_id,
-    )
-    assert [r["rotation_forced_reason"] for r in forced] == ["verification_failures"]
+    assert await rotation_forced_reasons(pool, connection) == ["verification_failures"]
 
 
 async def test_a_verified_delivery_ends_the_run_of_its_own_source_only(
