@@ -41,17 +41,9 @@ def normalizer_stopped_only_by_runs_across_tenants(
 ) -> Normalizer:
     """The normalizer with the budget these specs are about: only a run of more than five dead
     letters in a row that spans three sources (tenants) or more stops it."""
-    return Normalizer(
-        producer,
-        topics.canonical,
-        DeadLetterPublisher(
-            producer,
-            topics.dead_letter,
-            "normalizer",
-            DeadLetterBudget(max_consecutive=5, min_sources=3),
-        ),
-        group,
-    )
+    budget = DeadLetterBudget(max_consecutive=5, min_sources=3)
+    dead_letters = DeadLetterPublisher(producer, topics.dead_letter, "normalizer", budget)
+    return Normalizer(producer, topics.canonical, dead_letters, group)
 
 
 async def test_a_long_run_of_one_tenants_garbage_is_dead_lettered_and_the_next_event_goes_on(
