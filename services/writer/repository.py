@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from services.shared.bulk_rows import BulkRows, Column
-from services.shared.canonical import CanonicalBatch, CashMovement, Fill
+from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
 from services.shared.envelope import ConnectionRef
 from services.shared.logging import get_logger
@@ -197,14 +197,32 @@ ORDER BY a.id
 FOR NO KEY UPDATE OF a
 """
 
-_APPLY_BALANCES = """
-UPDATE trading_accounts AS a
-SET current_balance = v.balance, equity = v.equity, currency = coalesce(v.currency, a.currency),
-    balance_as_of = v.as_of, balance_received_at = v.received_at, updated_at = now()
-FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::text[], $5::timestamptz[],
-    $6::timestamptz[]) AS v(id, balance, equity, currency, as_of, received_at)
-WHERE a.id = v.id
-"""
+
+@dataclass(frozen=True)
+class _Balance:
+    """An account's balance report, as the event that carried it delivered it."""
+
+    batch: CanonicalBatch
+    report: AccountSnapshot
+
+
+BALANCES = BulkRows[_Balance](
+    "trading_accounts",
+    (
+        Column("id", "uuid", lambda b: b.batch.connection.account_id),
+        Column("balance", "numeric", lambda b: b.report.balance),
+        Column("equity", "numeric", lambda b: b.report.equity),
+        Column("currency", "text", lambda b: b.report.currency),
+        Column("as_of", "timestamptz", lambda b: b.report.as_of),
+        Column("received_at", "timestamptz", lambda b: b.batch.received_at),
+    ),
+)
+_APPLY_BALANCES = BALANCES.update(
+    "current_balance = v.balance, equity = v.equity, currency = coalesce(v.currency, a.currency),"
+    " balance_as_of = v.as_of, balance_received_at = v.received_at, updated_at = now()",
+    alias="a",
+    where="a.id = v.id",
+)
 
 
 @dataclass(frozen=True)
@@ -233,29 +251,60 @@ _RECORD_EVENTS = SYNC_EVENTS.insert("ON CONFLICT (event_id) DO NOTHING RETURNING
 
 # Every connection synced has its audit row (made with the connection, but one missing must not
 # lose a count), then each is read locked, counted by journal.count_syncs, and written.
-_ENSURE_AUDIT_ROWS = """
-INSERT INTO mt5_security_audit (connection_id, user_id)
-SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT (connection_id) DO NOTHING
-"""
+AUDIT_ROWS = BulkRows[ConnectionRef](
+    "mt5_security_audit",
+    (
+        Column("connection_id", "uuid", lambda c: c.connection_id),
+        Column("user_id", "uuid", lambda c: c.user_id),
+    ),
+)
+_ENSURE_AUDIT_ROWS = AUDIT_ROWS.insert("ON CONFLICT (connection_id) DO NOTHING")
 _STORED_SYNCS = """
 SELECT connection_id, sync_month, monthly_sync_count, last_sync_at, last_event_id
 FROM mt5_security_audit WHERE connection_id = ANY($1::uuid[])
 ORDER BY connection_id
 FOR NO KEY UPDATE
 """
-_RECORD_SYNCS = """
-UPDATE mt5_security_audit AS a
-SET sync_month = v.month, monthly_sync_count = v.count, last_sync_at = v.last_sync_at,
-    last_event_id = v.last_event_id, updated_at = now()
-FROM unnest($1::uuid[], $2::date[], $3::int[], $4::timestamptz[], $5::uuid[])
-    AS v(connection_id, month, count, last_sync_at, last_event_id)
-WHERE a.connection_id = v.connection_id
-"""
 
-_TOUCH_CONNECTIONS = """
-UPDATE mt5_connections AS c SET last_sync_at = greatest(c.last_sync_at, v.at), updated_at = now()
-FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at) WHERE c.id = v.id
-"""
+
+@dataclass(frozen=True)
+class _Synced:
+    """One connection's syncs of a batch: their count, and when the latest was received."""
+
+    connection_id: uuid.UUID
+    counted: MonthlySyncs
+    latest: datetime
+
+
+SYNCS = BulkRows[_Synced](
+    "mt5_security_audit",
+    (
+        Column("connection_id", "uuid", lambda s: s.connection_id),
+        Column("month", "date", lambda s: s.counted.month),
+        Column("count", "int", lambda s: s.counted.count),
+        Column("last_sync_at", "timestamptz", lambda s: s.counted.last_sync_at),
+        Column("last_event_id", "uuid", lambda s: s.counted.last_event_id),
+    ),
+)
+_RECORD_SYNCS = SYNCS.update(
+    "sync_month = v.month, monthly_sync_count = v.count, last_sync_at = v.last_sync_at,"
+    " last_event_id = v.last_event_id, updated_at = now()",
+    alias="a",
+    where="a.connection_id = v.connection_id",
+)
+
+SYNCED_CONNECTIONS = BulkRows[_Synced](
+    "mt5_connections",
+    (
+        Column("id", "uuid", lambda s: s.connection_id),
+        Column("at", "timestamptz", lambda s: s.latest),
+    ),
+)
+_TOUCH_CONNECTIONS = SYNCED_CONNECTIONS.update(
+    "last_sync_at = greatest(c.last_sync_at, v.at), updated_at = now()",
+    alias="c",
+    where="c.id = v.id",
+)
 
 
 @dataclass(frozen=True)
@@ -386,23 +435,15 @@ class JournalRepository:
             for row in await conn.fetch(_STORED_BALANCES, sorted(reports))
         }
         applied = [
-            batch
+            _Balance(batch, batch.account)
             for account_id, batch in sorted(reports.items())
             if account_id in stored
             and batch.account is not None
             and balance_applies(stored[account_id], batch.account, batch.received_at)
         ]
         if applied:
-            await conn.execute(
-                _APPLY_BALANCES,
-                [b.connection.account_id for b in applied],
-                [b.account.balance if b.account else None for b in applied],
-                [b.account.equity if b.account else None for b in applied],
-                [b.account.currency if b.account else None for b in applied],
-                [b.account.as_of if b.account else None for b in applied],
-                [b.received_at for b in applied],
-            )
-        return {b.event_id for b in applied}
+            await conn.execute(_APPLY_BALANCES, *BALANCES.arrays(applied))
+        return {b.batch.event_id for b in applied}
 
     async def _record_events(
         self,
@@ -427,8 +468,9 @@ class JournalRepository:
         self, conn: Connection, synced: dict[uuid.UUID, list[CanonicalBatch]]
     ) -> None:
         ids = sorted(synced)
-        await conn.execute(_ENSURE_AUDIT_ROWS, ids, [synced[i][0].connection.user_id for i in ids])
-        counted: dict[uuid.UUID, MonthlySyncs] = {}
+        connections = [synced[i][0].connection for i in ids]
+        await conn.execute(_ENSURE_AUDIT_ROWS, *AUDIT_ROWS.arrays(connections))
+        counted: list[_Synced] = []
         for row in await conn.fetch(_STORED_SYNCS, ids):
             stored = MonthlySyncs(
                 row["sync_month"],
@@ -436,18 +478,16 @@ class JournalRepository:
                 row["last_sync_at"],
                 row["last_event_id"],
             )
-            events = [(b.received_at, b.event_id) for b in synced[row["connection_id"]]]
-            counted[row["connection_id"]] = count_syncs(stored, events)
-        await conn.execute(
-            _RECORD_SYNCS,
-            ids,
-            [counted[i].month for i in ids],
-            [counted[i].count for i in ids],
-            [counted[i].last_sync_at for i in ids],
-            [counted[i].last_event_id for i in ids],
-        )
-        latest: list[datetime] = [max(b.received_at for b in synced[i]) for i in ids]
-        await conn.execute(_TOUCH_CONNECTIONS, ids, latest)
+            batches = synced[row["connection_id"]]
+            counted.append(
+                _Synced(
+                    row["connection_id"],
+                    count_syncs(stored, [(b.received_at, b.event_id) for b in batches]),
+                    max(b.received_at for b in batches),
+                )
+            )
+        await conn.execute(_RECORD_SYNCS, *SYNCS.arrays(counted))
+        await conn.execute(_TOUCH_CONNECTIONS, *SYNCED_CONNECTIONS.arrays(counted))
 
 
 def _positions_of(batch: CanonicalBatch) -> set[str]:
