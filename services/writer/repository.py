@@ -4,9 +4,10 @@ transaction, idempotently."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from services.shared.bulk_rows import BulkRows, Column
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
@@ -26,54 +27,49 @@ from services.writer.journal import (
 )
 
 _log = get_logger("poscal.writer")
+R = TypeVar("R", Fill, CashMovement)
 
 
 @dataclass(frozen=True)
-class _Delivered:
-    """A record as one event delivered it."""
+class _Delivered(Generic[R]):
+    """A record (a fill or a cash movement) as one event delivered it."""
 
     batch: CanonicalBatch
-    record: Fill | CashMovement
+    record: R
 
     @property
     def connection(self) -> ConnectionRef:
         return self.batch.connection
 
-
-def _fill(d: _Delivered) -> Fill:
-    assert isinstance(d.record, Fill)
-    return d.record
-
-
-def _cash(d: _Delivered) -> CashMovement:
-    assert isinstance(d.record, CashMovement)
-    return d.record
+    @property
+    def key(self) -> str:
+        return self.record.fill_key if isinstance(self.record, Fill) else self.record.movement_key
 
 
-FILLS = BulkRows[_Delivered](
+FILLS = BulkRows[_Delivered[Fill]](
     "broker_fills",
     (
-        Column("fill_key", "text", lambda d: _fill(d).fill_key),
-        Column("position_key", "text", lambda d: _fill(d).position_key),
+        Column("fill_key", "text", lambda d: d.record.fill_key),
+        Column("position_key", "text", lambda d: d.record.position_key),
         Column("user_id", "uuid", lambda d: d.connection.user_id),
         Column("connection_id", "uuid", lambda d: d.connection.connection_id),
         Column("account_id", "uuid", lambda d: d.connection.account_id),
         Column("broker", "text", lambda d: d.connection.broker),
-        Column("symbol", "text", lambda d: _fill(d).symbol),
-        Column("side", "text", lambda d: _fill(d).side),
-        Column("entry", "text", lambda d: _fill(d).entry),
-        Column("volume", "numeric", lambda d: _fill(d).volume),
-        Column("price", "numeric", lambda d: _fill(d).price),
-        Column("profit", "numeric", lambda d: _fill(d).profit),
-        Column("commission", "numeric", lambda d: _fill(d).commission),
-        Column("swap", "numeric", lambda d: _fill(d).swap),
-        Column("fee", "numeric", lambda d: _fill(d).fee),
-        Column("executed_at", "timestamptz", lambda d: _fill(d).executed_at),
-        Column("broker_time", "text", lambda d: _fill(d).broker_time),
-        Column("broker_ref", "text", lambda d: _fill(d).broker_ref),
-        Column("order_ref", "text", lambda d: _fill(d).order_ref),
-        Column("comment", "text", lambda d: _fill(d).comment),
-        Column("cancelled", "bool", lambda d: _fill(d).cancelled),
+        Column("symbol", "text", lambda d: d.record.symbol),
+        Column("side", "text", lambda d: d.record.side),
+        Column("entry", "text", lambda d: d.record.entry),
+        Column("volume", "numeric", lambda d: d.record.volume),
+        Column("price", "numeric", lambda d: d.record.price),
+        Column("profit", "numeric", lambda d: d.record.profit),
+        Column("commission", "numeric", lambda d: d.record.commission),
+        Column("swap", "numeric", lambda d: d.record.swap),
+        Column("fee", "numeric", lambda d: d.record.fee),
+        Column("executed_at", "timestamptz", lambda d: d.record.executed_at),
+        Column("broker_time", "text", lambda d: d.record.broker_time),
+        Column("broker_ref", "text", lambda d: d.record.broker_ref),
+        Column("order_ref", "text", lambda d: d.record.order_ref),
+        Column("comment", "text", lambda d: d.record.comment),
+        Column("cancelled", "bool", lambda d: d.record.cancelled),
         Column("event_id", "uuid", lambda d: d.batch.event_id),
     ),
 )
@@ -84,22 +80,22 @@ _INSERT_FILLS = FILLS.insert(
     " RETURNING fill_key, position_key"
 )
 
-CASH = BulkRows[_Delivered](
+CASH = BulkRows[_Delivered[CashMovement]](
     "broker_cash_movements",
     (
-        Column("movement_key", "text", lambda d: _cash(d).movement_key),
+        Column("movement_key", "text", lambda d: d.record.movement_key),
         Column("user_id", "uuid", lambda d: d.connection.user_id),
         Column("connection_id", "uuid", lambda d: d.connection.connection_id),
         Column("account_id", "uuid", lambda d: d.connection.account_id),
-        Column("kind", "text", lambda d: _cash(d).kind),
-        Column("amount", "numeric", lambda d: _cash(d).amount),
+        Column("kind", "text", lambda d: d.record.kind),
+        Column("amount", "numeric", lambda d: d.record.amount),
         Column("currency", "text", lambda d: d.batch.account.currency if d.batch.account else None),
-        Column("executed_at", "timestamptz", lambda d: _cash(d).executed_at),
-        Column("broker_time", "text", lambda d: _cash(d).broker_time),
-        Column("broker_ref", "text", lambda d: _cash(d).broker_ref),
-        Column("comment", "text", lambda d: _cash(d).comment),
+        Column("executed_at", "timestamptz", lambda d: d.record.executed_at),
+        Column("broker_time", "text", lambda d: d.record.broker_time),
+        Column("broker_ref", "text", lambda d: d.record.broker_ref),
+        Column("comment", "text", lambda d: d.record.comment),
         Column("event_id", "uuid", lambda d: d.batch.event_id),
-        Column("position_key", "text", lambda d: _cash(d).position_key),
+        Column("position_key", "text", lambda d: d.record.position_key),
     ),
 )
 _INSERT_CASH = CASH.insert(
@@ -317,20 +313,24 @@ class EventOutcome:
     first_time: bool
 
 
-def _first_of_each(batches: Sequence[CanonicalBatch], fills: bool) -> list[_Delivered]:
+def _first_of_each(
+    batches: Sequence[CanonicalBatch], records: Callable[[CanonicalBatch], Sequence[R]]
+) -> list[_Delivered[R]]:
     """Each record once (by its key), as the first event of the batch delivered it."""
-    seen: dict[str, _Delivered] = {}
+    seen: dict[str, _Delivered[R]] = {}
     for batch in batches:
-        records: Sequence[Fill | CashMovement] = batch.fills if fills else batch.cash_movements
-        for record in records:
-            key = record.fill_key if isinstance(record, Fill) else record.movement_key
-            seen.setdefault(key, _Delivered(batch, record))
+        for record in records(batch):
+            delivered = _Delivered(batch, record)
+            seen.setdefault(delivered.key, delivered)
     return list(seen.values())
 
 
-def _key(delivered: _Delivered) -> str:
-    record = delivered.record
-    return record.fill_key if isinstance(record, Fill) else record.movement_key
+def _fills(batch: CanonicalBatch) -> Sequence[Fill]:
+    return batch.fills
+
+
+def _cash_movements(batch: CanonicalBatch) -> Sequence[CashMovement]:
+    return batch.cash_movements
 
 
 class JournalRepository:
@@ -347,10 +347,10 @@ class JournalRepository:
         """
         async with conn.transaction():
             fills_per_event, filled = await self._insert(
-                conn, _first_of_each(batches, fills=True), _INSERT_FILLS, FILLS
+                conn, _first_of_each(batches, _fills), _INSERT_FILLS, FILLS
             )
             cash_per_event, charged = await self._insert(
-                conn, _first_of_each(batches, fills=False), _INSERT_CASH, CASH
+                conn, _first_of_each(batches, _cash_movements), _INSERT_CASH, CASH
             )
             new_positions = filled | charged
             await self._recompute_positions(conn, batches, new_positions)
@@ -372,9 +372,9 @@ class JournalRepository:
     async def _insert(
         self,
         conn: Connection,
-        delivered: list[_Delivered],
+        delivered: list[_Delivered[R]],
         statement: str,
-        rows: BulkRows[_Delivered],
+        rows: BulkRows[_Delivered[R]],
     ) -> tuple[dict[uuid.UUID, int], set[str]]:
         """Insert what is new; per event, how many of its records were; the positions they
         belong to."""
@@ -384,7 +384,7 @@ class JournalRepository:
         keys = {r[0] for r in inserted}
         per_event: dict[uuid.UUID, int] = {}
         for d in delivered:
-            if _key(d) in keys:
+            if d.key in keys:
                 per_event[d.batch.event_id] = per_event.get(d.batch.event_id, 0) + 1
         return per_event, {r["position_key"] for r in inserted if r["position_key"] is not None}
 
