@@ -152,7 +152,7 @@ def mapped_fills(backend: Backend, deltas: list[Delta]) -> set[str]:
     fills: set[str] = set()
     for delta in deltas:
         assert delta.content_type == plugin.content_type
-        mapping = plugin.map_event(
+        mapping = plugin.map(
             RawEvent.wrap(
                 source="poller",
                 connection=connection,

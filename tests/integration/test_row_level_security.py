@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from services.devstack.demo import encode_body
-from services.shared.brokers.mt5 import map_event
+from services.shared.brokers.mt5 import BROKER
 from services.shared.canonical import CanonicalBatch
 from services.shared.database import Connection
 from services.shared.vault import CredentialVault
@@ -32,6 +32,8 @@ from tests.support.builders import (
     raw_event,
 )
 from tests.support.scratch_database import SUPABASE_DEFAULT_GRANTS, scratch_database
+
+map_event = BROKER.map  # every MT5 payload, by its kind
 
 pytestmark = pytest.mark.integration
 REPOSITORY = JournalRepository()
