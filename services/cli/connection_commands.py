@@ -246,7 +246,7 @@ async def _create(
         connection_type=args.connection_type,
         account_number=args.account_number,
         server=args.server,
-        label=args.label,
+        account_label=args.label,
         ingest_url=settings.ingest_url,
         api_url=args.api_url,
         poll_interval_seconds=args.poll_interval,
@@ -307,7 +307,7 @@ async def _rotate_url(
 def _lock_record(change: LockChange) -> _Record:
     return {
         "connection_id": change.connection_id,
-        "status": change.status,
+        "lifecycle": change.lifecycle,
         "locked_at": change.locked_at,
         "changed": change.changed,
     }

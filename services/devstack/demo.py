@@ -82,7 +82,7 @@ async def create_demo_connection(
             connection_type="demo",
             account_number=str(account.login),
             server=account.server,
-            label="MT5 demo",
+            account_label="MT5 demo",
             ingest_url=ingest_url,
         )
         return user_id, created

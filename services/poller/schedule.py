@@ -31,7 +31,7 @@ WITH candidates AS (
       AND NOT s.connection_id = ANY($5::uuid[])
       -- 'locked' is an operator's `connections lock` of the webhooks (a suspect webhook
       -- secret); polling uses the broker's API credentials, so it goes on.
-      AND c.status IN ('active', 'error', 'locked')
+      AND c.lifecycle IN ('active', 'locked')
       AND (c.connection_type = 'demo' OR c.live_enabled_at IS NOT NULL)
       -- Only with an active credential the broker has not refused: with none stored yet the
       -- connection waits for credentials, and a refused one waits for another (no point asking
@@ -64,15 +64,23 @@ due AS (
       AND s.next_sync_at <= now()
       AND (s.lease_until IS NULL OR s.lease_until < now())
     FOR UPDATE OF s SKIP LOCKED
+),
+leased AS (
+    UPDATE sync_schedule s
+    SET lease_owner = $1, lease_token = gen_random_uuid(),
+        lease_until = now() + make_interval(secs => $3::float8),
+        last_attempt_at = now(), updated_at = now()
+    FROM due
+    WHERE s.connection_id = due.connection_id
+    RETURNING s.connection_id, s.lease_token, s.cursor, s.consecutive_failures,
+        s.last_error IS NOT NULL AS had_error
 )
-UPDATE sync_schedule s
-SET lease_owner = $1, lease_token = gen_random_uuid(),
-    lease_until = now() + make_interval(secs => $3::float8),
-    last_attempt_at = now(), updated_at = now()
-FROM due, mt5_connections c
-WHERE s.connection_id = due.connection_id AND c.id = s.connection_id
-RETURNING s.connection_id, s.lease_token, s.cursor, s.consecutive_failures,
-    s.last_error IS NOT NULL AS had_error,
+-- The sync state the app shows: syncing, unless its syncs keep failing (error until one works).
+UPDATE mt5_connections c
+SET status = CASE WHEN c.status = 'error' THEN 'error' ELSE 'syncing' END
+FROM leased
+WHERE c.id = leased.connection_id
+RETURNING leased.*,
     c.user_id, c.account_id, c.broker, c.connection_type, c.account_number, c.server, c.api_url
 """
 
@@ -110,9 +118,9 @@ WITH done AS (
     RETURNING connection_id
 )
 UPDATE mt5_connections c
-SET status = CASE WHEN c.status = 'error' THEN 'active' ELSE c.status END,
-    last_error = CASE WHEN c.status = 'error' THEN NULL ELSE c.last_error END,
-    updated_at = now()
+SET status = 'idle',
+    -- A locked connection's last error says why it is locked.
+    last_error = CASE WHEN c.lifecycle = 'locked' THEN c.last_error END
 FROM done WHERE c.id = done.connection_id
 RETURNING c.id
 """
@@ -127,9 +135,16 @@ RETURNING consecutive_failures
 """
 
 _MARK_ERROR = """
-UPDATE mt5_connections SET status = 'error', last_error = $2, updated_at = now()
-WHERE id = $1 AND status = 'active'
+UPDATE mt5_connections
+SET status = 'error', last_error = CASE WHEN lifecycle = 'locked' THEN last_error ELSE $2 END
+WHERE id = $1 AND status <> 'error'
 RETURNING id
+"""
+
+# A sync that ended without a verdict on the connection (a failure below the threshold, a
+# request to wait, a postponement): idle again, or still in error.
+_SYNC_ENDED = """
+UPDATE mt5_connections SET status = 'idle' WHERE id = $1 AND status = 'syncing'
 """
 
 _CREDENTIALS_REJECTED = """
@@ -309,6 +324,8 @@ class SyncSchedule:
             turned = False
             if failures > error_after:
                 turned = await conn.fetchval(_MARK_ERROR, lease.connection_id, reason) is not None
+            else:
+                await conn.execute(_SYNC_ENDED, lease.connection_id)
             await conn.execute(_AUDIT_FAILURE, lease.connection_id)
         return failures, turned
 
@@ -336,15 +353,19 @@ class SyncSchedule:
         The poller calls this only when the previous attempt ended well (`had_error` false): it
         leaves `last_error` set, so a request to wait on the very next attempt is counted as a
         failure instead, as is every one after, until a success clears `last_error`."""
-        if (
-            await self._pool.fetchval(
-                _TOLD_TO_WAIT, lease.connection_id, lease.token, seconds, reason
-            )
-            is None
-        ):
-            raise LeaseLost(str(lease.connection_id))
+        async with self._pool.acquire() as conn, conn.transaction():
+            if (
+                await conn.fetchval(
+                    _TOLD_TO_WAIT, lease.connection_id, lease.token, seconds, reason
+                )
+                is None
+            ):
+                raise LeaseLost(str(lease.connection_id))
+            await conn.execute(_SYNC_ENDED, lease.connection_id)
 
     async def postpone(self, lease: Lease, seconds: float) -> None:
         """Give the lease back without a verdict; LeaseLost if it was no longer ours."""
-        if await self._pool.fetchval(_POSTPONE, lease.connection_id, lease.token, seconds) is None:
-            raise LeaseLost(str(lease.connection_id))
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_POSTPONE, lease.connection_id, lease.token, seconds) is None:
+                raise LeaseLost(str(lease.connection_id))
+            await conn.execute(_SYNC_ENDED, lease.connection_id)

@@ -246,7 +246,7 @@ async def planted(
                 "oanda",
                 f"101-004-{secrets.randbelow(10**7):07d}-001",
                 server="fxpractice",
-                label="OANDA practice",
+                account_label="OANDA practice",
                 ingest_url=stack.ingest_url,
                 api_url=oanda_api.url,
             )

@@ -267,13 +267,15 @@ async def test_a_signed_in_user_can_relabel_and_delete_their_connection_and_keep
     connection_id = bob.created.connection_id
     async with pool.acquire() as conn, signed_in(conn, bob.user_id):
         relabelled = await conn.execute(
-            "UPDATE mt5_connections SET label = 'old demo' WHERE id = $1", connection_id
+            "UPDATE mt5_connections SET account_label = 'old demo' WHERE id = $1", connection_id
         )
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE mt5_connections SET status = 'active' WHERE id = $1", connection_id
-                )
+        for statement in (
+            "UPDATE mt5_connections SET lifecycle = 'active' WHERE id = $1",
+            "UPDATE mt5_connections SET status = 'idle' WHERE id = $1",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute(statement, connection_id)
         deleted = await conn.execute("DELETE FROM mt5_connections WHERE id = $1", connection_id)
 
     kept = await pool.fetch(
@@ -842,6 +844,7 @@ CREDENTIAL_METADATA = (
     "data_key_version",
     "rotation_forced_at",
     "rotation_forced_reason",
+    "last_rotated_at",
 )
 DATA_KEY_METADATA = ("user_id", "version", "kek_id", "created_at")
 
@@ -901,8 +904,11 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     "trading_accounts": {TABLE: OWNER_CRUD},
     "taken_trades": {TABLE: OWNER_CRUD},
     "trading_journal": {TABLE: OWNER_CRUD},
-    # Read, relabel and delete; identity and status are the services'.
-    "mt5_connections": {TABLE: frozenset({"SELECT", "DELETE"}), "label": frozenset({"UPDATE"})},
+    # Read, relabel and delete; identity, lifecycle and sync state are the services'.
+    "mt5_connections": {
+        TABLE: frozenset({"SELECT", "DELETE"}),
+        "account_label": frozenset({"UPDATE"}),
+    },
     # Read only, and never the sealed values.
     "mt5_credentials": dict.fromkeys(CREDENTIAL_METADATA, READ),
     "user_data_keys": dict.fromkeys(DATA_KEY_METADATA, READ),
