@@ -7,13 +7,19 @@ from collections.abc import Callable
 
 from services.shared.brokers import Broker, CredentialField, Credentials, MappedEvent
 from services.shared.brokers.mt5 import webhook
+from services.shared.brokers.mt5.metaapi import adapter as metaapi_adapter
+from services.shared.brokers.mt5.metaapi import mapping as metaapi_mapping
+from services.shared.brokers.mt5.metaapi import terminals as metaapi_terminals
 from services.shared.brokers.payloads import json_object_or_none
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
 
 # A payload says what it is by its "kind"; a webhook body (the Expert Advisor's, or a bridge's)
 # has none.
-_MAPPERS: dict[str | None, Callable[[RawEvent], MappedEvent]] = {None: webhook.map_event}
+_MAPPERS: dict[str | None, Callable[[RawEvent], MappedEvent]] = {
+    None: webhook.map_event,
+    metaapi_mapping.KIND: metaapi_mapping.map_event,  # the poller's pages of MetaApi's deals
+}
 
 
 def map_event(event: RawEvent) -> MappedEvent:
@@ -42,4 +48,8 @@ BROKER = Broker(
     source="webhook",
     payload_owner=webhook.payload_owner,
     needs_server=True,  # deal keys embed server and login: a blank one would match no webhook
+    # Cloud sync: a MetaApi terminal logged in with the investor password, made per connection
+    # by `connections provision` and polled once it is ready.
+    poll=metaapi_adapter.create,
+    terminals=metaapi_terminals.create,
 )
