@@ -82,8 +82,9 @@ class TerminalService(Protocol):
     async def create(self, request: TerminalRequest) -> Creation:
         """Create (or, under the same transaction id, find again) the connection's terminal."""
 
-    async def deploy(self, account_id: str) -> None:
-        """Start it (nothing happens if it runs already)."""
+    async def deploy(self, account_id: str, request: TerminalRequest) -> None:
+        """Start it (nothing happens if it runs already); the broker may refuse the sign-in
+        only now (ProvisioningRefused, as for a creation)."""
 
     async def status(self, account_id: str) -> TerminalStatus: ...
 

@@ -195,8 +195,8 @@ async def provision_connection(
     try:
         account_id = row["remote_account_id"] or await _create(conn, service, request, watch)
         watch.report(Progress("deploying", "starting the cloud terminal"))
-        await service.deploy(account_id)
-        status = await _connected(conn, service, account_id, target.ref, watch)
+        await service.deploy(account_id, request)
+        status = await _connected(conn, service, account_id, request, watch)
         watch.report(Progress("checking", "reading the account through the terminal"))
         account = await service.check_account(status.terminal, request)
     except ProvisioningError as exc:
@@ -294,10 +294,11 @@ async def _connected(
     conn: Connection,
     service: TerminalService,
     account_id: str,
-    ref: ConnectionRef,
+    request: TerminalRequest,
     watch: _Watch,
 ) -> TerminalStatus:
     """The terminal's status once it is deployed and connected to the broker."""
+    ref = request.connection
     while True:
         status = await service.status(account_id)
         await conn.execute(
@@ -317,7 +318,7 @@ async def _connected(
                     f"the cloud terminal could not be started ({status.state}): try again later",
                 )
             case "stopped":
-                await service.deploy(account_id)  # stopped meanwhile: start it again
+                await service.deploy(account_id, request)  # stopped meanwhile: start it again
         step, detail = _waiting_for(status, ref)
         watch.report(Progress(step, detail, status.state, status.connection_status))
         await watch.wait(None, functools.partial(_timed_out, status, ref))

@@ -246,14 +246,14 @@ class MetaApiAdapter:
                 base, account_id, start, end, offset=offset, limit=self._page_deals
             )
             offset += len(deals)
-            last = len(deals) < self._page_deals
-            if last:
-                held += fresh_deals(deals, already)
+            fresh = fresh_deals(deals, already)
+            if fresh:  # what was held is not the last page: hand it over as it is
+                deltas, state = self._deltas(held, state, overlap, None, None)
+                for delta in deltas:
+                    yield delta
+                held = fresh
+            if len(deals) < self._page_deals:
                 break
-            deltas, state = self._deltas(held, state, overlap, None, None)
-            for delta in deltas:
-                yield delta
-            held = fresh_deals(deals, already)
         if not held:
             return  # nothing new: no page, and the cursor stays
         information = await self.fetch_account()

@@ -214,9 +214,16 @@ class MetaApiTerminals:
         text = message.format(login=login, server=server)
         return ProvisioningRefused(code, text) if refused else ProvisioningUnavailable(code, text)
 
-    async def deploy(self, account_id: str) -> None:
+    async def deploy(self, account_id: str, request: TerminalRequest) -> None:
         async with _explained("deploy the cloud terminal"):
-            await self._known(self._client().deploy(account_id), account_id)
+            try:
+                await self._known(self._client().deploy(account_id), account_id)
+            except BrokerRequestFailed as exc:
+                # MetaApi may check the sign-in on deploying too (E_AUTH, E_SRV_NOT_FOUND).
+                connection = request.connection
+                raise self._creation_refused(
+                    exc, connection.account_number, connection.server or ""
+                ) from None
 
     async def status(self, account_id: str) -> TerminalStatus:
         async with _explained("say how the cloud terminal is doing"):
