@@ -14,7 +14,7 @@ import orjson
 HISTORY_START = datetime(2000, 1, 1, tzinfo=UTC)
 # Deals remembered by id at most; beyond it the oldest are forgotten, and at worst handed over
 # once more (their keys make that harmless).
-MAX_SEEN = 5000
+MAX_SEEN = 2000
 
 
 def iso_millis(moment: datetime) -> str:
