@@ -31,6 +31,7 @@ from services.shared.connection_admin.terminals import (
     provision_connection,
 )
 from services.shared.credential_kinds import BROKER_CREDENTIALS
+from services.shared.database import Connection
 from services.shared.vault import CredentialVault
 from tests.support.builders import SERVER, TestConnection, new_connection
 from tests.support.fake_metaapi import REAL, TOKEN, FakeMetaApi
@@ -88,7 +89,7 @@ async def connection(
 
 
 async def store_sign_in(
-    conn: asyncpg.Connection, vault: CredentialVault, made: TestConnection, password: str
+    conn: Connection, vault: CredentialVault, made: TestConnection, password: str
 ) -> None:
     text = orjson.dumps({"login": str(made.login), "password": password, "server": SERVER})
     await set_broker_credentials(conn, vault, made.created.connection_id, text.decode())
