@@ -275,7 +275,8 @@ class FakeMetaApi(ServedApp):
             failure.remaining -= 1
         headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
         if failure.status_code != 429:
-            return _json({"id": 1, "error": "InternalError", "message": "injected"}, 500, headers)
+            document = {"id": 1, "error": "InternalError", "message": "injected failure"}
+            return _json(document, failure.status_code, headers)
         metadata: dict[str, Any] = {"periodInSeconds": 1, "creditsAvailable": 0}
         if failure.recommended_in is not None:
             when = datetime.now(UTC) + timedelta(seconds=failure.recommended_in)
