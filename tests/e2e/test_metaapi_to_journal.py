@@ -230,7 +230,7 @@ async def test_a_demo_connection_whose_account_turns_out_real_is_refused_and_wri
     terminal.login.trade_mode = REAL  # the broker says what the account really is
 
     async def refused() -> bool:
-        return (await schedule_of(pool, made.created.connection_id))["status"] == "error"
+        return bool((await schedule_of(pool, made.created.connection_id))["status"] == "error")
 
     await eventually(refused, "the connection to be refused")
     row = await schedule_of(pool, made.created.connection_id)
