@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("ingest", help="run the webhook ingest HTTP service")
     commands.add_parser("normalizer", help="run the normalizer consumer")
     commands.add_parser("writer", help="run the journal writer consumer")
-    commands.add_parser("poller", help="run the broker poller (OANDA, IBKR Flex)")
+    commands.add_parser(
+        "poller", help="run the broker poller (OANDA, IBKR Flex, MT5 through MetaApi)"
+    )
 
     normalize = commands.add_parser(
         "normalize",

@@ -9,6 +9,7 @@ import asyncpg
 from limits import parse_many
 
 from services.shared import credential_kinds
+from services.shared.brokers.polling import CloudTerminal
 from services.shared.envelope import ConnectionRef
 
 # Leasing is serialized across replicas (one short transaction per tick each) so that the
@@ -33,6 +34,12 @@ WITH candidates AS (
       -- secret); polling uses the broker's API credentials, so it goes on.
       AND c.lifecycle IN ('active', 'locked')
       AND (c.connection_type = 'demo' OR c.live_enabled_at IS NOT NULL)
+      -- Polled through a cloud terminal (0014): only once provisioning found it ready, and
+      -- never while the connection is being deleted (its terminal is being removed).
+      AND NOT EXISTS (
+          SELECT 1 FROM cloud_terminals t
+          WHERE t.connection_id = s.connection_id
+            AND (t.ready_at IS NULL OR t.removing_at IS NOT NULL))
       -- Only with an active credential the broker has not refused: with none stored yet the
       -- connection waits for credentials, and a refused one waits for another (no point asking
       -- the broker again). Which one was refused, not when: a credential stored while a poll
@@ -79,9 +86,12 @@ leased AS (
 UPDATE mt5_connections c
 SET status = CASE WHEN c.status = 'error' THEN 'error' ELSE 'syncing' END
 FROM leased
+LEFT JOIN cloud_terminals t ON t.connection_id = leased.connection_id
 WHERE c.id = leased.connection_id
 RETURNING leased.*,
-    c.user_id, c.account_id, c.broker, c.connection_type, c.account_number, c.server, c.api_url
+    c.user_id, c.account_id, c.broker, c.connection_type, c.account_number, c.server, c.api_url,
+    t.provider AS terminal_provider, t.remote_account_id AS terminal_account_id,
+    t.region AS terminal_region
 """
 
 _RENEW = """
@@ -226,10 +236,20 @@ class DueSync:
     api_url: str | None
     # The previous attempt ended in a failure or a request to wait (see `told_to_wait`).
     had_error: bool = False
+    # The cloud terminal it is polled through, if its broker polls through one.
+    terminal: CloudTerminal | None = None
 
     @property
     def lease(self) -> Lease:
         return Lease(self.connection.connection_id, self.lease_token)
+
+
+def _terminal(row: asyncpg.Record) -> CloudTerminal | None:
+    if row["terminal_provider"] is None or row["terminal_account_id"] is None:
+        return None
+    return CloudTerminal(
+        row["terminal_provider"], row["terminal_account_id"], row["terminal_region"]
+    )
 
 
 class SyncSchedule:
@@ -287,6 +307,7 @@ class SyncSchedule:
                 consecutive_failures=r["consecutive_failures"],
                 api_url=r["api_url"],
                 had_error=r["had_error"],
+                terminal=_terminal(r),
             )
             for r in rows
         ]

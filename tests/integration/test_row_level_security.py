@@ -359,6 +359,15 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
         connection_id,
         user.user_id,
     )
+    await conn.execute(
+        "INSERT INTO cloud_terminals (connection_id, user_id, provider, transaction_id,"
+        " remote_account_id, state, connection_status) VALUES ($1, $2, 'metaapi', $3, $4,"
+        " 'DEPLOYED', 'CONNECTED')",
+        connection_id,
+        user.user_id,
+        uuid.uuid4().hex,
+        str(uuid.uuid4()),
+    )
     return user
 
 
@@ -818,6 +827,9 @@ async def test_deleting_an_account_or_a_taken_trade_keeps_the_rows_that_referred
 ) -> None:
     async with pool.acquire() as conn:
         journal = await rows_of(conn, "trading_journal", owner.user_id)
+        # A connection with a cloud terminal goes only once the services removed the terminal
+        # (`connections delete`; deleting it first is refused, see test_metaapi_provisioning).
+        await conn.execute("DELETE FROM cloud_terminals WHERE user_id = $1", owner.user_id)
         async with signed_in(conn, owner.user_id):
             await conn.execute("DELETE FROM trading_accounts WHERE user_id = $1", owner.user_id)
             await conn.execute("DELETE FROM taken_trades WHERE user_id = $1", owner.user_id)
@@ -934,6 +946,25 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
             "last_error_at",
             "credentials_rejected_at",
             "rejected_credential_id",
+            "updated_at",
+        ),
+        READ,
+    ),
+    # The terminal as provisioning left it; the id it was created under is the services'.
+    "cloud_terminals": dict.fromkeys(
+        (
+            "connection_id",
+            "user_id",
+            "provider",
+            "remote_account_id",
+            "region",
+            "state",
+            "connection_status",
+            "credential_id",
+            "ready_at",
+            "removing_at",
+            "last_error",
+            "created_at",
             "updated_at",
         ),
         READ,

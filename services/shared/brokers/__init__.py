@@ -15,6 +15,7 @@ import orjson
 
 from services.shared.brokers.payloads import json_object_or_none
 from services.shared.brokers.polling import AdapterFactory
+from services.shared.brokers.provisioning import TerminalServiceFactory
 from services.shared.canonical import CanonicalBatch
 from services.shared.envelope import ConnectionType, EventSource, RawEvent
 from services.shared.errors import InvalidEvent
@@ -137,6 +138,9 @@ class Broker:
     payload_owner: Callable[[bytes], PayloadOwner | None] = _no_owner
     # The poller's way in; None for a broker that only pushes webhooks.
     poll: AdapterFactory | None = None
+    # A broker polled through a cloud terminal made for each connection (`connections
+    # provision`): only a connection whose terminal is ready is put on the schedule.
+    terminals: TerminalServiceFactory | None = None
     connection_types: tuple[ConnectionType, ...] = ("demo", "live")
     # Whether an account number alone is ambiguous: the trading server is part of its keys.
     needs_server: bool = False
@@ -161,6 +165,11 @@ class Broker:
         if mapper is None:
             raise InvalidEvent("invalid_payload", f"no {self.title} payload of kind {kind!r}")
         return mapper(event)
+
+    @property
+    def scheduled_when_created(self) -> bool:
+        """Polled from creation on; a broker with cloud terminals only once one is ready."""
+        return self.polled and self.terminals is None
 
 
 class UnknownBroker(LookupError):

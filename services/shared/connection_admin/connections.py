@@ -66,9 +66,10 @@ def webhook_url(base_url: str, broker: str, webhook_path_id: uuid.UUID) -> str:
 
 
 def is_polled(broker_name: str) -> bool:
-    """Whether the poller can sync this broker (its plug-in has a poll adapter)."""
+    """Whether a new connection of this broker is polled (its plug-in has a poll adapter, and
+    needs no cloud terminal provisioned first)."""
     try:
-        return broker(broker_name).polled
+        return broker(broker_name).scheduled_when_created
     except UnknownBroker:
         return False
 

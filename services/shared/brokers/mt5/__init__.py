@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from services.shared.brokers import Broker, CredentialField, Credentials
 from services.shared.brokers.mt5 import webhook
+from services.shared.brokers.mt5.metaapi import adapter as metaapi_adapter
+from services.shared.brokers.mt5.metaapi import mapping as metaapi_mapping
+from services.shared.brokers.mt5.metaapi import terminals as metaapi_terminals
 
 BROKER = Broker(
     name="mt5",
@@ -21,4 +24,9 @@ BROKER = Broker(
     source="webhook",
     payload_owner=webhook.payload_owner,
     needs_server=True,  # deal keys embed server and login: a blank one would match no webhook
+    # Cloud sync: a MetaApi terminal logged in with the investor password, made per connection
+    # by `connections provision` and polled once it is ready.
+    poll=metaapi_adapter.create,
+    terminals=metaapi_terminals.create,
+    payload_kinds={metaapi_mapping.KIND: metaapi_mapping.map_event},  # the poller's MetaApi pages
 )
