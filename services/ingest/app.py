@@ -16,13 +16,13 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from services.ingest.bootstrap import IngestWiring, connect_and_start, start
-from services.ingest.client_ip import parse_networks
 from services.ingest.errors import IngestRefusal, Unavailable
 from services.ingest.metrics import NOT_READY, metrics_endpoint
 from services.ingest.openapi import serve_openapi
 from services.ingest.request_bounds import InFlightRequests, RequestBounds
 from services.ingest.settings import IngestSettings
 from services.ingest.webhooks import WEBHOOK_ROUTE, receive_webhook
+from services.shared.client_ip import parse_networks
 from services.shared.logging import get_logger
 from services.shared.server_spans import ServerSpans
 
