@@ -202,6 +202,8 @@ OPERATIONS = (
         summary="The user's broker connections, oldest first, a page at a time",
         response=ConnectionPage,
         query=ConnectionListQuery,
+        # A page reads up to 100 connections with their schedules.
+        cost=2,
     ),
     Operation(
         "GET",
