@@ -12,7 +12,7 @@ from services.shared.brokers import Broker, broker, broker_names
 
 
 class CredentialFieldView(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="CredentialField")
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     label: str
@@ -20,7 +20,7 @@ class CredentialFieldView(BaseModel):
 
 
 class BrokerView(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="Broker")
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     title: str

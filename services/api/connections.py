@@ -59,7 +59,7 @@ class PollSchedule(BaseModel):
 
 
 class ConnectionView(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="Connection")
+    model_config = ConfigDict(extra="forbid")
 
     id: uuid.UUID
     broker: str

@@ -108,7 +108,8 @@ class _Schemas:
     def add(self, model: type[BaseModel], mode: str = "serialization") -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=_REF, mode=mode)  # type: ignore[arg-type]
         self.components.update(schema.pop("$defs", {}))
-        name = schema.get("title", model.__name__)
+        # By class name, as pydantic names the models it nests in $defs: one name per model.
+        name = model.__name__
         self.components[name] = schema
         return {"$ref": _REF.format(model=name)}
 
