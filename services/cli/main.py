@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     dev.add_argument("--port", type=int, default=8080, help="ingest's HTTP port (0: any free)")
     dev.add_argument(
+        "--api-port", type=int, default=8090, help="the app API's HTTP port (0: any free)"
+    )
+    dev.add_argument(
         "--demo",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -112,7 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.cli.dev import run_dev
 
             return run_dev(
-                args.state_dir, args.port, args.demo, args.demo_positions, args.exit_after_demo
+                args.state_dir,
+                args.port,
+                args.demo,
+                args.demo_positions,
+                args.exit_after_demo,
+                args.api_port,
             )
         case "normalize":
             from services.cli.normalize import run_normalize
