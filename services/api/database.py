@@ -38,7 +38,7 @@ class Database:
 
     The login role needs membership in `authenticated` (and in `service_role` for privileged
     steps) and nothing else: connected as a NOINHERIT role holding no table privileges, a query
-    that goes around them reads nothing (infra/README.md has the GRANTs)."""
+    that goes around them reads nothing (README.md, "The app API", has the GRANTs)."""
 
     def __init__(self, pool: asyncpg.Pool, statement_timeout_ms: int = 5000) -> None:
         self._pool = pool

@@ -10,13 +10,16 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
 
 from services.api.errors import NotFound
+from services.api.routes import OPERATIONS
 from services.api.tokens import Caller
+from services.shared.database import create_pool
 from services.shared.vault import CredentialVault
 from tests.support.api import RunningApi, api_settings, bearer, hs256, running_api
 from tests.support.builders import connect_broker_account, new_connection
@@ -197,6 +200,63 @@ async def test_a_privileged_step_runs_as_the_service_only_for_the_owner(
             async with api.wiring.db.as_service_for(caller, not_hers):
                 ran = True
     assert not ran
+
+
+async def test_no_endpoint_answers_one_user_with_anything_of_another_s(
+    api: RunningApi, alice: User, bob: User
+) -> None:
+    """Every operation the API serves (a new one too), asked by Alice about Bob's connection
+    where it takes one: nothing of Bob's in any answer, and nothing of his changed."""
+    bobs = {str(bob.user_id), *map(str, bob.connections)}
+    before = (await api.client.get("/v1/connections", headers=bob.headers)).json()
+    for operation in OPERATIONS:
+        path = operation.path.replace("{connection_id}", str(bob.connections[0]))
+        assert "{" not in path, f"{operation.operation_id}: teach this spec its path parameter"
+        body = {"label": "Alice was here"} if operation.body is not None else None
+        response = await api.client.request(
+            operation.method, path, headers=alice.headers, json=body
+        )
+        assert response.status_code in (200, 404), (operation.operation_id, response.text)
+        assert not [i for i in bobs if i in response.text], operation.operation_id
+    me = (await api.client.get("/v1/me", headers=alice.headers)).json()
+    assert me["user_id"] == str(alice.user_id)
+    assert (await api.client.get("/v1/connections", headers=bob.headers)).json() == before
+
+
+@pytest.fixture
+async def login_role_pool(pool: asyncpg.Pool, database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool logged in as the API's login role in production: NOINHERIT, holding nothing but
+    membership in `authenticated` and `service_role`."""
+    role = f"poscal_api_{uuid.uuid4().hex[:8]}"
+    await pool.execute(f"CREATE ROLE {role} LOGIN NOINHERIT")
+    await pool.execute(f"GRANT authenticated, service_role TO {role}")
+    parts = urlsplit(database_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    login = await create_pool(urlunsplit(parts._replace(netloc=f"{role}@{host}")), max_size=2)
+    try:
+        yield login
+    finally:
+        await login.close()
+        await pool.execute(f"DROP ROLE {role}")
+
+
+async def test_the_api_needs_no_privilege_of_its_own_to_answer(
+    login_role_pool: asyncpg.Pool, database_url: str, alice: User
+) -> None:
+    async with running_api(api_settings(database_url), login_role_pool) as api:
+        listed = await api.client.get("/v1/connections", headers=alice.headers)
+        relabelled = await api.client.patch(
+            f"/v1/connections/{alice.connections[0]}",
+            headers=alice.headers,
+            json={"label": "as the user"},
+        )
+        async with api.wiring.db.as_service_for(_caller(alice), alice.connections[0]) as conn:
+            assert await conn.fetchval("SELECT current_user") == "service_role"
+    assert [c["id"] for c in listed.json()["connections"]] == [str(c) for c in alice.connections]
+    assert relabelled.json()["label"] == "as the user"
+    # Around the two doors, the login role reads nothing: a query that forgot them fails.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await login_role_pool.fetch("SELECT id FROM mt5_connections")
 
 
 def _caller(user: User) -> Caller:
