@@ -6,14 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from services.shared.brokers import Broker, CredentialField, Credentials, MappedEvent
-from services.shared.brokers.mt5 import webhook
+from services.shared.brokers.mt5 import report, webhook
 from services.shared.brokers.payloads import json_object_or_none
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent
 
 # A payload says what it is by its "kind"; a webhook body (the Expert Advisor's, or a bridge's)
 # has none.
-_MAPPERS: dict[str | None, Callable[[RawEvent], MappedEvent]] = {None: webhook.map_event}
+_MAPPERS: dict[str | None, Callable[[RawEvent], MappedEvent]] = {
+    None: webhook.map_event,
+    report.KIND: report.map_event,  # a terminal's history report (`poscal-sync import`)
+}
 
 
 def map_event(event: RawEvent) -> MappedEvent:
