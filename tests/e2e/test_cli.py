@@ -39,6 +39,23 @@ def poscal_sync(
     )
 
 
+def connections_create(cli_env: dict[str, str], **options: str) -> subprocess.CompletedProcess[str]:
+    """`connections create` with each option as the operator types it, in the order given:
+    `account_number="1"` is `--account-number 1`."""
+    flags: list[str] = []
+    for name, value in options.items():
+        flags += [f"--{name.replace('_', '-')}", value]
+    return poscal_sync("connections", "create", *flags, env=cli_env)
+
+
+def new_user(cli_env: dict[str, str]) -> str:
+    created = poscal_sync(
+        "users", "create", "--email", f"{uuid.uuid4().hex}@poscal.test", env=cli_env
+    )
+    user_id: str = orjson.loads(created.stdout)["user_id"]
+    return user_id
+
+
 @pytest.fixture
 def cli_env(database_url: str, master_key: str) -> dict[str, str]:
     return {
@@ -57,24 +74,14 @@ def test_migrate_reports_that_nothing_is_pending(cli_env: dict[str, str]) -> Non
 async def test_creating_a_connection_prints_its_secret_once_and_stores_it_encrypted(
     cli_env: dict[str, str], pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
-    user = poscal_sync("users", "create", "--email", f"{uuid.uuid4().hex}@poscal.test", env=cli_env)
-    user_id = orjson.loads(user.stdout)["user_id"]
-    result = poscal_sync(
-        "connections",
-        "create",
-        "--user-id",
-        user_id,
-        "--broker",
-        "mt5",
-        "--type",
-        "demo",
-        "--account-number",
-        str(uuid.uuid4().int % 10**9),
-        "--server",
-        "Broker-Demo",
-        "--label",
-        "my demo",
-        env=cli_env,
+    result = connections_create(
+        cli_env,
+        user_id=new_user(cli_env),
+        broker="mt5",
+        type="demo",
+        account_number=str(uuid.uuid4().int % 10**9),
+        server="Broker-Demo",
+        label="my demo",
     )
     assert result.returncode == 0, result.stderr
     printed = orjson.loads(result.stdout)
@@ -99,20 +106,8 @@ async def test_creating_a_connection_prints_its_secret_once_and_stores_it_encryp
 
 
 def test_a_connection_for_an_unknown_user_is_refused_clearly(cli_env: dict[str, str]) -> None:
-    result = poscal_sync(
-        "connections",
-        "create",
-        "--user-id",
-        str(uuid.uuid4()),
-        "--type",
-        "live",
-        "--account-number",
-        "1",
-        "--server",
-        "S",
-        "--label",
-        "x",
-        env=cli_env,
+    result = connections_create(
+        cli_env, user_id=str(uuid.uuid4()), type="live", account_number="1", server="S", label="x"
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error: no user") and result.stdout == ""
@@ -422,31 +417,15 @@ def test_rotating_without_a_master_key_is_refused(cli_env: dict[str, str]) -> No
 # --- polled brokers -------------------------------------------------------------------------
 
 
-def new_user(cli_env: dict[str, str]) -> str:
-    created = poscal_sync(
-        "users", "create", "--email", f"{uuid.uuid4().hex}@poscal.test", env=cli_env
-    )
-    user_id: str = orjson.loads(created.stdout)["user_id"]
-    return user_id
-
-
 def oanda_connection(cli_env: dict[str, str], user_id: str, kind: str) -> dict[str, object]:
-    result = poscal_sync(
-        "connections",
-        "create",
-        "--user-id",
-        user_id,
-        "--broker",
-        "oanda",
-        "--type",
-        kind,
-        "--account-number",
-        f"101-004-{uuid.uuid4().int % 10**7:07d}-001",
-        "--label",
-        "OANDA",
-        "--api-url",
-        "http://127.0.0.1:9/oanda",
-        env=cli_env,
+    result = connections_create(
+        cli_env,
+        user_id=user_id,
+        broker="oanda",
+        type=kind,
+        account_number=f"101-004-{uuid.uuid4().int % 10**7:07d}-001",
+        label="OANDA",
+        api_url="http://127.0.0.1:9/oanda",
     )
     assert result.returncode == 0, result.stderr
     record: dict[str, object] = orjson.loads(result.stdout)
@@ -496,22 +475,14 @@ def test_an_oanda_connection_is_listed_as_waiting_for_credentials_until_they_are
 
 
 def test_a_bad_api_url_is_refused_clearly(cli_env: dict[str, str]) -> None:
-    result = poscal_sync(
-        "connections",
-        "create",
-        "--user-id",
-        new_user(cli_env),
-        "--broker",
-        "oanda",
-        "--type",
-        "demo",
-        "--account-number",
-        "101-1",
-        "--label",
-        "x",
-        "--api-url",
-        "ftp://example.test",
-        env=cli_env,
+    result = connections_create(
+        cli_env,
+        user_id=new_user(cli_env),
+        broker="oanda",
+        type="demo",
+        account_number="101-1",
+        label="x",
+        api_url="ftp://example.test",
     )
     assert result.returncode == 1
     assert "--api-url must be an http(s) base URL" in result.stderr
@@ -544,20 +515,13 @@ async def test_enable_live_refuses_until_a_demo_connection_of_the_broker_has_syn
 
 
 def test_ibkr_credentials_need_a_token_and_a_query_id(cli_env: dict[str, str]) -> None:
-    result = poscal_sync(
-        "connections",
-        "create",
-        "--user-id",
-        new_user(cli_env),
-        "--broker",
-        "ibkr",
-        "--type",
-        "demo",
-        "--account-number",
-        f"U{uuid.uuid4().int % 10**7}",
-        "--label",
-        "IBKR",
-        env=cli_env,
+    result = connections_create(
+        cli_env,
+        user_id=new_user(cli_env),
+        broker="ibkr",
+        type="demo",
+        account_number=f"U{uuid.uuid4().int % 10**7}",
+        label="IBKR",
     )
     connection_id = str(orjson.loads(result.stdout)["connection_id"])
     incomplete = poscal_sync(

@@ -9,7 +9,6 @@ everyone, and their relatives.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from decimal import Decimal
 from typing import Any
@@ -24,6 +23,7 @@ from services.devstack.stack import DevStack
 from services.shared.dead_letters import DeadLetter
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
+from tests.support.json_as_sent import json_as_sent
 from tests.support.kafka import read_topic
 
 pytestmark = pytest.mark.e2e
@@ -43,27 +43,11 @@ def deal(ticket: int, **changes: Any) -> dict[str, Any]:
     return fixture_deals()[0] | {"ticket": ticket, "order": ticket, "position_id": ticket} | changes
 
 
-def as_json(document: Any) -> bytes:
-    """The document as a sender may write it: exact numbers, every string JSON-escaped (even a
-    lone surrogate, which orjson refuses to write)."""
-
-    def text(value: Any) -> str:
-        if isinstance(value, Decimal):
-            return str(value)
-        if isinstance(value, dict):
-            return "{" + ",".join(f"{json.dumps(k)}:{text(v)}" for k, v in value.items()) + "}"
-        if isinstance(value, list):
-            return "[" + ",".join(text(v) for v in value) + "]"
-        return json.dumps(value)
-
-    return text(document).encode()
-
-
 def hostile_bodies(login: int) -> list[bytes]:
     def with_good(n: int, *bad: dict[str, Any], **account: Any) -> bytes:
         body = mt5_body(login, [deal(700_000 + n), *bad])
         body["account"] |= account
-        return as_json(body)
+        return json_as_sent(body)
 
     nested = '{"deeper":[' * 150 + "0" + "]}" * 150
     return [

@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,56 +32,46 @@ KEEPALIVE_TIMEOUT_SECONDS = 1
 MAX_CONCURRENT = 2
 
 
-def _start(
-    tmp_path: Path,
-    database_url: str,
-    kafka_bootstrap: str,
-    master_key: str,
-    topics: Topics,
-    **env: str,
-) -> Iterator[str]:
-    service, url = ingest_process(
-        tmp_path,
-        database_url,
-        kafka_bootstrap,
-        master_key,
-        POSCAL_TOPIC_RAW=topics.raw,
-        **env,
-    )
-    with service:
-        wait_until_ready(service, url)
-        yield url
+IngestProcessStarter = Callable[..., Iterator[str]]
 
 
 @pytest.fixture
-def strict_ingest(
+def ingest_process_with(
     tmp_path: Path, database_url: str, kafka_bootstrap: str, master_key: str, topics: Topics
-) -> Iterator[str]:
+) -> IngestProcessStarter:
+    """`yield from ingest_process_with(POSCAL_X="…")`: a real ingest process with that
+    environment, publishing to the test's raw topic; its URL once it is ready, stopped after."""
+
+    def start(**env: str) -> Iterator[str]:
+        service, url = ingest_process(
+            tmp_path,
+            database_url,
+            kafka_bootstrap,
+            master_key,
+            POSCAL_TOPIC_RAW=topics.raw,
+            **env,
+        )
+        with service:
+            wait_until_ready(service, url)
+            yield url
+
+    return start
+
+
+@pytest.fixture
+def strict_ingest(ingest_process_with: IngestProcessStarter) -> Iterator[str]:
     """A short body timeout and keep-alive."""
-    yield from _start(
-        tmp_path,
-        database_url,
-        kafka_bootstrap,
-        master_key,
-        topics,
+    yield from ingest_process_with(
         POSCAL_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS),
         POSCAL_KEEPALIVE_TIMEOUT_SECONDS=str(KEEPALIVE_TIMEOUT_SECONDS),
     )
 
 
 @pytest.fixture
-def small_ingest(
-    tmp_path: Path, database_url: str, kafka_bootstrap: str, master_key: str, topics: Topics
-) -> Iterator[str]:
+def small_ingest(ingest_process_with: IngestProcessStarter) -> Iterator[str]:
     """Two requests at a time, and bodies given all the time they need."""
-    yield from _start(
-        tmp_path,
-        database_url,
-        kafka_bootstrap,
-        master_key,
-        topics,
-        POSCAL_MAX_CONCURRENT_REQUESTS=str(MAX_CONCURRENT),
-        POSCAL_BODY_TIMEOUT_SECONDS="600",
+    yield from ingest_process_with(
+        POSCAL_MAX_CONCURRENT_REQUESTS=str(MAX_CONCURRENT), POSCAL_BODY_TIMEOUT_SECONDS="600"
     )
 
 

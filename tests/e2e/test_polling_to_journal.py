@@ -25,10 +25,9 @@ import pytest
 
 from services.devstack.ports import dies_with_parent
 from services.devstack.stack import DevStack
-from services.shared.connection_admin.connections import create_connection
 from services.shared.connection_admin.credentials import set_broker_credentials
 from services.shared.vault import CredentialVault
-from tests.support.builders import FIXTURES, new_connection
+from tests.support.builders import FIXTURES, connect_broker_account, new_connection
 from tests.support.fake_flex import FakeFlex
 from tests.support.fake_oanda import FakeOanda, load_sample, numbered_transactions
 from tests.support.fake_oanda import sample_transactions as oanda_samples
@@ -61,14 +60,12 @@ async def polled_connection(
     """A demo connection of a new user, its credentials stored, due for sync now."""
     async with pool.acquire() as conn:
         user_id = (await new_connection(conn, vault)).user_id
-        created = await create_connection(
+        created = await connect_broker_account(
             conn,
             vault,
-            user_id=user_id,
-            broker=broker,
-            connection_type="demo",
-            account_number=account,
-            server="",
+            user_id,
+            broker,
+            account,
             label=f"{broker} e2e",
             ingest_url="http://127.0.0.1:1",
             api_url=api_url,
@@ -77,6 +74,20 @@ async def polled_connection(
         await set_broker_credentials(conn, vault, created.connection_id, credentials)
         await sync_now(conn, created.connection_id)
     return created.connection_id
+
+
+async def polled_oanda_connection(
+    pool: asyncpg.Pool, vault: CredentialVault, oanda: FakeOanda, token: str | None = None
+) -> uuid.UUID:
+    """A polled connection to the fake OANDA's account, with its token unless given another."""
+    return await polled_connection(
+        pool,
+        vault,
+        broker="oanda",
+        account=oanda.account_id,
+        api_url=oanda.url,
+        credentials=oanda.token if token is None else token,
+    )
 
 
 async def sync_now(conn: Any, connection_id: uuid.UUID) -> None:
@@ -136,14 +147,7 @@ async def test_an_oanda_account_is_polled_into_the_journal_and_polling_again_cha
     oanda: FakeOanda,
     caught_up: Callable[[], Awaitable[None]],
 ) -> None:
-    connection_id = await polled_connection(
-        pool,
-        vault,
-        broker="oanda",
-        account=oanda.account_id,
-        api_url=oanda.url,
-        credentials=oanda.token,
-    )
+    connection_id = await polled_oanda_connection(pool, vault, oanda)
     account = oanda.account_id
 
     async def journal_complete() -> bool:
@@ -209,14 +213,7 @@ async def test_a_rate_limited_broker_is_waited_out(
     pool: asyncpg.Pool, vault: CredentialVault, stack: DevStack, oanda: FakeOanda
 ) -> None:
     oanda.fail_next(2, 429, retry_after="1")
-    connection_id = await polled_connection(
-        pool,
-        vault,
-        broker="oanda",
-        account=oanda.account_id,
-        api_url=oanda.url,
-        credentials=oanda.token,
-    )
+    connection_id = await polled_oanda_connection(pool, vault, oanda)
     await eventually(lambda: synced_after(pool, connection_id, LONG_AGO), "a sync past the 429s")
     assert oanda.requests.count("/summary") >= 3
     row = await schedule_of(pool, connection_id)
@@ -226,14 +223,7 @@ async def test_a_rate_limited_broker_is_waited_out(
 async def test_a_refused_token_stops_polling_until_it_is_replaced(
     pool: asyncpg.Pool, vault: CredentialVault, stack: DevStack, oanda: FakeOanda
 ) -> None:
-    connection_id = await polled_connection(
-        pool,
-        vault,
-        broker="oanda",
-        account=oanda.account_id,
-        api_url=oanda.url,
-        credentials="not-the-token",
-    )
+    connection_id = await polled_oanda_connection(pool, vault, oanda, token="not-the-token")
 
     async def refused() -> bool:
         return (await schedule_of(pool, connection_id))["credentials_rejected_at"] is not None
@@ -250,9 +240,7 @@ async def test_a_refused_token_stops_polling_until_it_is_replaced(
     with FakeOanda(
         account_id=account, transactions=numbered_transactions(1, account_id=account)
     ) as later:
-        due_later = await polled_connection(
-            pool, vault, broker="oanda", account=account, api_url=later.url, credentials=later.token
-        )
+        due_later = await polled_oanda_connection(pool, vault, later)
         await eventually(lambda: synced_after(pool, due_later, LONG_AGO), "a sync due later")
     assert oanda.requests.count() == asked  # not asked again with the refused token
 
@@ -300,14 +288,7 @@ async def test_two_poller_replicas_never_poll_one_connection_at_once(
         FakeOanda(account_id=account, transactions=transactions, delay_seconds=0.3) as slow,
         second_poller(stack),
     ):
-        connection_id = await polled_connection(
-            pool,
-            vault,
-            broker="oanda",
-            account=account,
-            api_url=slow.url,
-            credentials=slow.token,
-        )
+        connection_id = await polled_oanda_connection(pool, vault, slow)
 
         async def polled_repeatedly() -> bool:
             return slow.requests.count("/summary") >= 4

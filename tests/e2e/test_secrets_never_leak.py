@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 from services.cli.traces import read_trace_dir
 from services.devstack.demo import encode_body, signed_headers, wait_for_events
 from services.devstack.stack import SERVICES, DevStack
-from services.shared.connection_admin.connections import NewConnection, create_connection
+from services.shared.connection_admin.connections import NewConnection
 from services.shared.credential_kinds import BROKER_CREDENTIALS
 from services.shared.crypto import LocalKeyEncryptionKey, data_key_aad, generate_key, seal
 from services.shared.database import Connection
@@ -43,6 +43,7 @@ from tests.support.builders import (
     PINNED_CONNECTION,
     SERVER,
     TestConnection,
+    connect_broker_account,
     fixture_deals,
     mt5_body,
     new_connection,
@@ -238,13 +239,12 @@ async def planted(
         mt5 = await new_connection(conn, vault, ingest_url=stack.ingest_url)
         # One transaction: the poller never sees the OANDA connection without its token.
         async with conn.transaction():
-            oanda = await create_connection(
+            oanda = await connect_broker_account(
                 conn,
                 vault,
-                user_id=mt5.user_id,
-                broker="oanda",
-                connection_type="demo",
-                account_number=f"101-004-{secrets.randbelow(10**7):07d}-001",
+                mt5.user_id,
+                "oanda",
+                f"101-004-{secrets.randbelow(10**7):07d}-001",
                 server="fxpractice",
                 label="OANDA practice",
                 ingest_url=stack.ingest_url,

@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 
 from services.normalizer.pipeline import Normalizer
 from services.shared.canonical import EXACT, CanonicalBatch
-from services.shared.connection_admin.connections import create_connection, create_user
+from services.shared.connection_admin.connections import create_user
 from services.shared.dead_letters import DeadLetter, DeadLetterBudget, DeadLetterPublisher
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.vault import CredentialVault
 from services.writer.pipeline import Writer
 from services.writer.repository import JournalRepository
-from tests.support.builders import FIXTURES, fixture_deals
+from tests.support.builders import FIXTURES, connect_broker_account, fixture_deals
 from tests.support.producers import FakeProducer
 from tests.support.records import consumer_record
 
@@ -106,16 +106,8 @@ async def new_tenant(
 ) -> ConnectionRef:
     async with pool.acquire() as conn:
         user_id = await create_user(conn, f"any-{uuid.uuid4().hex[:12]}@poscal.test")
-        created = await create_connection(
-            conn,
-            vault,
-            user_id=user_id,
-            broker=broker,
-            connection_type="demo",
-            account_number=account,
-            server=server,
-            label="any payload",
-            ingest_url="http://127.0.0.1:8080",
+        created = await connect_broker_account(
+            conn, vault, user_id, broker, account, server=server, label="any payload"
         )
     return ConnectionRef(
         connection_id=created.connection_id,

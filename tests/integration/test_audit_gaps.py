@@ -65,6 +65,15 @@ async def _registered(
     return instance
 
 
+async def _set_progress_an_hour_back(pool: asyncpg.Pool, instance: IngestInstance) -> None:
+    """As if the instance had flushed nothing for an hour: any flush now moves its progress."""
+    await pool.execute(
+        "UPDATE ingest_instances SET flushed_through = now() - interval '1 hour'"
+        " WHERE instance_id = $1",
+        instance.instance_id,
+    )
+
+
 async def test_attempts_dropped_from_a_full_queue_are_written_down_as_a_gap_with_their_count(
     pool: asyncpg.Pool,
 ) -> None:
@@ -92,11 +101,7 @@ async def test_a_flush_moves_the_instance_progress_up_to_the_oldest_request_in_f
     database_url: str, pool: asyncpg.Pool, instances: list[IngestInstance]
 ) -> None:
     instance = await _registered(database_url, pool, instances)
-    await pool.execute(
-        "UPDATE ingest_instances SET flushed_through = now() - interval '1 hour'"
-        " WHERE instance_id = $1",
-        instance.instance_id,
-    )
+    await _set_progress_an_hour_back(pool, instance)
     in_flight = [time.time() - 600]  # a request still being answered began ten minutes ago
     trail = AuditTrail(
         pool,
@@ -104,35 +109,24 @@ async def test_a_flush_moves_the_instance_progress_up_to_the_oldest_request_in_f
         oldest_in_flight=lambda: in_flight[0] if in_flight else None,
     )
 
-    async def progress() -> datetime:
-        value: datetime = await pool.fetchval(
-            "SELECT flushed_through FROM ingest_instances WHERE instance_id = $1",
-            instance.instance_id,
-        )
-        return value
-
     agent = f"progress-{uuid.uuid4().hex[:8]}"
     trail.record(_attempt(agent, datetime.now(UTC)))
     await trail.flush()
     # Not past that request: its attempt is not queued yet.
-    assert await progress() == datetime.fromtimestamp(in_flight[0], UTC)
+    assert await _progress(pool, instance) == datetime.fromtimestamp(in_flight[0], UTC)
 
     in_flight.clear()
     flushed_at = datetime.now(UTC)
     trail.record(_attempt(agent, flushed_at))
     await trail.flush()
-    assert await progress() >= flushed_at
+    assert await _progress(pool, instance) >= flushed_at
 
 
 async def test_a_window_of_folded_refusals_holds_the_progress_back_and_is_written_when_it_ends(
     database_url: str, pool: asyncpg.Pool, instances: list[IngestInstance]
 ) -> None:
     instance = await _registered(database_url, pool, instances)
-    await pool.execute(
-        "UPDATE ingest_instances SET flushed_through = now() - interval '1 hour'"
-        " WHERE instance_id = $1",
-        instance.instance_id,
-    )
+    await _set_progress_an_hour_back(pool, instance)
     clock = [1000.0]
     refusals = ClientRefusals("1/hour", fold_seconds=60, clock=lambda: clock[0])
     trail = AuditTrail(pool, instance_id=instance.instance_id, held=refusals)

@@ -11,11 +11,10 @@ import pytest
 from services.shared.connection_admin.connections import (
     ConnectionRefused,
     NewConnection,
-    create_connection,
     create_user,
 )
 from services.shared.vault import CredentialVault
-from tests.support.builders import SERVER, TestConnection
+from tests.support.builders import SERVER, TestConnection, connect_broker_account
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +27,8 @@ async def connect(
     server: str = SERVER,
 ) -> NewConnection:
     async with pool.acquire() as conn:
-        return await create_connection(
-            conn,
-            vault,
-            user_id=user_id,
-            broker="mt5",
-            connection_type="demo",
-            account_number=account_number,
-            server=server,
-            label="again",
-            ingest_url="http://127.0.0.1:8080",
+        return await connect_broker_account(
+            conn, vault, user_id, "mt5", account_number, server=server, label="again"
         )
 
 

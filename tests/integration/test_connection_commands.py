@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from services.shared.connection_admin.connections import (
     ConnectionNotFound,
     ConnectionRefused,
-    create_connection,
+    NewConnection,
 )
 from services.shared.connection_admin.credentials import (
     add_public_key,
@@ -34,7 +34,7 @@ from services.shared.credential_kinds import (
 )
 from services.shared.signatures import decode_secret
 from services.shared.vault import CredentialVault
-from tests.support.builders import SERVER, TestConnection, new_connection
+from tests.support.builders import SERVER, TestConnection, connect_broker_account, new_connection
 
 pytestmark = pytest.mark.integration
 
@@ -132,21 +132,26 @@ async def test_refused_credentials_change_nothing(
     assert orjson.loads(opened)["password"] == "kept"
 
 
+async def oanda_practice_account(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> NewConnection:
+    """An OANDA practice account of the connection's user, beside its MT5 one."""
+    async with pool.acquire() as conn:
+        return await connect_broker_account(
+            conn,
+            vault,
+            connection.user_id,
+            "oanda",
+            f"101-004-{connection.login}-001",
+            server="practice",
+            label="oanda practice",
+        )
+
+
 async def test_a_token_broker_stores_the_token_itself(
     pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
 ) -> None:
-    async with pool.acquire() as conn:
-        oanda = await create_connection(
-            conn,
-            vault,
-            user_id=connection.user_id,
-            broker="oanda",
-            connection_type="demo",
-            account_number=f"101-004-{connection.login}-001",
-            server="practice",
-            label="oanda practice",
-            ingest_url="http://127.0.0.1:8080",
-        )
+    oanda = await oanda_practice_account(pool, vault, connection)
 
     await set_credentials(pool, vault, oanda.connection_id, "  tok-abc-123 \n")
 
@@ -457,16 +462,15 @@ async def test_the_listing_says_which_connections_are_due_and_why(
     ids = {"fresh": fresh.created.connection_id}
     async with pool.acquire() as conn:
         for name, login in (("warning", 1), ("due", 2), ("forced", 3), ("revoked", 4)):
-            created = await create_connection(
+            created = await connect_broker_account(
                 conn,
                 vault,
-                user_id=user_id,
-                broker="mt5",
-                connection_type="live",
-                account_number=f"{fresh.login}{login}",
+                user_id,
+                "mt5",
+                f"{fresh.login}{login}",
                 server=SERVER,
+                connection_type="live",
                 label=name,
-                ingest_url="http://127.0.0.1:8080",
             )
             ids[name] = created.connection_id
     await backdate(pool, ids["warning"], WEBHOOK_SECRET, 61)
@@ -532,18 +536,7 @@ async def test_revoked_and_expired_credentials_do_not_count(
 async def test_a_polled_connection_is_listed_as_waiting_for_credentials_until_one_is_stored(
     pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
 ) -> None:
-    async with pool.acquire() as conn:
-        oanda = await create_connection(
-            conn,
-            vault,
-            user_id=connection.user_id,
-            broker="oanda",
-            connection_type="demo",
-            account_number=f"101-004-{connection.login}-001",
-            server="practice",
-            label="oanda practice",
-            ingest_url="http://127.0.0.1:8080",
-        )
+    oanda = await oanda_practice_account(pool, vault, connection)
 
     async def state() -> tuple[object, ...]:
         records = {r["connection_id"]: r for r in await listed(pool, connection.user_id)}

@@ -9,12 +9,17 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from services.shared.connection_admin.connections import create_connection
 from services.shared.credential_kinds import WEBHOOK_SECRET as WEBHOOK_SECRET_KIND
 from services.shared.crypto import DecryptionFailed, LocalKeyEncryptionKey, new_master_key_base64
 from services.shared.signatures import decode_secret
 from services.shared.vault import CredentialVault
-from tests.support.builders import SERVER, TestConnection, new_connection
+from tests.support.builders import (
+    SERVER,
+    TestConnection,
+    connect_broker_account,
+    new_connection,
+    store_credential,
+)
 
 pytestmark = pytest.mark.integration
 PASSWORD_KIND = "mt5_investor_password"
@@ -28,15 +33,7 @@ async def store_password(
     expires_at: datetime | None = None,
     plaintext: bytes = PASSWORD,
 ) -> uuid.UUID:
-    async with pool.acquire() as conn:
-        return await vault.store(
-            conn,
-            user_id=connection.user_id,
-            connection_id=connection.created.connection_id,
-            kind=PASSWORD_KIND,
-            plaintext=plaintext,
-            expires_at=expires_at,
-        )
+    return await store_credential(pool, vault, connection, PASSWORD_KIND, plaintext, expires_at)
 
 
 async def open_passwords(
@@ -97,16 +94,15 @@ async def _second_connection_of(
     pool: asyncpg.Pool, vault: CredentialVault, owner: TestConnection
 ) -> uuid.UUID:
     async with pool.acquire() as conn:
-        created = await create_connection(
+        created = await connect_broker_account(
             conn,
             vault,
-            user_id=owner.user_id,
-            broker="mt5",
-            connection_type="live",
-            account_number=f"{owner.login}0",
+            owner.user_id,
+            "mt5",
+            f"{owner.login}0",
             server=SERVER,
+            connection_type="live",
             label="second account",
-            ingest_url="http://127.0.0.1:8080",
         )
     return created.connection_id
 

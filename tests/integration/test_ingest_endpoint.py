@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -17,18 +17,16 @@ from structlog.testing import capture_logs
 
 from services.devstack.demo import encode_body, signed_headers
 from services.devstack.ports import free_port
-from services.ingest.app import create_app
-from services.ingest.bootstrap import IngestWiring, wire
-from services.ingest.settings import IngestSettings
 from services.shared.crypto import LocalKeyEncryptionKey, new_master_key_base64
 from services.shared.database import create_pool
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from services.shared.kafka import create_producer
-from services.shared.publishing import RawEventPublisher, RawEventSink
+from services.shared.publishing import RawEventPublisher
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
-from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
+from tests.support.builders import TestConnection, fixture_deals, mt5_body
+from tests.support.ingest import IngestStarter, RunningIngest
 from tests.support.kafka import read_topic
 
 pytestmark = pytest.mark.integration
@@ -58,32 +56,6 @@ class RefusingSink:
         raise TransientError("broker unreachable")
 
 
-def _settings(master_key: str, database_url: str, kafka: str) -> IngestSettings:
-    return IngestSettings(
-        master_key=master_key,
-        database_url=database_url,
-        kafka_bootstrap_servers=kafka,
-        connection_cache_seconds=0,
-        max_body_bytes=4096,
-        # These specs send many failures from one address: throttling it has specs of its own
-        # (test_ingest_sources.py).
-        failures_before_throttle=1000,
-    )
-
-
-def _wiring(
-    settings: IngestSettings,
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    sink: RawEventSink,
-    ready: Callable[[], Awaitable[bool]] | None = None,
-) -> Callable[[contextlib.AsyncExitStack], Awaitable[IngestWiring]]:
-    async def build(_: contextlib.AsyncExitStack) -> IngestWiring:
-        return wire(settings, pool, vault, sink, ready=ready)
-
-    return build
-
-
 @pytest.fixture
 async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     producer = create_producer(kafka_bootstrap, "test-ingest")
@@ -93,27 +65,26 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
 
 
 @pytest.fixture
+def ingest_with(
+    ingest_with: IngestStarter, producer: AIOKafkaProducer, topics: Topics, kafka_bootstrap: str
+) -> IngestStarter:
+    """Every ingest app here publishes to the test's raw topic on the real broker."""
+    return ingest_with.defaulting(
+        sink=RawEventPublisher(producer, topics.raw, timeout_seconds=5),
+        kafka_bootstrap_servers=kafka_bootstrap,
+        max_body_bytes=4096,
+        # These specs send many failures from one address: throttling it has specs of its own
+        # (test_ingest_sources.py).
+        failures_before_throttle=1000,
+    )
+
+
+@pytest.fixture
 async def ingest(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    topics: Topics,
-    producer: AIOKafkaProducer,
-    master_key: str,
-    database_url: str,
-    kafka_bootstrap: str,
+    ingest_with: IngestStarter, connection: TestConnection, topics: Topics
 ) -> AsyncIterator[Ingest]:
-    async with pool.acquire() as conn:
-        connection = await new_connection(conn, vault)
-    settings = _settings(master_key, database_url, kafka_bootstrap)
-    sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
-    app = create_app(settings, _wiring(settings, pool, vault, sink))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
-        ) as client,
-    ):
-        yield Ingest(client, connection, topics)
+    async with ingest_with() as running:
+        yield Ingest(running.client, connection, topics)
 
 
 async def test_signed_webhook_is_published_exactly_as_received(
@@ -240,50 +211,22 @@ async def test_oversized_body_gets_413_and_publishes_nothing(
 
 
 async def test_an_event_the_broker_did_not_acknowledge_gets_503_with_retry_after(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    master_key: str,
-    database_url: str,
-    kafka_bootstrap: str,
+    ingest_with: IngestStarter, connection: TestConnection
 ) -> None:
-    async with pool.acquire() as conn:
-        connection = await new_connection(conn, vault)
-    settings = _settings(master_key, database_url, kafka_bootstrap)
-    app = create_app(settings, _wiring(settings, pool, vault, RefusingSink()))
-    body = encode_body(mt5_body(connection.login, fixture_deals()))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
-        ) as client,
-    ):
-        response = await client.post(
-            connection.webhook_path,
-            content=body,
-            headers=signed_headers(connection.created.webhook_secret, "msg_6", body),
-        )
+    response = await _deliver_signed(ingest_with(sink=RefusingSink()), connection)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
 
 
 async def _deliver_signed(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
+    app: contextlib.AbstractAsyncContextManager[RunningIngest],
     connection: TestConnection,
-    sink: RawEventPublisher,
-    settings: IngestSettings,
     url: str | None = None,
 ) -> httpx.Response:
-    """One correctly signed delivery for `connection`, to an app using that pool and vault."""
-    app = create_app(settings, _wiring(settings, pool, vault, sink))
+    """One correctly signed delivery for `connection`, to that app."""
     body = encode_body(mt5_body(connection.login, fixture_deals()))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ingest"
-        ) as client,
-    ):
-        return await client.post(
+    async with app as ingest:
+        return await ingest.client.post(
             url or connection.webhook_path,
             content=body,
             headers=signed_headers(connection.created.webhook_secret, "msg_7", body),
@@ -291,22 +234,14 @@ async def _deliver_signed(
 
 
 async def test_a_secret_that_does_not_decrypt_gets_the_401_of_an_unknown_connection(
-    pool: asyncpg.Pool,
-    topics: Topics,
-    producer: AIOKafkaProducer,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
-    kafka_bootstrap: str,
+    ingest_with: IngestStarter, topics: Topics, connection: TestConnection, kafka_bootstrap: str
 ) -> None:
     # Started with another master key than the one the secret was sealed under.
     wrong_key = CredentialVault(LocalKeyEncryptionKey.from_base64(new_master_key_base64()))
-    sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
-    settings = _settings(master_key, database_url, kafka_bootstrap)
     with capture_logs() as logs:
-        undecryptable = await _deliver_signed(pool, wrong_key, connection, sink, settings)
+        undecryptable = await _deliver_signed(ingest_with(vault=wrong_key), connection)
     unknown = await _deliver_signed(
-        pool, wrong_key, connection, sink, settings, url=f"/v1/webhooks/mt5/{uuid.uuid4()}"
+        ingest_with(vault=wrong_key), connection, url=f"/v1/webhooks/mt5/{uuid.uuid4()}"
     )
     assert undecryptable.status_code == unknown.status_code == 401
     assert undecryptable.json() == unknown.json()
@@ -349,18 +284,14 @@ async def _exhausted(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.mark.parametrize("outage", [_refusing_connections, _closed, _exhausted])
 async def test_a_database_outage_gets_503_with_retry_after_and_publishes_nothing(
     outage: Callable[[str], contextlib.AbstractAsyncContextManager[asyncpg.Pool]],
-    vault: CredentialVault,
+    ingest_with: IngestStarter,
     topics: Topics,
-    producer: AIOKafkaProducer,
     connection: TestConnection,
-    master_key: str,
     database_url: str,
     kafka_bootstrap: str,
 ) -> None:
-    sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
-    settings = _settings(master_key, database_url, kafka_bootstrap)
     async with outage(database_url) as unavailable:
-        response = await _deliver_signed(unavailable, vault, connection, sink, settings)
+        response = await _deliver_signed(ingest_with(pool=unavailable), connection)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json() == {

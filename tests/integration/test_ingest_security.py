@@ -38,8 +38,9 @@ from tests.support.builders import (
     fixture_deals,
     mt5_body,
     new_connection,
+    store_credential,
 )
-from tests.support.ingest import RecordingSink, RunningIngest, ingest_settings, running_ingest
+from tests.support.ingest import IngestStarter, RecordingSink, RunningIngest
 
 pytestmark = pytest.mark.integration
 
@@ -97,30 +98,13 @@ def metric(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
-@pytest.fixture
-def settings(master_key: str, database_url: str) -> Any:
-    return ingest_settings(master_key, database_url)
-
-
-@pytest.fixture
-def sink() -> RecordingSink:
-    return RecordingSink()
-
-
 # --- replays ------------------------------------------------------------------------------
 
 
 async def test_a_webhook_id_is_accepted_once_however_many_replicas_race_for_it(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
+    connection: TestConnection, sink: RecordingSink, ingest_with: IngestStarter
 ) -> None:
-    async with (
-        running_ingest(settings, pool, vault, sink) as first,
-        running_ingest(settings, pool, vault, sink) as second,
-    ):
+    async with ingest_with() as first, ingest_with() as second:
         answers = await asyncio.gather(
             *(deliver(replica, connection, "msg_raced") for replica in [first, second] * 5)
         )
@@ -132,15 +116,11 @@ async def test_a_webhook_id_is_accepted_once_however_many_replicas_race_for_it(
 
 
 async def test_a_replay_is_refused_after_a_restart_and_audited(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
+    pool: asyncpg.Pool, connection: TestConnection, sink: RecordingSink, ingest_with: IngestStarter
 ) -> None:
-    async with running_ingest(settings, pool, vault, sink) as before_restart:
+    async with ingest_with() as before_restart:
         accepted = await deliver(before_restart, connection, "msg_once")
-    async with running_ingest(settings, pool, vault, sink) as after_restart:
+    async with ingest_with() as after_restart:
         replayed = await deliver(after_restart, connection, "msg_once")
 
     assert (accepted.status_code, replayed.status_code) == (202, 409)
@@ -161,11 +141,11 @@ async def test_a_replay_is_refused_after_a_restart_and_audited(
 
 
 async def test_the_same_webhook_id_on_another_connection_is_not_a_replay(
-    pool: asyncpg.Pool, vault: CredentialVault, settings: Any, sink: RecordingSink
+    pool: asyncpg.Pool, vault: CredentialVault, ingest_with: IngestStarter
 ) -> None:
     async with pool.acquire() as conn:
         one, other = [await new_connection(conn, vault) for _ in range(2)]
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         answers = [await deliver(ingest, c, "msg_shared") for c in (one, other)]
     assert [a.status_code for a in answers] == [202, 202]
 
@@ -185,10 +165,10 @@ class FailsOnce:
 
 
 async def test_a_webhook_id_whose_publish_failed_is_free_for_the_senders_retry(
-    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection, settings: Any
+    connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     sink = FailsOnce()
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with(sink=sink) as ingest:
         failed = await deliver(ingest, connection, "msg_retry")
         retried = await deliver(ingest, connection, "msg_retry")
     assert (failed.status_code, retried.status_code) == (503, 202)
@@ -212,16 +192,10 @@ async def claim_left_by_a_dead_publisher(
 
 
 async def test_a_webhook_id_whose_publisher_may_have_died_gets_503_until_its_lease_passes(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
-    sink: RecordingSink,
+    pool: asyncpg.Pool, connection: TestConnection, sink: RecordingSink, ingest_with: IngestStarter
 ) -> None:
-    settings = ingest_settings(master_key, database_url, claim_lease_seconds=30)
     await claim_left_by_a_dead_publisher(pool, connection, "msg_orphan", timedelta(seconds=5))
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with(claim_lease_seconds=30) as ingest:
         retried = await deliver(ingest, connection, "msg_orphan")
     # Never "already accepted": nothing is on Kafka, so the sender must keep retrying.
     assert retried.status_code == 503
@@ -231,16 +205,10 @@ async def test_a_webhook_id_whose_publisher_may_have_died_gets_503_until_its_lea
 
 
 async def test_a_claim_past_its_lease_is_taken_over_and_only_then_the_id_is_a_replay(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
-    sink: RecordingSink,
+    pool: asyncpg.Pool, connection: TestConnection, sink: RecordingSink, ingest_with: IngestStarter
 ) -> None:
-    settings = ingest_settings(master_key, database_url, claim_lease_seconds=30)
     await claim_left_by_a_dead_publisher(pool, connection, "msg_orphan", timedelta(seconds=31))
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with(claim_lease_seconds=30) as ingest:
         taken_over = await deliver(ingest, connection, "msg_orphan")
         await ingest.wiring.claims.drain()  # the acceptance is written off the request path
         replayed = await deliver(ingest, connection, "msg_orphan")
@@ -286,12 +254,7 @@ async def test_a_claim_for_a_connection_deleted_meanwhile_costs_no_other_claim_i
 
 
 async def test_auditing_that_cannot_write_loses_and_doubles_nothing(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
-    database_url: str,
+    connection: TestConnection, sink: RecordingSink, database_url: str, ingest_with: IngestStarter
 ) -> None:
     unwritable = await create_pool(database_url, min_size=0, max_size=1)
     await unwritable.close()
@@ -299,9 +262,7 @@ async def test_auditing_that_cannot_write_loses_and_doubles_nothing(
     def audit_into_a_closed_pool(wiring: Any) -> None:
         wiring.audit = AuditTrail(unwritable)
 
-    async with running_ingest(
-        settings, pool, vault, sink, customize=audit_into_a_closed_pool
-    ) as ingest:
+    async with ingest_with(customize=audit_into_a_closed_pool) as ingest:
         accepted = await deliver(ingest, connection, "msg_unaudited")
         replayed = await deliver(ingest, connection, "msg_unaudited")
     assert (accepted.status_code, replayed.status_code) == (202, 409)
@@ -313,19 +274,17 @@ async def test_auditing_that_cannot_write_loses_and_doubles_nothing(
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/xml", "json"])
 async def test_a_body_not_declared_as_json_gets_415_and_publishes_nothing(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
     connection: TestConnection,
-    settings: Any,
     sink: RecordingSink,
     content_type: str | None,
+    ingest_with: IngestStarter,
 ) -> None:
     body = body_of(connection)
     headers = signed_headers(connection.created.webhook_secret, "msg_media", body)
     del headers["content-type"]
     if content_type is not None:
         headers["content-type"] = content_type
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         response = await ingest.client.post(webhook_url(connection), content=body, headers=headers)
     assert response.status_code == 415
     assert response.json()["error"] == "unsupported_media_type"
@@ -336,14 +295,9 @@ async def test_a_body_not_declared_as_json_gets_415_and_publishes_nothing(
     "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/x+json"]
 )
 async def test_json_media_types_with_parameters_or_suffixes_are_accepted(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
-    content_type: str,
+    connection: TestConnection, content_type: str, ingest_with: IngestStarter
 ) -> None:
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         response = await deliver(ingest, connection, extra_headers={"content-type": content_type})
     assert response.status_code == 202
 
@@ -351,35 +305,15 @@ async def test_json_media_types_with_parameters_or_suffixes_are_accepted(
 # --- keys: ed25519 and rotation overlap -----------------------------------------------------
 
 
-async def add_credential(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    kind: str,
-    value: bytes,
-    expires_at: datetime | None = None,
-) -> None:
-    async with pool.acquire() as conn:
-        await vault.store(
-            conn,
-            user_id=connection.user_id,
-            connection_id=connection.created.connection_id,
-            kind=kind,
-            plaintext=value,
-            expires_at=expires_at,
-        )
-
-
 async def test_a_v1a_signature_verifies_against_the_connections_ed25519_public_key(
     pool: asyncpg.Pool,
     vault: CredentialVault,
     connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
+    ingest_with: IngestStarter,
 ) -> None:
     sender_key = Ed25519PrivateKey.generate()
     public = sender_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    await add_credential(pool, vault, connection, credential_kinds.WEBHOOK_PUBLIC_KEY, public)
+    await store_credential(pool, vault, connection, credential_kinds.WEBHOOK_PUBLIC_KEY, public)
     body = body_of(connection)
 
     def v1a_headers(key: Ed25519PrivateKey, webhook_id: str) -> dict[str, str]:
@@ -391,7 +325,7 @@ async def test_a_v1a_signature_verifies_against_the_connections_ed25519_public_k
             "webhook-signature": sign_v1a(key, webhook_id, now, body),
         }
 
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         signed = await ingest.client.post(
             webhook_url(connection), content=body, headers=v1a_headers(sender_key, "msg_ed1")
         )
@@ -407,12 +341,11 @@ async def test_every_active_secret_verifies_and_an_expired_one_does_not(
     pool: asyncpg.Pool,
     vault: CredentialVault,
     connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
+    ingest_with: IngestStarter,
 ) -> None:
     newer, expired = b"n" * 32, b"e" * 32
-    await add_credential(pool, vault, connection, credential_kinds.WEBHOOK_SECRET, newer)
-    await add_credential(
+    await store_credential(pool, vault, connection, credential_kinds.WEBHOOK_SECRET, newer)
+    await store_credential(
         pool,
         vault,
         connection,
@@ -420,7 +353,7 @@ async def test_every_active_secret_verifies_and_an_expired_one_does_not(
         expired,
         expires_at=datetime.now(UTC) - timedelta(seconds=1),
     )
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         statuses = [
             (await deliver(ingest, connection, secret=secret)).status_code
             for secret in (connection.created.webhook_secret, encode_secret(newer))
@@ -431,17 +364,13 @@ async def test_every_active_secret_verifies_and_an_expired_one_does_not(
 
 
 async def test_a_header_with_several_signatures_verifies_if_any_matches(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
+    connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     body = body_of(connection)
     headers = signed_headers(connection.created.webhook_secret, "msg_multi", body)
     stale = sign(b"a retired secret", "msg_multi", int(headers["webhook-timestamp"]), body)
     headers["webhook-signature"] = f"{stale} v2,unknown {headers['webhook-signature']}"
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         response = await ingest.client.post(webhook_url(connection), content=body, headers=headers)
     assert response.status_code == 202
 
@@ -450,13 +379,11 @@ async def test_a_header_with_several_signatures_verifies_if_any_matches(
 
 
 async def test_a_connection_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected(
-    pool: asyncpg.Pool, vault: CredentialVault, master_key: str, database_url: str
+    pool: asyncpg.Pool, vault: CredentialVault, ingest_with: IngestStarter, sink: RecordingSink
 ) -> None:
-    settings = ingest_settings(master_key, database_url, rate_limit_per_connection="3/minute")
     async with pool.acquire() as conn:
         busy, quiet = [await new_connection(conn, vault) for _ in range(2)]
-    sink = RecordingSink()
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with(rate_limit_per_connection="3/minute") as ingest:
         statuses = [(await deliver(ingest, busy)).status_code for _ in range(3)]
         limited = await deliver(ingest, busy)
         unaffected = await deliver(ingest, quiet)
@@ -469,14 +396,13 @@ async def test_a_connection_over_its_rate_gets_429_with_retry_after_and_others_a
 
 
 async def test_a_user_over_their_rate_is_limited_across_their_connections(
-    pool: asyncpg.Pool, vault: CredentialVault, master_key: str, database_url: str
+    pool: asyncpg.Pool, vault: CredentialVault, ingest_with: IngestStarter
 ) -> None:
-    settings = ingest_settings(master_key, database_url, rate_limit_per_user="4/minute")
     async with pool.acquire() as conn:
         first = await new_connection(conn, vault)
         another_login = 90_000_000 + uuid.uuid4().int % 10**7
         second = await connect_account(conn, vault, first.user_id, another_login)
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(rate_limit_per_user="4/minute") as ingest:
         statuses = [(await deliver(ingest, c)).status_code for c in [first, second] * 3]
     assert statuses == [202, 202, 202, 202, 429, 429]
 
@@ -485,14 +411,10 @@ async def test_a_user_over_their_rate_is_limited_across_their_connections(
 
 
 async def test_every_attempt_is_recorded_with_who_sent_it_and_the_aggregates_follow(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     agent = {"user-agent": "PosCal-EA/2.1"}
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         accepted = await deliver(ingest, connection, "msg_seen", extra_headers=agent)
         await deliver_badly_signed(ingest, connection)
         await ingest.settle()
@@ -528,16 +450,13 @@ async def test_every_attempt_is_recorded_with_who_sent_it_and_the_aggregates_fol
 )
 async def test_the_client_ip_honours_only_trusted_proxies(
     pool: asyncpg.Pool,
-    vault: CredentialVault,
     connection: TestConnection,
-    master_key: str,
-    database_url: str,
     trusted: str,
     forwarded_for: str,
     recorded: str,
+    ingest_with: IngestStarter,
 ) -> None:
-    settings = ingest_settings(master_key, database_url, trusted_proxies=trusted)
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(trusted_proxies=trusted) as ingest:
         await deliver(ingest, connection, extra_headers={"x-forwarded-for": forwarded_for})
         await ingest.settle()
     [attempt] = await attempts_of(pool, connection)
@@ -545,10 +464,10 @@ async def test_the_client_ip_honours_only_trusted_proxies(
 
 
 async def test_attempts_at_unknown_connections_are_recorded_for_no_user(
-    pool: asyncpg.Pool, vault: CredentialVault, settings: Any, sink: RecordingSink
+    pool: asyncpg.Pool, ingest_with: IngestStarter
 ) -> None:
     unknown = uuid.uuid4()
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         response = await ingest.client.post(
             f"/v1/webhooks/mt5/{unknown}",
             content=b"{}",
@@ -565,15 +484,11 @@ async def test_attempts_at_unknown_connections_are_recorded_for_no_user(
 
 
 async def test_refusals_are_counted_in_the_metrics(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    settings: Any,
-    sink: RecordingSink,
+    connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     labels = {"outcome": "refused", "reason": "signature_mismatch"}
     before = metric("poscal_ingest_webhooks_total", labels)
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with() as ingest:
         await deliver_badly_signed(ingest, connection)
         exposed = (await ingest.client.get("/metrics")).text
     assert metric("poscal_ingest_webhooks_total", labels) == before + 1
@@ -599,15 +514,10 @@ async def until_listening_for_changes(pool: asyncpg.Pool, since: datetime) -> No
 
 
 async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = ingest_settings(master_key, database_url, connection_cache_seconds=600)
     since = await pool.fetchval("SELECT clock_timestamp()")
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(connection_cache_seconds=600) as ingest:
         await until_listening_for_changes(pool, since)
         assert (await deliver(ingest, connection)).status_code == 202  # now cached
         await pool.execute(
@@ -625,7 +535,7 @@ async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
 
 
 async def test_webhook_ids_and_attempts_are_forgotten_after_their_retention(
-    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+    pool: asyncpg.Pool, connection: TestConnection
 ) -> None:
     ref = connection.created.connection_id
     for webhook_id, age in [("msg_old", timedelta(days=8)), ("msg_recent", timedelta(days=6))]:
@@ -663,11 +573,11 @@ async def test_rotating_the_secret_unlocks_and_the_suspect_secret_stops_verifyin
     pool: asyncpg.Pool,
     vault: CredentialVault,
     connection: TestConnection,
-    settings: Any,
+    ingest_with: IngestStarter,
 ) -> None:
     async with pool.acquire() as conn:
         await lock_connection(conn, connection.created.connection_id)
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with() as ingest:
         assert (await deliver(ingest, connection)).status_code == 423
         async with pool.acquire() as conn:
             rotated = await rotate_webhook_secret(
@@ -689,14 +599,9 @@ async def test_rotating_the_secret_unlocks_and_the_suspect_secret_stops_verifyin
 
 
 async def test_replays_do_not_use_up_the_senders_allowance(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = ingest_settings(master_key, database_url, rate_limit_per_connection="3/minute")
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(rate_limit_per_connection="3/minute") as ingest:
         first = await deliver(ingest, connection, "msg_captured")
         replays = [
             (await deliver(ingest, connection, "msg_captured")).status_code for _ in range(5)
@@ -706,18 +611,13 @@ async def test_replays_do_not_use_up_the_senders_allowance(
 
 
 async def test_every_forwarded_for_line_counts_not_only_the_first(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = ingest_settings(master_key, database_url, trusted_proxies="203.0.113.0/24")
     body = body_of(connection)
     headers = list(signed_headers(connection.created.webhook_secret, "msg_xff", body).items())
     # The client forged a first line; our proxy added its own line with the real address.
     headers += [("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.9")]
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(trusted_proxies="203.0.113.0/24") as ingest:
         response = await ingest.client.post(webhook_url(connection), content=body, headers=headers)
         await ingest.settle()
     assert response.status_code == 202

@@ -33,7 +33,7 @@ from services.shared.errors import TransientError
 from services.shared.signatures import encode_secret
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, new_connection
-from tests.support.ingest import RecordingSink, RunningIngest, ingest_settings, running_ingest
+from tests.support.ingest import IngestStarter, RecordingSink, RunningIngest
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +43,10 @@ STRANGER, SENDER, OTHER_STRANGER = "198.51.100.66", "198.51.100.7", "198.51.100.
 FORGED = encode_secret(b"not the connection's secret at all")
 
 
-def settings_for(master_key: str, database_url: str, **overrides: Any) -> Any:
-    return ingest_settings(master_key, database_url, trusted_proxies=PROXY, **overrides)
+@pytest.fixture
+def ingest_with(ingest_with: IngestStarter) -> IngestStarter:
+    """Every ingest app here sits behind our proxy (the one the test client's address is in)."""
+    return ingest_with.defaulting(trusted_proxies=PROXY)
 
 
 async def deliver(
@@ -86,6 +88,14 @@ async def status_of(pool: asyncpg.Pool, connection: TestConnection) -> str:
     return status
 
 
+async def rotation_forced_reasons(pool: asyncpg.Pool, connection: TestConnection) -> list[str]:
+    forced = await pool.fetch(
+        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    return [r["rotation_forced_reason"] for r in forced]
+
+
 def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name, {}) or 0.0
 
@@ -94,17 +104,9 @@ def metric(name: str) -> float:
 
 
 async def test_a_stranger_failing_verification_never_locks_out_the_sender(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter, sink: RecordingSink
 ) -> None:
-    settings = settings_for(
-        master_key, database_url, failure_alert_threshold=3, failures_before_throttle=1
-    )
-    sink = RecordingSink()
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with(failure_alert_threshold=3, failures_before_throttle=1) as ingest:
         answers = []
         for round_ in range(5):
             strangers = [(await forged(ingest, connection, STRANGER)).status_code for _ in range(4)]
@@ -119,18 +121,13 @@ async def test_a_stranger_failing_verification_never_locks_out_the_sender(
 
 
 async def test_a_failing_sources_wait_doubles_per_further_failure_up_to_the_cap_on_any_replica(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = settings_for(
-        master_key, database_url, failures_before_throttle=2, failure_throttle_cap_seconds=4
-    )
     answers = []
     for _ in range(6):  # a replica of its own each time: only the shared count can escalate
-        async with running_ingest(settings, pool, vault, RecordingSink()) as replica:
+        async with ingest_with(
+            failures_before_throttle=2, failure_throttle_cap_seconds=4
+        ) as replica:
             response = await forged(replica, connection, STRANGER)
         answers.append((response.status_code, response.headers.get("retry-after")))
     assert answers == [
@@ -146,15 +143,8 @@ async def test_a_failing_sources_wait_doubles_per_further_failure_up_to_the_cap_
 
 
 async def test_a_throttled_sources_failures_are_answered_from_memory_and_not_counted(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = settings_for(
-        master_key, database_url, failures_before_throttle=3, failure_throttle_cap_seconds=600
-    )
     # A source with a long run behind it: its next failure holds it off for the whole cap.
     await pool.execute(
         "INSERT INTO webhook_verification_failures (connection_id, source, user_id, failures,"
@@ -163,7 +153,7 @@ async def test_a_throttled_sources_failures_are_answered_from_memory_and_not_cou
         STRANGER,
         connection.user_id,
     )
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(failures_before_throttle=3, failure_throttle_cap_seconds=600) as ingest:
         answers = [await forged(ingest, connection, STRANGER) for _ in range(6)]
         counted = await failures_of(pool, connection, STRANGER)
         signed = await deliver(ingest, connection, STRANGER)  # the same source, signing well
@@ -183,17 +173,10 @@ async def test_a_throttled_sources_failures_are_answered_from_memory_and_not_cou
 
 
 async def test_a_source_reaching_the_alert_threshold_raises_an_alert_and_forces_rotation(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = settings_for(
-        master_key, database_url, failure_alert_threshold=3, failures_before_throttle=100
-    )
     alerts_before = metric("poscal_ingest_verification_alerts_total")
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(failure_alert_threshold=3, failures_before_throttle=100) as ingest:
         with capture_logs() as logs:
             failures = [(await forged(ingest, connection, STRANGER)).status_code for _ in range(4)]
         consecutive = await pool.fetchval(
@@ -215,27 +198,16 @@ async def test_a_source_reaching_the_alert_threshold_raises_an_alert_and_forces_
         3,
     )
     assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 1
-    forced = await pool.fetch(
-        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
-        connection.created.connection_id,
-    )
-    assert [r["rotation_forced_reason"] for r in forced] == ["verification_failures"]
+    assert await rotation_forced_reasons(pool, connection) == ["verification_failures"]
 
 
 async def test_a_forgery_spread_over_many_addresses_raises_the_connection_wide_alert(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = settings_for(
-        master_key, database_url, failure_alert_threshold=3, failures_before_throttle=100
-    )
     # Each address stays below the threshold; together they cross it twice (3 and 6).
     addresses = [f"192.0.2.{n}" for n in range(1, 8)]
     alerts_before = metric("poscal_ingest_verification_alerts_total")
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(failure_alert_threshold=3, failures_before_throttle=100) as ingest:
         with capture_logs() as logs:
             failures = [(await forged(ingest, connection, a)).status_code for a in addresses]
         signed = await deliver(ingest, connection, SENDER)
@@ -249,22 +221,13 @@ async def test_a_forgery_spread_over_many_addresses_raises_the_connection_wide_a
     ]
     assert {a["connection_id"] for a in alerts} == {str(connection.created.connection_id)}
     assert metric("poscal_ingest_verification_alerts_total") == alerts_before + 2
-    forced = await pool.fetch(
-        "SELECT rotation_forced_reason FROM mt5_credentials WHERE connection_id = $1",
-        connection.created.connection_id,
-    )
-    assert [r["rotation_forced_reason"] for r in forced] == ["verification_failures"]
+    assert await rotation_forced_reasons(pool, connection) == ["verification_failures"]
 
 
 async def test_a_verified_delivery_ends_the_run_of_its_own_source_only(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = settings_for(master_key, database_url, failures_before_throttle=2)
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(failures_before_throttle=2) as ingest:
         for source in (SENDER, SENDER, STRANGER, STRANGER):
             assert (await forged(ingest, connection, source)).status_code == 401
         assert (await deliver(ingest, connection, SENDER)).status_code == 202
@@ -314,14 +277,9 @@ async def test_a_late_acceptance_never_erases_failures_counted_after_its_claim(
 
 
 async def test_an_operators_lock_refuses_verified_deliveries_until_unlocked(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
-    settings = settings_for(master_key, database_url)
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with() as ingest:
         async with pool.acquire() as conn:
             locked = await lock_connection(conn, connection.created.connection_id, "stolen key?")
         while_locked = await deliver(ingest, connection, SENDER)
@@ -361,25 +319,19 @@ async def test_a_stranger_exhausting_every_budget_it_can_from_the_senders_addres
     pool: asyncpg.Pool,
     vault: CredentialVault,
     connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    ingest_with: IngestStarter,
 ) -> None:
     # One address (a NAT, a VPS, a proxy whose address is not trusted) shared by the sender
     # and a hostile tenant with a connection of its own.
     shared = fresh_network()
     async with pool.acquire() as conn:
         hostile = await new_connection(conn, vault)
-    settings = settings_for(
-        master_key,
-        database_url,
-        refusals_per_client="3/hour",
-        rate_limit_per_connection="8/hour",
-        failures_before_throttle=3,
-    )
     many = 40
     sender: list[int] = []
     hostile_refusals = 0
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(
+        refusals_per_client="3/hour", rate_limit_per_connection="8/hour", failures_before_throttle=3
+    ) as ingest:
 
         async def then_the_sender_delivers(phase: list[httpx.Response]) -> None:
             nonlocal hostile_refusals
@@ -444,20 +396,15 @@ async def test_a_stranger_exhausting_every_budget_it_can_from_the_senders_addres
 
 
 async def test_over_its_budget_a_client_gets_429_for_a_bad_url_and_its_verified_deliveries_pass(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     client = fresh_network()
-    settings = settings_for(master_key, database_url, refusals_per_client="3/hour")
 
     async def post(ingest: RunningIngest, path: str, source: str) -> httpx.Response:
         headers = {"content-type": "application/json", "x-forwarded-for": source}
         return await ingest.client.post(path, content=b"{}", headers=headers)
 
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(refusals_per_client="3/hour") as ingest:
         # Any refusal spends the address's budget: here an undeclared body, a forgery, a bad URL.
         spent = [
             (await deliver(ingest, connection, client, content_type="text/plain")).status_code,
@@ -486,15 +433,10 @@ async def test_over_its_budget_a_client_gets_429_for_a_bad_url_and_its_verified_
 
 
 async def test_an_over_budget_clients_refusals_add_two_rows_per_window_and_kind(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     noisy = fresh_network()
-    settings = settings_for(master_key, database_url, refusals_per_client="2/hour")
-    async with running_ingest(settings, pool, vault, RecordingSink()) as ingest:
+    async with ingest_with(refusals_per_client="2/hour") as ingest:
         refused = [(await forged(ingest, connection, noisy)).status_code for _ in range(2)]
         with capture_logs() as logs:
             throttled = [
@@ -532,11 +474,7 @@ async def test_an_over_budget_clients_refusals_add_two_rows_per_window_and_kind(
 
 
 async def test_throttled_attempts_held_in_a_window_are_never_behind_the_instances_progress(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, database_url: str, ingest_with: IngestStarter
 ) -> None:
     instance = IngestInstance(database_url, pool)
     await instance.register()
@@ -552,11 +490,8 @@ async def test_throttled_attempts_held_in_a_window_are_never_behind_the_instance
         return value
 
     client = fresh_network()
-    settings = settings_for(master_key, database_url, refusals_per_client="1/hour")
     try:
-        async with running_ingest(
-            settings, pool, vault, RecordingSink(), customize=audited_for
-        ) as ingest:
+        async with ingest_with(customize=audited_for, refusals_per_client="1/hour") as ingest:
             await deliver(ingest, connection, client, content_type="text/plain")  # spends it
             await deliver(ingest, connection, client, path=unknown_path())  # opens a window
             await deliver(ingest, connection, client, path=unknown_path())  # folded: held back
@@ -574,11 +509,7 @@ async def test_throttled_attempts_held_in_a_window_are_never_behind_the_instance
 
 
 async def test_a_senders_duplicates_of_an_id_still_being_stored_are_folded_not_a_new_ids_refusal(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     class HeldPublish:
         """Kafka acknowledges `msg_slow` only when told to."""
@@ -594,13 +525,9 @@ async def test_a_senders_duplicates_of_an_id_still_being_stored_are_folded_not_a
 
     sender = fresh_network()
     sink = HeldPublish()
-    settings = settings_for(
-        master_key,
-        database_url,
-        refusals_per_client="3/hour",
-        rate_limit_per_connection="2/hour",
-    )
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with(
+        sink=sink, refusals_per_client="3/hour", rate_limit_per_connection="2/hour"
+    ) as ingest:
         slow = asyncio.create_task(deliver(ingest, connection, sender, webhook_id="msg_slow"))
         await sink.publishing.wait()
         duplicates = [
@@ -617,19 +544,14 @@ async def test_a_senders_duplicates_of_an_id_still_being_stored_are_folded_not_a
 
 
 async def test_our_own_503s_spend_nothing_of_the_clients_budget(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    connection: TestConnection, ingest_with: IngestStarter
 ) -> None:
     class Unreachable:
         async def publish(self, event: RawEvent) -> None:
             raise TransientError("broker unreachable")
 
     client = fresh_network()
-    settings = settings_for(master_key, database_url, refusals_per_client="2/hour")
-    async with running_ingest(settings, pool, vault, Unreachable()) as ingest:
+    async with ingest_with(sink=Unreachable(), refusals_per_client="2/hour") as ingest:
         ours = [(await deliver(ingest, connection, client)).status_code for _ in range(5)]
         theirs = [
             (await deliver(ingest, connection, client, path=unknown_path())).status_code
@@ -643,16 +565,10 @@ async def test_our_own_503s_spend_nothing_of_the_clients_budget(
 
 
 async def test_a_rotated_url_stops_the_old_one_and_the_connection_keeps_its_history(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
-    connection: TestConnection,
-    master_key: str,
-    database_url: str,
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter, sink: RecordingSink
 ) -> None:
-    settings = settings_for(master_key, database_url, connection_cache_seconds=600)
-    sink = RecordingSink()
     connection_id = connection.created.connection_id
-    async with running_ingest(settings, pool, vault, sink) as ingest:
+    async with ingest_with(connection_cache_seconds=600) as ingest:
         await ingest.listening()
         before = await deliver(ingest, connection, SENDER, webhook_id="msg_before")  # cached
         async with pool.acquire() as conn:

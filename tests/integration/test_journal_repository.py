@@ -24,6 +24,7 @@ from tests.support.builders import (
     SERVER,
     TestConnection,
     connect_account,
+    deposit_deal,
     fixture_deals,
     mt5_body,
     raw_event,
@@ -422,19 +423,7 @@ async def test_two_writers_of_one_position_in_flight_together_agree_on_one_row(
 async def test_a_cash_movement_is_recorded_once_however_often_it_arrives(
     pool: asyncpg.Pool, connection: TestConnection
 ) -> None:
-    deposit = fixture_deals()[0] | {
-        "ticket": 900000,
-        "order": 0,
-        "type": 2,  # DEAL_TYPE_BALANCE
-        "entry": 0,
-        "position_id": 0,
-        "symbol": "",
-        "volume": Decimal("0"),
-        "price": Decimal("0"),
-        "commission": Decimal("0"),
-        "profit": Decimal("500.00"),
-        "comment": "Deposit",
-    }
+    deposit = deposit_deal(900000, amount="500.00")
     first = batch(connection, [deposit])
     async with pool.acquire() as conn:
         outcomes = [

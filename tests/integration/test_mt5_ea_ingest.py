@@ -22,7 +22,7 @@ from services.shared.publishing import RawEventPublisher
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from tests.support.builders import SERVER, TestConnection, fixture_deals, new_connection
-from tests.support.ingest import ingest_settings, running_ingest
+from tests.support.ingest import IngestStarter
 from tests.support.kafka import read_topic
 from tests.support.mt5_ea import EaHarness, EaRequest, ea_harness
 
@@ -59,24 +59,17 @@ class Ingest:
 
 @pytest.fixture
 async def ingest(
-    pool: asyncpg.Pool,
-    vault: CredentialVault,
+    ingest_with: IngestStarter,
+    connection: TestConnection,
     topics: Topics,
-    master_key: str,
-    database_url: str,
     kafka_bootstrap: str,
     ea: EaHarness,
 ) -> AsyncIterator[Ingest]:
-    async with pool.acquire() as conn:
-        connection = await new_connection(conn, vault)
     producer = create_producer(kafka_bootstrap, "test-ea-ingest")
     await producer.start()
     try:
-        settings = ingest_settings(
-            master_key, database_url, kafka_bootstrap_servers=kafka_bootstrap
-        )
         sink = RawEventPublisher(producer, topics.raw, timeout_seconds=5)
-        async with running_ingest(settings, pool, vault, sink) as running:
+        async with ingest_with(sink=sink, kafka_bootstrap_servers=kafka_bootstrap) as running:
             yield Ingest(running.client, connection, ea)
     finally:
         await producer.stop()

@@ -11,25 +11,50 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.devstack.demo import encode_body
 from services.normalizer.pipeline import normalize
 from services.shared.backoff import Backoff
-from services.shared.consuming import RetryBudget, consume_batches
+from services.shared.consuming import BatchHandler, RetryBudget, consume_batches
 from services.shared.dead_letters import DeadLetter, DeadLetterBudget, DeadLetterPublisher
 from services.shared.errors import TransientError
-from services.shared.kafka import create_consumer, create_producer
+from services.shared.kafka import create_producer
 from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from services.writer.pipeline import Writer
 from services.writer.repository import JournalRepository
 from tests.support.builders import fixture_deals, mt5_body, new_connection, raw_event
 from tests.support.kafka import committed_offset, committed_offsets, read_topic
+from tests.support.kafka_clients import consuming_clients
 
 pytestmark = pytest.mark.integration
 
 QUICK = Backoff(base_seconds=0.001, cap_seconds=0.01)
+
+
+def consuming_with_quick_retries(
+    consumer: AIOKafkaConsumer,
+    handler: BatchHandler,
+    stop: asyncio.Event,
+    retry_budget: RetryBudget,
+    *,
+    max_records: int = 10,
+    clock: Callable[[], float] = time.monotonic,
+) -> asyncio.Task[None]:
+    """The consume loop under test, in the background, its retries a few milliseconds apart so
+    that the budget, not the wait, decides what happens."""
+    return asyncio.create_task(
+        consume_batches(
+            consumer,
+            handler,
+            stop,
+            max_records=max_records,
+            backoff=QUICK,
+            retry_budget=retry_budget,
+            clock=clock,
+        )
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 30) -> None:
@@ -59,40 +84,29 @@ async def test_a_record_the_database_keeps_refusing_while_up_is_dead_lettered_af
         f" WHEN (NEW.connection_id = '{stuck.created.connection_id}') EXECUTE FUNCTION {name}()"
     )
     group = f"budget-{topics.canonical}"
-    producer = create_producer(kafka_bootstrap, "test-budget")
-    consumer = create_consumer(kafka_bootstrap, topics.canonical, group, "t", 2000, 20)
-    await asyncio.gather(producer.start(), consumer.start())
-    stop = asyncio.Event()
     try:
-        for event in events:  # one partition: the stuck record is between the other two
-            await producer.send_and_wait(
-                topics.canonical, event.model_dump_json().encode(), key=b"one-partition"
+        async with consuming_clients(kafka_bootstrap, topics.canonical, group) as kafka:
+            producer, consumer, stop = kafka
+            for event in events:  # one partition: the stuck record is between the other two
+                await producer.send_and_wait(
+                    topics.canonical, event.model_dump_json().encode(), key=b"one-partition"
+                )
+            writer = Writer(
+                pool,
+                JournalRepository(),
+                DeadLetterPublisher(producer, topics.dead_letter, "writer", DeadLetterBudget(100)),
+                group,
             )
-        writer = Writer(
-            pool,
-            JournalRepository(),
-            DeadLetterPublisher(producer, topics.dead_letter, "writer", DeadLetterBudget(100)),
-            group,
-        )
-        loop = asyncio.create_task(
-            consume_batches(
-                consumer,
-                writer,
-                stop,
-                max_records=10,
-                backoff=QUICK,
-                retry_budget=RetryBudget(attempts=3, seconds=0),
+            loop = consuming_with_quick_retries(
+                consumer, writer, stop, RetryBudget(attempts=3, seconds=0)
             )
-        )
-        await eventually(
-            lambda: committed_offset_is(kafka_bootstrap, group, topics.canonical, 3),
-            "all three records committed",
-        )
-        stop.set()
-        await loop
+            await eventually(
+                lambda: committed_offset_is(kafka_bootstrap, group, topics.canonical, 3),
+                "all three records committed",
+            )
+            stop.set()
+            await loop
     finally:
-        stop.set()
-        await asyncio.gather(consumer.stop(), producer.stop())
         await pool.execute(f"DROP TRIGGER {name} ON broker_fills; DROP FUNCTION {name}()")
     [letter] = [
         DeadLetter.model_validate_json(r.value)
@@ -148,23 +162,12 @@ async def test_during_a_real_outage_nothing_is_dead_lettered_however_long_it_las
     kafka_bootstrap: str, topics: Topics
 ) -> None:
     group = f"outage-{topics.raw}"
-    producer = create_producer(kafka_bootstrap, "test-outage")
-    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
-    await asyncio.gather(producer.start(), consumer.start())
-    handler, clock, stop = Outage(), Clock(), asyncio.Event()
-    try:
+    handler, clock = Outage(), Clock()
+    async with consuming_clients(kafka_bootstrap, topics.raw, group) as (producer, consumer, stop):
         for n in range(3):
             await producer.send_and_wait(topics.raw, f"record {n}".encode(), key=b"k")
-        loop = asyncio.create_task(
-            consume_batches(
-                consumer,
-                handler,
-                stop,
-                max_records=10,
-                backoff=QUICK,
-                retry_budget=RetryBudget(attempts=2, seconds=60),
-                clock=clock,
-            )
+        loop = consuming_with_quick_retries(
+            consumer, handler, stop, RetryBudget(attempts=2, seconds=60), clock=clock
         )
 
         async def failed_often() -> bool:
@@ -180,9 +183,6 @@ async def test_during_a_real_outage_nothing_is_dead_lettered_however_long_it_las
         await eventually(all_handled, "every record handled once the database is back")
         stop.set()
         await loop
-    finally:
-        stop.set()
-        await asyncio.gather(consumer.stop(), producer.stop())
     assert handler.given_up == []
     assert sorted(handler.handled) == [0, 1, 2]
 
@@ -237,24 +237,13 @@ async def test_a_failing_partition_holds_up_no_other_partition(
     keys = await partition_keys(kafka_bootstrap, topics.raw)
     poisoned, *healthy_partitions = sorted(keys)
     group = f"poisoned-{topics.raw}"
-    producer = create_producer(kafka_bootstrap, "test-poisoned")
-    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
-    await asyncio.gather(producer.start(), consumer.start())
-    handler, stop = OnePoisonedPartition(poisoned), asyncio.Event()
-    try:
+    handler = OnePoisonedPartition(poisoned)
+    async with consuming_clients(kafka_bootstrap, topics.raw, group) as (producer, consumer, stop):
         for n in range(5):
             for partition in sorted(keys):
                 await producer.send_and_wait(topics.raw, f"{n}".encode(), key=keys[partition])
-        loop = asyncio.create_task(
-            consume_batches(
-                consumer,
-                handler,
-                stop,
-                max_records=100,
-                backoff=QUICK,
-                retry_budget=RetryBudget(attempts=10**6, seconds=10**6),  # never spent here
-            )
-        )
+        never_spent = RetryBudget(attempts=10**6, seconds=10**6)
+        loop = consuming_with_quick_retries(consumer, handler, stop, never_spent, max_records=100)
 
         async def others_done() -> bool:
             return len(handler.handled) == 5 * len(healthy_partitions)
@@ -273,9 +262,6 @@ async def test_a_failing_partition_holds_up_no_other_partition(
         await eventually(retried, "the poisoned partition retried meanwhile")
         stop.set()
         await loop
-    finally:
-        stop.set()
-        await asyncio.gather(consumer.stop(), producer.stop())
     assert all(p != poisoned for p, _ in handler.handled)
     committed = await committed_offsets(kafka_bootstrap, group, topics.raw)
     assert committed.get(TopicPartition(topics.raw, poisoned), 0) == 0
@@ -285,24 +271,14 @@ async def test_a_record_whose_dead_letter_cannot_be_sent_is_kept_for_later_not_l
     kafka_bootstrap: str, topics: Topics
 ) -> None:
     group = f"undeliverable-{topics.raw}"
-    producer = create_producer(kafka_bootstrap, "test-undeliverable")
-    consumer = create_consumer(kafka_bootstrap, topics.raw, group, "t", 2000, 20)
-    await asyncio.gather(producer.start(), consumer.start())
-    handler, stop = OnePoisonedPartition(poisoned=-1), asyncio.Event()
-    try:
+    handler = OnePoisonedPartition(poisoned=-1)
+    async with consuming_clients(kafka_bootstrap, topics.raw, group) as (producer, consumer, stop):
         await producer.send_and_wait(topics.raw, b"poison", key=b"k")
         [record] = await read_topic(kafka_bootstrap, topics.raw, expect=1)
         handler.poisoned = record.partition
         handler.dead_letters_fail = True
-        loop = asyncio.create_task(
-            consume_batches(
-                consumer,
-                handler,
-                stop,
-                max_records=10,
-                backoff=QUICK,
-                retry_budget=RetryBudget(attempts=2, seconds=0),
-            )
+        loop = consuming_with_quick_retries(
+            consumer, handler, stop, RetryBudget(attempts=2, seconds=0)
         )
 
         async def tried_often() -> bool:
@@ -321,6 +297,3 @@ async def test_a_record_whose_dead_letter_cannot_be_sent_is_kept_for_later_not_l
         )
         stop.set()
         await loop
-    finally:
-        stop.set()
-        await asyncio.gather(consumer.stop(), producer.stop())

@@ -1,4 +1,5 @@
-"""Builders for test data: users, connections, raw events, MT5 webhook bodies."""
+"""Builders for test data: users, connections and their credentials, raw events, MT5 webhook
+bodies."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -26,6 +27,7 @@ from services.shared.vault import CredentialVault
 # tests/unit/test_fixture_copies.py fails if the copies drift from ../shared where it exists.
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SERVER = "PosCal-Test"
+INGEST_URL = "http://127.0.0.1:8080"
 _logins = itertools.count(70_000_000 + uuid.uuid4().int % 1_000_000 * 10)
 
 
@@ -85,7 +87,7 @@ class TestConnection:
 async def new_connection(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     vault: CredentialVault,
-    ingest_url: str = "http://127.0.0.1:8080",
+    ingest_url: str = INGEST_URL,
 ) -> TestConnection:
     """A new user with one MT5 demo connection to a new account."""
     user_id = await create_user(conn, f"trader-{uuid.uuid4().hex[:10]}@poscal.test")
@@ -98,21 +100,64 @@ async def connect_account(
     user_id: uuid.UUID,
     login: int,
     *,
-    ingest_url: str = "http://127.0.0.1:8080",
+    ingest_url: str = INGEST_URL,
 ) -> TestConnection:
     """The user's MT5 demo connection to account `login` on the test server."""
-    created = await create_connection(
+    created = await connect_broker_account(
+        conn, vault, user_id, "mt5", str(login), server=SERVER, ingest_url=ingest_url
+    )
+    return TestConnection(user_id, login, created)
+
+
+async def connect_broker_account(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    vault: CredentialVault,
+    user_id: uuid.UUID,
+    broker: str,
+    account_number: str,
+    *,
+    server: str = "",
+    connection_type: Literal["demo", "live"] = "demo",
+    label: str = "test account",
+    ingest_url: str = INGEST_URL,
+    api_url: str | None = None,
+    poll_interval_seconds: int = 60,
+) -> NewConnection:
+    """The user's connection to account `account_number` at `broker`, as the operator creates
+    it; what a spec does not name is the test default."""
+    return await create_connection(
         conn,
         vault,
         user_id=user_id,
-        broker="mt5",
-        connection_type="demo",
-        account_number=str(login),
-        server=SERVER,
-        label="test account",
+        broker=broker,
+        connection_type=connection_type,
+        account_number=account_number,
+        server=server,
+        label=label,
         ingest_url=ingest_url,
+        api_url=api_url,
+        poll_interval_seconds=poll_interval_seconds,
     )
-    return TestConnection(user_id, login, created)
+
+
+async def store_credential(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    connection: TestConnection,
+    kind: str,
+    plaintext: bytes,
+    expires_at: datetime | None = None,
+) -> uuid.UUID:
+    """A credential of `kind` sealed in the vault for the connection (beside what it has)."""
+    async with pool.acquire() as conn:
+        return await vault.store(
+            conn,
+            user_id=connection.user_id,
+            connection_id=connection.created.connection_id,
+            kind=kind,
+            plaintext=plaintext,
+            expires_at=expires_at,
+        )
 
 
 # A connection as a mapper sees it, for pure tests with no database.

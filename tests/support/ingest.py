@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -85,3 +85,41 @@ async def running_ingest(
         httpx.AsyncClient(transport=transport, base_url="http://ingest") as client,
     ):
         yield RunningIngest(client, built[0])
+
+
+@dataclass(frozen=True)
+class IngestStarter:
+    """Starts ingest apps in-process: `ingest_with(**settings)` is an app with those settings over
+    the defaults, publishing to `sink` unless given another, as an async context manager."""
+
+    pool: asyncpg.Pool
+    vault: CredentialVault
+    master_key: str
+    database_url: str
+    sink: RawEventSink
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(
+        self,
+        *,
+        pool: asyncpg.Pool | None = None,
+        vault: CredentialVault | None = None,
+        sink: RawEventSink | None = None,
+        customize: Callable[[IngestWiring], None] | None = None,
+        **settings: Any,
+    ) -> contextlib.AbstractAsyncContextManager[RunningIngest]:
+        return running_ingest(
+            ingest_settings(self.master_key, self.database_url, **{**self.defaults, **settings}),
+            self.pool if pool is None else pool,
+            self.vault if vault is None else vault,
+            self.sink if sink is None else sink,
+            customize=customize,
+        )
+
+    def defaulting(self, *, sink: RawEventSink | None = None, **settings: Any) -> IngestStarter:
+        """This starter with more defaults: what every spec of a module shares."""
+        return replace(
+            self,
+            sink=self.sink if sink is None else sink,
+            defaults={**self.defaults, **settings},
+        )

@@ -15,25 +15,14 @@ from services.shared.dead_letters import (
     dead_letter,
     fit_to_size,
 )
+from tests.support.records import consumer_record
 
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 FAILED_AT = datetime(2024, 6, 4, 9, 0, 5, tzinfo=UTC)
 
 
 def record(value: bytes) -> ConsumerRecord:
-    return ConsumerRecord(
-        topic="poscal.raw",
-        partition=2,
-        offset=41,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"connection-1",
-        value=value,
-        checksum=None,
-        serialized_key_size=12,
-        serialized_value_size=len(value),
-        headers=[],
-    )
+    return consumer_record(value, partition=2, offset=41)
 
 
 def rejections(count: int, item_bytes: int = 300) -> list[ItemRejection]:

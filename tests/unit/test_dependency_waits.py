@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -18,6 +19,23 @@ from services.shared.lifecycle import StoppedWaiting, connect_with_retry
 
 def _backoff() -> Backoff:
     return Backoff(base_seconds=0.001, cap_seconds=0.001, _random=random.Random(7))
+
+
+async def _wait_for_postgres(
+    connect: Callable[[], Awaitable[str]],
+    address: str = "db",
+    misconfigured: tuple[type[BaseException], ...] = (),
+) -> str:
+    """Waiting for Postgres as the services do, its retries a millisecond apart."""
+    return await connect_with_retry(
+        "postgres",
+        address,
+        connect,
+        asyncio.Event(),
+        unreachable=POSTGRES_UNREACHABLE,
+        backoff=_backoff(),
+        misconfigured=misconfigured,
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,14 +62,7 @@ async def test_unreachable_failures_are_retried_and_logged_until_the_dependency_
         return "connected"
 
     with capture_logs() as logs:
-        connected = await connect_with_retry(
-            "postgres",
-            "db:5432/poscal",
-            connect,
-            asyncio.Event(),
-            unreachable=POSTGRES_UNREACHABLE,
-            backoff=_backoff(),
-        )
+        connected = await _wait_for_postgres(connect, "db:5432/poscal")
     assert connected == "connected"
     waits = [e for e in logs if e["event"] == "waiting for a dependency"]
     assert [e["cause"] for e in waits] == ["ConnectionRefusedError", "CannotConnectNowError"]
@@ -67,15 +78,7 @@ async def test_a_misconfigured_client_is_not_waited_out_though_asyncpg_calls_it_
         raise asyncpg.exceptions.ClientConfigurationError("sslmode: invalid value 'bogus'")
 
     with pytest.raises(asyncpg.exceptions.ClientConfigurationError):
-        await connect_with_retry(
-            "postgres",
-            "db",
-            connect,
-            asyncio.Event(),
-            unreachable=POSTGRES_UNREACHABLE,
-            misconfigured=POSTGRES_MISCONFIGURED,
-            backoff=_backoff(),
-        )
+        await _wait_for_postgres(connect, misconfigured=POSTGRES_MISCONFIGURED)
     assert attempts == 1
 
 
@@ -88,14 +91,7 @@ async def test_a_configuration_failure_is_not_waited_out() -> None:
         raise asyncpg.InvalidPasswordError("password authentication failed")
 
     with pytest.raises(asyncpg.InvalidPasswordError):
-        await connect_with_retry(
-            "postgres",
-            "db",
-            connect,
-            asyncio.Event(),
-            unreachable=POSTGRES_UNREACHABLE,
-            backoff=_backoff(),
-        )
+        await _wait_for_postgres(connect)
     assert attempts == 1
 
 

@@ -8,7 +8,6 @@ balance that was stored as 0.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -27,30 +26,10 @@ from tests.support.builders import (
     fixture_deals,
     mt5_body,
 )
+from tests.support.json_as_sent import Verbatim, json_as_sent
 from tests.support.records import consumer_record
 
 RECEIVED_AT = datetime(2024, 6, 4, 9, 0, 5, tzinfo=UTC)
-
-
-class Verbatim(str):
-    """JSON text to put into a document as it is."""
-
-
-def raw_json(document: Any) -> bytes:
-    """JSON as any sender may write it: Decimals as their text, text escaped (even surrogates)."""
-
-    def encode(value: Any) -> str:
-        if isinstance(value, Verbatim):
-            return str(value)
-        if isinstance(value, Decimal):
-            return str(value)
-        if isinstance(value, dict):
-            return "{" + ",".join(f"{json.dumps(k)}:{encode(v)}" for k, v in value.items()) + "}"
-        if isinstance(value, list):
-            return "[" + ",".join(encode(v) for v in value) + "]"
-        return json.dumps(value)
-
-    return encode(document).encode()
 
 
 def event(body: bytes, connection: ConnectionRef = PINNED_CONNECTION) -> RawEvent:
@@ -67,7 +46,7 @@ def event(body: bytes, connection: ConnectionRef = PINNED_CONNECTION) -> RawEven
 def mt5_mapping(deals: list[Any], **account: Any) -> MappedEvent:
     document = mt5_body(PINNED_LOGIN, deals)
     document["account"] |= account
-    return normalize(event(raw_json(document)))
+    return normalize(event(json_as_sent(document)))
 
 
 def with_one_bad_deal(**changes: Any) -> MappedEvent:
@@ -152,7 +131,7 @@ def oanda_connection() -> ConnectionRef:
 
 
 def oanda_page(transactions: list[Any]) -> bytes:
-    return raw_json(
+    return json_as_sent(
         {
             "kind": "oanda.transactions",
             "accountID": "101-004-1-001",

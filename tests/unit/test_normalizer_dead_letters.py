@@ -35,6 +35,7 @@ from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from tests.support.builders import PINNED_CONNECTION, PINNED_LOGIN, fixture_deals, mt5_body
 from tests.support.producers import FakeProducer
+from tests.support.records import consumer_record
 
 LOGIN = PINNED_LOGIN
 CONNECTION = PINNED_CONNECTION
@@ -53,19 +54,7 @@ def raw_record(body: bytes, offset: int = 0) -> ConsumerRecord:
         body=body,
     )
     value = event.model_dump_json().encode()
-    return ConsumerRecord(
-        topic="poscal.raw",
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=str(CONNECTION.connection_id).encode(),
-        value=value,
-        checksum=None,
-        serialized_key_size=36,
-        serialized_value_size=len(value),
-        headers=[],
-    )
+    return consumer_record(value, offset=offset, key=str(CONNECTION.connection_id).encode())
 
 
 def webhook(deals: list[dict[str, Any]], offset: int = 0) -> ConsumerRecord:

@@ -10,7 +10,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from aiokafka import ConsumerRecord
 
 from services.shared.brokers.errors import CredentialsRejected
 from services.shared.brokers.ibkr import adapter as ibkr_adapter
@@ -31,6 +30,7 @@ from services.shared.dead_letters import MAX_DEAD_LETTER_BYTES, dead_letter
 from services.shared.envelope import RawEvent
 from services.shared.kafka import MAX_MESSAGE_BYTES, create_producer
 from tests.support.builders import PINNED_CONNECTION
+from tests.support.records import consumer_record
 
 
 def test_a_never_synced_account_is_read_from_id_1_in_windows_of_at_most_1000() -> None:
@@ -210,18 +210,12 @@ async def test_a_page_at_the_budget_fits_kafka_as_a_raw_event_and_as_its_dead_le
     )
     value = event.model_dump_json().encode()
     letter = dead_letter(
-        ConsumerRecord(
+        consumer_record(
+            value,
             topic="poscal.raw.v1",
             partition=11,
             offset=2**40,
-            timestamp=0,
-            timestamp_type=0,
             key=str(PINNED_CONNECTION.connection_id).encode(),
-            value=value,
-            checksum=None,
-            serialized_key_size=36,
-            serialized_value_size=len(value),
-            headers=[],
         ),
         stage="normalizer",
         reason_code="invalid_payload",
