@@ -303,11 +303,7 @@ def _hedging(
     assigned = _exact_closes(outs, closed)
     # A deal that could be a partial close of a position still open is no part of a sum: which
     # position it closed would rest on the sums alone.
-    left = [
-        t
-        for t in outs
-        if t.row not in assigned and not any(_closes(p, t) for p in still_open)
-    ]
+    left = [t for t in outs if t.row not in assigned and not any(_closes(p, t) for p in still_open)]
     unresolved = [p for p in closed if p.id not in set(assigned.values())]
     assigned |= _partial_closes(left, unresolved)
     for trade in outs:
@@ -344,9 +340,7 @@ def _exact_closes(outs: Sequence[_Trade], closed: Sequence[_Position]) -> dict[i
     for ids in matches.values():
         for position_id in ids:
             claims[position_id] = claims.get(position_id, 0) + 1
-    return {
-        row: ids[0] for row, ids in matches.items() if len(ids) == 1 and claims[ids[0]] == 1
-    }
+    return {row: ids[0] for row, ids in matches.items() if len(ids) == 1 and claims[ids[0]] == 1}
 
 
 def _partial_closes(outs: Sequence[_Trade], closed: Sequence[_Position]) -> dict[int, int]:
@@ -362,7 +356,10 @@ def _partial_closes(outs: Sequence[_Trade], closed: Sequence[_Position]) -> dict
                 continue
             rows = sets[0]
             elsewhere = {
-                r for other, others in options.items() if other != position.id for s in others
+                r
+                for other, others in options.items()
+                if other != position.id
+                for s in others
                 for r in s
             }
             if not rows & elsewhere:

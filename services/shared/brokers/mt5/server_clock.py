@@ -16,7 +16,10 @@ NEW_YORK_CLOSE = "new-york-close"
 _NEW_YORK = "America/New_York"
 _NEW_YORK_CLOSE_SHIFT = timedelta(hours=7)  # the server's wall clock runs 7 h ahead of New York's
 _OFFSET = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$", re.IGNORECASE)
-_FORMS = f"'{NEW_YORK_CLOSE}', a fixed offset such as 'UTC+2' or 'UTC-03:30', or a zone such as 'Europe/Nicosia'"
+_FORMS = (
+    f"'{NEW_YORK_CLOSE}', a fixed offset such as 'UTC+2' or 'UTC-03:30', or a zone such as "
+    "'Europe/Nicosia'"
+)
 
 
 @dataclass(frozen=True)
