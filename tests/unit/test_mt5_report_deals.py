@@ -9,11 +9,8 @@ import pytest
 
 from services.shared.brokers.mt5.report_deals import report_account, report_deals
 from services.shared.brokers.mt5.report_file import ReportFile, UnreadableReport, read_report
-from tests.support.builders import FIXTURES
-
-REPORTS = FIXTURES / "mt5" / "reports"
-HEDGING = REPORTS / "ReportHistory-61234567-hedging-constructed.html"
-NETTING = REPORTS / "ReportHistory-61234568-netting-constructed.html"
+from tests.support.mt5_reports import HEDGING_HTML as HEDGING
+from tests.support.mt5_reports import NETTING_HTML as NETTING
 
 
 def report(path: Path, *replacements: tuple[str, str]) -> ReportFile:
@@ -107,9 +104,7 @@ def test_on_a_netting_account_every_deal_is_the_position_open_for_its_symbol_at_
     assert found["8006"] == 9006
 
 
-def test_when_the_report_does_not_say_the_margin_mode_the_deals_both_readings_agree_on_are_kept() -> (
-    None
-):
+def test_without_a_margin_mode_in_the_header_the_deals_both_readings_agree_on_are_kept() -> None:
     unsaid = (
         "61234568 (EUR, PosCal-Netting, demo, Netting)",
         "61234568 (EUR, 1:100, PosCal-Netting, demo)",

@@ -15,12 +15,8 @@ import pytest
 from services.shared.brokers.mt5 import report_file
 from services.shared.brokers.mt5.report_deals import report_deals, report_number
 from services.shared.brokers.mt5.report_file import UnreadableReport, read_report
-from tests.support.builders import FIXTURES
+from tests.support.mt5_reports import HEDGING_HTML, HEDGING_XLSX
 
-REPORTS = FIXTURES / "mt5" / "reports"
-HEDGING_HTML = REPORTS / "ReportHistory-61234567-hedging-constructed.html"
-HEDGING_XLSX = REPORTS / "ReportHistory-61234567-hedging-constructed.xlsx"
-NETTING_HTML = REPORTS / "ReportHistory-61234568-netting-constructed.html"
 DEAL_COLUMNS = (
     "Time",
     "Deal",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -12,8 +13,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
-from services.shared.brokers import MappedEvent
-from services.shared.brokers.items import MappedItems, check_plausible_time
+from services.shared.brokers import MappedEvent, Rejection
+from services.shared.brokers.items import MappedItems, check_plausible_time, mapped_or_rejected
 from services.shared.brokers.mt5.deals import (
     DEAL_TYPES,
     Mt5Deal,
@@ -39,6 +40,7 @@ KIND = "mt5.report"
 # event carries the body in base64, 4/3 of it).
 MAX_CHUNK_BYTES = 256 * 1024
 MAX_CHUNK_DEALS = 500
+_ENVELOPE_BYTES = 4096  # a chunk's account, clock, file name and balance, generously
 _ULONG_MAX = 2**64 - 1
 Integer = Annotated[int, Strict()]
 
@@ -122,39 +124,77 @@ class Mt5ReportPayload(_Strict):
 # --- building the payloads (the import command) ----------------------------------------------
 
 
+@dataclass(frozen=True)
+class RefusedRow:
+    """A Deals row the journal cannot take, with its row in the file and the reason."""
+
+    row: int
+    deal: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class CheckedRows:
+    """A report's Deals rows split into those that map and those that do not."""
+
+    accepted: tuple[DealRow, ...]
+    refused: tuple[RefusedRow, ...]
+
+
+def check_rows(deals: ReportDeals, clock: ServerClock, received_at: datetime) -> CheckedRows:
+    """Each row mapped as the normalizer will map it: a row it would refuse is not published
+    (its reason goes to the person importing, who can fix it and import again), so a report of
+    old history never spends its tenant's dead letters."""
+    prefix = account_prefix("import-check", deals.account.login)
+    accepted: list[DealRow] = []
+    refused: list[RefusedRow] = []
+    for row in deals.deals:
+        outcome = mapped_or_rejected(
+            row.row,
+            row.item(),
+            partial(_map_item, row.item(), prefix, clock, received_at),
+            invalid_code="invalid_deal",
+        )
+        if isinstance(outcome, Rejection):
+            deal = row.cells.get("deal", "")
+            refused.append(RefusedRow(row.row, deal, outcome.code, outcome.detail))
+        else:
+            accepted.append(row)
+    return CheckedRows(tuple(accepted), tuple(refused))
+
+
 def report_payloads(
-    deals: ReportDeals, *, server: str, clock: ServerClock, file: str
+    deals: ReportDeals, rows: Sequence[DealRow], *, server: str, clock: ServerClock, file: str
 ) -> list[tuple[str, bytes]]:
-    """The report's deals as (delivery id, body) chunks, in the report's order. A delivery id is
-    the account's and its deals' tickets', so importing a report again is the same deliveries."""
-    rows = list(deals.deals)
-    last = _last_balance(rows)
+    """`rows` (of `deals`) as (delivery id, body) chunks in the report's order, each far below
+    the topic's message size; the last also carries the balance after the report's last deal.
+    A delivery id is the account's and its deals' tickets', so importing a report again is the
+    same deliveries (the same event ids)."""
     account = {
         "login": deals.account.login,
         "server": server,
         "currency": deals.account.currency,
     }
-    chunks: list[list[DealRow]] = [[]]
+    chunks: list[list[DealRow]] = []
     size = 0
     for row in rows:
-        encoded = len(orjson.dumps(row.item()))
-        if chunks[-1] and (
-            size + encoded > MAX_CHUNK_BYTES - 4096 or len(chunks[-1]) >= MAX_CHUNK_DEALS
-        ):
+        encoded = len(orjson.dumps(row.item())) + 1
+        if not chunks or size + encoded > MAX_CHUNK_BYTES or len(chunks[-1]) >= MAX_CHUNK_DEALS:
             chunks.append([])
-            size = 0
+            size = _ENVELOPE_BYTES
         chunks[-1].append(row)
-        size += encoded + 1
+        size += encoded
+    balance = _last_balance(deals.deals)
     payloads = []
-    for chunk in chunks:
-        balance = last if last is not None and any(r.row == last[0] for r in chunk) else None
+    for number, chunk in enumerate(chunks, start=1):
         body = {
             "kind": KIND,
             "account": account,
             "clock": clock.spec,
             "file": file,
             "deals": [row.item() for row in chunk],
-            "balance": balance[1] if balance else None,
+            "balance": balance if number == len(chunks) else None,
         }
         payloads.append((_delivery_id(deals.account.login, chunk), orjson.dumps(body)))
     return payloads
@@ -163,14 +203,13 @@ def report_payloads(
 def _delivery_id(login: int, chunk: Sequence[DealRow]) -> str:
     tickets = [r.cells.get("deal") or f"row{r.row}" for r in chunk]
     digest = hashlib.sha256(",".join(tickets).encode()).hexdigest()[:16]
-    first, last = (tickets[0], tickets[-1]) if tickets else ("none", "none")
-    return f"mt5-report-{login}-{first}-{last}-{len(tickets)}-{digest}"
+    return f"mt5-report-{login}-{tickets[0]}-{tickets[-1]}-{len(tickets)}-{digest}"
 
 
-def _last_balance(rows: Sequence[DealRow]) -> tuple[int, dict[str, str]] | None:
-    """The report's latest deal with a readable time and balance: the table is in time order,
-    and of deals in one second the later row is the later deal."""
-    latest: tuple[datetime, int, dict[str, str]] | None = None
+def _last_balance(rows: Sequence[DealRow]) -> dict[str, str] | None:
+    """The Balance cell of the report's latest deal with a readable time and balance: the table
+    is in time order, and of deals in one second the later row is the later deal."""
+    latest: tuple[datetime, dict[str, str]] | None = None
     for row in rows:
         try:
             when = report_time(row.cells["time"])
@@ -183,8 +222,8 @@ def _last_balance(rows: Sequence[DealRow]) -> tuple[int, dict[str, str]] | None:
                 "time": row.cells["time"],
                 "deal": row.cells.get("deal", ""),
             }
-            latest = (when, row.row, balance)
-    return (latest[1], latest[2]) if latest else None
+            latest = (when, balance)
+    return latest[1] if latest else None
 
 
 # --- mapping (the normalizer) -----------------------------------------------------------------
@@ -228,14 +267,14 @@ def read_report_deal(item: ReportDealItem, clock: ServerClock) -> Mt5Deal:
     entry = DIRECTIONS.get(item.direction.lower()) if trade else 0
     if entry is None:
         raise InvalidEvent("invalid_deal", f"direction {item.direction!r} is not known")
-    if trade and item.position is None:
-        raise InvalidEvent(
-            "position_unknown", item.position_unknown or "the deal's position is not known"
-        )
     try:
         wall = report_time(item.time)
     except ValueError as exc:
         raise InvalidEvent("invalid_deal", str(exc)) from None
+    if trade and item.position is None:
+        raise InvalidEvent(
+            "position_unknown", item.position_unknown or "the deal's position is not known"
+        )
     return Mt5Deal(
         ticket=_ticket(item.deal, "deal"),
         order=_ticket(item.order, "order") if item.order else 0,
@@ -255,15 +294,15 @@ def read_report_deal(item: ReportDealItem, clock: ServerClock) -> Mt5Deal:
     )
 
 
-def _map_item(item: Any, prefix: str, clock: ServerClock, event: RawEvent) -> Fill | CashMovement:
+def _map_item(
+    item: Any, prefix: str, clock: ServerClock, received_at: datetime
+) -> Fill | CashMovement:
     mapped = canonical_deal(read_report_deal(ReportDealItem.model_validate(item), clock), prefix)
-    check_plausible_time(mapped, event.received_at)
+    check_plausible_time(mapped, received_at)
     return mapped
 
 
-def _snapshot(
-    balance: ReportBalance, currency: str | None, clock: ServerClock
-) -> AccountSnapshot:
+def _snapshot(balance: ReportBalance, currency: str | None, clock: ServerClock) -> AccountSnapshot:
     as_of = clock.to_utc(report_time(balance.time))
     return AccountSnapshot(
         currency=currency,
@@ -284,7 +323,10 @@ def map_event(event: RawEvent) -> MappedEvent:
     items = MappedItems()
     for index, item in enumerate(payload.deals):
         items.map(
-            index, item, partial(_map_item, item, prefix, clock, event), invalid_code="invalid_deal"
+            index,
+            item,
+            partial(_map_item, item, prefix, clock, event.received_at),
+            invalid_code="invalid_deal",
         )
     snapshot = None
     if payload.balance is not None:
