@@ -23,12 +23,12 @@ from services.shared.brokers.mt5.report import (
 from services.shared.brokers.mt5.report_deals import DealRow, ReportDeals, report_deals
 from services.shared.brokers.mt5.report_file import read_report
 from services.shared.brokers.mt5.server_clock import server_clock
-from services.shared.canonical import Fill
+from services.shared.canonical import CanonicalBatch, CashMovement, Fill
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
 from tests.support.builders import PINNED_CONNECTION
 from tests.support.mt5_reports import HEDGING_HTML as HEDGING
-from tests.support.mt5_reports import HEDGING_LOGIN, HEDGING_SERVER
+from tests.support.mt5_reports import HEDGING_LOGIN, HEDGING_SERVER, ea_deals
 
 LOGIN, SERVER = HEDGING_LOGIN, HEDGING_SERVER
 PREFIX = f"mt5:{SERVER}:{LOGIN}"
@@ -105,6 +105,26 @@ def test_the_balance_after_the_last_deal_is_the_accounts_as_of_that_deal() -> No
     assert snapshot.as_of == snapshot.deals_through == datetime(2024, 7, 31, 21, 0, 5, tzinfo=UTC)
 
 
+def webhook_body(deals: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    account = {"login": LOGIN, "server": SERVER, "currency": "USD"}
+    balance = {"balance": Decimal("10225.14"), "equity": Decimal("10225.14")}
+    return {"account": account | balance, "server_time_offset_seconds": offset, "deals": deals}
+
+
+def webhook(body: dict[str, Any]) -> RawEvent:
+    return RawEvent.wrap(
+        source="webhook",
+        connection=CONNECTION,
+        received_at=IMPORTED_AT,
+        delivery_id="msg_ea",
+        body=orjson.dumps(body, default=str),
+    )
+
+
+def records(batch: CanonicalBatch) -> list[Fill | CashMovement]:
+    return [*batch.fills, *batch.cash_movements]
+
+
 def test_a_deal_the_ea_sent_maps_to_exactly_the_fill_the_report_makes_of_it() -> None:
     wall = datetime(2024, 1, 11, 16, 45, 3)
     seconds = calendar.timegm(wall.timetuple())
@@ -128,29 +148,25 @@ def test_a_deal_the_ea_sent_maps_to_exactly_the_fill_the_report_makes_of_it() ->
         "comment": "[tp 1.09862]",
         "external_id": "",
     }
-    body = {
-        "account": {
-            "login": LOGIN,
-            "server": SERVER,
-            "currency": "USD",
-            "balance": Decimal("10225.14"),
-            "equity": Decimal("10225.14"),
-        },
-        "server_time_offset_seconds": 7200,
-        "deals": [deal],
-    }
-    webhook = RawEvent.wrap(
-        source="webhook",
-        connection=CONNECTION,
-        received_at=IMPORTED_AT,
-        delivery_id="msg_ea",
-        body=orjson.dumps(body, default=str),
-    )
-    [from_ea] = map_event(webhook).batch.fills
+    [from_ea] = map_event(webhook(webhook_body([deal], 7200))).batch.fills
     [from_report] = [
         f for f in map_event(events(hedging())[0]).batch.fills if f.broker_ref == "5004"
     ]
     assert from_report == from_ea
+
+
+def test_every_deal_the_ea_sent_maps_to_exactly_the_fill_or_movement_the_report_makes() -> None:
+    # The server's offset when the EA sent them: UTC+2 in January, UTC+3 in July and August.
+    winter = list(ea_deals(HEDGING, "2024.01"))
+    summer = [d for d in ea_deals(HEDGING) if d not in winter]
+    from_ea: dict[str, Fill | CashMovement] = {}
+    for deals, offset in ((winter, 7200), (summer, 10800)):
+        batch = map_event(webhook(webhook_body(deals, offset))).batch
+        from_ea |= {r.broker_ref: r for r in records(batch)}
+    batch = map_event(events(hedging())[0]).batch
+    from_report = {r.broker_ref: r for r in records(batch)}
+    assert len(from_report) == 14 and len(from_ea) == 17
+    assert {ref: from_ea[ref] for ref in from_report} == from_report
 
 
 def test_rows_the_journal_cannot_take_are_refused_with_their_row_and_the_rest_go_on() -> None:
