@@ -17,7 +17,7 @@ from starlette.types import Scope
 
 from services.ingest.bootstrap import IngestWiring, connect_and_start, start
 from services.ingest.client_ip import parse_networks
-from services.ingest.errors import IngestRefusal, Unavailable
+from services.ingest.errors import ROUTER_ERRORS, IngestRefusal, Unavailable
 from services.ingest.metrics import NOT_READY, metrics_endpoint
 from services.ingest.openapi import serve_openapi
 from services.ingest.request_bounds import InFlightRequests, RequestBounds
@@ -62,7 +62,7 @@ async def refusal_to_response(_: Request, exc: Exception) -> Response:
 async def http_error_to_response(_: Request, exc: Exception) -> Response:
     """Starlette's own refusals (404, 405) in the same JSON shape as ours."""
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    code = ROUTER_ERRORS.get(exc.status_code, "bad_request")
     return JSONResponse(
         {"error": code, "detail": str(exc.detail)}, exc.status_code, headers=exc.headers
     )

@@ -214,9 +214,12 @@ class AuditTrail:
 
     async def stop(self, timeout_seconds: float = 5.0) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Never mid-write: a batch whose commit is sent but not yet answered would stay
+            # queued, and be written a second time below.
+            async with self._flushing:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         self._take_held(everything=True)
         with contextlib.suppress(TimeoutError, *DATABASE_FAILURES):
             async with asyncio.timeout(timeout_seconds):

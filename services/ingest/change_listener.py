@@ -12,6 +12,7 @@ import asyncpg
 
 from services.ingest.connections import ConnectionDirectory
 from services.ingest.database_calls import DATABASE_FAILURES
+from services.shared.backoff import Backoff
 from services.shared.logging import get_logger
 
 CHANNEL = "poscal_connection_changed"
@@ -54,7 +55,8 @@ class ConnectionChangeListener:
                 await self._task
 
     async def _run(self) -> None:
-        delay = 0.5
+        # Jittered: after a Postgres restart, every replica's listener must not knock at once.
+        backoff = Backoff(base_seconds=0.5, cap_seconds=10.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -64,13 +66,12 @@ class ConnectionChangeListener:
                 await conn.add_listener(CHANNEL, self._changed)
                 self._directory.forget_all()
                 self._directory.trust_cache = True
-                delay = 0.5
+                backoff.reset()
                 await self._lost.wait()
                 _log.warning("connection change notifications lost; reconnecting")
             except DATABASE_FAILURES as exc:
                 _log.warning("cannot listen for connection changes", cause=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2)
+                await asyncio.sleep(backoff.next_delay())
             finally:
                 self._directory.trust_cache = False
                 if conn is not None and not conn.is_closed():

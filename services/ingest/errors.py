@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The router's own refusals of a path or method it does not serve, in the same JSON shape.
+ROUTER_ERRORS: dict[int, str] = {404: "not_found", 405: "method_not_allowed"}
+
 
 class IngestRefusal(Exception):
     """A delivery refused, with what the sender is told:

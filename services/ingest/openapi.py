@@ -12,8 +12,9 @@ from pydantic import AliasChoices
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.ingest.errors import IngestRefusal, RateLimited, Unavailable
+from services.ingest.errors import ROUTER_ERRORS, IngestRefusal, RateLimited, Unavailable
 from services.ingest.settings import IngestSettings
+from services.ingest.webhooks import WEBHOOK_ROUTE
 
 OPENAPI_DIR = Path(__file__).resolve().parents[2] / "schemas" / "openapi"
 OPENAPI_FILE = "ingest.json"
@@ -35,18 +36,21 @@ WEBHOOK_ERRORS: dict[str, int] = dict(
 RETRY_AFTER_STATUSES = frozenset(
     cls.status_code for cls in _refusal_types() if issubclass(cls, RateLimited | Unavailable)
 )
-# The router's own refusals of a path or method it does not serve, in the same shape.
-ROUTING_ERRORS: dict[str, int] = {"not_found": 404, "method_not_allowed": 405}
+ROUTING_ERRORS: dict[str, int] = {error: status for status, error in ROUTER_ERRORS.items()}
 ERROR_STATUSES = WEBHOOK_ERRORS | ROUTING_ERRORS
 JSON_MEDIA_TYPES = ("application/json", "application/*+json")
 
 
+def _variable(name: str) -> str:
+    """A setting's environment variable, as the documents name it."""
+    alias = IngestSettings.model_fields[name].validation_alias
+    variable = alias.choices[0] if isinstance(alias, AliasChoices) else name.upper()
+    return f"`{variable}`"
+
+
 def _setting(name: str) -> str:
     """A setting as the documents name it: its variable and its default."""
-    field = IngestSettings.model_fields[name]
-    alias = field.validation_alias
-    variable = alias.choices[0] if isinstance(alias, AliasChoices) else name.upper()
-    return f"`{variable}` (default {field.default})"
+    return f"{_variable(name)} (default {IngestSettings.model_fields[name].default})"
 
 
 _SECURITY = f"""\
@@ -70,7 +74,7 @@ its sender's on that connection, any other the client address's (an IPv6 address
 refusals are recorded folded; a delivery that verifies is never refused by it. Deliveries are
 rate-limited per connection ({_setting("rate_limit_per_connection")}) and per user
 ({_setting("rate_limit_per_user")}); client addresses are taken from
-forwarding headers only when the peer is in `POSCAL_TRUSTED_PROXIES`."""
+forwarding headers only when the peer is in {_variable("trusted_proxies")}."""
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -82,13 +86,12 @@ def _json(schema: str) -> dict[str, Any]:
 
 
 def _refusal(description: str, error: str, *, retry_after: bool = False) -> dict[str, Any]:
-    example = error
     response: dict[str, Any] = {
         "description": description,
         "content": {
             "application/json": {
                 "schema": _ref("schemas", "Error"),
-                "example": {"error": example, "detail": "a sentence for people, not programs"},
+                "example": {"error": error, "detail": "a sentence for people, not programs"},
             }
         },
     }
@@ -119,7 +122,7 @@ _REFUSALS: dict[int, str] = {
         " with this `webhook-id`: stop sending it. Never answered for a delivery that"
         " is not on Kafka yet."
     ),
-    413: ("The body (or its declared `Content-Length`) is over `POSCAL_MAX_BODY_BYTES`."),
+    413: f"The body (or its declared `Content-Length`) is over {_variable('max_body_bytes')}.",
     415: (
         "The body is not declared as JSON: its content type is neither"
         " `application/json` nor `application/*+json`."
@@ -139,7 +142,7 @@ _REFUSALS: dict[int, str] = {
     503: (
         "Nothing was accepted: the connection could not be looked up, the event could"
         " not be made durable, ingest is still waiting for Postgres or Kafka, more"
-        " requests are in progress than `POSCAL_MAX_CONCURRENT_REQUESTS`, or a delivery"
+        f" requests are in progress than {_variable('max_concurrent_requests')}, or a delivery"
         " with this `webhook-id` is still being published (its publisher may have"
         " stopped; `Retry-After` is then the time left before the retry may take it"
         " over). Retry after `Retry-After`."
@@ -279,9 +282,12 @@ def _components() -> dict[str, Any]:
             },
             "Error": {
                 "description": (
-                    "Every refusal, including the router's own 404 (`not_found`) and 405"
-                    " (`method_not_allowed`). `error` is for programs; `detail` is for people"
-                    " and may change. Neither says more than the status does."
+                    "Every refusal, including the router's own "
+                    + " and ".join(
+                        f"{status} (`{error}`)" for status, error in ROUTER_ERRORS.items()
+                    )
+                    + ". `error` is for programs; `detail` is for people and may change."
+                    " Neither says more than the status does."
                 ),
                 "type": "object",
                 "required": ["error", "detail"],
@@ -322,7 +328,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "operations", "description": "For load balancers and monitoring."},
         ],
         "paths": {
-            "/v1/webhooks/{broker}/{webhook_path_id}": {"post": _webhook_operation()},
+            WEBHOOK_ROUTE: {"post": _webhook_operation()},
             "/healthz": {
                 "get": {
                     "operationId": "health",

@@ -1,5 +1,5 @@
-"""Many rows in one statement: a table's columns defined once (name, Postgres type, where each
-value comes from), so the SQL's column list and the arrays handed to it cannot fall out of order."""
+"""Many rows in one statement: its columns defined once (name, Postgres type, where each value
+comes from), so the SQL's column list and the arrays handed to it cannot fall out of order."""
 
 from __future__ import annotations
 
@@ -42,6 +42,13 @@ class BulkRows(Generic[T]):
         into = f"{self.table} AS {alias}" if alias else self.table
         # Identifiers and SQL of our own code only: every value travels as a parameter.
         return f"INSERT INTO {into} ({names}) SELECT {values} FROM {self.unnest()} {then}"  # noqa: S608
+
+    def update(self, assignments: str, *, alias: str, where: str) -> str:
+        """`UPDATE table AS alias SET assignments FROM unnest(...) AS v(columns) WHERE where`:
+        the rows `where` matches set from the values of `v`, named by their columns."""
+        source = f"{self.unnest()} AS v({', '.join(self.names)})"
+        # As for `insert`: only our own identifiers and SQL; the values are parameters.
+        return f"UPDATE {self.table} AS {alias} SET {assignments} FROM {source} WHERE {where}"  # noqa: S608
 
     def excluded(self, names: Iterable[str]) -> str:
         """`a = EXCLUDED.a, b = EXCLUDED.b`: an upsert taking these columns from the new row."""

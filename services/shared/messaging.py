@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from services.shared.tracing import KafkaHeaders, extract_context, inject_context
 
@@ -48,7 +49,7 @@ def record_delivery(span: Span, partition: int, offset: int) -> None:
     span.set_attribute("messaging.kafka.offset", offset)
 
 
-def start_process_span(record: Any, consumer_group: str, links: list[Link] | None = None) -> Span:
+def start_process_span(record: ConsumerRecord, consumer_group: str) -> Span:
     """A CONSUMER span for processing one record, continuing the trace its headers carry.
 
     The caller ends it: a batch's spans stay open until the batch's work is durable.
@@ -65,12 +66,11 @@ def start_process_span(record: Any, consumer_group: str, links: list[Link] | Non
         context=extract_context(record.headers),
         kind=SpanKind.CONSUMER,
         attributes=attributes,
-        links=links,
     )
 
 
 @contextmanager
-def process_span(record: Any, consumer_group: str) -> Iterator[Span]:
+def process_span(record: ConsumerRecord, consumer_group: str) -> Iterator[Span]:
     """`start_process_span` as the current span for the duration of a block."""
     span = start_process_span(record, consumer_group)
     with trace.use_span(

@@ -4,12 +4,13 @@ transaction, idempotently."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from services.shared.bulk_rows import BulkRows, Column
-from services.shared.canonical import CanonicalBatch, CashMovement, Fill
+from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
 from services.shared.envelope import ConnectionRef
 from services.shared.logging import get_logger
@@ -26,54 +27,49 @@ from services.writer.journal import (
 )
 
 _log = get_logger("poscal.writer")
+R = TypeVar("R", Fill, CashMovement)
 
 
 @dataclass(frozen=True)
-class _Delivered:
-    """A record as one event delivered it."""
+class _Delivered(Generic[R]):
+    """A record (a fill or a cash movement) as one event delivered it."""
 
     batch: CanonicalBatch
-    record: Fill | CashMovement
+    record: R
 
     @property
     def connection(self) -> ConnectionRef:
         return self.batch.connection
 
-
-def _fill(d: _Delivered) -> Fill:
-    assert isinstance(d.record, Fill)
-    return d.record
-
-
-def _cash(d: _Delivered) -> CashMovement:
-    assert isinstance(d.record, CashMovement)
-    return d.record
+    @property
+    def key(self) -> str:
+        return self.record.fill_key if isinstance(self.record, Fill) else self.record.movement_key
 
 
-FILLS = BulkRows[_Delivered](
+FILLS = BulkRows[_Delivered[Fill]](
     "broker_fills",
     (
-        Column("fill_key", "text", lambda d: _fill(d).fill_key),
-        Column("position_key", "text", lambda d: _fill(d).position_key),
+        Column("fill_key", "text", lambda d: d.record.fill_key),
+        Column("position_key", "text", lambda d: d.record.position_key),
         Column("user_id", "uuid", lambda d: d.connection.user_id),
         Column("connection_id", "uuid", lambda d: d.connection.connection_id),
         Column("account_id", "uuid", lambda d: d.connection.account_id),
         Column("broker", "text", lambda d: d.connection.broker),
-        Column("symbol", "text", lambda d: _fill(d).symbol),
-        Column("side", "text", lambda d: _fill(d).side),
-        Column("entry", "text", lambda d: _fill(d).entry),
-        Column("volume", "numeric", lambda d: _fill(d).volume),
-        Column("price", "numeric", lambda d: _fill(d).price),
-        Column("profit", "numeric", lambda d: _fill(d).profit),
-        Column("commission", "numeric", lambda d: _fill(d).commission),
-        Column("swap", "numeric", lambda d: _fill(d).swap),
-        Column("fee", "numeric", lambda d: _fill(d).fee),
-        Column("executed_at", "timestamptz", lambda d: _fill(d).executed_at),
-        Column("broker_time", "text", lambda d: _fill(d).broker_time),
-        Column("broker_ref", "text", lambda d: _fill(d).broker_ref),
-        Column("order_ref", "text", lambda d: _fill(d).order_ref),
-        Column("comment", "text", lambda d: _fill(d).comment),
-        Column("cancelled", "bool", lambda d: _fill(d).cancelled),
+        Column("symbol", "text", lambda d: d.record.symbol),
+        Column("side", "text", lambda d: d.record.side),
+        Column("entry", "text", lambda d: d.record.entry),
+        Column("volume", "numeric", lambda d: d.record.volume),
+        Column("price", "numeric", lambda d: d.record.price),
+        Column("profit", "numeric", lambda d: d.record.profit),
+        Column("commission", "numeric", lambda d: d.record.commission),
+        Column("swap", "numeric", lambda d: d.record.swap),
+        Column("fee", "numeric", lambda d: d.record.fee),
+        Column("executed_at", "timestamptz", lambda d: d.record.executed_at),
+        Column("broker_time", "text", lambda d: d.record.broker_time),
+        Column("broker_ref", "text", lambda d: d.record.broker_ref),
+        Column("order_ref", "text", lambda d: d.record.order_ref),
+        Column("comment", "text", lambda d: d.record.comment),
+        Column("cancelled", "bool", lambda d: d.record.cancelled),
         Column("event_id", "uuid", lambda d: d.batch.event_id),
     ),
 )
@@ -84,22 +80,22 @@ _INSERT_FILLS = FILLS.insert(
     " RETURNING fill_key, position_key"
 )
 
-CASH = BulkRows[_Delivered](
+CASH = BulkRows[_Delivered[CashMovement]](
     "broker_cash_movements",
     (
-        Column("movement_key", "text", lambda d: _cash(d).movement_key),
+        Column("movement_key", "text", lambda d: d.record.movement_key),
         Column("user_id", "uuid", lambda d: d.connection.user_id),
         Column("connection_id", "uuid", lambda d: d.connection.connection_id),
         Column("account_id", "uuid", lambda d: d.connection.account_id),
-        Column("kind", "text", lambda d: _cash(d).kind),
-        Column("amount", "numeric", lambda d: _cash(d).amount),
+        Column("kind", "text", lambda d: d.record.kind),
+        Column("amount", "numeric", lambda d: d.record.amount),
         Column("currency", "text", lambda d: d.batch.account.currency if d.batch.account else None),
-        Column("executed_at", "timestamptz", lambda d: _cash(d).executed_at),
-        Column("broker_time", "text", lambda d: _cash(d).broker_time),
-        Column("broker_ref", "text", lambda d: _cash(d).broker_ref),
-        Column("comment", "text", lambda d: _cash(d).comment),
+        Column("executed_at", "timestamptz", lambda d: d.record.executed_at),
+        Column("broker_time", "text", lambda d: d.record.broker_time),
+        Column("broker_ref", "text", lambda d: d.record.broker_ref),
+        Column("comment", "text", lambda d: d.record.comment),
         Column("event_id", "uuid", lambda d: d.batch.event_id),
-        Column("position_key", "text", lambda d: _cash(d).position_key),
+        Column("position_key", "text", lambda d: d.record.position_key),
     ),
 )
 _INSERT_CASH = CASH.insert(
@@ -197,14 +193,32 @@ ORDER BY a.id
 FOR NO KEY UPDATE OF a
 """
 
-_APPLY_BALANCES = """
-UPDATE trading_accounts AS a
-SET current_balance = v.balance, equity = v.equity, currency = coalesce(v.currency, a.currency),
-    balance_as_of = v.as_of, balance_received_at = v.received_at, updated_at = now()
-FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::text[], $5::timestamptz[],
-    $6::timestamptz[]) AS v(id, balance, equity, currency, as_of, received_at)
-WHERE a.id = v.id
-"""
+
+@dataclass(frozen=True)
+class _Balance:
+    """An account's balance report, as the event that carried it delivered it."""
+
+    batch: CanonicalBatch
+    report: AccountSnapshot
+
+
+BALANCES = BulkRows[_Balance](
+    "trading_accounts",
+    (
+        Column("id", "uuid", lambda b: b.batch.connection.account_id),
+        Column("balance", "numeric", lambda b: b.report.balance),
+        Column("equity", "numeric", lambda b: b.report.equity),
+        Column("currency", "text", lambda b: b.report.currency),
+        Column("as_of", "timestamptz", lambda b: b.report.as_of),
+        Column("received_at", "timestamptz", lambda b: b.batch.received_at),
+    ),
+)
+_APPLY_BALANCES = BALANCES.update(
+    "current_balance = v.balance, equity = v.equity, currency = coalesce(v.currency, a.currency),"
+    " balance_as_of = v.as_of, balance_received_at = v.received_at, updated_at = now()",
+    alias="a",
+    where="a.id = v.id",
+)
 
 
 @dataclass(frozen=True)
@@ -233,29 +247,60 @@ _RECORD_EVENTS = SYNC_EVENTS.insert("ON CONFLICT (event_id) DO NOTHING RETURNING
 
 # Every connection synced has its audit row (made with the connection, but one missing must not
 # lose a count), then each is read locked, counted by journal.count_syncs, and written.
-_ENSURE_AUDIT_ROWS = """
-INSERT INTO mt5_security_audit (connection_id, user_id)
-SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT (connection_id) DO NOTHING
-"""
+AUDIT_ROWS = BulkRows[ConnectionRef](
+    "mt5_security_audit",
+    (
+        Column("connection_id", "uuid", lambda c: c.connection_id),
+        Column("user_id", "uuid", lambda c: c.user_id),
+    ),
+)
+_ENSURE_AUDIT_ROWS = AUDIT_ROWS.insert("ON CONFLICT (connection_id) DO NOTHING")
 _STORED_SYNCS = """
 SELECT connection_id, sync_month, monthly_sync_count, last_sync_at, last_event_id
 FROM mt5_security_audit WHERE connection_id = ANY($1::uuid[])
 ORDER BY connection_id
 FOR NO KEY UPDATE
 """
-_RECORD_SYNCS = """
-UPDATE mt5_security_audit AS a
-SET sync_month = v.month, monthly_sync_count = v.count, last_sync_at = v.last_sync_at,
-    last_event_id = v.last_event_id, updated_at = now()
-FROM unnest($1::uuid[], $2::date[], $3::int[], $4::timestamptz[], $5::uuid[])
-    AS v(connection_id, month, count, last_sync_at, last_event_id)
-WHERE a.connection_id = v.connection_id
-"""
 
-_TOUCH_CONNECTIONS = """
-UPDATE mt5_connections AS c SET last_sync_at = greatest(c.last_sync_at, v.at), updated_at = now()
-FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at) WHERE c.id = v.id
-"""
+
+@dataclass(frozen=True)
+class _Synced:
+    """One connection's syncs of a batch: their count, and when the latest was received."""
+
+    connection_id: uuid.UUID
+    counted: MonthlySyncs
+    latest: datetime
+
+
+SYNCS = BulkRows[_Synced](
+    "mt5_security_audit",
+    (
+        Column("connection_id", "uuid", lambda s: s.connection_id),
+        Column("month", "date", lambda s: s.counted.month),
+        Column("count", "int", lambda s: s.counted.count),
+        Column("last_sync_at", "timestamptz", lambda s: s.counted.last_sync_at),
+        Column("last_event_id", "uuid", lambda s: s.counted.last_event_id),
+    ),
+)
+_RECORD_SYNCS = SYNCS.update(
+    "sync_month = v.month, monthly_sync_count = v.count, last_sync_at = v.last_sync_at,"
+    " last_event_id = v.last_event_id, updated_at = now()",
+    alias="a",
+    where="a.connection_id = v.connection_id",
+)
+
+SYNCED_CONNECTIONS = BulkRows[_Synced](
+    "mt5_connections",
+    (
+        Column("id", "uuid", lambda s: s.connection_id),
+        Column("at", "timestamptz", lambda s: s.latest),
+    ),
+)
+_TOUCH_CONNECTIONS = SYNCED_CONNECTIONS.update(
+    "last_sync_at = greatest(c.last_sync_at, v.at), updated_at = now()",
+    alias="c",
+    where="c.id = v.id",
+)
 
 
 @dataclass(frozen=True)
@@ -268,20 +313,24 @@ class EventOutcome:
     first_time: bool
 
 
-def _first_of_each(batches: Sequence[CanonicalBatch], fills: bool) -> list[_Delivered]:
+def _first_of_each(
+    batches: Sequence[CanonicalBatch], records: Callable[[CanonicalBatch], Sequence[R]]
+) -> list[_Delivered[R]]:
     """Each record once (by its key), as the first event of the batch delivered it."""
-    seen: dict[str, _Delivered] = {}
+    seen: dict[str, _Delivered[R]] = {}
     for batch in batches:
-        records: Sequence[Fill | CashMovement] = batch.fills if fills else batch.cash_movements
-        for record in records:
-            key = record.fill_key if isinstance(record, Fill) else record.movement_key
-            seen.setdefault(key, _Delivered(batch, record))
+        for record in records(batch):
+            delivered = _Delivered(batch, record)
+            seen.setdefault(delivered.key, delivered)
     return list(seen.values())
 
 
-def _key(delivered: _Delivered) -> str:
-    record = delivered.record
-    return record.fill_key if isinstance(record, Fill) else record.movement_key
+def _fills(batch: CanonicalBatch) -> Sequence[Fill]:
+    return batch.fills
+
+
+def _cash_movements(batch: CanonicalBatch) -> Sequence[CashMovement]:
+    return batch.cash_movements
 
 
 class JournalRepository:
@@ -298,10 +347,10 @@ class JournalRepository:
         """
         async with conn.transaction():
             fills_per_event, filled = await self._insert(
-                conn, _first_of_each(batches, fills=True), _INSERT_FILLS, FILLS
+                conn, _first_of_each(batches, _fills), _INSERT_FILLS, FILLS
             )
             cash_per_event, charged = await self._insert(
-                conn, _first_of_each(batches, fills=False), _INSERT_CASH, CASH
+                conn, _first_of_each(batches, _cash_movements), _INSERT_CASH, CASH
             )
             new_positions = filled | charged
             await self._recompute_positions(conn, batches, new_positions)
@@ -323,9 +372,9 @@ class JournalRepository:
     async def _insert(
         self,
         conn: Connection,
-        delivered: list[_Delivered],
+        delivered: list[_Delivered[R]],
         statement: str,
-        rows: BulkRows[_Delivered],
+        rows: BulkRows[_Delivered[R]],
     ) -> tuple[dict[uuid.UUID, int], set[str]]:
         """Insert what is new; per event, how many of its records were; the positions they
         belong to."""
@@ -335,7 +384,7 @@ class JournalRepository:
         keys = {r[0] for r in inserted}
         per_event: dict[uuid.UUID, int] = {}
         for d in delivered:
-            if _key(d) in keys:
+            if d.key in keys:
                 per_event[d.batch.event_id] = per_event.get(d.batch.event_id, 0) + 1
         return per_event, {r["position_key"] for r in inserted if r["position_key"] is not None}
 
@@ -386,23 +435,15 @@ class JournalRepository:
             for row in await conn.fetch(_STORED_BALANCES, sorted(reports))
         }
         applied = [
-            batch
+            _Balance(batch, batch.account)
             for account_id, batch in sorted(reports.items())
             if account_id in stored
             and batch.account is not None
             and balance_applies(stored[account_id], batch.account, batch.received_at)
         ]
         if applied:
-            await conn.execute(
-                _APPLY_BALANCES,
-                [b.connection.account_id for b in applied],
-                [b.account.balance if b.account else None for b in applied],
-                [b.account.equity if b.account else None for b in applied],
-                [b.account.currency if b.account else None for b in applied],
-                [b.account.as_of if b.account else None for b in applied],
-                [b.received_at for b in applied],
-            )
-        return {b.event_id for b in applied}
+            await conn.execute(_APPLY_BALANCES, *BALANCES.arrays(applied))
+        return {b.batch.event_id for b in applied}
 
     async def _record_events(
         self,
@@ -427,8 +468,9 @@ class JournalRepository:
         self, conn: Connection, synced: dict[uuid.UUID, list[CanonicalBatch]]
     ) -> None:
         ids = sorted(synced)
-        await conn.execute(_ENSURE_AUDIT_ROWS, ids, [synced[i][0].connection.user_id for i in ids])
-        counted: dict[uuid.UUID, MonthlySyncs] = {}
+        connections = [synced[i][0].connection for i in ids]
+        await conn.execute(_ENSURE_AUDIT_ROWS, *AUDIT_ROWS.arrays(connections))
+        counted: list[_Synced] = []
         for row in await conn.fetch(_STORED_SYNCS, ids):
             stored = MonthlySyncs(
                 row["sync_month"],
@@ -436,18 +478,16 @@ class JournalRepository:
                 row["last_sync_at"],
                 row["last_event_id"],
             )
-            events = [(b.received_at, b.event_id) for b in synced[row["connection_id"]]]
-            counted[row["connection_id"]] = count_syncs(stored, events)
-        await conn.execute(
-            _RECORD_SYNCS,
-            ids,
-            [counted[i].month for i in ids],
-            [counted[i].count for i in ids],
-            [counted[i].last_sync_at for i in ids],
-            [counted[i].last_event_id for i in ids],
-        )
-        latest: list[datetime] = [max(b.received_at for b in synced[i]) for i in ids]
-        await conn.execute(_TOUCH_CONNECTIONS, ids, latest)
+            batches = synced[row["connection_id"]]
+            counted.append(
+                _Synced(
+                    row["connection_id"],
+                    count_syncs(stored, [(b.received_at, b.event_id) for b in batches]),
+                    max(b.received_at for b in batches),
+                )
+            )
+        await conn.execute(_RECORD_SYNCS, *SYNCS.arrays(counted))
+        await conn.execute(_TOUCH_CONNECTIONS, *SYNCED_CONNECTIONS.arrays(counted))
 
 
 def _positions_of(batch: CanonicalBatch) -> set[str]:

@@ -32,6 +32,7 @@ from services.shared.vault import CredentialVault
 from services.writer.pipeline import Writer
 from services.writer.repository import JournalRepository
 from tests.support.builders import FIXTURES, connect_broker_account, fixture_deals
+from tests.support.json_as_sent import Verbatim, json_as_sent
 from tests.support.producers import FakeProducer
 from tests.support.records import consumer_record
 
@@ -56,11 +57,8 @@ NUMBERS = (
 )
 
 
-class Verbatim(str):
-    """JSON text put into a document as it is (deep nesting beyond a recursive encoder)."""
-
-
 def nesting(depth: int) -> Verbatim:
+    """Deep nesting, beyond what a recursive encoder writes, as JSON text put in as it is."""
     return Verbatim("[" * depth + "0" + "]" * depth)
 
 
@@ -69,20 +67,6 @@ ANY_JSON = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
     max_leaves=12,
 ) | st.integers(50, 400).map(nesting)
-
-
-def encode(value: Any) -> str:
-    """JSON as any sender may write it: exact number text, every string escaped as JSON escapes
-    it (lone surrogates included)."""
-    if isinstance(value, Verbatim):
-        return str(value)
-    if isinstance(value, bool) or value is None or isinstance(value, int | str):
-        return json.dumps(value)
-    if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else '"NaN"'
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{encode(v)}" for k, v in value.items()) + "}"
-    return "[" + ",".join(encode(v) for v in value) + "]"
 
 
 @st.composite
@@ -284,8 +268,8 @@ async def test_any_mt5_webhook_is_written_or_dead_lettered_with_its_reason(
             deal["ticket"] = 1_000_000 + n
     if isinstance(account, dict):
         account = {"login": login, "server": "PosCal-Any"} | account
-    body = encode({"account": account, "server_time_offset_seconds": offset, "deals": deals})
-    outcome = await through_pipeline(pool, connection, body.encode())
+    body = json_as_sent({"account": account, "server_time_offset_seconds": offset, "deals": deals})
+    outcome = await through_pipeline(pool, connection, body)
 
     def key_of(deal: Any) -> str | None:
         ticket = deal.get("ticket") if isinstance(deal, dict) else None
@@ -345,7 +329,7 @@ async def test_any_oanda_page_is_written_or_dead_lettered_with_its_reason(
             transaction["accountID"] = account_id
     if isinstance(account, dict) and "id" in account:
         account["id"] = account_id
-    body = encode(
+    body = json_as_sent(
         {
             "kind": "oanda.transactions",
             "accountID": account_id,
@@ -358,7 +342,7 @@ async def test_any_oanda_page_is_written_or_dead_lettered_with_its_reason(
             "openTrades": None,
         }
     )
-    outcome = await through_pipeline(pool, connection, body.encode())
+    outcome = await through_pipeline(pool, connection, body)
 
     def key_of(transaction: Any) -> str | None:
         ref = transaction.get("id") if isinstance(transaction, dict) else None

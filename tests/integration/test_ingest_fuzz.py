@@ -63,7 +63,7 @@ class HostileRequest:
     streamed: bool = False
 
 
-class RunningIngest:
+class IngestOnItsOwnLoop:
     """create_app(settings) with its real lifespan wiring, on an event loop of its own."""
 
     def __init__(self, settings: IngestSettings) -> None:
@@ -76,7 +76,7 @@ class RunningIngest:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coroutine)
 
-    def __enter__(self) -> RunningIngest:
+    def __enter__(self) -> IngestOnItsOwnLoop:
         try:
             self.run(self._stack.enter_async_context(self._app.router.lifespan_context(self._app)))
             transport = httpx.ASGITransport(app=self._app)
@@ -151,7 +151,7 @@ def ingest(
     master_key: str,
     database_url: str,
     kafka_bootstrap: str,
-) -> Iterator[RunningIngest]:
+) -> Iterator[IngestOnItsOwnLoop]:
     settings = IngestSettings(
         master_key=master_key,
         database_url=database_url,
@@ -162,7 +162,7 @@ def ingest(
         connection_cache_seconds=1,
         publish_timeout_seconds=5,
     )
-    with RunningIngest(settings) as running:
+    with IngestOnItsOwnLoop(settings) as running:
         yield running
 
 
@@ -528,7 +528,7 @@ def assert_nothing_went_wrong_inside(logs: Sequence[Mapping[str, Any]]) -> None:
 
 
 def test_hostile_webhook_deliveries_get_a_documented_refusal_and_publish_nothing(
-    ingest: RunningIngest, connection: TestConnection
+    ingest: IngestOnItsOwnLoop, connection: TestConnection
 ) -> None:
     @settings(HOSTILE, max_examples=1500)
     @given(request=hostile_deliveries(connection))
@@ -543,7 +543,7 @@ def test_hostile_webhook_deliveries_get_a_documented_refusal_and_publish_nothing
 
 
 def test_any_method_at_any_path_never_gets_a_server_error_and_publishes_nothing(
-    ingest: RunningIngest, connection: TestConnection
+    ingest: IngestOnItsOwnLoop, connection: TestConnection
 ) -> None:
     @settings(HOSTILE, max_examples=500)
     @given(request=hostile_routes(connection))

@@ -531,6 +531,33 @@ async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
     assert status == 401
 
 
+async def test_a_listener_that_loses_its_session_listens_again_and_changes_still_reach_it(
+    pool: asyncpg.Pool, connection: TestConnection, ingest_with: IngestStarter
+) -> None:
+    since = await pool.fetchval("SELECT clock_timestamp()")
+    async with ingest_with(connection_cache_seconds=600) as ingest:
+        await until_listening_for_changes(pool, since)
+        lost = await pool.fetchval("SELECT clock_timestamp()")
+        terminated = await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE backend_start >= $1 AND query = $2",
+            since,
+            f'LISTEN "{CHANNEL}"',
+        )
+        await until_listening_for_changes(pool, lost)  # a session of its own again
+        assert (await deliver(ingest, connection)).status_code == 202
+        await pool.execute(
+            "UPDATE mt5_connections SET status = 'paused' WHERE id = $1",
+            connection.created.connection_id,
+        )
+        deadline = time.monotonic() + 5
+        while (status := (await deliver(ingest, connection)).status_code) == 202:
+            assert time.monotonic() < deadline, "the paused connection is still served from cache"
+            await asyncio.sleep(0.05)
+    assert terminated == 1
+    assert status == 401
+
+
 # --- retention ------------------------------------------------------------------------------
 
 

@@ -221,6 +221,35 @@ async def test_every_delivery_order_converges_on_the_in_order_row(
     assert await fill_count(pool, connection) == 3
 
 
+async def test_an_applied_report_stores_its_balance_equity_and_currency_each_as_reported(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    body = mt5_body(connection.login, [])
+    body["account"] |= {
+        "balance": Decimal("1000.00"),
+        "equity": Decimal("987.65"),
+        "currency": "EUR",
+    }
+    sent_at = datetime.now(UTC) - timedelta(minutes=1)
+    report = map_event(raw_event(connection, encode_body(body), sent_at=sent_at)).batch
+    async with pool.acquire() as conn:
+        [outcome] = await REPOSITORY.apply(conn, [report])
+
+    account = await pool.fetchrow(
+        "SELECT current_balance, equity, currency, balance_as_of, balance_received_at"
+        " FROM trading_accounts WHERE id = $1",
+        connection.created.account_id,
+    )
+    assert outcome.balance_applied
+    assert account is not None and dict(account) == {
+        "current_balance": Decimal("1000.00"),
+        "equity": Decimal("987.65"),
+        "currency": "EUR",
+        "balance_as_of": sent_at,
+        "balance_received_at": report.received_at,
+    }
+
+
 async def test_only_a_newer_snapshot_moves_the_balance(
     pool: asyncpg.Pool, connection: TestConnection
 ) -> None:

@@ -13,10 +13,12 @@ class Verbatim(str):
 
 
 def json_as_sent(document: Any) -> bytes:
-    """The document as JSON: Decimals as their text, every string JSON-escaped, Verbatim text as
-    it is."""
+    """The document as JSON: Decimals as their text (a NaN, which JSON cannot write, as the string
+    "NaN"), every string JSON-escaped, Verbatim text as it is."""
 
     def encode(value: Any) -> str:
+        if isinstance(value, Decimal) and not value.is_finite():
+            return '"NaN"'
         if isinstance(value, Verbatim | Decimal):
             return str(value)
         if isinstance(value, dict):

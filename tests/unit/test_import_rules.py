@@ -14,18 +14,26 @@ SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 SERVICES = ("ingest", "poller", "normalizer", "writer", "api")
 
 
+def imported_names(node: ast.AST, package: list[str]) -> list[str]:
+    """The absolute names an import statement in a module of `package` (its dotted parts) brings
+    in: `from a.b import c` counts as `a.b.c`, since `c` may be a module, and a relative import is
+    resolved against the package, so `from ..writer import x` is `services.writer.x`."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = package[: len(package) - node.level + 1] if node.level else []
+    module = ".".join([*base, *([node.module] if node.module else [])])
+    return [f"{module}.{alias.name}" for alias in node.names]
+
+
 def imports_of(package: str, root: Path = SERVICES_DIR) -> Iterator[tuple[str, str]]:
     """(module file, imported `services.*` module) for every import under `package`, inside
     functions too."""
     for path in sorted((root / package).rglob("*.py")):
+        parts = list(path.relative_to(root.parent).parent.parts)
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
+            for name in imported_names(node, parts):
                 if name.startswith("services."):
                     yield str(path.relative_to(root.parent)), name
 
@@ -53,17 +61,21 @@ def test_the_dev_stack_does_not_import_the_cli() -> None:
 
 
 def test_the_rule_sees_imports_anywhere_in_a_module(tmp_path: Path) -> None:
-    """Planted in a package of its own: a top-level import, one inside a function, a plain
-    `import`, and a relative one (not a `services.*` name, so not counted)."""
+    """Planted in a package of its own: a plain `import`, one inside a function, a service
+    imported from `services` itself, one reached by a relative import climbing out of the
+    package, and a relative import of a sibling (its own package: allowed)."""
     package = tmp_path / "services" / "ingest"
     package.mkdir(parents=True)
     (package / "planted.py").write_text(
         "import services.poller.schedule\n"
         "from . import sibling\n"
+        "from services import normalizer\n"
+        "from ..shared import envelope\n"
         "def f():\n    from services.writer.repository import JournalRepository\n"
+        "def g():\n    from ..devstack.stack import DevStack\n"
     )
     found = packages_imported("ingest", tmp_path / "services")
     assert found == {
-        ("services/ingest/planted.py", "poller"),
-        ("services/ingest/planted.py", "writer"),
+        ("services/ingest/planted.py", imported)
+        for imported in ("poller", "ingest", "normalizer", "shared", "writer", "devstack")
     }

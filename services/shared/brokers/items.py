@@ -76,21 +76,13 @@ class MappedItems:
         map_item: Callable[[], Record | Sequence[Record] | Skipped],
         *,
         invalid_code: str,
-        described_as: Any = None,
-    ) -> bool:
-        """Map one item (see `mapped_or_rejected`) and keep what it became; whether it became
-        records. `described_as`: how the item is described in a rejection (default: itself)."""
-        outcome = mapped_or_rejected(
-            index,
-            item if described_as is None else described_as,
-            map_item,
-            invalid_code=invalid_code,
-        )
+    ) -> None:
+        """Map one item (see `mapped_or_rejected`) and keep what it became."""
+        outcome = mapped_or_rejected(index, item, map_item, invalid_code=invalid_code)
         if isinstance(outcome, Rejection | Skipped):
             self.keep(outcome)
-            return False
-        self.add(outcome)
-        return True
+        else:
+            self.add(outcome)
 
     def keep(self, outcome: Rejection | Skipped) -> None:
         """An item refused, or left out on purpose."""
