@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "POSCAL_RATE_LIMIT_PER_CONNECTION": "1000000/minute",
             "POSCAL_RATE_LIMIT_PER_USER": "1000000/minute",
         }
-        stack = DevStack(state_dir=Path(state_dir), port=0, extra_env=unlimited)
+        stack = DevStack(state_dir=Path(state_dir), port=0, api_port=0, extra_env=unlimited)
         stack.start()
         try:
             result = asyncio.run(_measure(stack, args))

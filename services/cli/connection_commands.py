@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import asyncpg
+import httpx
 import orjson
 
 from services.cli.settings import CliSettings, MasterKeyMissing
 from services.shared.brokers import broker_names
+from services.shared.brokers.provisioning import ProvisioningError, ProvisioningUnavailable
 from services.shared.connection_admin.connections import ConnectionRefused, create_connection
 from services.shared.connection_admin.credentials import (
     add_public_key,
@@ -23,6 +25,7 @@ from services.shared.connection_admin.credentials import (
     rotate_webhook_secret,
     set_broker_credentials,
 )
+from services.shared.connection_admin.deletion import delete_connection
 from services.shared.connection_admin.endpoints import (
     LockChange,
     lock_connection,
@@ -37,6 +40,12 @@ from services.shared.connection_admin.inputs import (
 )
 from services.shared.connection_admin.listing import list_connections
 from services.shared.connection_admin.live import enable_live
+from services.shared.connection_admin.terminals import (
+    Progress,
+    ProvisioningLimits,
+    provision_connection,
+    registered_services,
+)
 from services.shared.vault import CredentialVault
 
 _Record = dict[str, Any]
@@ -152,6 +161,32 @@ def add_connection_commands(commands: Any) -> None:
     revoke_key.add_argument("connection_id", type=uuid.UUID, metavar="ID")
     revoke_key.add_argument("--key", required=True, help="whpk_ followed by base64 of 32 bytes")
 
+    provision = group.add_parser(
+        "provision",
+        help="make a cloud-synced connection's terminal (MT5: MetaApi) and wait until it syncs",
+        description=(
+            "Creates the connection's cloud terminal from its stored credentials (MT5: login,"
+            " investor password, server), deploys it and waits until it is connected to the"
+            " broker, printing each step to stderr; then the connection is polled. Run it"
+            " again after a timeout (it carries on) or after set-credentials (it replaces the"
+            " terminal). Refusals print {error, detail} and exit 1 (wrong password, unknown"
+            " server, the other trade mode), or 3 when the service or broker cannot now."
+        ),
+    )
+    provision.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+    provision.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the terminal in all"
+    )
+    provision.add_argument(
+        "--poll-interval", type=int, default=60, help="seconds between syncs once it is ready"
+    )
+
+    delete = group.add_parser(
+        "delete",
+        help="delete a connection: its cloud terminal removed, its credentials destroyed",
+    )
+    delete.add_argument("connection_id", type=uuid.UUID, metavar="ID")
+
     listing = group.add_parser(
         "list",
         help="connections as JSON lines: webhook URL, health, credential rotation state",
@@ -205,6 +240,10 @@ def _work(args: argparse.Namespace, settings: CliSettings, stdin: TextIO) -> _Wo
         case "revoke-public-key":
             raw_key = parse_public_key(args.key)
             return lambda conn: _revoke_public_key(conn, vault, args.connection_id, raw_key)
+        case "provision":
+            return lambda conn: _provision(conn, vault, args)
+        case "delete":
+            return lambda conn: _delete(conn, args.connection_id)
     raise AssertionError(f"unhandled connections command {command!r}")
 
 
@@ -221,6 +260,11 @@ async def _execute(settings: CliSettings, work: _Work) -> int:
     except (ConnectionRefused, InvalidInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ProvisioningError as exc:
+        # What a wizard would show: the code for a program, the message for the person.
+        print(orjson.dumps({"error": exc.code, "detail": exc.message}).decode(), flush=True)
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 3 if isinstance(exc, ProvisioningUnavailable) else 1
     finally:
         await conn.close()
     for record in records:
@@ -246,7 +290,7 @@ async def _create(
         connection_type=args.connection_type,
         account_number=args.account_number,
         server=args.server,
-        label=args.label,
+        account_label=args.label,
         ingest_url=settings.ingest_url,
         api_url=args.api_url,
         poll_interval_seconds=args.poll_interval,
@@ -261,6 +305,11 @@ async def _create(
     next_steps = []
     if created.polled:
         next_steps.append("store its credentials: poscal-sync connections set-credentials ID")
+    elif args.broker == "mt5":
+        next_steps.append(
+            "webhooks: the Expert Advisor; or cloud sync: set-credentials ID (login, investor"
+            " password, server), then connections provision ID"
+        )
     if args.connection_type == "live":
         next_steps.append("enable it once a demo connection has synced: connections enable-live ID")
     if next_steps:
@@ -307,7 +356,7 @@ async def _rotate_url(
 def _lock_record(change: LockChange) -> _Record:
     return {
         "connection_id": change.connection_id,
-        "status": change.status,
+        "lifecycle": change.lifecycle,
         "locked_at": change.locked_at,
         "changed": change.changed,
     }
@@ -343,3 +392,44 @@ async def _revoke_public_key(
 ) -> list[_Record]:
     revoked_at = await revoke_public_key(conn, vault, connection_id, raw_key)
     return [{"connection_id": connection_id, "revoked_at": revoked_at}]
+
+
+def _progress(step: Progress) -> None:
+    state = f" [{step.state}, {step.connection_status}]" if step.state else ""
+    print(f"{step.step}: {step.detail}{state}", file=sys.stderr, flush=True)
+
+
+async def _provision(conn: asyncpg.Connection, vault: CredentialVault, args: Any) -> list[_Record]:
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        done = await provision_connection(
+            conn,
+            vault,
+            args.connection_id,
+            registered_services(http),
+            poll_interval_seconds=args.poll_interval,
+            limits=ProvisioningLimits(timeout_seconds=args.timeout),
+            progress=_progress,
+        )
+    return [
+        {
+            "connection_id": done.connection_id,
+            "provider": done.terminal.provider,
+            "terminal_id": done.terminal.account_id,
+            "region": done.terminal.region,
+            "account": done.account,
+            "ready_at": done.ready_at,
+        }
+    ]
+
+
+async def _delete(conn: asyncpg.Connection, connection_id: uuid.UUID) -> list[_Record]:
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        deleted = await delete_connection(conn, connection_id, registered_services(http))
+    return [
+        {
+            "connection_id": deleted.connection_id,
+            "deleted": True,
+            "removed_terminal": deleted.removed_terminal,
+            "credentials_destroyed": deleted.credentials_destroyed,
+        }
+    ]

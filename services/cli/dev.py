@@ -15,11 +15,17 @@ from services.devstack.stack import DevStack
 
 
 def run_dev(
-    state_dir: Path, port: int, demo: bool, demo_positions: int, exit_after_demo: bool
+    state_dir: Path,
+    port: int,
+    demo: bool,
+    demo_positions: int,
+    exit_after_demo: bool,
+    api_port: int = 8090,
 ) -> int:
     stack = DevStack(
         state_dir=state_dir,
         port=port,
+        api_port=api_port,
         database_url=os.environ.get("DATABASE_URL"),
         kafka_bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
     )
@@ -32,8 +38,14 @@ def run_dev(
         stack.start()
         env = stack.env()
         print(
-            f"ready: ingest {stack.ingest_url}, Postgres {without_password(env['DATABASE_URL'])},"
+            f"ready: ingest {stack.ingest_url}, API {stack.api_url},"
+            f" Postgres {without_password(env['DATABASE_URL'])},"
             f" Kafka {env['KAFKA_BOOTSTRAP_SERVERS']}",
+            flush=True,
+        )
+        print(
+            f"an API token for a user: poscal-sync api token --state-dir {state_dir}"
+            " --user-id UUID",
             flush=True,
         )
         print(f"environment in {state_dir / 'stack.env'}, logs in {stack.logs}", flush=True)

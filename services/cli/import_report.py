@@ -34,12 +34,13 @@ from services.shared.publishing import RawEventPublisher, RawEventSink
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _PUBLISH_TIMEOUT_SECONDS = 30.0
 _CONNECTION = """
-SELECT id, user_id, account_id, broker, connection_type, account_number, server, status,
+SELECT id, user_id, account_id, broker, connection_type, account_number, server, lifecycle,
        live_enabled_at
 FROM mt5_connections WHERE id = $1
 """
-# What ingest takes deliveries for: a locked, paused or deleted connection takes no import either.
-_IMPORTABLE = ("active", "error")
+# A locked, paused or deleted connection takes no import (ingest takes no webhook from the last
+# two, and accepts a locked one's only to refuse it).
+_IMPORTABLE = ("active",)
 # The report's account type against the connection's.
 _TRADE_MODES = {"demo": "demo", "contest": "demo", "real": "live"}
 # Exit statuses: everything imported; refused (nothing published) or the topic did not take it
@@ -207,8 +208,8 @@ async def _connection(settings: CliSettings, connection_id: uuid.UUID) -> Connec
         raise ImportRefused(
             f"connection {connection_id} is a {row['broker']} connection, not an MT5 one"
         )
-    if row["status"] not in _IMPORTABLE:
-        raise ImportRefused(f"connection {connection_id} is {row['status']}")
+    if row["lifecycle"] not in _IMPORTABLE:
+        raise ImportRefused(f"connection {connection_id} is {row['lifecycle']}")
     if row["connection_type"] == "live" and row["live_enabled_at"] is None:
         raise ImportRefused(f"connection {connection_id} is live and not yet enabled for live")
     return ConnectionRef(

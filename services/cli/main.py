@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 
+from services.cli.api_commands import add_api_commands
 from services.cli.connection_commands import add_connection_commands
 from services.cli.import_report import add_import_commands
 from services.cli.key_commands import add_key_commands
@@ -28,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     dev.add_argument("--port", type=int, default=8080, help="ingest's HTTP port (0: any free)")
     dev.add_argument(
+        "--api-port", type=int, default=8090, help="the app API's HTTP port (0: any free)"
+    )
+    dev.add_argument(
         "--demo",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -39,11 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="apply pending SQL migrations to DATABASE_URL")
-    commands.add_parser("export-schemas", help="write the topic contracts to schemas/json/")
+    commands.add_parser(
+        "export-schemas", help="write the topic contracts and the OpenAPI documents to schemas/"
+    )
     commands.add_parser("ingest", help="run the webhook ingest HTTP service")
     commands.add_parser("normalizer", help="run the normalizer consumer")
     commands.add_parser("writer", help="run the journal writer consumer")
-    commands.add_parser("poller", help="run the broker poller (OANDA, IBKR Flex)")
+    commands.add_parser(
+        "poller", help="run the broker poller (OANDA, IBKR Flex, MT5 through MetaApi)"
+    )
+    add_api_commands(commands, DEFAULT_STATE_DIR)
 
     normalize = commands.add_parser(
         "normalize",
@@ -91,20 +101,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.poller.main import main as poller_main
 
             return poller_main()
+        case "api":
+            from services.cli.api_commands import run_api_command
+
+            return run_api_command(args, os.environ, sys.stdout, sys.stderr)
         case "migrate":
             return _migrate()
         case "export-schemas":
+            from services.api.openapi import export as export_api_openapi
             from services.ingest.openapi import export as export_openapi
             from services.shared.contracts import export
 
-            for path in [*export(), export_openapi()]:
+            for path in [*export(), export_openapi(), export_api_openapi()]:
                 print(path)
             return 0
         case "dev":
             from services.cli.dev import run_dev
 
             return run_dev(
-                args.state_dir, args.port, args.demo, args.demo_positions, args.exit_after_demo
+                args.state_dir,
+                args.port,
+                args.demo,
+                args.demo_positions,
+                args.exit_after_demo,
+                args.api_port,
             )
         case "normalize":
             from services.cli.normalize import run_normalize

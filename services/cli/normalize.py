@@ -90,7 +90,7 @@ def run_normalize(
         content_type=plugin.content_type,
     )
     try:
-        mapping = plugin.map_event(event)
+        mapping = plugin.map(event)
     except InvalidEvent as exc:
         print(f"{_PROGRAM}: {path} cannot be mapped: {exc.code}: {exc.detail}", file=err)
         return 1

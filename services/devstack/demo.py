@@ -82,7 +82,7 @@ async def create_demo_connection(
             connection_type="demo",
             account_number=str(account.login),
             server=account.server,
-            label="MT5 demo",
+            account_label="MT5 demo",
             ingest_url=ingest_url,
         )
         return user_id, created
@@ -119,8 +119,13 @@ async def run_demo(
     pause_seconds: float = 0.15,
 ) -> JournalCounts:
     account = demo_account()
-    _, connection = await create_demo_connection(database_url, master_key, ingest_url, account)
-    say(f"demo connection {connection.connection_id} (MT5 demo account {account.login})")
+    user_id, connection = await create_demo_connection(
+        database_url, master_key, ingest_url, account
+    )
+    say(
+        f"demo connection {connection.connection_id} (MT5 demo account {account.login})"
+        f" of user {user_id}"
+    )
     bodies = [encode_body(b) for b in demo_stream(account, positions)]
     conn = await asyncpg.connect(database_url)
     try:

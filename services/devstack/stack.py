@@ -1,10 +1,11 @@
-"""`poscal-sync dev`: Postgres, the broker, migrations, topics and the four services, together."""
+"""`poscal-sync dev`: Postgres, the broker, migrations, topics and the five services, together."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,12 @@ from services.shared.kafka import TopicSpec, ensure_topics
 from services.shared.migrations import apply_migrations
 from services.shared.settings import Topics
 
-SERVICES = ("ingest", "poller", "normalizer", "writer")
-# Services that report readiness through a ready file (ingest answers /readyz instead).
+SERVICES = ("ingest", "poller", "normalizer", "writer", "api")
+# Services that report readiness through a ready file (ingest and the API answer /readyz).
 READY_FILES = ("poller", "normalizer", "writer")
+# What verifies the dev API's access tokens (`poscal-sync api token` signs with it): only the
+# API process is given it.
+API_JWT_SECRET = "POSCAL_API_JWT_SECRET"  # noqa: S105 - a variable name, not a secret
 
 
 def pipeline_topics(topics: Topics, partitions: int = 6) -> list[TopicSpec]:
@@ -43,10 +47,13 @@ class DevStack:
 
     state_dir: Path
     port: int = 8080
+    # The app API's port (0: any free one).
+    api_port: int = 8090
     # Either may hold a secret (a password in the URL, the key-encryption key): never in a repr.
     database_url: str | None = field(default=None, repr=False)
     kafka_bootstrap_servers: str | None = None
     master_key: str | None = field(default=None, repr=False)
+    api_jwt_secret: str | None = field(default=None, repr=False)
     topics: Topics = field(default_factory=Topics)
     extra_env: dict[str, str] = field(default_factory=dict)
     _postgres: EmbeddedPostgres | None = None
@@ -65,13 +72,20 @@ class DevStack:
     def ingest_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
     def env(self) -> dict[str, str]:
         assert self.database_url and self.kafka_bootstrap_servers and self.master_key
+        assert self.api_jwt_secret
         return {
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "INGEST_URL": self.ingest_url,
+            "API_URL": self.api_url,
             "POSCAL_MASTER_KEY": self.master_key,
+            API_JWT_SECRET: self.api_jwt_secret,
         }
 
     def start(self) -> DevStack:
@@ -99,6 +113,12 @@ class DevStack:
             self.port = free_port()
         elif not port_is_free(self.port):
             raise PortInUse(f"port {self.port} is in use: stop what holds it, or pass --port")
+        if self.api_port == 0:
+            self.api_port = free_port()
+        elif not port_is_free(self.api_port):
+            raise PortInUse(
+                f"port {self.api_port} is in use: stop what holds it, or pass --api-port"
+            )
         if self.database_url is None:
             self._postgres = EmbeddedPostgres(log_path=self.logs / "postgres.log").start()
             self.database_url = self._postgres.dsn
@@ -107,6 +127,8 @@ class DevStack:
             self.kafka_bootstrap_servers = self._broker.bootstrap_servers
         if self.master_key is None:
             self.master_key = _stored_master_key(self.state_dir)
+        if self.api_jwt_secret is None:
+            self.api_jwt_secret = _stored_api_jwt_secret(self.state_dir)
 
     async def _prepare(self) -> None:
         assert self.database_url and self.kafka_bootstrap_servers
@@ -120,10 +142,15 @@ class DevStack:
         path.write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
 
     def _start_service(self, name: str) -> None:
+        stack_env = self.env()
+        if name != "api":
+            del stack_env[API_JWT_SECRET]
         env = {
             **os.environ,
-            **self.env(),
+            **stack_env,
             "POSCAL_INGEST_PORT": str(self.port),
+            "POSCAL_API_HOST": "127.0.0.1",
+            "POSCAL_API_PORT": str(self.api_port),
             "POSCAL_TRACE_FILE": str(self.traces / f"{name}.jsonl"),
             "POSCAL_LOG_FORMAT": "json",
             "POSCAL_READY_FILE": str(self._ready_file(name)),
@@ -146,14 +173,20 @@ class DevStack:
             )
 
     def _wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Until ingest and the API both answer /readyz with 200."""
         deadline = time.monotonic() + timeout
+        waiting = {"ingest": self.ingest_url, "api": self.api_url}
         while time.monotonic() < deadline:
             self.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.ingest_url}/readyz", timeout=1).status_code == 200:
-                    return
+            for name, url in list(waiting.items()):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        del waiting[name]
+            if not waiting:
+                return
             time.sleep(0.1)
-        raise TimeoutError(f"ingest not ready within {timeout}s; see {self.logs / 'ingest.log'}")
+        names = ", ".join(waiting)
+        raise TimeoutError(f"{names} not ready within {timeout}s; see {self.logs}")
 
     def _ready_file(self, name: str) -> Path:
         return self.state_dir / "run" / f"{name}.ready"
@@ -192,6 +225,21 @@ class DevStack:
         if self._postgres is not None:
             self._postgres.stop()
             self._postgres = None
+
+
+def _stored_api_jwt_secret(state_dir: Path) -> str:
+    """The dev API's HS256 secret: from the environment, else kept in the state dir, so tokens
+    minted for one run still verify after a restart."""
+    from_env = os.environ.get(API_JWT_SECRET)
+    if from_env:
+        return from_env
+    path = state_dir / "api-jwt.secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
 
 
 def _stored_master_key(state_dir: Path) -> str:

@@ -12,33 +12,22 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import Route
 
 from services.ingest.bootstrap import IngestWiring, connect_and_start, start
-from services.ingest.client_ip import parse_networks
 from services.ingest.errors import ROUTER_ERRORS, IngestRefusal, Unavailable
 from services.ingest.metrics import NOT_READY, metrics_endpoint
 from services.ingest.openapi import serve_openapi
 from services.ingest.request_bounds import InFlightRequests, RequestBounds
 from services.ingest.settings import IngestSettings
 from services.ingest.webhooks import WEBHOOK_ROUTE, receive_webhook
+from services.shared.client_ip import parse_networks
 from services.shared.logging import get_logger
-from services.shared.server_spans import ServerSpans
+from services.shared.server_spans import ServerSpans, span_named_by_route, without_query
 
 _log = get_logger("poscal.ingest")
 # Probes and scrapes are not worth a trace each.
 _UNTRACED = "healthz,readyz,metrics,openapi.json"
-
-
-def _span_named_by_route(scope: Scope) -> tuple[str, dict[str, str]]:
-    """A server span's name and `http.route`: the route's template, never the concrete path (it
-    holds the URL's path id, which must not become a span name per connection)."""
-    method = scope.get("method", "")
-    for route in scope["app"].routes:
-        if isinstance(route, Route) and route.matches(scope)[0] is not Match.NONE:
-            return f"{method} {route.path}", {"http.route": route.path}
-    return method, {}
 
 
 async def healthz(_: Request) -> Response:
@@ -79,16 +68,6 @@ def _once_started(endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
         return await endpoint(request)
 
     return Route(WEBHOOK_ROUTE, guarded, methods=["POST"])
-
-
-def _without_query(span: trace.Span, scope: Scope) -> None:
-    """A request's URL without its query: whatever a sender put there (a stray token, a secret)
-    must not reach a span."""
-    if span.is_recording():
-        path = scope.get("path", "")
-        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-        span.set_attribute("http.target", path)
-        span.set_attribute("http.url", f"{scope.get('scheme', 'http')}://{host}{path}")
 
 
 def create_app(
@@ -142,8 +121,8 @@ def create_app(
             Middleware(
                 ServerSpans,
                 excluded_urls=_UNTRACED,
-                default_span_details=_span_named_by_route,
-                server_request_hook=_without_query,
+                default_span_details=span_named_by_route,
+                server_request_hook=without_query,
                 exclude_spans=["receive", "send"],
             ),
             Middleware(

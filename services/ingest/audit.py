@@ -193,6 +193,8 @@ class AuditTrail:
         self._dropped: _Dropped | None = None
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()  # one writer: a batch is taken from the queue once
+        self._not_writing = asyncio.Event()
+        self._not_writing.set()
 
     def record(self, attempt: Attempt) -> None:
         WEBHOOKS.labels("accepted" if attempt.accepted else "refused", attempt.reason).inc(
@@ -214,12 +216,10 @@ class AuditTrail:
 
     async def stop(self, timeout_seconds: float = 5.0) -> None:
         if self._task is not None:
-            # Never mid-write: a batch whose commit is sent but not yet answered would stay
-            # queued, and be written a second time below.
-            async with self._flushing:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            await self._between_writes(timeout_seconds)
+            self._task.cancel()  # waiting for a connection or for its next flush: nothing lost
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         self._take_held(everything=True)
         with contextlib.suppress(TimeoutError, *DATABASE_FAILURES):
             async with asyncio.timeout(timeout_seconds):
@@ -228,6 +228,14 @@ class AuditTrail:
         if self._queue:
             AUDIT_DROPPED.inc(len(self._queue))
             _log.error("attempt records not written at shutdown", count=len(self._queue))
+
+    async def _between_writes(self, timeout_seconds: float) -> None:
+        """Wait for the write under way, if any, to be answered: cancelled while its commit was
+        sent but not answered, its batch would stay queued and be written a second time."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_seconds):
+                while not self._not_writing.is_set():
+                    await self._not_writing.wait()
 
     async def _run(self) -> None:
         delay = self._interval
@@ -303,19 +311,24 @@ class AuditTrail:
         successes = _latest_success_per_connection(batch)
         dropped, self._dropped = self._dropped, None
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                if batch:
-                    await self._insert(conn, batch, successes)
-                if progress is not None:
-                    await conn.execute(_RECORD_PROGRESS, self.instance_id, progress)
-                if dropped is not None:
-                    await conn.execute(
-                        _RECORD_OVERFLOW,
-                        self.instance_id,
-                        dropped.first,
-                        dropped.last,
-                        dropped.count,
-                    )
+            async with self._pool.acquire() as conn:
+                self._not_writing.clear()
+                try:
+                    async with conn.transaction():
+                        if batch:
+                            await self._insert(conn, batch, successes)
+                        if progress is not None:
+                            await conn.execute(_RECORD_PROGRESS, self.instance_id, progress)
+                        if dropped is not None:
+                            await conn.execute(
+                                _RECORD_OVERFLOW,
+                                self.instance_id,
+                                dropped.first,
+                                dropped.last,
+                                dropped.count,
+                            )
+                finally:
+                    self._not_writing.set()
         except BaseException:
             if dropped is not None:
                 self._dropped = dropped.merge(self._dropped)

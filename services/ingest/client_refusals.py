@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.ingest.audit import Attempt
-from services.ingest.rate_limits import TokenBuckets
+from services.shared.token_buckets import TokenBuckets
 
 FOLD_SECONDS = 60.0
 _MAX_FOLDS = 100_000

@@ -19,7 +19,7 @@ from services.shared.vault import CredentialVault
 
 # Connections webhooks are verified for; one an operator locked is answered 423 once a delivery
 # verifies.
-_VERIFIABLE = ("active", "error", "locked")
+_VERIFIABLE = ("active", "locked")
 _MAX_CACHED = 100_000
 
 
@@ -131,8 +131,8 @@ class ConnectionDirectory:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT id, user_id, account_id, broker, connection_type, account_number, server"
-                ", status, live_enabled_at FROM mt5_connections"
-                " WHERE webhook_path_id = $1 AND status = ANY($2::text[])",
+                ", lifecycle, live_enabled_at FROM mt5_connections"
+                " WHERE webhook_path_id = $1 AND lifecycle = ANY($2::text[])",
                 path_id,
                 list(_VERIFIABLE),
             )
@@ -162,6 +162,6 @@ class ConnectionDirectory:
         return VerifiableConnection(
             ref,
             keys,
-            locked=row["status"] == "locked",
+            locked=row["lifecycle"] == "locked",
             live_enabled=row["connection_type"] == "demo" or row["live_enabled_at"] is not None,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from limits import parse
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from services.ingest.client_ip import parse_networks
+from services.shared.client_ip import parse_networks
 from services.shared.settings import KeyedServiceSettings
 
 

@@ -15,7 +15,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from services.ingest.audit import Attempt
-from services.ingest.client_ip import client_address, client_source
 from services.ingest.client_refusals import client_budget, sender_budget
 from services.ingest.connections import UnreadableSecret, VerifiableConnection
 from services.ingest.errors import (
@@ -35,6 +34,7 @@ from services.ingest.errors import (
 )
 from services.ingest.rate_limits import WebhookRateLimits
 from services.ingest.replays import Claim, ClaimOutcome, InFlight, Replayed
+from services.shared.client_ip import client_address, client_source
 from services.shared.envelope import RawEvent
 from services.shared.errors import TransientError
 from services.shared.logging import get_logger

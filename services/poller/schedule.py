@@ -9,6 +9,7 @@ import asyncpg
 from limits import parse_many
 
 from services.shared import credential_kinds
+from services.shared.brokers.polling import CloudTerminal
 from services.shared.envelope import ConnectionRef
 
 # Leasing is serialized across replicas (one short transaction per tick each) so that the
@@ -31,8 +32,14 @@ WITH candidates AS (
       AND NOT s.connection_id = ANY($5::uuid[])
       -- 'locked' is an operator's `connections lock` of the webhooks (a suspect webhook
       -- secret); polling uses the broker's API credentials, so it goes on.
-      AND c.status IN ('active', 'error', 'locked')
+      AND c.lifecycle IN ('active', 'locked')
       AND (c.connection_type = 'demo' OR c.live_enabled_at IS NOT NULL)
+      -- Polled through a cloud terminal (0014): only once provisioning found it ready, and
+      -- never while the connection is being deleted (its terminal is being removed).
+      AND NOT EXISTS (
+          SELECT 1 FROM cloud_terminals t
+          WHERE t.connection_id = s.connection_id
+            AND (t.ready_at IS NULL OR t.removing_at IS NOT NULL))
       -- Only with an active credential the broker has not refused: with none stored yet the
       -- connection waits for credentials, and a refused one waits for another (no point asking
       -- the broker again). Which one was refused, not when: a credential stored while a poll
@@ -64,16 +71,27 @@ due AS (
       AND s.next_sync_at <= now()
       AND (s.lease_until IS NULL OR s.lease_until < now())
     FOR UPDATE OF s SKIP LOCKED
+),
+leased AS (
+    UPDATE sync_schedule s
+    SET lease_owner = $1, lease_token = gen_random_uuid(),
+        lease_until = now() + make_interval(secs => $3::float8),
+        last_attempt_at = now(), updated_at = now()
+    FROM due
+    WHERE s.connection_id = due.connection_id
+    RETURNING s.connection_id, s.lease_token, s.cursor, s.consecutive_failures,
+        s.last_error IS NOT NULL AS had_error
 )
-UPDATE sync_schedule s
-SET lease_owner = $1, lease_token = gen_random_uuid(),
-    lease_until = now() + make_interval(secs => $3::float8),
-    last_attempt_at = now(), updated_at = now()
-FROM due, mt5_connections c
-WHERE s.connection_id = due.connection_id AND c.id = s.connection_id
-RETURNING s.connection_id, s.lease_token, s.cursor, s.consecutive_failures,
-    s.last_error IS NOT NULL AS had_error,
-    c.user_id, c.account_id, c.broker, c.connection_type, c.account_number, c.server, c.api_url
+-- The sync state the app shows: syncing, unless its syncs keep failing (error until one works).
+UPDATE mt5_connections c
+SET status = CASE WHEN c.status = 'error' THEN 'error' ELSE 'syncing' END
+FROM leased
+LEFT JOIN cloud_terminals t ON t.connection_id = leased.connection_id
+WHERE c.id = leased.connection_id
+RETURNING leased.*,
+    c.user_id, c.account_id, c.broker, c.connection_type, c.account_number, c.server, c.api_url,
+    t.provider AS terminal_provider, t.remote_account_id AS terminal_account_id,
+    t.region AS terminal_region
 """
 
 _RENEW = """
@@ -110,9 +128,9 @@ WITH done AS (
     RETURNING connection_id
 )
 UPDATE mt5_connections c
-SET status = CASE WHEN c.status = 'error' THEN 'active' ELSE c.status END,
-    last_error = CASE WHEN c.status = 'error' THEN NULL ELSE c.last_error END,
-    updated_at = now()
+SET status = 'idle',
+    -- A locked connection's last error says why it is locked.
+    last_error = CASE WHEN c.lifecycle = 'locked' THEN c.last_error END
 FROM done WHERE c.id = done.connection_id
 RETURNING c.id
 """
@@ -127,9 +145,16 @@ RETURNING consecutive_failures
 """
 
 _MARK_ERROR = """
-UPDATE mt5_connections SET status = 'error', last_error = $2, updated_at = now()
-WHERE id = $1 AND status = 'active'
+UPDATE mt5_connections
+SET status = 'error', last_error = CASE WHEN lifecycle = 'locked' THEN last_error ELSE $2 END
+WHERE id = $1 AND status <> 'error'
 RETURNING id
+"""
+
+# A sync that ended without a verdict on the connection (a failure below the threshold, a
+# request to wait, a postponement): idle again, or still in error.
+_SYNC_ENDED = """
+UPDATE mt5_connections SET status = 'idle' WHERE id = $1 AND status = 'syncing'
 """
 
 _CREDENTIALS_REJECTED = """
@@ -211,10 +236,20 @@ class DueSync:
     api_url: str | None
     # The previous attempt ended in a failure or a request to wait (see `told_to_wait`).
     had_error: bool = False
+    # The cloud terminal it is polled through, if its broker polls through one.
+    terminal: CloudTerminal | None = None
 
     @property
     def lease(self) -> Lease:
         return Lease(self.connection.connection_id, self.lease_token)
+
+
+def _terminal(row: asyncpg.Record) -> CloudTerminal | None:
+    if row["terminal_provider"] is None or row["terminal_account_id"] is None:
+        return None
+    return CloudTerminal(
+        row["terminal_provider"], row["terminal_account_id"], row["terminal_region"]
+    )
 
 
 class SyncSchedule:
@@ -272,6 +307,7 @@ class SyncSchedule:
                 consecutive_failures=r["consecutive_failures"],
                 api_url=r["api_url"],
                 had_error=r["had_error"],
+                terminal=_terminal(r),
             )
             for r in rows
         ]
@@ -309,6 +345,8 @@ class SyncSchedule:
             turned = False
             if failures > error_after:
                 turned = await conn.fetchval(_MARK_ERROR, lease.connection_id, reason) is not None
+            else:
+                await conn.execute(_SYNC_ENDED, lease.connection_id)
             await conn.execute(_AUDIT_FAILURE, lease.connection_id)
         return failures, turned
 
@@ -336,15 +374,19 @@ class SyncSchedule:
         The poller calls this only when the previous attempt ended well (`had_error` false): it
         leaves `last_error` set, so a request to wait on the very next attempt is counted as a
         failure instead, as is every one after, until a success clears `last_error`."""
-        if (
-            await self._pool.fetchval(
-                _TOLD_TO_WAIT, lease.connection_id, lease.token, seconds, reason
-            )
-            is None
-        ):
-            raise LeaseLost(str(lease.connection_id))
+        async with self._pool.acquire() as conn, conn.transaction():
+            if (
+                await conn.fetchval(
+                    _TOLD_TO_WAIT, lease.connection_id, lease.token, seconds, reason
+                )
+                is None
+            ):
+                raise LeaseLost(str(lease.connection_id))
+            await conn.execute(_SYNC_ENDED, lease.connection_id)
 
     async def postpone(self, lease: Lease, seconds: float) -> None:
         """Give the lease back without a verdict; LeaseLost if it was no longer ours."""
-        if await self._pool.fetchval(_POSTPONE, lease.connection_id, lease.token, seconds) is None:
-            raise LeaseLost(str(lease.connection_id))
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_POSTPONE, lease.connection_id, lease.token, seconds) is None:
+                raise LeaseLost(str(lease.connection_id))
+            await conn.execute(_SYNC_ENDED, lease.connection_id)

@@ -167,7 +167,11 @@ class ConnectionSync:
         ref = due.connection
         adapter = self._adapters(ref.broker)(
             AdapterContext(
-                connection=ref, credentials=credentials, api_url=due.api_url, http=self._http
+                connection=ref,
+                credentials=credentials,
+                api_url=due.api_url,
+                http=self._http,
+                terminal=due.terminal,
             )
         )
         await adapter.authenticate()

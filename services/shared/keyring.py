@@ -3,10 +3,11 @@ KEK unwraps a data key by the `kek_id` stored beside it."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
+from typing import cast
 
 from services.shared.crypto import DecryptionFailed, KeyEncryptionKey, LocalKeyEncryptionKey
+from services.shared.providers import provided
 
 
 class UnknownKeyEncryptionKey(DecryptionFailed):
@@ -87,20 +88,10 @@ def load_kek_provider(spec: str) -> KeyEncryptionKey:
     """A KMS-backed key-encryption key from `POSCAL_KEK_PROVIDER` = `package.module:factory`:
     the factory is called with no arguments (it reads its own configuration) and returns an
     object with `key_id`, `wrap` and `unwrap`."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"POSCAL_KEK_PROVIDER must be 'package.module:factory', got {spec!r}")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"POSCAL_KEK_PROVIDER {spec!r} cannot be loaded: {exc}") from None
-    if not callable(factory):
-        raise ValueError(f"POSCAL_KEK_PROVIDER {spec!r} is not callable")
-    kek = factory()
-    if not all(hasattr(kek, name) for name in ("key_id", "wrap", "unwrap")):
-        raise ValueError(f"POSCAL_KEK_PROVIDER {spec!r} did not return a key-encryption key")
-    provided: KeyEncryptionKey = kek
-    return provided
+    kek = provided(
+        spec, "POSCAL_KEK_PROVIDER", ("key_id", "wrap", "unwrap"), "a key-encryption key"
+    )
+    return cast(KeyEncryptionKey, kek)
 
 
 def load_key_ring(

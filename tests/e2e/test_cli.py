@@ -182,7 +182,7 @@ async def test_an_operator_locks_and_unlocks_a_connections_webhooks(
     locked = poscal_sync("connections", "lock", connection_id, "--reason", "key leak", env=cli_env)
     again = poscal_sync("connections", "lock", connection_id, env=cli_env)
     row = await pool.fetchrow(
-        "SELECT status, last_error FROM mt5_connections WHERE id = $1",
+        "SELECT lifecycle, last_error FROM mt5_connections WHERE id = $1",
         connection.created.connection_id,
     )
     unlocked = poscal_sync("connections", "unlock", connection_id, env=cli_env)
@@ -193,7 +193,7 @@ async def test_an_operator_locks_and_unlocks_a_connections_webhooks(
         False,
         True,
     ]
-    assert orjson.loads(unlocked.stdout)["status"] == "active"
+    assert orjson.loads(unlocked.stdout)["lifecycle"] == "active"
 
 
 async def test_broker_credentials_are_read_from_standard_input_and_never_printed(
@@ -334,7 +334,7 @@ async def test_the_listing_is_json_lines_and_rotation_due_keeps_only_those_due(
     cli_env: dict[str, str], pool: asyncpg.Pool, connection: TestConnection
 ) -> None:
     await pool.execute(
-        "UPDATE mt5_credentials SET created_at = now() - interval '95 days'"
+        "UPDATE mt5_credentials SET last_rotated_at = now() - interval '95 days'"
         " WHERE connection_id = $1",
         connection.created.connection_id,
     )
@@ -469,8 +469,8 @@ def test_an_oanda_connection_is_listed_as_waiting_for_credentials_until_they_are
     assert stored.returncode == 0, stored.stderr
 
     assert [before, sync_state()] == [
-        ("waiting_for_credentials", "active", 0),
-        ("scheduled", "active", 0),
+        ("waiting_for_credentials", "idle", 0),
+        ("scheduled", "idle", 0),
     ]
 
 

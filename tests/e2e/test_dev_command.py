@@ -1,5 +1,5 @@
-"""`poscal-sync dev`, as a newcomer runs it: embedded Postgres and broker, the three services,
-the demo stream; and on Ctrl-C or SIGTERM, nothing left running."""
+"""`poscal-sync dev`, as a newcomer runs it: embedded Postgres and broker, the services and the
+app API, the demo stream; and on Ctrl-C or SIGTERM, nothing left running."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +28,18 @@ def _env_without_external_services() -> dict[str, str]:
     return env | {"PYTHONUNBUFFERED": "1"}
 
 
+def _stack_env(state_dir: Path) -> dict[str, str]:
+    lines = (state_dir / "stack.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines)
+
+
 def _stack_ports(state_dir: Path) -> list[int]:
-    values = dict(line.split("=", 1) for line in (state_dir / "stack.env").read_text().splitlines())
+    values = _stack_env(state_dir)
     return [
         urlparse(values["DATABASE_URL"]).port or 0,
         int(values["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]),
         urlparse(values["INGEST_URL"]).port or 0,
+        urlparse(values["API_URL"]).port or 0,
     ]
 
 
@@ -52,6 +60,8 @@ def _dev(state_dir: Path, *args: str, shell_prefix: tuple[str, ...] = ()) -> sub
             "--state-dir",
             str(state_dir),
             "--port",
+            "0",
+            "--api-port",
             "0",
             *args,
         ],
@@ -81,6 +91,7 @@ def test_the_demo_streams_webhooks_into_the_journal_and_stops_cleanly(tmp_path: 
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert "ready: ingest http://127.0.0.1:" in output
+    assert ", API http://127.0.0.1:" in output
     assert "journal unchanged" in output
     written = next(line for line in output.splitlines() if line.startswith("all "))
     assert "journal rows 6" in written
@@ -91,8 +102,12 @@ def test_the_demo_streams_webhooks_into_the_journal_and_stops_cleanly(tmp_path: 
         "DATABASE_URL",
         "KAFKA_BOOTSTRAP_SERVERS",
         "INGEST_URL",
+        "API_URL",
         "POSCAL_MASTER_KEY",
+        "POSCAL_API_JWT_SECRET",
     }
+    secret = _stack_env(tmp_path)["POSCAL_API_JWT_SECRET"]
+    assert len(secret) >= 32 and secret not in output
     assert not any(_listening(port) for port in _stack_ports(tmp_path))
 
 
@@ -157,6 +172,8 @@ def test_a_taken_port_is_reported_clearly_and_nothing_is_left_running(tmp_path: 
                 str(tmp_path),
                 "--port",
                 str(port),
+                "--api-port",
+                "0",
                 "--no-demo",
             ],
             capture_output=True,
@@ -167,3 +184,44 @@ def test_a_taken_port_is_reported_clearly_and_nothing_is_left_running(tmp_path: 
     assert result.returncode == 1
     assert f"error: port {port} is in use" in result.stdout
     assert "stopped: no process left behind" in result.stdout
+
+
+def test_the_api_answers_a_token_minted_for_the_stack(tmp_path: Path) -> None:
+    process = _dev(tmp_path, "--no-demo")
+    user_id = uuid.uuid4()
+    try:
+        _wait_for_line(process, "running; Ctrl-C to stop")
+        api_url = _stack_env(tmp_path)["API_URL"]
+        minted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "api",
+                "token",
+                "--state-dir",
+                str(tmp_path),
+                "--user-id",
+                str(user_id),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "POSCAL_API_JWT_SECRET"},
+        )
+        assert minted.returncode == 0, minted.stderr
+        headers = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+        me = httpx.get(f"{api_url}/v1/me", headers=headers, timeout=10)
+        connections = httpx.get(f"{api_url}/v1/connections", headers=headers, timeout=10)
+        anonymous = httpx.get(f"{api_url}/v1/me", timeout=10)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert me.status_code == 200 and me.json()["user_id"] == str(user_id)
+    assert connections.json() == {"connections": [], "next_cursor": None}
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == 'Bearer realm="poscal"'
+    assert "stopped: no process left behind" in output

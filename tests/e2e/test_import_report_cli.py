@@ -198,6 +198,8 @@ async def test_a_file_or_connection_it_cannot_import_is_refused_and_nothing_is_p
         f" {other_login}"
     )
 
-    await pool.execute("UPDATE mt5_connections SET status = 'paused' WHERE id = $1", connection_id)
+    await pool.execute(
+        "UPDATE mt5_connections SET lifecycle = 'paused' WHERE id = $1", connection_id
+    )
     message = say(await refused(cli_env, kafka_bootstrap, topics, connection_id, report, *tz))
     assert message == f"connection {connection_id} is paused"

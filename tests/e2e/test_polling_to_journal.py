@@ -66,7 +66,7 @@ async def polled_connection(
             user_id,
             broker,
             account,
-            label=f"{broker} e2e",
+            account_label=f"{broker} e2e",
             ingest_url="http://127.0.0.1:1",
             api_url=api_url,
             poll_interval_seconds=1,
@@ -217,7 +217,7 @@ async def test_a_rate_limited_broker_is_waited_out(
     await eventually(lambda: synced_after(pool, connection_id, LONG_AGO), "a sync past the 429s")
     assert oanda.requests.count("/summary") >= 3
     row = await schedule_of(pool, connection_id)
-    assert (row["consecutive_failures"], row["status"]) == (0, "active")
+    assert (row["consecutive_failures"], row["status"]) == (0, "idle")
 
 
 async def test_a_refused_token_stops_polling_until_it_is_replaced(
@@ -247,7 +247,7 @@ async def test_a_refused_token_stops_polling_until_it_is_replaced(
     async with pool.acquire() as conn:
         await set_broker_credentials(conn, vault, connection_id, oanda.token)
     await eventually(lambda: synced_after(pool, connection_id, LONG_AGO), "a sync")
-    assert (await schedule_of(pool, connection_id))["status"] == "active"
+    assert (await schedule_of(pool, connection_id))["status"] == "idle"
 
 
 @contextlib.contextmanager

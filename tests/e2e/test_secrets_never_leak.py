@@ -1,8 +1,9 @@
 """Secrets never leak. With webhook secrets, broker credentials, a user's data key and the master
 key planted, the whole pipeline runs through the real services (accepted webhooks, refusals,
 dead letters, senders that put their own secrets in headers, a broker that refuses the poller's
-token and echoes it back), and none of those secrets appears in any log line, span, OTLP
-export, Kafka record, HTTP response or database column but the ciphertext that holds them.
+token and echoes it back, the app API asked with a good token and a forged one), and none of
+those secrets appears in any log line, span, OTLP export, Kafka record, HTTP response or
+database column but the ciphertext that holds them.
 
 The search itself is specified first: a leak check that finds nothing proves nothing unless it
 is known to find a secret wherever and however it is written.
@@ -27,6 +28,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.api.tokens import mint_token
 from services.cli.traces import read_trace_dir
 from services.devstack.demo import encode_body, signed_headers, wait_for_events
 from services.devstack.stack import SERVICES, DevStack
@@ -246,7 +248,7 @@ async def planted(
                 "oanda",
                 f"101-004-{secrets.randbelow(10**7):07d}-001",
                 server="fxpractice",
-                label="OANDA practice",
+                account_label="OANDA practice",
                 ingest_url=stack.ingest_url,
                 api_url=oanda_api.url,
             )
@@ -472,10 +474,26 @@ async def test_no_planted_secret_appears_anywhere_the_pipeline_leaves_a_trace(
     refused_token = await credentials_refused(pool, planted.oanda.connection_id)
     requests = sum(len(outcome) for outcome in sent.values())
     await ingest_spans_exported(stack, otlp, requests)
+    # The app API, asked with a good token and a forged one.
+    assert stack.api_jwt_secret
+    api_token = mint_token(stack.api_jwt_secret, planted.mt5.user_id, now=datetime.now(UTC))
+    forged = api_token[:-6] + ("AAAAAA" if not api_token.endswith("AAAAAA") else "BBBBBB")
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
+        listed = await client.get(
+            "/v1/connections", headers={"Authorization": f"Bearer {api_token}"}
+        )
+        refused = await client.get("/v1/me?token=x", headers={"Authorization": f"Bearer {forged}"})
     # Stopped, the services have flushed what else they had: nothing more can be written.
     stack.stop()
 
-    search = LeakSearch(planted.secrets)
+    search = LeakSearch(
+        (
+            *planted.secrets,
+            Secret.text("the app API's JWT secret", stack.api_jwt_secret),
+            Secret.text("an app API access token", api_token),
+            Secret.text("a forged app API access token", forged),
+        )
+    )
     topics = (stack.topics.raw, stack.topics.canonical, stack.topics.dead_letter)
     records = [record for topic in topics for record in await read_topic(kafka_bootstrap, topic)]
     leaks = [
@@ -505,6 +523,7 @@ async def test_no_planted_secret_appears_anywhere_the_pipeline_leaves_a_trace(
         "401": [401, 401, 401, 401, 429],
     }
     assert written == len(accepted)
+    assert len(listed.json()["connections"]) == 2 and refused.status_code == 401
     # The search read every event ingest accepted off the raw topic, however it was batched.
     on_raw = {
         str(RawEvent.model_validate_json(r.value).event_id)

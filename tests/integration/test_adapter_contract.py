@@ -13,17 +13,20 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from services.shared.brokers import broker, broker_names
 from services.shared.brokers.errors import CredentialsRejected
-from services.shared.brokers.polling import BrokerAdapter, Delta
+from services.shared.brokers.mt5.metaapi import settings as metaapi_settings
+from services.shared.brokers.polling import BrokerAdapter, CloudTerminal, Delta
 from services.shared.envelope import ConnectionRef, ConnectionType, RawEvent
 from tests.support import fake_flex
 from tests.support.fake_flex import FakeFlex, execution, flex_statement
+from tests.support.fake_metaapi import TOKEN as METAAPI_TOKEN
+from tests.support.fake_metaapi import FakeMetaApi, numbered_deals
 from tests.support.fake_oanda import FakeOanda, numbered_transactions, sample_transactions
 from tests.support.poll_adapters import adapter_context
 
@@ -43,6 +46,8 @@ class Backend:
     secret: str  # what must never appear in an error
     new_activity: Callable[[], object]  # a trade happens
     stumble_once: Callable[[], object]  # the next request fails as servers briefly do
+    server: str | None = None  # where the account's number alone is ambiguous (MT5)
+    terminal: CloudTerminal | None = None  # polled through a provisioned cloud terminal
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +102,67 @@ def flex_backend(fake: FakeFlex) -> Backend:
     )
 
 
-@pytest.fixture(params=["oanda", "ibkr"])
+@pytest.fixture(scope="module")
+def served_metaapi() -> Iterator[FakeMetaApi]:
+    with FakeMetaApi() as fake:
+        yield fake
+
+
+def metaapi_backend(fake: FakeMetaApi, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """MT5 through MetaApi: the operator's token and hosts are service configuration (the
+    environment), the user's sign-in the stored credentials, the terminal provisioned."""
+    for name, value in (
+        ("POSCAL_METAAPI_TOKEN", METAAPI_TOKEN),
+        ("POSCAL_METAAPI_PROVISIONING_URL", fake.url),
+        ("POSCAL_METAAPI_CLIENT_URL", fake.url),
+    ):
+        monkeypatch.setenv(name, value)
+    metaapi_settings.configured.cache_clear()
+    login, server, password = str(61_000_000 + uuid.uuid4().int % 10**6), "PosCal-Test", "inv-pw"
+    fake.add_login(login, password, server=server)
+    account_id = fake.provisioned(login, server)
+    now = datetime.now(UTC)
+    fake.add_deals(account_id, numbered_deals(30, start=now - timedelta(days=10)))
+    trades = iter(range(1, 10**6))
+
+    def new_trade() -> None:
+        moment = now - timedelta(days=1) + timedelta(minutes=5 * next(trades))
+        fake.add_deals(account_id, numbered_deals(1, start=moment)[1:])
+
+    def stored(login: str) -> bytes:
+        return json.dumps({"login": login, "password": password, "server": server}).encode()
+
+    return Backend(
+        broker="mt5",
+        url=fake.url,
+        account_number=login,
+        connection_type="demo",
+        credentials=stored(login),
+        wrong_credentials=stored("1"),  # another account's sign-in
+        secret=password,
+        new_activity=new_trade,
+        stumble_once=lambda: fake.fail_next(1, 503, path_suffix=account_id),
+        server=server,
+        terminal=CloudTerminal("metaapi", account_id, "new-york"),
+    )
+
+
+@pytest.fixture(params=["oanda", "ibkr", "mt5-metaapi"])
 def backend(
-    request: pytest.FixtureRequest, served_oanda: FakeOanda, served_flex: FakeFlex
-) -> Backend:
+    request: pytest.FixtureRequest,
+    served_oanda: FakeOanda,
+    served_flex: FakeFlex,
+    served_metaapi: FakeMetaApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Backend]:
     match request.param:
         case "oanda":
-            return oanda_backend(served_oanda)
+            yield oanda_backend(served_oanda)
+        case "ibkr":
+            yield flex_backend(served_flex)
         case _:
-            return flex_backend(served_flex)
+            yield metaapi_backend(served_metaapi, monkeypatch)
+            metaapi_settings.configured.cache_clear()  # the environment it read is undone
 
 
 @pytest.fixture
@@ -128,6 +185,8 @@ def adapter(
             credentials=backend.credentials if credentials is None else credentials,
             api_url=backend.url,
             connection_type=backend.connection_type,
+            server=backend.server,
+            terminal=backend.terminal,
         )
     )
 
@@ -148,11 +207,12 @@ def mapped_fills(backend: Backend, deltas: list[Delta]) -> set[str]:
         broker=backend.broker,
         connection_type=backend.connection_type,
         account_number=backend.account_number,
+        server=backend.server,
     )
     fills: set[str] = set()
     for delta in deltas:
         assert delta.content_type == plugin.content_type
-        mapping = plugin.map_event(
+        mapping = plugin.map(
             RawEvent.wrap(
                 source="poller",
                 connection=connection,
@@ -169,7 +229,7 @@ def mapped_fills(backend: Backend, deltas: list[Delta]) -> set[str]:
 
 def test_every_polled_broker_is_under_the_contract() -> None:
     polled = {name for name in broker_names() if broker(name).polled}
-    assert polled == {"oanda", "ibkr"}
+    assert polled == {"oanda", "ibkr", "mt5"}
 
 
 async def test_good_credentials_authenticate_and_the_account_is_described(

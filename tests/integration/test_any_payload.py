@@ -91,7 +91,7 @@ async def new_tenant(
     async with pool.acquire() as conn:
         user_id = await create_user(conn, f"any-{uuid.uuid4().hex[:12]}@poscal.test")
         created = await connect_broker_account(
-            conn, vault, user_id, broker, account, server=server, label="any payload"
+            conn, vault, user_id, broker, account, server=server, account_label="any payload"
         )
     return ConnectionRef(
         connection_id=created.connection_id,

@@ -28,7 +28,7 @@ async def connect(
 ) -> NewConnection:
     async with pool.acquire() as conn:
         return await connect_broker_account(
-            conn, vault, user_id, "mt5", account_number, server=server, label="again"
+            conn, vault, user_id, "mt5", account_number, server=server, account_label="again"
         )
 
 

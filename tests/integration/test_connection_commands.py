@@ -144,7 +144,7 @@ async def oanda_practice_account(
             "oanda",
             f"101-004-{connection.login}-001",
             server="practice",
-            label="oanda practice",
+            account_label="oanda practice",
         )
 
 
@@ -200,7 +200,9 @@ async def test_a_revoked_connection_gets_no_new_credentials(
     pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
 ) -> None:
     connection_id = connection.created.connection_id
-    await pool.execute("UPDATE mt5_connections SET status = 'revoked' WHERE id = $1", connection_id)
+    await pool.execute(
+        "UPDATE mt5_connections SET lifecycle = 'revoked' WHERE id = $1", connection_id
+    )
 
     async with pool.acquire() as conn:
         with pytest.raises(ConnectionRefused, match="is revoked"):
@@ -285,7 +287,7 @@ async def test_rotating_unlocks_a_locked_connection_and_clears_the_forced_rotati
 ) -> None:
     connection_id = connection.created.connection_id
     await pool.execute(
-        "UPDATE mt5_connections SET status = 'locked', locked_at = now(),"
+        "UPDATE mt5_connections SET lifecycle = 'locked', locked_at = now(),"
         " last_error = 'locked: 10 failed signatures' WHERE id = $1",
         connection_id,
     )
@@ -305,14 +307,14 @@ async def test_rotating_unlocks_a_locked_connection_and_clears_the_forced_rotati
 
     assert rotated.unlocked
     row = await pool.fetchrow(
-        "SELECT c.status, c.locked_at, c.last_error, a.consecutive_failures"
+        "SELECT c.lifecycle, c.locked_at, c.last_error, a.consecutive_failures"
         " FROM mt5_connections c JOIN mt5_security_audit a ON a.connection_id = c.id"
         " WHERE c.id = $1",
         connection_id,
     )
     assert row is not None
     assert dict(row) == {
-        "status": "active",
+        "lifecycle": "active",
         "locked_at": None,
         "last_error": None,
         "consecutive_failures": 0,
@@ -422,9 +424,10 @@ async def test_a_listed_connection_shows_its_health_and_credential_ages(
         "connection_type": "demo",
         "account_number": str(connection.login),
         "server": SERVER,
-        "label": "test account",
+        "account_label": "test account",
         "webhook_url": f"https://hooks.test{connection.webhook_path}",
-        "status": "active",
+        "lifecycle": "active",
+        "status": "idle",
         "last_sync_at": None,
         "last_error": None,
         "consecutive_failures": 3,
@@ -445,7 +448,7 @@ async def test_a_listed_connection_shows_its_health_and_credential_ages(
 
 async def backdate(pool: asyncpg.Pool, connection_id: uuid.UUID, kind: str, days: int) -> None:
     await pool.execute(
-        "UPDATE mt5_credentials SET created_at = now() - make_interval(days => $3)"
+        "UPDATE mt5_credentials SET last_rotated_at = now() - make_interval(days => $3)"
         " WHERE connection_id = $1 AND kind = $2",
         connection_id,
         kind,
@@ -470,14 +473,14 @@ async def test_the_listing_says_which_connections_are_due_and_why(
                 f"{fresh.login}{login}",
                 server=SERVER,
                 connection_type="live",
-                label=name,
+                account_label=name,
             )
             ids[name] = created.connection_id
     await backdate(pool, ids["warning"], WEBHOOK_SECRET, 61)
     await backdate(pool, ids["due"], WEBHOOK_SECRET, 91)
     await backdate(pool, ids["revoked"], WEBHOOK_SECRET, 200)
     await pool.execute(
-        "UPDATE mt5_connections SET status = 'revoked' WHERE id = $1", ids["revoked"]
+        "UPDATE mt5_connections SET lifecycle = 'revoked' WHERE id = $1", ids["revoked"]
     )
     await pool.execute(
         "UPDATE mt5_credentials SET rotation_forced_at = now(),"
@@ -485,7 +488,7 @@ async def test_the_listing_says_which_connections_are_due_and_why(
         ids["forced"],
     )
 
-    everything = {r["label"]: r for r in await listed(pool, user_id)}
+    everything = {r["account_label"]: r for r in await listed(pool, user_id)}
     due = await listed(pool, user_id, due_only=True)
 
     assert {label: r["rotation"] for label, r in everything.items()} == {
@@ -498,7 +501,7 @@ async def test_the_listing_says_which_connections_are_due_and_why(
     assert everything["due"]["credentials_age_days"] == {WEBHOOK_SECRET: 91}
     assert everything["due"]["rotation_reason"] == "webhook_secret older than 90 days"
     assert everything["forced"]["rotation_reason"] == "lockout: 10 failed signatures"
-    assert [r["label"] for r in due] == ["warning", "due", "forced"]
+    assert [r["account_label"] for r in due] == ["warning", "due", "forced"]
 
 
 async def test_a_rotated_secret_is_no_longer_due_though_the_old_one_still_overlaps(
@@ -522,7 +525,7 @@ async def test_revoked_and_expired_credentials_do_not_count(
     await backdate(pool, connection_id, BROKER_CREDENTIALS, 100)
     await set_credentials(pool, vault, connection_id, MT5_LOGIN % "new")
     await pool.execute(
-        "UPDATE mt5_credentials SET created_at = now() - interval '100 days',"
+        "UPDATE mt5_credentials SET last_rotated_at = now() - interval '100 days',"
         " expires_at = now() - interval '1 day' WHERE connection_id = $1 AND kind = $2",
         connection_id,
         WEBHOOK_SECRET,
@@ -558,8 +561,8 @@ async def test_a_polled_connection_is_listed_as_waiting_for_credentials_until_on
     await set_credentials(pool, vault, oanda.connection_id, "tok-replaced")
 
     assert [created, stored, refused, await state()] == [
-        ("waiting_for_credentials", "active", 0),
-        ("scheduled", "active", 0),
-        ("credentials_rejected", "active", 0),
-        ("scheduled", "active", 0),
+        ("waiting_for_credentials", "idle", 0),
+        ("scheduled", "idle", 0),
+        ("credentials_rejected", "idle", 0),
+        ("scheduled", "idle", 0),
     ]

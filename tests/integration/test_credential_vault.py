@@ -102,7 +102,7 @@ async def _second_connection_of(
             f"{owner.login}0",
             server=SERVER,
             connection_type="live",
-            label="second account",
+            account_label="second account",
         )
     return created.connection_id
 

@@ -521,7 +521,7 @@ async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
         await until_listening_for_changes(pool, since)
         assert (await deliver(ingest, connection)).status_code == 202  # now cached
         await pool.execute(
-            "UPDATE mt5_connections SET status = 'paused' WHERE id = $1",
+            "UPDATE mt5_connections SET lifecycle = 'paused' WHERE id = $1",
             connection.created.connection_id,
         )
         deadline = time.monotonic() + 5
@@ -547,7 +547,7 @@ async def test_a_listener_that_loses_its_session_listens_again_and_changes_still
         await until_listening_for_changes(pool, lost)  # a session of its own again
         assert (await deliver(ingest, connection)).status_code == 202
         await pool.execute(
-            "UPDATE mt5_connections SET status = 'paused' WHERE id = $1",
+            "UPDATE mt5_connections SET lifecycle = 'paused' WHERE id = $1",
             connection.created.connection_id,
         )
         deadline = time.monotonic() + 5
@@ -616,7 +616,7 @@ async def test_rotating_the_secret_unlocks_and_the_suspect_secret_stops_verifyin
     assert (with_new_secret.status_code, with_old_secret.status_code) == (202, 401)
     assert (
         await pool.fetchval(
-            "SELECT status FROM mt5_connections WHERE id = $1", connection.created.connection_id
+            "SELECT lifecycle FROM mt5_connections WHERE id = $1", connection.created.connection_id
         )
         == "active"
     )

@@ -81,11 +81,11 @@ async def failures_of(pool: asyncpg.Pool, connection: TestConnection, source: st
     return failures
 
 
-async def status_of(pool: asyncpg.Pool, connection: TestConnection) -> str:
-    status: str = await pool.fetchval(
-        "SELECT status FROM mt5_connections WHERE id = $1", connection.created.connection_id
+async def lifecycle_of(pool: asyncpg.Pool, connection: TestConnection) -> str:
+    lifecycle: str = await pool.fetchval(
+        "SELECT lifecycle FROM mt5_connections WHERE id = $1", connection.created.connection_id
     )
-    return status
+    return lifecycle
 
 
 async def rotation_forced_reasons(pool: asyncpg.Pool, connection: TestConnection) -> list[str]:
@@ -117,7 +117,7 @@ async def test_a_stranger_failing_verification_never_locks_out_the_sender(
     assert all(sender == 202 for _, sender in answers), answers
     assert all(set(strangers) == {429} for strangers, _ in answers[1:]), answers
     assert [e.delivery_id for e in sink.published] == [f"msg_good_{n}" for n in range(5)]
-    assert await status_of(pool, connection) == "active"
+    assert await lifecycle_of(pool, connection) == "active"
 
 
 async def test_a_failing_sources_wait_doubles_per_further_failure_up_to_the_cap_on_any_replica(
@@ -188,7 +188,7 @@ async def test_a_source_reaching_the_alert_threshold_raises_an_alert_and_forces_
     assert failures == [401] * 4
     assert consecutive == 4  # the connection's aggregate counts every source
     assert signed.status_code == 202  # nothing was locked
-    assert await status_of(pool, connection) == "active"
+    assert await lifecycle_of(pool, connection) == "active"
     [alert] = [entry for entry in logs if entry.get("alert") == "webhook_verification_failures"]
     assert alert["log_level"] == "error"
     assert (alert["scope"], alert["connection_id"], alert["source"], alert["failures"]) == (
@@ -287,7 +287,7 @@ async def test_an_operators_lock_refuses_verified_deliveries_until_unlocked(
         async with pool.acquire() as conn:
             await unlock_connection(conn, connection.created.connection_id)
         unlocked = await deliver(ingest, connection, SENDER)
-    assert locked.changed and locked.status == "locked"
+    assert locked.changed and locked.lifecycle == "locked"
     assert (while_locked.status_code, while_locked.json()["error"]) == (423, "locked")
     assert unsigned.status_code == 401  # only a sender who can sign learns of the lock
     assert unlocked.status_code == 202

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from services.devstack.demo import encode_body
-from services.shared.brokers.mt5 import map_event
+from services.shared.brokers.mt5 import BROKER
 from services.shared.canonical import CanonicalBatch
 from services.shared.connection_admin.connections import create_user
 from services.shared.envelope import RawEvent
@@ -29,6 +29,8 @@ from tests.support.builders import (
     mt5_body,
     raw_event,
 )
+
+map_event = BROKER.map  # every MT5 payload, by its kind
 
 pytestmark = pytest.mark.integration
 REPOSITORY = JournalRepository()

@@ -274,7 +274,7 @@ async def test_a_connection_refused_for_having_no_credentials_is_only_waiting_af
         }
         await apply_migrations(empty_database)
         rows = await conn.fetch(
-            "SELECT c.id, c.status, s.consecutive_failures, s.last_error IS NOT NULL,"
+            "SELECT c.id, c.lifecycle, c.status, s.consecutive_failures, s.last_error IS NOT NULL,"
             " s.credentials_rejected_at IS NOT NULL, s.rejected_credential_id"
             " FROM mt5_connections c JOIN sync_schedule s ON s.connection_id = c.id"
         )
@@ -283,9 +283,9 @@ async def test_a_connection_refused_for_having_no_credentials_is_only_waiting_af
 
     after = {row["id"]: tuple(row)[1:] for row in rows}
     assert {name: after[connection_id] for name, connection_id in connections.items()} == {
-        "no credentials stored": ("active", 0, False, False, None),
+        "no credentials stored": ("active", "idle", 0, False, False, None),
         # Which credential was refused is unknown: it is tried once more (see 0010).
-        "refused by the broker": ("error", 1, True, True, None),
+        "refused by the broker": ("active", "error", 1, True, True, None),
     }
 
 
@@ -322,7 +322,8 @@ async def test_connections_made_before_webhook_urls_could_rotate_keep_their_url(
         )
         later = await conn.fetchrow(
             "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
-            " account_number, server, label) VALUES ($1, $2, 'mt5', 'demo', '2', 'S', 'later')"
+            " account_number, server, account_label)"
+            " VALUES ($1, $2, 'mt5', 'demo', '2', 'S', 'later')"
             " RETURNING id, webhook_path_id",
             user_id,
             account_id,

@@ -28,27 +28,12 @@ from services.shared.brokers.http import HostHoldOffs, RetryPolicy
 from services.shared.brokers.oanda.adapter import OandaAdapter, OandaOptions
 from services.shared.brokers.polling import Delta
 from tests.support.fake_oanda import ACCOUNT_ID, TOKEN, FakeOanda, numbered_transactions
-from tests.support.poll_adapters import RecordedSleeps, adapter_context
+from tests.support.poll_adapters import VirtualTime, adapter_context
 
 pytestmark = pytest.mark.integration
 
 RETRY = RetryPolicy(tries=5, backoff_base_seconds=0.5, backoff_cap_seconds=4.0)
 OPTIONS = OandaOptions(retry=RETRY)
-
-
-class VirtualTime(RecordedSleeps):
-    """A sleep that records each wait and moves a clock on by it, instead of waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 1000.0
-
-    async def __call__(self, seconds: float) -> None:
-        await super().__call__(seconds)
-        self.now += seconds
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,7 @@ async def polled(
 
 async def schedule_row(pool: asyncpg.Pool, connection: TestConnection) -> dict[str, Any]:
     row = await pool.fetchrow(
-        "SELECT s.*, c.status, c.last_error AS connection_error FROM sync_schedule s"
+        "SELECT s.*, c.lifecycle, c.status, c.last_error AS connection_error FROM sync_schedule s"
         " JOIN mt5_connections c ON c.id = s.connection_id WHERE s.connection_id = $1",
         connection.created.connection_id,
     )
@@ -296,7 +296,8 @@ async def test_failures_back_off_and_more_than_three_in_a_row_raise_an_alert_and
     recovered = await lease_one(schedule, connection)
     assert recovered is not None and await sync.run(recovered) == "synced"
     row = await schedule_row(pool, connection)
-    assert (row["status"], row["consecutive_failures"], row["last_error"]) == ("active", 0, None)
+    assert (row["status"], row["consecutive_failures"], row["last_error"]) == ("idle", 0, None)
+    assert (row["lifecycle"], row["connection_error"]) == ("active", None)
 
 
 async def test_a_broker_asking_to_wait_is_waited_out_and_counts_as_a_failure_only_when_repeated(
@@ -317,7 +318,7 @@ async def test_a_broker_asking_to_wait_is_waited_out_and_counts_as_a_failure_onl
     outcome, row = await attempt()
     assert outcome == "told_to_wait"
     assert row["next_sync_at"] - datetime.now(UTC) > timedelta(seconds=890)
-    assert (row["consecutive_failures"], row["status"]) == (0, "active")
+    assert (row["consecutive_failures"], row["status"]) == (0, "idle")
     assert "HTTP 429" in row["last_error"]
 
     for failures in (1, 2):  # asked again on the very next attempt: now it counts
@@ -387,7 +388,7 @@ async def test_refused_credentials_stop_syncing_until_new_ones_are_stored(
     retried = await lease_one(schedule, connection)
     assert retried is not None and await sync.run(retried) == "synced"
     assert b"a new one" in broker.credentials_seen[-1]
-    assert (await schedule_row(pool, connection))["status"] == "active"
+    assert (await schedule_row(pool, connection))["status"] == "idle"
 
 
 NEW_LOGIN = '{"login": "7001", "password": "a new one", "server": "PosCal-Test"}'
@@ -404,7 +405,7 @@ def untroubled(row: dict[str, Any]) -> tuple[object, ...]:
     )
 
 
-UNTROUBLED = ("active", 0, None, None, None)
+UNTROUBLED = ("idle", 0, None, None, None)
 
 
 async def test_a_connection_without_credentials_waits_for_them_without_failing_or_alerting(
@@ -704,7 +705,8 @@ async def test_an_outcome_found_to_have_lost_the_lease_is_reported_not_written(
 
     assert await sync.run(due) == "lease_lost"
     row = await schedule_row(pool, connection)
-    assert (row["status"], row["consecutive_failures"], row["last_error"]) == ("active", 0, None)
+    # Syncing still: the lease's new holder ends the sync.
+    assert (row["status"], row["consecutive_failures"], row["last_error"]) == ("syncing", 0, None)
     assert row["credentials_rejected_at"] is None and row["last_success_at"] is None
 
 
@@ -745,7 +747,7 @@ async def test_a_locked_webhook_does_not_stop_polling_and_stays_locked(
 ) -> None:
     connection = await polled(pool, vault)
     await pool.execute(
-        "UPDATE mt5_connections SET status = 'locked', locked_at = now(),"
+        "UPDATE mt5_connections SET lifecycle = 'locked', locked_at = now(),"
         " last_error = 'webhook locked' WHERE id = $1",
         connection.created.connection_id,
     )
@@ -755,9 +757,10 @@ async def test_a_locked_webhook_does_not_stop_polling_and_stays_locked(
     assert due is not None
     assert await syncer(pool, vault, schedule, broker, RecordingSink()).run(due) == "synced"
     row = await schedule_row(pool, connection)
-    assert (row["cursor"], row["status"], row["connection_error"]) == (
+    assert (row["cursor"], row["lifecycle"], row["status"], row["connection_error"]) == (
         "100",
         "locked",
+        "idle",
         "webhook locked",
     )
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from services.devstack.demo import encode_body
-from services.shared.brokers.mt5 import map_event
+from services.shared.brokers.mt5 import BROKER
 from services.shared.canonical import CanonicalBatch
 from services.shared.database import Connection
 from services.shared.vault import CredentialVault
@@ -32,6 +32,8 @@ from tests.support.builders import (
     raw_event,
 )
 from tests.support.scratch_database import SUPABASE_DEFAULT_GRANTS, scratch_database
+
+map_event = BROKER.map  # every MT5 payload, by its kind
 
 pytestmark = pytest.mark.integration
 REPOSITORY = JournalRepository()
@@ -265,13 +267,15 @@ async def test_a_signed_in_user_can_relabel_and_delete_their_connection_and_keep
     connection_id = bob.created.connection_id
     async with pool.acquire() as conn, signed_in(conn, bob.user_id):
         relabelled = await conn.execute(
-            "UPDATE mt5_connections SET label = 'old demo' WHERE id = $1", connection_id
+            "UPDATE mt5_connections SET account_label = 'old demo' WHERE id = $1", connection_id
         )
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE mt5_connections SET status = 'active' WHERE id = $1", connection_id
-                )
+        for statement in (
+            "UPDATE mt5_connections SET lifecycle = 'active' WHERE id = $1",
+            "UPDATE mt5_connections SET status = 'idle' WHERE id = $1",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute(statement, connection_id)
         deleted = await conn.execute("DELETE FROM mt5_connections WHERE id = $1", connection_id)
 
     kept = await pool.fetch(
@@ -354,6 +358,15 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
         " VALUES ($1, $2, '900311', 'broker answered 503')",
         connection_id,
         user.user_id,
+    )
+    await conn.execute(
+        "INSERT INTO cloud_terminals (connection_id, user_id, provider, transaction_id,"
+        " remote_account_id, state, connection_status) VALUES ($1, $2, 'metaapi', $3, $4,"
+        " 'DEPLOYED', 'CONNECTED')",
+        connection_id,
+        user.user_id,
+        uuid.uuid4().hex,
+        str(uuid.uuid4()),
     )
     return user
 
@@ -814,6 +827,9 @@ async def test_deleting_an_account_or_a_taken_trade_keeps_the_rows_that_referred
 ) -> None:
     async with pool.acquire() as conn:
         journal = await rows_of(conn, "trading_journal", owner.user_id)
+        # A connection with a cloud terminal goes only once the services removed the terminal
+        # (`connections delete`; deleting it first is refused, see test_metaapi_provisioning).
+        await conn.execute("DELETE FROM cloud_terminals WHERE user_id = $1", owner.user_id)
         async with signed_in(conn, owner.user_id):
             await conn.execute("DELETE FROM trading_accounts WHERE user_id = $1", owner.user_id)
             await conn.execute("DELETE FROM taken_trades WHERE user_id = $1", owner.user_id)
@@ -840,6 +856,7 @@ CREDENTIAL_METADATA = (
     "data_key_version",
     "rotation_forced_at",
     "rotation_forced_reason",
+    "last_rotated_at",
 )
 DATA_KEY_METADATA = ("user_id", "version", "kek_id", "created_at")
 
@@ -899,8 +916,11 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     "trading_accounts": {TABLE: OWNER_CRUD},
     "taken_trades": {TABLE: OWNER_CRUD},
     "trading_journal": {TABLE: OWNER_CRUD},
-    # Read, relabel and delete; identity and status are the services'.
-    "mt5_connections": {TABLE: frozenset({"SELECT", "DELETE"}), "label": frozenset({"UPDATE"})},
+    # Read, relabel and delete; identity, lifecycle and sync state are the services'.
+    "mt5_connections": {
+        TABLE: frozenset({"SELECT", "DELETE"}),
+        "account_label": frozenset({"UPDATE"}),
+    },
     # Read only, and never the sealed values.
     "mt5_credentials": dict.fromkeys(CREDENTIAL_METADATA, READ),
     "user_data_keys": dict.fromkeys(DATA_KEY_METADATA, READ),
@@ -926,6 +946,25 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
             "last_error_at",
             "credentials_rejected_at",
             "rejected_credential_id",
+            "updated_at",
+        ),
+        READ,
+    ),
+    # The terminal as provisioning left it; the id it was created under is the services'.
+    "cloud_terminals": dict.fromkeys(
+        (
+            "connection_id",
+            "user_id",
+            "provider",
+            "remote_account_id",
+            "region",
+            "state",
+            "connection_status",
+            "credential_id",
+            "ready_at",
+            "removing_at",
+            "last_error",
+            "created_at",
             "updated_at",
         ),
         READ,

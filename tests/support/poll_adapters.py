@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from services.shared.brokers.polling import AdapterContext
+from services.shared.brokers.polling import AdapterContext, CloudTerminal
 from services.shared.envelope import ConnectionRef, ConnectionType
 
 
@@ -19,6 +19,21 @@ class RecordedSleeps:
         self.delays.append(seconds)
 
 
+class VirtualTime(RecordedSleeps):
+    """A sleep that records each wait and moves a clock on by it, instead of waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+
+    async def __call__(self, seconds: float) -> None:
+        await super().__call__(seconds)
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 def adapter_context(
     http: httpx.AsyncClient,
     *,
@@ -27,6 +42,8 @@ def adapter_context(
     credentials: bytes,
     api_url: str | None,
     connection_type: ConnectionType = "demo",
+    server: str | None = None,
+    terminal: CloudTerminal | None = None,
 ) -> AdapterContext:
     connection = ConnectionRef(
         connection_id=uuid.uuid4(),
@@ -35,5 +52,6 @@ def adapter_context(
         broker=broker,
         connection_type=connection_type,
         account_number=account_number,
+        server=server,
     )
-    return AdapterContext(connection, credentials, api_url, http)
+    return AdapterContext(connection, credentials, api_url, http, terminal)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.ingest.client_ip import client_address, client_source, parse_networks
+from services.shared.client_ip import client_address, client_source, parse_networks
 
 PROXIES = parse_networks("10.0.0.0/8, 2001:db8::/32, 192.0.2.10")
 

@@ -28,12 +28,14 @@ def test_a_database_url_is_printed_without_its_password(url: str, printed: str) 
     assert without_password(url) == printed
 
 
-def test_the_stack_repr_shows_neither_the_database_url_nor_the_master_key(tmp_path: Path) -> None:
+def test_the_stack_repr_shows_no_database_url_master_key_or_api_secret(tmp_path: Path) -> None:
     stack = DevStack(
         state_dir=tmp_path,
         database_url="postgresql://poscal:s3cret@db/poscal",
         master_key="bWFzdGVyLWtleS1ub3QtdG8tYmUtc2hvd24=",
+        api_jwt_secret="api-jwt-secret-not-to-be-shown-anywhere",
     )
 
     assert "s3cret" not in repr(stack)
     assert "bWFzdGVyLWtleS" not in repr(stack)
+    assert "api-jwt-secret" not in repr(stack)

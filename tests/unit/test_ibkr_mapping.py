@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.shared.brokers import MappedEvent, mapper_for
+from services.shared.brokers import MappedEvent, broker, mapper_for
 from services.shared.brokers.ibkr.flex import parse_flex_time
 from services.shared.brokers.ibkr.mapping import map_event
 from services.shared.canonical import CanonicalBatch, Fill
@@ -547,4 +547,5 @@ def test_mapping_the_same_document_twice_gives_the_same_mapping() -> None:
 
 
 def test_the_ibkr_mapper_is_found_by_broker_name() -> None:
-    assert mapper_for("ibkr") is map_event
+    assert mapper_for("ibkr") == broker("ibkr").map
+    assert broker("ibkr").map_event is map_event

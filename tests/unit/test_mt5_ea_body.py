@@ -15,13 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.shared.brokers.mt5 import map_event
+from services.shared.brokers.mt5 import BROKER
 from services.shared.brokers.mt5.webhook import Mt5Webhook, TradeDeal
 from services.shared.envelope import RawEvent
 from services.shared.signatures import decode_secret, parse_headers, verify
 from tests.support.builders import PINNED_CONNECTION, PINNED_LOGIN, SERVER, fixture_deals
 from tests.support.mt5_ea import TRADE_DEAL_FIELDS, EaHarness, EaRequest, ea_harness, utf16_hex
 from tests.unit.test_signatures import SPEC_SECRET
+
+map_event = BROKER.map  # every MT5 payload, by its kind
 
 NOW = 1_717_502_500
 

@@ -14,12 +14,14 @@ import orjson
 import pytest
 
 from services.shared.brokers import mapper_for
-from services.shared.brokers.mt5 import map_event
+from services.shared.brokers.mt5 import BROKER
 from services.shared.canonical import CanonicalBatch
 from services.shared.dead_letters import json_safe
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.errors import InvalidEvent
 from tests.support.builders import FIXTURES, PINNED_CONNECTION
+
+map_event = BROKER.map  # every MT5 payload, by its kind
 
 LOGIN, SERVER = 52557820, "Broker-Demo"
 PREFIX = f"mt5:{SERVER}:{LOGIN}"
@@ -519,7 +521,7 @@ def test_mapping_the_same_event_twice_gives_the_same_batch() -> None:
 
 
 def test_the_mt5_mapper_is_found_by_broker_name() -> None:
-    assert mapper_for("mt5") is map_event
+    assert mapper_for("mt5") == BROKER.map
 
 
 @pytest.mark.parametrize("name", ["nope", "../x", "MT5", "", "mt5.mt5", "os"])

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.shared.brokers.mt5 import map_event
+from services.shared.brokers.mt5 import BROKER
 from services.shared.brokers.mt5.report import (
     KIND,
     MAX_CHUNK_BYTES,
@@ -35,6 +35,7 @@ PREFIX = f"mt5:{SERVER}:{LOGIN}"
 CONNECTION = PINNED_CONNECTION.model_copy(update={"account_number": str(LOGIN), "server": SERVER})
 CLOCK = server_clock("new-york-close")
 IMPORTED_AT = datetime(2024, 8, 2, 8, 0, tzinfo=UTC)
+map_event = BROKER.map  # as the normalizer maps an MT5 event: by its payload's kind
 # What the journal gets (and what the Kafka default of 1 MiB allows a message).
 KAFKA_DEFAULT_MESSAGE_BYTES = 1024 * 1024
 

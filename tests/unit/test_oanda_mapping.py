@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.shared.brokers import Skipped, mapper_for
+from services.shared.brokers import Skipped, broker, mapper_for
 from services.shared.brokers.oanda.mapping import map_event, split_by_units
 from services.shared.canonical import CanonicalBatch, CashMovement, Fill
 from services.shared.dead_letters import json_safe
@@ -600,4 +600,5 @@ def test_mapping_the_same_page_twice_gives_the_same_mapping() -> None:
 
 
 def test_the_oanda_mapper_is_found_by_broker_name() -> None:
-    assert mapper_for("oanda") is map_event
+    assert mapper_for("oanda") == broker("oanda").map
+    assert broker("oanda").map_event is map_event

@@ -32,7 +32,9 @@ APP = Starlette(
 )
 
 
-async def get(headers: list[tuple[bytes, bytes]], query: bytes = b"") -> tuple[int, dict[str, str]]:
+async def get(
+    headers: list[tuple[bytes, bytes]], query: bytes = b"", app: Starlette = APP
+) -> tuple[int, dict[str, str]]:
     """The app's answer to a GET of exactly these bytes (as a server hands them over: no client
     library would send them)."""
     scope = {
@@ -57,7 +59,7 @@ async def get(headers: list[tuple[bytes, bytes]], query: bytes = b"") -> tuple[i
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await APP(scope, receive, send)
+    await app(scope, receive, send)
     body = b"".join(m["body"] for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], orjson.loads(body)
 
@@ -88,3 +90,32 @@ async def test_a_query_that_is_not_utf8_reaches_the_app_exactly(
     assert status == 200
     assert bytes.fromhex(echoed["query"]) == b"token=\xff\\"
     assert len(spans.get_finished_spans()) == 1
+
+
+async def test_credential_headers_reach_the_app_but_never_a_span_even_when_captured(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Configured to record them (as OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST
+    would), the instrumentation still records an ordinary header and no credential."""
+    capturing = Starlette(
+        routes=[Route("/echo", echo)],
+        middleware=[
+            Middleware(
+                ServerSpans,
+                exclude_spans=["receive", "send"],
+                http_capture_headers_server_request=[".*"],
+            )
+        ],
+    )
+    spans.clear()
+    status, echoed = await get(
+        [(b"x-anything", b"visible"), (b"cookie", b"c=1"), (b"authorization", b"Bearer t0k")],
+        app=capturing,
+    )
+
+    assert status == 200
+    assert bytes.fromhex(echoed["header"]) == b"Bearer t0k"
+    (span,) = spans.get_finished_spans()
+    recorded = orjson.dumps(dict(span.attributes or {})).decode()
+    assert "visible" in recorded
+    assert "t0k" not in recorded and "c=1" not in recorded

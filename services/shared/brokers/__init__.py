@@ -6,14 +6,16 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import orjson
 
+from services.shared.brokers.payloads import json_object_or_none
 from services.shared.brokers.polling import AdapterFactory
+from services.shared.brokers.provisioning import TerminalServiceFactory
 from services.shared.canonical import CanonicalBatch
 from services.shared.envelope import ConnectionType, EventSource, RawEvent
 from services.shared.errors import InvalidEvent
@@ -127,6 +129,7 @@ class Broker:
 
     name: str
     title: str
+    # The mapper of its usual payload, which names no kind.
     map_event: Callable[[RawEvent], MappedEvent]
     credentials: Credentials
     # What its payloads are and how they usually arrive (for tools that read one from a file).
@@ -135,13 +138,38 @@ class Broker:
     payload_owner: Callable[[bytes], PayloadOwner | None] = _no_owner
     # The poller's way in; None for a broker that only pushes webhooks.
     poll: AdapterFactory | None = None
+    # A broker polled through a cloud terminal made for each connection (`connections
+    # provision`): only a connection whose terminal is ready is put on the schedule.
+    terminals: TerminalServiceFactory | None = None
     connection_types: tuple[ConnectionType, ...] = ("demo", "live")
     # Whether an account number alone is ambiguous: the trading server is part of its keys.
     needs_server: bool = False
+    # The mappers of its other payloads (other ways its data arrives), each naming its kind in a
+    # top-level "kind"; a broker with none maps every payload with `map_event`.
+    payload_kinds: Mapping[str, Callable[[RawEvent], MappedEvent]] = field(default_factory=dict)
 
     @property
     def polled(self) -> bool:
         return self.poll is not None
+
+    def map(self, event: RawEvent) -> MappedEvent:
+        """`event` mapped by the mapper of its payload's kind; a kind it has no mapper for is
+        refused whole, with the kind named."""
+        if not self.payload_kinds or b'"kind"' not in event.body:
+            return self.map_event(event)  # the usual payload, without reading the body twice
+        document = json_object_or_none(event.body)
+        kind = document.get("kind") if document is not None else None
+        if kind is None:
+            return self.map_event(event)
+        mapper = self.payload_kinds.get(kind) if isinstance(kind, str) else None
+        if mapper is None:
+            raise InvalidEvent("invalid_payload", f"no {self.title} payload of kind {kind!r}")
+        return mapper(event)
+
+    @property
+    def scheduled_when_created(self) -> bool:
+        """Polled from creation on; a broker with cloud terminals only once one is ready."""
+        return self.polled and self.terminals is None
 
 
 class UnknownBroker(LookupError):
@@ -187,7 +215,7 @@ def broker_names() -> tuple[str, ...]:
 def mapper_for(name: str) -> Callable[[RawEvent], MappedEvent]:
     """A broker's mapper; InvalidEvent (`unknown_broker`) for an event of no known broker."""
     try:
-        return broker(name).map_event
+        return broker(name).map
     except UnknownBroker:
         raise InvalidEvent("unknown_broker", f"no mapper for broker {name!r}") from None
 

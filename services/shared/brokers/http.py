@@ -33,6 +33,11 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], datetime]
 Monotonic = Callable[[], float]
 Verdict = Literal["ok", "credentials", "retry", "refused"]
+# How long a refused response (429, 5xx) asks to wait when it has no Retry-After header: a
+# broker that says so in its body (MetaApi's `recommendedRetryTime`).
+WaitHint = Callable[[httpx.Response, datetime], float | None]
+# The broker's own code for why it refused a request (MetaApi's `details`: E_AUTH...), if any.
+ErrorCode = Callable[[httpx.Response], str | None]
 
 REDACTED = "[redacted]"
 _DETAIL_CHARS = 300
@@ -112,8 +117,11 @@ def response_detail(response: httpx.Response, secrets: Iterable[str]) -> str:
         document = json.loads(text)
     except ValueError:
         document = None
-    if isinstance(document, dict) and isinstance(document.get("errorMessage"), str):
-        text = document["errorMessage"]
+    if isinstance(document, dict):
+        # OANDA says `errorMessage`; MetaApi (and most JSON APIs) `message`.
+        words = document.get("errorMessage", document.get("message"))
+        if isinstance(words, str):
+            text = words
     # Redact before cutting short: a secret cut in half would no longer be recognised.
     text = redact(" ".join(text.split()), secrets)
     return text[:_DETAIL_CHARS] or response.reason_phrase
@@ -193,9 +201,9 @@ def _utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class BrokerHttp:
-    """Sends a broker's GET requests; one per adapter, sharing the host's limiter and hold-offs
-    (None: the process-wide ones). The deciding parts are the pure functions above; `get` is the
-    only I/O.
+    """Sends a broker's requests; one per adapter, sharing the host's limiter and hold-offs
+    (None: the process-wide ones). The deciding parts are the pure functions above; `request`
+    is the only I/O.
 
     A Retry-After holds off the whole host (`HostHoldOffs`), and a wait longer than
     `RetryPolicy.longest_wait_seconds` is never slept inside a sync but handed to the poller at
@@ -210,6 +218,8 @@ class BrokerHttp:
     sleep: Sleep
     clock: Clock = _utc_now
     hold_offs: HostHoldOffs | None = None
+    wait_hint: WaitHint | None = None
+    error_code: ErrorCode | None = None
 
     async def get(
         self,
@@ -220,12 +230,30 @@ class BrokerHttp:
         headers: Mapping[str, str] | None = None,
         again: Callable[[httpx.Response], str | None] | None = None,
     ) -> httpx.Response:
+        """`request("GET", ...)`."""
+        return await self.request(
+            "GET", url, secrets=secrets, params=params, headers=headers, again=again
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        secrets: Iterable[str],
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        again: Callable[[httpx.Response], str | None] | None = None,
+    ) -> httpx.Response:
         """A 2xx response, or CredentialsRejected (401/403, at once), BrokerRequestFailed
         (other 4xx, at once) or BrokerUnavailable (429/5xx/network, once retries run out).
 
-        `again` reads a 2xx answer that may still mean "not yet" (a Flex statement being
-        generated): it returns why to ask again, retried like a 5xx, or None for the answer; it
-        may raise any of the errors above itself."""
+        Only requests that may be sent twice belong here (GET, DELETE, and writes the broker
+        makes idempotent, like MetaApi's account creation under one transaction id): a retry
+        resends `body` as it is. `again` reads a 2xx answer that may still mean "not yet" (a
+        Flex statement being generated): it returns why to ask again, retried like a 5xx, or
+        None for the answer; it may raise any of the errors above itself."""
         secret_list = [secret for secret in secrets if secret]
         hold_offs = self.hold_offs or shared_hold_offs()
         backoff = self.retry.backoff()
@@ -233,7 +261,9 @@ class BrokerHttp:
         problem = ""
         target = ""
         for attempt in range(1, self.retry.tries + 1):
-            request = self.http.build_request("GET", url, params=params, headers=headers)
+            request = self.http.build_request(
+                method, url, params=params, headers=headers, content=body
+            )
             target = request_target(request.url)
             origin = request_origin(request.url)
             await self._wait_for(origin, hold_offs)
@@ -260,6 +290,7 @@ class BrokerHttp:
                             target,
                             response_detail(response, secret_list),
                             status_code=response.status_code,
+                            error_code=self.error_code(response) if self.error_code else None,
                         )
                     case "retry":
                         problem = (
@@ -268,6 +299,8 @@ class BrokerHttp:
                         retry_after = retry_after_seconds(
                             response.headers.get("Retry-After"), self.clock()
                         )
+                        if retry_after is None and self.wait_hint is not None:
+                            retry_after = self.wait_hint(response, self.clock())
                         if retry_after is not None:
                             hold_offs.hold_off(origin, retry_after)
             if attempt == self.retry.tries:

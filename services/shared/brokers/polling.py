@@ -12,11 +12,23 @@ from services.shared.envelope import ConnectionRef
 
 
 @dataclass(frozen=True)
+class CloudTerminal:
+    """The terminal a cloud service runs for the connection (MetaApi's for an MT5 account), as
+    provisioning made it: the service's own id of it and the region it runs in."""
+
+    provider: str
+    account_id: str
+    region: str | None = None
+
+
+@dataclass(frozen=True)
 class AdapterContext:
     connection: ConnectionRef
     credentials: bytes  # decrypted only in memory, never logged
     api_url: str | None  # per-connection base-URL override (proxies, tests)
     http: httpx.AsyncClient
+    # For a broker polled through a provisioned cloud terminal; None for the others.
+    terminal: CloudTerminal | None = None
 
     def __repr__(self) -> str:  # never print credentials
         return f"AdapterContext({self.connection.connection_id}, api_url={self.api_url!r})"

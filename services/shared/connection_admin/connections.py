@@ -18,6 +18,8 @@ from services.shared.database import Connection
 from services.shared.signatures import encode_secret
 from services.shared.vault import CredentialVault
 
+MAX_LABEL_LENGTH = 200  # as mt5_connections_account_label_check has it
+
 _SCHEDULE = """
 INSERT INTO sync_schedule (connection_id, user_id, interval_seconds, next_sync_at)
 SELECT id, user_id, $2::integer, now() + make_interval(secs => $2::integer * $3::float8)
@@ -64,9 +66,10 @@ def webhook_url(base_url: str, broker: str, webhook_path_id: uuid.UUID) -> str:
 
 
 def is_polled(broker_name: str) -> bool:
-    """Whether the poller can sync this broker (its plug-in has a poll adapter)."""
+    """Whether a new connection of this broker is polled (its plug-in has a poll adapter, and
+    needs no cloud terminal provisioned first)."""
     try:
-        return broker(broker_name).polled
+        return broker(broker_name).scheduled_when_created
     except UnknownBroker:
         return False
 
@@ -96,7 +99,7 @@ async def create_connection(
     connection_type: Literal["demo", "live"],
     account_number: str,
     server: str,
-    label: str,
+    account_label: str,
     ingest_url: str,
     api_url: str | None = None,
     poll_interval_seconds: int = 60,
@@ -104,6 +107,8 @@ async def create_connection(
     """A live connection is created unable to sync until `enable-live` allows it."""
     if not account_number.strip():
         raise ConnectionRefused("--account-number must not be blank")
+    if not account_label.strip() or len(account_label) > MAX_LABEL_LENGTH:
+        raise ConnectionRefused(f"--label must be 1 to {MAX_LABEL_LENGTH} characters, not blank")
     if _needs_server(broker) and not server.strip():
         raise ConnectionRefused(f"--server must not be blank for {broker}")
     polled = is_polled(broker)
@@ -117,7 +122,7 @@ async def create_connection(
             "INSERT INTO trading_accounts (user_id, name, broker, account_number, account_type)"
             " VALUES ($1, $2, $3, $4, $5) RETURNING id",
             user_id,
-            label,
+            account_label,
             broker,
             account_number,
             connection_type,
@@ -125,7 +130,7 @@ async def create_connection(
         try:
             created = await conn.fetchrow(
                 "INSERT INTO mt5_connections (user_id, account_id, broker, connection_type,"
-                " account_number, server, label, api_url)"
+                " account_number, server, account_label, api_url)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, webhook_path_id",
                 user_id,
                 account_id,
@@ -133,7 +138,7 @@ async def create_connection(
                 connection_type,
                 account_number,
                 server,
-                label,
+                account_label,
                 api_url,
             )
         except asyncpg.UniqueViolationError:

@@ -26,7 +26,7 @@ WEBHOOK_SECRET_BYTES = 32
 class _Target:
     user_id: uuid.UUID
     broker: str
-    status: str
+    lifecycle: str
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,14 @@ async def _lock_connection(conn: Connection, connection_id: uuid.UUID) -> _Targe
     transaction holding it, so two operators acting on the same connection at once are
     serialised and neither sees the other's half-done change."""
     row = await conn.fetchrow(
-        "SELECT user_id, broker, status FROM mt5_connections WHERE id = $1 FOR UPDATE",
+        "SELECT user_id, broker, lifecycle FROM mt5_connections WHERE id = $1 FOR UPDATE",
         connection_id,
     )
     if row is None:
         raise ConnectionNotFound(connection_id)
-    if row["status"] == "revoked":
+    if row["lifecycle"] == "revoked":
         raise ConnectionRefused(f"connection {connection_id} is revoked")
-    return _Target(row["user_id"], row["broker"], row["status"])
+    return _Target(row["user_id"], row["broker"], row["lifecycle"])
 
 
 async def _created_at(conn: Connection, credential_id: uuid.UUID) -> datetime:
@@ -109,7 +109,7 @@ async def rotate_webhook_secret(
     async with conn.transaction():
         target = await _lock_connection(conn, connection_id)
         if overlap is None:
-            overlap = timedelta(0) if target.status == "locked" else DEFAULT_OVERLAP
+            overlap = timedelta(0) if target.lifecycle == "locked" else DEFAULT_OVERLAP
         replaced = await conn.fetch(
             "UPDATE mt5_credentials SET expires_at = least(expires_at, now() + $3::interval)"
             " WHERE connection_id = $1 AND kind = $2 AND revoked_at IS NULL"
@@ -132,10 +132,10 @@ async def rotate_webhook_secret(
             kind=WEBHOOK_SECRET,
             plaintext=key,
         )
-        unlocked = target.status == "locked"
+        unlocked = target.lifecycle == "locked"
         if unlocked:
             await conn.execute(
-                "UPDATE mt5_connections SET status = 'active', locked_at = NULL,"
+                "UPDATE mt5_connections SET lifecycle = 'active', locked_at = NULL,"
                 " last_error = NULL, updated_at = now() WHERE id = $1",
                 connection_id,
             )

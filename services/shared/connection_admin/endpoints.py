@@ -26,7 +26,7 @@ class RotatedUrl:
 @dataclass(frozen=True)
 class LockChange:
     connection_id: uuid.UUID
-    status: str
+    lifecycle: str
     locked_at: datetime | None
     changed: bool
 
@@ -38,7 +38,7 @@ async def rotate_webhook_url(
     is told through the connection-change notification)."""
     row = await conn.fetchrow(
         "UPDATE mt5_connections SET webhook_path_id = gen_random_uuid(), updated_at = now()"
-        " WHERE id = $1 AND status <> 'revoked' RETURNING broker, webhook_path_id",
+        " WHERE id = $1 AND lifecycle <> 'revoked' RETURNING broker, webhook_path_id",
         connection_id,
     )
     if row is None:
@@ -57,14 +57,14 @@ async def lock_connection(
     connection whose correctly signed deliveries must stop (say its secret is suspected
     stolen); rotating the secret or `unlock_connection` ends it."""
     row = await conn.fetchrow(
-        "UPDATE mt5_connections SET status = 'locked', locked_at = now(), last_error = $2,"
-        " updated_at = now() WHERE id = $1 AND status IN ('active', 'error')"
-        " RETURNING status, locked_at",
+        "UPDATE mt5_connections SET lifecycle = 'locked', locked_at = now(), last_error = $2,"
+        " updated_at = now() WHERE id = $1 AND lifecycle = 'active'"
+        " RETURNING lifecycle, locked_at",
         connection_id,
         reason or LOCKED_BY_OPERATOR,
     )
     if row is not None:
-        return LockChange(connection_id, row["status"], row["locked_at"], changed=True)
+        return LockChange(connection_id, row["lifecycle"], row["locked_at"], changed=True)
     return await _unchanged(conn, connection_id, already=("locked",))
 
 
@@ -72,30 +72,30 @@ async def unlock_connection(conn: Connection, connection_id: uuid.UUID) -> LockC
     """Accept the connection's webhooks again (its secret is unchanged: rotate it instead if
     it may have leaked)."""
     row = await conn.fetchrow(
-        "UPDATE mt5_connections SET status = 'active', locked_at = NULL, last_error = NULL,"
-        " updated_at = now() WHERE id = $1 AND status = 'locked' RETURNING status",
+        "UPDATE mt5_connections SET lifecycle = 'active', locked_at = NULL, last_error = NULL,"
+        " updated_at = now() WHERE id = $1 AND lifecycle = 'locked' RETURNING lifecycle",
         connection_id,
     )
     if row is not None:
-        return LockChange(connection_id, row["status"], None, changed=True)
-    return await _unchanged(conn, connection_id, already=("active", "error"))
+        return LockChange(connection_id, row["lifecycle"], None, changed=True)
+    return await _unchanged(conn, connection_id, already=("active",))
 
 
 async def _unchanged(
     conn: Connection, connection_id: uuid.UUID, *, already: tuple[str, ...]
 ) -> LockChange:
-    """The connection as it is, if its status is `already` what was asked; else why not."""
+    """The connection as it is, if its lifecycle is `already` what was asked; else why not."""
     row = await conn.fetchrow(
-        "SELECT status, locked_at FROM mt5_connections WHERE id = $1", connection_id
+        "SELECT lifecycle, locked_at FROM mt5_connections WHERE id = $1", connection_id
     )
     if row is None:
         raise ConnectionNotFound(connection_id)
-    if row["status"] not in already:
+    if row["lifecycle"] not in already:
         raise ConnectionRefused(
-            f"connection {connection_id} is {row['status']}: only active, error or locked"
+            f"connection {connection_id} is {row['lifecycle']}: only active or locked"
             " connections can be locked or unlocked"
         )
-    return LockChange(connection_id, row["status"], row["locked_at"], changed=False)
+    return LockChange(connection_id, row["lifecycle"], row["locked_at"], changed=False)
 
 
 async def _missing_or_revoked(conn: Connection, connection_id: uuid.UUID) -> ConnectionRefused:

@@ -32,7 +32,8 @@ async def list_connections(
     revoked connections (nothing to rotate there)."""
     rows = await conn.fetch(
         "SELECT c.id, c.user_id, c.broker, c.connection_type, c.account_number, c.server,"
-        " c.label, c.status, c.last_sync_at, c.last_error, c.locked_at, c.live_enabled_at,"
+        " c.account_label, c.lifecycle, c.status, c.last_sync_at, c.last_error, c.locked_at,"
+        " c.live_enabled_at,"
         " c.webhook_path_id,"
         " coalesce(a.consecutive_failures, 0) AS consecutive_failures,"
         " s.connection_id IS NOT NULL AS polled, s.last_success_at, s.next_sync_at,"
@@ -46,7 +47,8 @@ async def list_connections(
     credentials: dict[uuid.UUID, list[ActiveCredential]] = {}
     broker_credentials: dict[uuid.UUID, set[uuid.UUID]] = {}
     for row in await conn.fetch(
-        "SELECT id, connection_id, kind, created_at, rotation_forced_at, rotation_forced_reason"
+        "SELECT id, connection_id, kind, last_rotated_at, rotation_forced_at,"
+        " rotation_forced_reason"
         " FROM mt5_credentials WHERE connection_id = ANY($1::uuid[]) AND revoked_at IS NULL"
         " AND (expires_at IS NULL OR expires_at > $2)",
         [r["id"] for r in rows],
@@ -55,7 +57,7 @@ async def list_connections(
         credentials.setdefault(row["connection_id"], []).append(
             ActiveCredential(
                 kind=row["kind"],
-                created_at=row["created_at"],
+                last_rotated_at=row["last_rotated_at"],
                 rotation_forced_at=row["rotation_forced_at"],
                 rotation_forced_reason=row["rotation_forced_reason"],
             )
@@ -73,7 +75,7 @@ async def list_connections(
         for row in rows
     ]
     if rotation_due_only:
-        return [r for r in listed if r["rotation"] != "ok" and r["status"] != "revoked"]
+        return [r for r in listed if r["rotation"] != "ok" and r["lifecycle"] != "revoked"]
     return listed
 
 
@@ -103,8 +105,11 @@ def _record(
         "connection_type": row["connection_type"],
         "account_number": row["account_number"],
         "server": row["server"],
-        "label": row["label"],
+        "account_label": row["account_label"],
         "webhook_url": webhook_url(ingest_url, row["broker"], row["webhook_path_id"]),
+        # What the connection is (active, paused, locked, revoked), and how its sync is doing
+        # (idle, syncing, error).
+        "lifecycle": row["lifecycle"],
         "status": row["status"],
         "last_sync_at": row["last_sync_at"],
         "last_error": row["last_error"],

@@ -22,7 +22,7 @@ async def enable_live(conn: Connection, connection_id: uuid.UUID) -> datetime:
     """When the live connection was (or already had been) enabled; refuses with the reason."""
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT user_id, broker, connection_type, status, live_enabled_at"
+            "SELECT user_id, broker, connection_type, lifecycle, live_enabled_at"
             " FROM mt5_connections WHERE id = $1 FOR UPDATE",
             connection_id,
         )
@@ -32,7 +32,7 @@ async def enable_live(conn: Connection, connection_id: uuid.UUID) -> datetime:
             raise ConnectionRefused(
                 f"connection {connection_id} is a demo connection: only live ones need enabling"
             )
-        if row["status"] == "revoked":
+        if row["lifecycle"] == "revoked":
             raise ConnectionRefused(f"connection {connection_id} is revoked")
         if row["live_enabled_at"] is not None:
             enabled: datetime = row["live_enabled_at"]

@@ -20,7 +20,7 @@ class ActiveCredential:
     """An unrevoked, unexpired credential, as far as rotation cares: never its value."""
 
     kind: str
-    created_at: datetime
+    last_rotated_at: datetime
     rotation_forced_at: datetime | None = None
     rotation_forced_reason: str | None = None
 
@@ -39,7 +39,7 @@ def newest_by_kind(credentials: Iterable[ActiveCredential]) -> dict[str, ActiveC
     newest: dict[str, ActiveCredential] = {}
     for credential in credentials:
         seen = newest.get(credential.kind)
-        if seen is None or credential.created_at > seen.created_at:
+        if seen is None or credential.last_rotated_at > seen.last_rotated_at:
             newest[credential.kind] = credential
     return newest
 
@@ -47,7 +47,7 @@ def newest_by_kind(credentials: Iterable[ActiveCredential]) -> dict[str, ActiveC
 def classify_rotation(credentials: Iterable[ActiveCredential], now: datetime) -> RotationStatus:
     credentials = list(credentials)
     newest = newest_by_kind(credentials)
-    ages = {kind: now - c.created_at for kind, c in sorted(newest.items())}
+    ages = {kind: now - c.last_rotated_at for kind, c in sorted(newest.items())}
     age_days = {kind: max(age.days, 0) for kind, age in ages.items()}
     forced = sorted(
         (c for c in credentials if c.rotation_forced_at is not None),

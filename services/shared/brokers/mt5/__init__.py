@@ -3,37 +3,16 @@ broker's tickets), so one account synced through any mix of them has one set of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from services.shared.brokers import Broker, CredentialField, Credentials, MappedEvent
+from services.shared.brokers import Broker, CredentialField, Credentials
 from services.shared.brokers.mt5 import report, webhook
-from services.shared.brokers.payloads import json_object_or_none
-from services.shared.envelope import RawEvent
-from services.shared.errors import InvalidEvent
-
-# A payload says what it is by its "kind"; a webhook body (the Expert Advisor's, or a bridge's)
-# has none.
-_MAPPERS: dict[str | None, Callable[[RawEvent], MappedEvent]] = {
-    None: webhook.map_event,
-    report.KIND: report.map_event,  # a terminal's history report (`poscal-sync import`)
-}
-
-
-def map_event(event: RawEvent) -> MappedEvent:
-    if b'"kind"' not in event.body:
-        return webhook.map_event(event)  # the common case, without reading the body twice
-    document = json_object_or_none(event.body)
-    kind = document.get("kind") if document is not None else None
-    mapper = _MAPPERS.get(kind) if isinstance(kind, str | None) else None
-    if mapper is None:
-        raise InvalidEvent("invalid_payload", f"no MT5 payload of kind {kind!r}")
-    return mapper(event)
-
+from services.shared.brokers.mt5.metaapi import adapter as metaapi_adapter
+from services.shared.brokers.mt5.metaapi import mapping as metaapi_mapping
+from services.shared.brokers.mt5.metaapi import terminals as metaapi_terminals
 
 BROKER = Broker(
     name="mt5",
     title="MetaTrader 5",
-    map_event=map_event,
+    map_event=webhook.map_event,  # a webhook body (the Expert Advisor's, or a bridge's)
     # The account's sign-in: what a cloud terminal logs in with (the investor password suffices).
     credentials=Credentials(
         (
@@ -45,4 +24,12 @@ BROKER = Broker(
     source="webhook",
     payload_owner=webhook.payload_owner,
     needs_server=True,  # deal keys embed server and login: a blank one would match no webhook
+    # Cloud sync: a MetaApi terminal logged in with the investor password, made per connection
+    # by `connections provision` and polled once it is ready.
+    poll=metaapi_adapter.create,
+    terminals=metaapi_terminals.create,
+    payload_kinds={
+        metaapi_mapping.KIND: metaapi_mapping.map_event,  # the poller's MetaApi pages
+        report.KIND: report.map_event,  # a terminal's history report (`poscal-sync import`)
+    },
 )

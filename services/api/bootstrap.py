@@ -1,0 +1,146 @@
+"""The app API's composition root: what answers requests, built once from settings (connected to
+Postgres, waiting while it is away; the JWKS fetched in the background until it answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+from starlette.applications import Starlette
+
+from services.api.budgets import RequestBudgets
+from services.api.database import Database
+from services.api.jwks import JwksKeys
+from services.api.readiness import ApiReadiness
+from services.api.routes import OPERATIONS
+from services.api.settings import ApiSettings
+from services.api.tokens import TokenPolicy, TokenVerifier
+from services.shared.client_ip import IPNetwork, parse_networks
+from services.shared.dependencies import Dependencies
+from services.shared.lifecycle import StoppedWaiting, connect_backoff
+from services.shared.logging import get_logger
+
+_log = get_logger("poscal.api")
+
+
+@dataclass
+class ApiWiring:
+    """What the operations use; `wire` builds it."""
+
+    db: Database
+    tokens: TokenVerifier
+    budgets: RequestBudgets
+    trusted_proxies: tuple[IPNetwork, ...]
+    ready: Callable[[], Awaitable[bool]]
+    jwks: JwksKeys | None = None
+
+
+def jwks_keys(
+    settings: ApiSettings, http: httpx.AsyncClient, clock: Callable[[], float] = time.monotonic
+) -> JwksKeys | None:
+    if not settings.jwks_url:
+        return None
+    return JwksKeys(
+        settings.jwks_url,
+        http,
+        settings.algorithms,
+        min_refresh_seconds=settings.jwks_min_refresh_seconds,
+        max_age_seconds=settings.jwks_max_age_seconds,
+        clock=clock,
+    )
+
+
+def wire(
+    settings: ApiSettings,
+    pool: asyncpg.Pool,
+    jwks: JwksKeys | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> ApiWiring:
+    budgets = RequestBudgets(settings.rate_limit_per_user, settings.auth_failures_per_client, clock)
+    for operation in OPERATIONS:
+        if operation.cost > budgets.largest_cost:
+            raise ValueError(
+                f"{operation.operation_id} costs {operation.cost}, more than"
+                f" POSCAL_API_RATE_LIMIT_PER_USER ever allows at once ({budgets.largest_cost:g})"
+            )
+    db = Database(pool, settings.statement_timeout_ms)
+    secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
+
+    async def no_keys(_kid: str, _algorithm: str) -> None:
+        return None
+
+    tokens = TokenVerifier(
+        TokenPolicy(
+            algorithms=settings.algorithms,
+            issuer=settings.jwt_issuer,
+            leeway_seconds=settings.jwt_leeway_seconds,
+        ),
+        secret=secret,
+        public_key_for=jwks.key_for if jwks is not None else no_keys,
+    )
+    return ApiWiring(
+        db=db,
+        tokens=tokens,
+        budgets=budgets,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+        ready=ApiReadiness(db, jwks),
+        jwks=jwks,
+    )
+
+
+async def start(app: Starlette, wiring: ApiWiring, stack: contextlib.AsyncExitStack) -> None:
+    """Take requests; fetch the JWKS beside them until it has answered once."""
+    if wiring.jwks is not None:
+        fetching = asyncio.create_task(_first_fetch(wiring.jwks), name="api-jwks")
+
+        async def stop_fetching() -> None:
+            fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetching
+
+        stack.push_async_callback(stop_fetching)
+    app.state.wiring = wiring
+
+
+async def _first_fetch(jwks: JwksKeys, cap_seconds: float = 10.0) -> None:
+    backoff = connect_backoff(cap_seconds)
+    while True:
+        if await jwks.refresh(force=True):
+            _log.info("jwks fetched")
+            return
+        await asyncio.sleep(backoff.next_delay())
+
+
+async def connect_and_start(
+    app: Starlette,
+    settings: ApiSettings,
+    stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event,
+    on_fatal: Callable[[BaseException], None] | None,
+) -> None:
+    """Connect to Postgres (waiting while it is away), then start: the app's background
+    start-up. A failure no wait can fix goes to `on_fatal` (the server should exit)."""
+    try:
+        pool = await Dependencies(settings, stop, stack).postgres(
+            max_size=settings.database_pool_size
+        )
+        http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        stack.push_async_callback(http.aclose)
+        await start(app, wire(settings, pool, jwks_keys(settings, http)), stack)
+    except StoppedWaiting:
+        return
+    except Exception as exc:
+        # The type and SQLSTATE say which configuration is wrong; a message might quote it.
+        _log.error(
+            "api cannot start", cause=type(exc).__name__, sqlstate=getattr(exc, "sqlstate", None)
+        )
+        if on_fatal is not None:
+            on_fatal(exc)
+        return
+    _log.info("api ready")

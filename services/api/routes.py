@@ -1,0 +1,12 @@
+"""Every operation the API serves, in the order the OpenAPI document lists them."""
+
+from __future__ import annotations
+
+from services.api import brokers, connections, me
+from services.api.operations import Operation
+
+OPERATIONS: tuple[Operation, ...] = (
+    *me.OPERATIONS,
+    *brokers.OPERATIONS,
+    *connections.OPERATIONS,
+)

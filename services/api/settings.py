@@ -1,0 +1,127 @@
+"""The app API's settings, from the environment (POSCAL_API_*, DATABASE_URL)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+
+from services.shared.client_ip import parse_networks
+from services.shared.settings import ServiceSettings
+from services.shared.token_buckets import TokenBuckets
+
+# What Supabase signs access tokens with: HS256 with the project's JWT secret, or its asymmetric
+# signing keys (ES256, RS256) published at its JWKS URL.
+SYMMETRIC = "HS256"
+ASYMMETRIC = ("ES256", "RS256")
+# Shorter HMAC keys than this are guessable offline from one token.
+MIN_SECRET_BYTES = 32
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class ApiSettings(ServiceSettings):
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("POSCAL_API_HOST", "host"))
+    port: int = Field(8090, validation_alias=AliasChoices("POSCAL_API_PORT", "port"))
+    # Who is asking: Supabase access tokens. The secret verifies HS256 tokens; the JWKS URL
+    # (`https://<project>.supabase.co/auth/v1/.well-known/jwks.json`) the asymmetric ones.
+    jwt_secret: SecretStr | None = Field(None, validation_alias=_env("POSCAL_API_JWT_SECRET"))
+    jwks_url: str | None = Field(None, validation_alias=_env("POSCAL_API_JWKS_URL"))
+    # Comma-separated; by default HS256 when a secret is set, ES256 and RS256 when a JWKS URL is.
+    jwt_algorithms: str = Field("", validation_alias=_env("POSCAL_API_JWT_ALGORITHMS"))
+    # Checked when set (Supabase: `https://<project>.supabase.co/auth/v1`).
+    jwt_issuer: str | None = Field(None, validation_alias=_env("POSCAL_API_JWT_ISSUER"))
+    # Clock skew allowed on exp, nbf and iat.
+    jwt_leeway_seconds: int = Field(
+        30, ge=0, le=300, validation_alias=_env("POSCAL_API_JWT_LEEWAY_SECONDS")
+    )
+    # An unknown `kid` refetches the JWKS at most this often (a stream of made-up kids costs
+    # one fetch per interval); known keys are refetched after `jwks_max_age_seconds`.
+    jwks_min_refresh_seconds: float = Field(
+        30.0, gt=0, validation_alias=_env("POSCAL_API_JWKS_MIN_REFRESH_SECONDS")
+    )
+    jwks_max_age_seconds: float = Field(
+        600.0, gt=0, validation_alias=_env("POSCAL_API_JWKS_MAX_AGE_SECONDS")
+    )
+    # Exact origins (scheme://host[:port]) the browser may call from, comma-separated; none
+    # by default, so no browser page can read an answer.
+    cors_origins: str = Field("", validation_alias=_env("POSCAL_API_CORS_ORIGINS"))
+    # Strict-Transport-Security max-age (0: not sent).
+    hsts_seconds: int = Field(31_536_000, ge=0, validation_alias=_env("POSCAL_API_HSTS_SECONDS"))
+    max_body_bytes: int = Field(
+        64 * 1024, ge=1024, validation_alias=_env("POSCAL_API_MAX_BODY_BYTES")
+    )
+    # Per user and per replica, in request units: each route costs what it declares (1 for
+    # most). `limits` syntax: "120/minute", "10/second;600/hour".
+    rate_limit_per_user: str = Field(
+        "120/minute;20/second", validation_alias=_env("POSCAL_API_RATE_LIMIT_PER_USER")
+    )
+    # Requests without a valid token from one client address (an IPv6 /64) answered 401
+    # before its further failures get 429; a valid token is never refused by it.
+    auth_failures_per_client: str = Field(
+        "30/minute", validation_alias=_env("POSCAL_API_AUTH_FAILURES_PER_CLIENT")
+    )
+    # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
+    trusted_proxies: str = Field("", validation_alias=_env("POSCAL_API_TRUSTED_PROXIES"))
+    # Every query of a request runs with this statement timeout, so no request holds a
+    # connection long.
+    statement_timeout_ms: int = Field(
+        5000, ge=100, validation_alias=_env("POSCAL_API_STATEMENT_TIMEOUT_MS")
+    )
+    database_pool_size: int = Field(
+        10, ge=1, validation_alias=_env("POSCAL_API_DATABASE_POOL_SIZE")
+    )
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        if self.jwt_algorithms.strip():
+            return frozenset(a.strip() for a in self.jwt_algorithms.split(",") if a.strip())
+        found = set()
+        if self.jwt_secret is not None:
+            found.add(SYMMETRIC)
+        if self.jwks_url:
+            found.update(ASYMMETRIC)
+        return frozenset(found)
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @field_validator("rate_limit_per_user", "auth_failures_per_client")
+    @classmethod
+    def _a_rate_limit(cls, value: str) -> str:
+        TokenBuckets(value)  # raises ValueError with the offending text
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",")):
+            if origin == "*":
+                raise ValueError("POSCAL_API_CORS_ORIGINS takes exact origins, not '*'")
+            if origin and not origin.startswith(("https://", "http://")):
+                raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_for_every_algorithm(self) -> ApiSettings:
+        algorithms = self.algorithms
+        if not algorithms:
+            raise ValueError("set POSCAL_API_JWT_SECRET or POSCAL_API_JWKS_URL: no token verifies")
+        unknown = algorithms - {SYMMETRIC, *ASYMMETRIC}
+        if unknown:
+            raise ValueError(f"POSCAL_API_JWT_ALGORITHMS: unsupported {', '.join(sorted(unknown))}")
+        if SYMMETRIC in algorithms:
+            if self.jwt_secret is None:
+                raise ValueError("HS256 needs POSCAL_API_JWT_SECRET")
+            if len(self.jwt_secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+                raise ValueError(f"POSCAL_API_JWT_SECRET must be {MIN_SECRET_BYTES} bytes or more")
+        if algorithms & set(ASYMMETRIC) and not self.jwks_url:
+            raise ValueError("ES256 and RS256 need POSCAL_API_JWKS_URL")
+        return self
