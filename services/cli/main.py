@@ -13,6 +13,7 @@ import orjson
 
 from services.cli.api_commands import add_api_commands
 from services.cli.connection_commands import add_connection_commands
+from services.cli.import_report import add_import_commands
 from services.cli.key_commands import add_key_commands
 from services.shared.brokers import broker_names
 
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_connection_commands(commands)
     add_key_commands(commands)
+    add_import_commands(commands)
     return parser
 
 
@@ -144,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.cli.settings import CliSettings
 
             return run_key_command(args, CliSettings())
+        case "import":
+            from services.cli.import_report import run_import_command
+            from services.cli.settings import CliSettings
+
+            return run_import_command(args, CliSettings())
     return 2
 
 

@@ -11,7 +11,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 BrokerName = str
 ConnectionType = Literal["demo", "live"]
-EventSource = Literal["webhook", "poller"]
+# "import": read from a file the account holder exported (an MT5 history report).
+EventSource = Literal["webhook", "poller", "import"]
 
 # Event ids are derived, not random, so a sender's retry of one webhook id is the same event.
 _EVENT_NAMESPACE = uuid.UUID("6f1c2d0e-9a55-4c1b-8f3e-7d2a4b6c8e01")

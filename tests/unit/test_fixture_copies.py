@@ -13,6 +13,7 @@ VENDORED = sorted(
     str(p.relative_to(FIXTURES))
     for folder in ("mt5", "oanda", "ibkr", "metaapi")
     for p in (FIXTURES / folder).iterdir()
+    if p.is_file()  # mt5/reports/ holds this repository's own report fixtures, not copies
 )
 
 

@@ -4,7 +4,7 @@ broker's tickets), so one account synced through any mix of them has one set of 
 from __future__ import annotations
 
 from services.shared.brokers import Broker, CredentialField, Credentials
-from services.shared.brokers.mt5 import webhook
+from services.shared.brokers.mt5 import report, webhook
 from services.shared.brokers.mt5.metaapi import adapter as metaapi_adapter
 from services.shared.brokers.mt5.metaapi import mapping as metaapi_mapping
 from services.shared.brokers.mt5.metaapi import terminals as metaapi_terminals
@@ -28,5 +28,8 @@ BROKER = Broker(
     # by `connections provision` and polled once it is ready.
     poll=metaapi_adapter.create,
     terminals=metaapi_terminals.create,
-    payload_kinds={metaapi_mapping.KIND: metaapi_mapping.map_event},  # the poller's MetaApi pages
+    payload_kinds={
+        metaapi_mapping.KIND: metaapi_mapping.map_event,  # the poller's MetaApi pages
+        report.KIND: report.map_event,  # a terminal's history report (`poscal-sync import`)
+    },
 )
