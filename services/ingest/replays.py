@@ -243,6 +243,9 @@ class DeliveryClaims:
     async def _insert(self, requests: list[_Request]) -> dict[uuid.UUID, ClaimOutcome]:
         """Raises IntegrityConstraintViolationError (a row whose connection or user is gone),
         and TransientError if the database cannot answer."""
+        # Ids on Kafka whose `accepted` mark was not written when the statement began: its
+        # snapshot may still say `publishing` once the mark is written and forgotten here.
+        on_kafka = {r.claim.key for r in requests if r.claim.key in self._accepting}
         async with database_call(
             "claiming webhook ids",
             self._timeout,
@@ -261,9 +264,10 @@ class DeliveryClaims:
         outcomes: dict[uuid.UUID, ClaimOutcome] = {}
         for row in rows:
             token = row["token"]
+            key = claims[token].key
             if row["won"]:
                 outcomes[token] = claims[token]
-            elif row["state"] == "accepted" or claims[token].key in self._accepting:
+            elif row["state"] == "accepted" or key in on_kafka or key in self._accepting:
                 outcomes[token] = Replayed()
             elif row["state"] == "publishing":
                 outcomes[token] = _in_flight(row["lease_left"])

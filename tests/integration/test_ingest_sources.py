@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from services.devstack.demo import encode_body, signed_headers
 from services.ingest.audit import Attempt
 from services.ingest.instances import IngestInstance
-from services.ingest.replays import Claim, DeliveryClaims
+from services.ingest.replays import Claim, DeliveryClaims, Replayed
 from services.ingest.verification_failures import ThrottlePolicy, VerificationFailures
 from services.shared.connection_admin.endpoints import (
     lock_connection,
@@ -274,6 +274,61 @@ async def test_a_late_acceptance_never_erases_failures_counted_after_its_claim(
         connection.created.connection_id,
     )
     assert consecutive == 1
+
+
+class AcceptanceWrittenMidClaim:
+    """A pool on which a retry's claim statement reads the id as `publishing`, and the
+    acceptance is then written (and forgotten by the replica) before the claim is answered."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.claims: DeliveryClaims | None = None
+        self.staged = False
+        self._claim_read = asyncio.Event()
+        self._accept_written = asyncio.Event()
+
+    async def execute(self, query: str, *args: Any) -> str:
+        if not self.staged:
+            return await self._pool.execute(query, *args)
+        await self._claim_read.wait()  # the acceptance, held until the retry's claim read the row
+        try:
+            return await self._pool.execute(query, *args)
+        finally:
+            self._accept_written.set()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        rows = await self._pool.fetch(query, *args)
+        if self.staged and self.claims is not None:
+            self._claim_read.set()
+            await self._accept_written.wait()
+            # The replica forgets the id once its mark is written, a step after the write.
+            while self.claims._accepting:  # noqa: ASYNC110
+                await asyncio.sleep(0)
+        return rows
+
+
+async def test_a_retry_claimed_while_the_acceptance_is_written_is_a_replay(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    staged = AcceptanceWrittenMidClaim(pool)
+    claims = DeliveryClaims(staged, lease_seconds=30)  # type: ignore[arg-type]
+    staged.claims = claims
+    ids = (connection.created.connection_id, connection.user_id)
+    first = await claims.claim(*ids, "msg_raced", uuid.uuid4())
+    assert isinstance(first, Claim)
+
+    staged.staged = True
+    claims.accepted(first, datetime.now(UTC), SENDER)  # its event is on Kafka
+    retried = await claims.claim(*ids, "msg_raced", uuid.uuid4())
+    await claims.drain()
+
+    assert isinstance(retried, Replayed)  # not "in flight": it is durably accepted
+    state = await pool.fetchval(
+        "SELECT state FROM webhook_deliveries WHERE connection_id = $1 AND webhook_id = $2",
+        connection.created.connection_id,
+        "msg_raced",
+    )
+    assert state == "accepted"
 
 
 async def test_an_operators_lock_refuses_verified_deliveries_until_unlocked(
