@@ -112,9 +112,9 @@ class Locked(IngestRefusal):
 
 class Paused(Locked):
     """Unlike a lock, a pause ends without the sender doing anything: Retry-After tells it to
-    keep the delivery and send it again (the Expert Advisor does; clients/mt5)."""
+    keep the delivery and send it again (the Expert Advisor does; clients/mt5). Its code is
+    its parent's, `locked`, as every subtype's is: the Retry-After is what tells them apart."""
 
-    error = "paused"
     public_detail = "this connection is paused by its user; keep this webhook and retry later"
 
     def __init__(self, reason: str, retry_after_seconds: int) -> None:

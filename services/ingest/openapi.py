@@ -128,11 +128,11 @@ _REFUSALS: dict[int, str] = {
         " `application/json` nor `application/*+json`."
     ),
     423: (
-        "`locked`: the connection's operator locked it (`poscal-sync connections lock`);"
-        " nothing is accepted until they unlock it or rotate its secret. `paused`: its user"
-        " paused it, and `Retry-After` says when to try again: keep the delivery and resend"
-        " it, it is accepted once the connection is resumed. Only correctly signed"
-        " deliveries learn either: failed ones still get 401."
+        "Without `Retry-After`: the connection's operator locked it (`poscal-sync connections"
+        " lock`); nothing is accepted until they unlock it or rotate its secret. With"
+        " `Retry-After`: its user paused it; keep the delivery and send it again then, it is"
+        " accepted once the connection is resumed. Only correctly signed deliveries learn"
+        " either: failed ones still get 401."
     ),
     429: (
         "Over the connection's or the user's delivery rate, a malformed or unknown URL"

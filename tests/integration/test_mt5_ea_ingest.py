@@ -151,7 +151,8 @@ async def test_a_paused_connection_s_webhooks_wait_with_the_ea_and_arrive_once_r
     [held] = ingest.requests(fixture_deals())
     paused = await ingest.send(held)
     assert paused.status_code == 423, paused.text
-    assert paused.json()["error"] == "paused"
+    assert paused.json()["error"] == "locked"  # the code of every 423: Retry-After tells
+    assert "paused" in paused.json()["detail"]
     retry_after = paused.headers["retry-after"]
     assert int(retry_after) >= 1
     assert ea.line("classify", "423", retry_after) == "retry"
