@@ -36,16 +36,13 @@ from services.shared.connection_admin.credentials import (
 )
 from services.shared.connection_admin.deletion import delete_connection
 from services.shared.connection_admin.endpoints import rotate_webhook_url
-from services.shared.connection_admin.inputs import (
-    MAX_CREDENTIAL_BYTES,
-    MAX_OVERLAP,
-    InvalidInput,
-)
+from services.shared.connection_admin.inputs import MAX_OVERLAP, InvalidInput
 from services.shared.connection_admin.live import enable_live
 from services.shared.credential_kinds import BROKER_CREDENTIALS
 from services.shared.database import Connection
 from services.shared.vault import CredentialVault
 
+MAX_CREDENTIAL_CHARACTERS = 8192
 _REVOKED = "this connection is revoked: nothing can be changed; delete it instead"
 
 # --- Sync now ---------------------------------------------------------------------------------
@@ -290,9 +287,9 @@ async def _refuse_revoked(conn: Connection, connection_id: uuid.UUID) -> None:
 async def rotate_secret(call: Call) -> NewWebhookSecret:
     connection_id = call.path(ConnectionPath).connection_id
     body = call.body(SecretRotation)
-    vault = _vault(call)
     overlap = None if body.overlap_seconds is None else timedelta(seconds=body.overlap_seconds)
     async with call.db.as_service_for(call.caller, connection_id) as conn:
+        vault = _vault(call)  # after the ownership check: a missing connection is a 404 first
         await _refuse_revoked(conn, connection_id)
         rotated = await rotate_webhook_secret(conn, vault, connection_id, overlap)
     return NewWebhookSecret(
@@ -329,7 +326,8 @@ class NewCredentials(BaseModel):
         SecretStr,
         Field(
             min_length=1,
-            max_length=MAX_CREDENTIAL_BYTES,
+            # Far more than any broker's sign-in, and far less than the body limit.
+            max_length=MAX_CREDENTIAL_CHARACTERS,
             description=(
                 "As the broker's `credential_fields` ask (GET /v1/brokers): the token itself"
                 " when `credentials_are_a_token`, else a JSON object of the fields, as text."
@@ -354,8 +352,8 @@ async def set_credentials(call: Call) -> StoredCredentials:
     wait of minutes no request should hold (`poscal-sync connections provision` does it)."""
     connection_id = call.path(ConnectionPath).connection_id
     text = call.body(NewCredentials).credentials.get_secret_value()
-    vault = _vault(call)
     async with call.db.as_service_for(call.caller, connection_id) as conn:
+        vault = _vault(call)
         row = await conn.fetchrow(_LIVE_TARGET, connection_id)
         assert row is not None
         if row["lifecycle"] == "revoked":
