@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
 
 from services.shared.brokers.provisioning import ProvisioningUnavailable
@@ -447,3 +448,32 @@ async def test_a_terminal_service_that_cannot_remove_it_now_leaves_everything_as
         )
         == 1
     )
+
+
+async def test_credentials_of_fields_are_checked_for_the_broker_and_never_quoted(
+    api: RunningApi, pool: asyncpg.Pool, vault: CredentialVault, trader: Trader
+) -> None:
+    async with pool.acquire() as conn:
+        ibkr = await connect_broker_account(
+            conn, vault, trader.user_id, "ibkr", f"U{uuid.uuid4().int % 10**7}"
+        )
+    path = f"/v1/connections/{ibkr.connection_id}/credentials"
+    secret = "31415926535897932384" + "6" * 4
+    wrong = await api.client.put(
+        path, headers=trader.headers, json={"credentials": f'{{"token": "{secret}"}}'}
+    )
+    assert wrong.status_code == 422
+    [problem] = wrong.json()["fields"]
+    assert problem["path"] == "body.credentials" and "query_id" in problem["message"]
+    assert secret not in wrong.text
+    right = await api.client.put(
+        path,
+        headers=trader.headers,
+        json={"credentials": f'{{"query_id": "123456", "token": "{secret}"}}'},
+    )
+    assert right.status_code == 200, right.text
+    async with pool.acquire() as conn:
+        [sealed] = await vault.open_active(
+            conn, ibkr.connection_id, BROKER_CREDENTIALS, datetime.now(UTC)
+        )
+    assert orjson.loads(sealed) == {"token": secret, "query_id": "123456"}

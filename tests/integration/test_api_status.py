@@ -189,3 +189,27 @@ async def test_a_history_cursor_not_handed_out_is_a_422(
     )
     assert response.status_code == 422
     assert [f["path"] for f in response.json()["fields"]] == ["query.cursor"]
+
+
+async def test_only_the_newest_hundred_poll_errors_of_a_connection_are_kept(
+    pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    async with pool.acquire() as conn:
+        user_id = (await new_connection(conn, vault)).user_id
+        oanda = await connect_broker_account(
+            conn, vault, user_id, "oanda", f"101-004-{uuid.uuid4().int % 10**7}-001"
+        )
+        for failure in range(1, 106):
+            await conn.execute(
+                "UPDATE sync_schedule SET consecutive_failures = $2, last_error = $3,"
+                " last_error_at = clock_timestamp() WHERE connection_id = $1",
+                oanda.connection_id,
+                failure,
+                f"failure {failure}",
+            )
+        kept = await conn.fetch(
+            "SELECT consecutive_failures FROM sync_errors WHERE connection_id = $1"
+            " ORDER BY occurred_at",
+            oanda.connection_id,
+        )
+    assert [r["consecutive_failures"] for r in kept] == list(range(6, 106))
