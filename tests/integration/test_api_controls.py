@@ -15,9 +15,11 @@ import asyncpg
 import orjson
 import pytest
 
+from services.poller.schedule import SyncSchedule
 from services.shared.brokers.provisioning import ProvisioningUnavailable
 from services.shared.credential_kinds import BROKER_CREDENTIALS, WEBHOOK_SECRET
 from services.shared.signatures import decode_secret
+from services.shared.sync_limits import UserSyncLimit
 from services.shared.vault import CredentialVault
 from tests.support.api import RunningApi, api_settings, bearer, hs256, running_api
 from tests.support.builders import connect_broker_account, new_connection
@@ -182,6 +184,44 @@ async def test_sync_now_keeps_to_the_poller_s_per_user_limit(
     assert response.status_code == 429
     assert response.json()["error"] == "sync_rate_limited"
     assert 9 <= int(response.headers["retry-after"]) <= 12
+
+
+async def test_sync_now_refuses_exactly_when_the_poller_would_hold_the_sync_back(
+    api: RunningApi, pool: asyncpg.Pool, vault: CredentialVault, trader: Trader
+) -> None:
+    """The API's 429 and the poller's lease agree: the same limit, counted the same way."""
+    connections = [await polled(pool, vault, trader) for _ in range(4)]
+    asked = connections[3]
+    for connection in connections[:3]:
+        await pool.execute(
+            "UPDATE sync_schedule SET last_attempt_at = now() - interval '5 seconds'"
+            " WHERE connection_id = $1",
+            connection,
+        )
+    await pool.execute(
+        "UPDATE sync_schedule SET next_sync_at = now() WHERE connection_id = $1", asked
+    )
+    # Only this spec's connections are the poller's to lease here.
+    others = frozenset(
+        r["connection_id"]
+        for r in await pool.fetch(
+            "SELECT connection_id FROM sync_schedule WHERE NOT connection_id = ANY($1::uuid[])",
+            connections,
+        )
+    )
+    poller = SyncSchedule(pool, "coherence", 60, user_limit=UserSyncLimit(3, 60))
+    refused = await api.client.post(f"/v1/connections/{asked}/sync", headers=trader.headers)
+    assert refused.status_code == 429
+    assert await poller.lease_due(10, exclude=others) == []
+    await pool.execute(
+        "UPDATE sync_schedule SET last_attempt_at = last_attempt_at - interval '1 minute'"
+        " WHERE connection_id = ANY($1::uuid[])",
+        connections[:3],
+    )
+    queued = await api.client.post(f"/v1/connections/{asked}/sync", headers=trader.headers)
+    assert queued.status_code == 202, queued.text
+    [leased] = await poller.lease_due(10, exclude=others)
+    assert leased.connection.connection_id == asked
 
 
 async def test_sync_now_of_a_connection_syncing_now_changes_nothing(
