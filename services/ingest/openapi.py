@@ -85,6 +85,19 @@ def _json(schema: str) -> dict[str, Any]:
     return {"application/json": {"schema": _ref("schemas", schema)}}
 
 
+def _paused_or_locked() -> dict[str, Any]:
+    """423 carries Retry-After only when the connection is paused (a lock has none)."""
+    response = _refusal(_REFUSALS[423], "locked")
+    response["headers"] = {
+        "Retry-After": {
+            "description": "Sent when the connection is paused: seconds to wait before resending.",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    }
+    return response
+
+
 def _refusal(description: str, error: str, *, retry_after: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
@@ -195,7 +208,8 @@ def _webhook_operation() -> dict[str, Any]:
                     _REFUSALS[status], error, retry_after=status in RETRY_AFTER_STATUSES
                 )
                 for error, status in WEBHOOK_ERRORS.items()
-            },
+            }
+            | {"423": _paused_or_locked()},
         },
     }
 
