@@ -411,7 +411,8 @@ bool SendOldest(void)
    if(status == -1)
       return NoAnswer(GetLastError());
    string detail = AnswerText(result);
-   switch(PosCalClassify(status))
+   long retry_after = PosCalRetryAfterSeconds(result_headers, (long)TimeGMT());
+   switch(PosCalClassify(status, retry_after))
      {
       case POSCAL_DELIVERED:
          if(status == 409)
@@ -429,8 +430,7 @@ bool SendOldest(void)
          Pause(status, detail);
          return false;
       default:
-         Retry("HTTP " + IntegerToString(status) + ": " + detail,
-               PosCalRetryAfterSeconds(result_headers, (long)TimeGMT()));
+         Retry("HTTP " + IntegerToString(status) + ": " + detail, retry_after);
          return false;
      }
   }

@@ -21,9 +21,12 @@ from services.api.routes import OPERATIONS
 from services.api.settings import ApiSettings
 from services.api.tokens import TokenPolicy, TokenVerifier
 from services.shared.client_ip import IPNetwork, parse_networks
+from services.shared.connection_admin.terminals import TerminalServices, registered_services
 from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import StoppedWaiting, connect_backoff
 from services.shared.logging import get_logger
+from services.shared.sync_limits import UserSyncLimit
+from services.shared.vault import CredentialVault
 
 _log = get_logger("poscal.api")
 
@@ -37,7 +40,21 @@ class ApiWiring:
     budgets: RequestBudgets
     trusted_proxies: tuple[IPNetwork, ...]
     ready: Callable[[], Awaitable[bool]]
+    controls: Controls
     jwks: JwksKeys | None = None
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the connection controls need beyond the database: the vault (None without a master
+    key: those controls answer 503), the terminal services a deletion removes terminals at,
+    where webhook URLs point, and the sync limits "sync now" keeps to."""
+
+    vault: CredentialVault | None
+    terminals: TerminalServices
+    ingest_url: str
+    user_sync_limit: UserSyncLimit
+    sync_now_min_interval_seconds: int
 
 
 def jwks_keys(
@@ -60,8 +77,11 @@ def wire(
     pool: asyncpg.Pool,
     jwks: JwksKeys | None = None,
     *,
+    http: httpx.AsyncClient | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ApiWiring:
+    """`http` reaches the cloud terminal services (MetaApi) a deletion removes terminals at;
+    without it, deleting a connection that has one is refused (503)."""
     budgets = RequestBudgets(settings.rate_limit_per_user, settings.auth_failures_per_client, clock)
     for operation in OPERATIONS:
         if operation.cost > budgets.largest_cost:
@@ -84,14 +104,27 @@ def wire(
         secret=secret,
         public_key_for=jwks.key_for if jwks is not None else no_keys,
     )
+    keyed = settings.master_key is not None or bool(settings.kek_provider)
     return ApiWiring(
         db=db,
         tokens=tokens,
         budgets=budgets,
         trusted_proxies=parse_networks(settings.trusted_proxies),
         ready=ApiReadiness(db, jwks),
+        controls=Controls(
+            # A key that does not load is configuration: it fails start-up, loudly.
+            vault=CredentialVault(settings.key_ring()) if keyed else None,
+            terminals=registered_services(http) if http is not None else _no_terminals,
+            ingest_url=settings.ingest_url,
+            user_sync_limit=settings.user_sync_limit,
+            sync_now_min_interval_seconds=settings.sync_now_min_interval_seconds,
+        ),
         jwks=jwks,
     )
+
+
+def _no_terminals(_: str) -> None:
+    return None
 
 
 async def start(app: Starlette, wiring: ApiWiring, stack: contextlib.AsyncExitStack) -> None:
@@ -132,7 +165,10 @@ async def connect_and_start(
         )
         http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         stack.push_async_callback(http.aclose)
-        await start(app, wire(settings, pool, jwks_keys(settings, http)), stack)
+        # Terminal services get a longer timeout: removing a terminal is one slow call.
+        services_http = httpx.AsyncClient(timeout=30.0, follow_redirects=False)
+        stack.push_async_callback(services_http.aclose)
+        await start(app, wire(settings, pool, jwks_keys(settings, http), http=services_http), stack)
     except StoppedWaiting:
         return
     except Exception as exc:

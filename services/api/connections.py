@@ -175,7 +175,7 @@ async def list_connections(call: Call) -> ConnectionPage:
     )
 
 
-async def _one(conn: Connection, connection_id: uuid.UUID) -> ConnectionView:
+async def one_connection(conn: Connection, connection_id: uuid.UUID) -> ConnectionView:
     row = await conn.fetchrow(_ONE, connection_id)
     if row is None:
         raise NotFound()
@@ -185,7 +185,7 @@ async def _one(conn: Connection, connection_id: uuid.UUID) -> ConnectionView:
 async def get_connection(call: Call) -> ConnectionView:
     connection_id = call.path(ConnectionPath).connection_id
     async with call.db.as_user(call.caller) as conn:
-        return await _one(conn, connection_id)
+        return await one_connection(conn, connection_id)
 
 
 async def change_connection(call: Call) -> ConnectionView:
@@ -194,7 +194,7 @@ async def change_connection(call: Call) -> ConnectionView:
     async with call.db.as_user(call.caller) as conn:
         if await conn.fetchval(_RELABEL, connection_id, changes.account_label) is None:
             raise NotFound()
-        return await _one(conn, connection_id)
+        return await one_connection(conn, connection_id)
 
 
 OPERATIONS = (

@@ -73,15 +73,23 @@ _MEANING: dict[int, str] = {
         " resource is answered exactly so."
     ),
     405: "This path does not take this method; `Allow` lists those it takes.",
+    409: (
+        "The connection cannot take this control as it is (paused, locked, revoked, webhook-fed,"
+        " a demo, not enabled yet): `error` says which, `detail` what the user can do."
+    ),
     413: "The body is over `POSCAL_API_MAX_BODY_BYTES`; nothing past the limit was read.",
     415: "The body is not declared as JSON (`application/json`).",
     422: "The query, path or body is not valid: `fields` names each part and its problem.",
     429: (
-        "Over the user's request budget, or too many requests without a valid token from this"
-        " address. Retry after `Retry-After`."
+        "Over the user's request budget, over the user's sync rate (`sync_rate_limited`), or"
+        " too many requests without a valid token from this address. Retry after `Retry-After`."
     ),
     500: "Something failed on our side; the answer never says what.",
-    503: "Not ready yet (Postgres, or the JWKS, has not answered). Retry after `Retry-After`.",
+    503: (
+        "Not ready yet (Postgres, or the JWKS, has not answered), a control this server is not"
+        " configured for yet (`not_configured`), or a cloud terminal that could not be removed"
+        " now (`terminal_unreachable`). Retry after `Retry-After`."
+    ),
 }
 _HEADERS: dict[type[ApiError], tuple[str, str]] = {
     Unauthenticated: ("WWW-Authenticate", "WwwAuthenticate"),

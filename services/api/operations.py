@@ -31,7 +31,7 @@ from services.shared.client_ip import client_address, client_source
 from services.shared.logging import get_logger
 
 if TYPE_CHECKING:
-    from services.api.bootstrap import ApiWiring
+    from services.api.bootstrap import ApiWiring, Controls
     from services.api.database import Database
 
 M = TypeVar("M", bound=BaseModel)
@@ -47,6 +47,7 @@ class Call:
     request: Request
     caller: Caller
     db: Database
+    controls: Controls
     _path: BaseModel | None = None
     _query: BaseModel | None = None
     _body: BaseModel | None = None
@@ -116,6 +117,7 @@ class Operation:
             request,
             caller,
             wiring.db,
+            wiring.controls,
             _path=self._path_params(request),
             _query=_validated(self.query, dict(request.query_params), "query"),
             _body=await self._body(request),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from services.api import brokers, connections, me
+from services.api import brokers, connections, controls, me, status
 from services.api.operations import Operation
 
 OPERATIONS: tuple[Operation, ...] = (
     *me.OPERATIONS,
     *brokers.OPERATIONS,
     *connections.OPERATIONS,
+    *status.OPERATIONS,
+    *controls.OPERATIONS,
 )

@@ -1,11 +1,12 @@
-"""The app API's settings, from the environment (POSCAL_API_*, DATABASE_URL)."""
+"""The app API's settings, from the environment (POSCAL_API_*, DATABASE_URL, the master key)."""
 
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from services.shared.client_ip import parse_networks
-from services.shared.settings import ServiceSettings
+from services.shared.settings import KeyedServiceSettings
+from services.shared.sync_limits import UserSyncLimit
 from services.shared.token_buckets import TokenBuckets
 
 # What Supabase signs access tokens with: HS256 with the project's JWT secret, or its asymmetric
@@ -20,7 +21,7 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(KeyedServiceSettings):
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("POSCAL_API_HOST", "host"))
     port: int = Field(8090, validation_alias=AliasChoices("POSCAL_API_PORT", "port"))
     # Who is asking: Supabase access tokens. The secret verifies HS256 tokens; the JWKS URL
@@ -71,6 +72,18 @@ class ApiSettings(ServiceSettings):
     database_pool_size: int = Field(
         10, ge=1, validation_alias=_env("POSCAL_API_DATABASE_POOL_SIZE")
     )
+    # Where senders reach ingest: the base of the webhook URLs the controls hand out.
+    ingest_url: str = Field(
+        "http://127.0.0.1:8080",
+        validation_alias=AliasChoices("POSCAL_INGEST_PUBLIC_URL", "INGEST_URL"),
+    )
+    # The poller's per-user sync limit (the same variable): "sync now" is refused past it, as
+    # the poller would not sync the connection before then anyway.
+    sync_rate_per_user: str = Field("30/minute", validation_alias=_env("POSCAL_SYNC_RATE_PER_USER"))
+    # "Sync now" of one connection at most this often (its last attempt counts).
+    sync_now_min_interval_seconds: int = Field(
+        60, ge=0, le=86_400, validation_alias=_env("POSCAL_API_SYNC_NOW_MIN_INTERVAL_SECONDS")
+    )
 
     @property
     def algorithms(self) -> frozenset[str]:
@@ -92,6 +105,16 @@ class ApiSettings(ServiceSettings):
     def _a_rate_limit(cls, value: str) -> str:
         TokenBuckets(value)  # raises ValueError with the offending text
         return value
+
+    @field_validator("sync_rate_per_user")
+    @classmethod
+    def _a_sync_limit(cls, value: str) -> str:
+        UserSyncLimit.parse(value)
+        return value
+
+    @property
+    def user_sync_limit(self) -> UserSyncLimit:
+        return UserSyncLimit.parse(self.sync_rate_per_user)
 
     @field_validator("trusted_proxies")
     @classmethod

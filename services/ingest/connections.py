@@ -17,9 +17,9 @@ from services.shared.envelope import ConnectionRef
 from services.shared.signatures import VerificationKeys
 from services.shared.vault import CredentialVault
 
-# Connections webhooks are verified for; one an operator locked is answered 423 once a delivery
-# verifies.
-_VERIFIABLE = ("active", "locked")
+# Connections webhooks are verified for; one an operator locked, or its user paused, is answered
+# 423 once a delivery verifies (paused with Retry-After: the sender keeps it and retries).
+_VERIFIABLE = ("active", "locked", "paused")
 _MAX_CACHED = 100_000
 
 
@@ -37,6 +37,8 @@ class VerifiableConnection:
     ref: ConnectionRef
     keys: VerificationKeys
     locked: bool = False
+    # Its user paused it: deliveries wait with their sender until it is resumed.
+    paused: bool = False
     # A live connection syncs only once `connections enable-live` allowed it.
     live_enabled: bool = True
 
@@ -163,5 +165,6 @@ class ConnectionDirectory:
             ref,
             keys,
             locked=row["lifecycle"] == "locked",
+            paused=row["lifecycle"] == "paused",
             live_enabled=row["connection_type"] == "demo" or row["live_enabled_at"] is not None,
         )

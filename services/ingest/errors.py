@@ -19,6 +19,7 @@ class IngestRefusal(Exception):
      ├── PayloadTooLarge        413
      ├── UnsupportedMediaType   415: the body is not declared as JSON
      ├── Locked                 423: an operator locked the connection (`connections lock`)
+     │    └── Paused                its user paused it: with Retry-After, to be sent again
      ├── RateLimited            429: with Retry-After, over the connection's or user's rate
      │    ├── ClientThrottled       a malformed or unknown URL from a client over its refusal
      │    │                         budget
@@ -107,6 +108,21 @@ class Locked(IngestRefusal):
     error = "locked"
     public_detail = "this connection is locked by its operator; ask them to unlock it"
     verified = True
+
+
+class Paused(Locked):
+    """Unlike a lock, a pause ends without the sender doing anything: Retry-After tells it to
+    keep the delivery and send it again (the Expert Advisor does; clients/mt5). Its code is
+    its parent's, `locked`, as every subtype's is: the Retry-After is what tells them apart."""
+
+    public_detail = "this connection is paused by its user; keep this webhook and retry later"
+
+    def __init__(self, reason: str, retry_after_seconds: int) -> None:
+        super().__init__(reason)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class RateLimited(IngestRefusal):

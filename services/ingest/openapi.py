@@ -85,6 +85,19 @@ def _json(schema: str) -> dict[str, Any]:
     return {"application/json": {"schema": _ref("schemas", schema)}}
 
 
+def _paused_or_locked() -> dict[str, Any]:
+    """423 carries Retry-After only when the connection is paused (a lock has none)."""
+    response = _refusal(_REFUSALS[423], "locked")
+    response["headers"] = {
+        "Retry-After": {
+            "description": "Sent when the connection is paused: seconds to wait before resending.",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    }
+    return response
+
+
 def _refusal(description: str, error: str, *, retry_after: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
@@ -128,9 +141,11 @@ _REFUSALS: dict[int, str] = {
         " `application/json` nor `application/*+json`."
     ),
     423: (
-        "The connection's operator locked it (`poscal-sync connections lock`); nothing"
-        " is accepted until they unlock it or rotate its secret. Only correctly signed"
-        " deliveries learn this: failed ones still get 401."
+        "Without `Retry-After`: the connection's operator locked it (`poscal-sync connections"
+        " lock`); nothing is accepted until they unlock it or rotate its secret. With"
+        " `Retry-After`: its user paused it; keep the delivery and send it again then, it is"
+        " accepted once the connection is resumed. Only correctly signed deliveries learn"
+        " either: failed ones still get 401."
     ),
     429: (
         "Over the connection's or the user's delivery rate, a malformed or unknown URL"
@@ -193,7 +208,8 @@ def _webhook_operation() -> dict[str, Any]:
                     _REFUSALS[status], error, retry_after=status in RETRY_AFTER_STATUSES
                 )
                 for error, status in WEBHOOK_ERRORS.items()
-            },
+            }
+            | {"423": _paused_or_locked()},
         },
     }
 

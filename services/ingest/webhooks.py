@@ -24,6 +24,7 @@ from services.ingest.errors import (
     InProgress,
     LiveNotEnabled,
     Locked,
+    Paused,
     PayloadTooLarge,
     RateLimited,
     Replay,
@@ -207,6 +208,11 @@ class Receipt:
         )
 
 
+# The Retry-After of a paused connection's 423: the Expert Advisor backs off from it (doubling up
+# to an hour), so deliveries resume within about that long of the user resuming.
+PAUSED_RETRY_SECONDS = 60
+
+
 class ConnectionLookup(Protocol):
     async def find(self, path_id: uuid.UUID) -> VerifiableConnection | None:
         """None if unknown; raises UnreadableSecret or, if it cannot answer, TransientError."""
@@ -236,8 +242,9 @@ class WebhookReceiver:
     1. unknown URL or failed verification: 401, alike (an unknown URL from a client over its
        refusal budget: 429); a failure of a known connection is counted for its source, which
        after a few is throttled (429, a wait that doubles per failure);
-    2. a connection its operator locked: 423, and a live one not enabled yet: 403, told only to
-       a sender whose delivery verifies;
+    2. a connection its operator locked: 423; one its user paused: 423 with Retry-After (the
+       sender keeps the delivery and retries, so nothing is lost); a live one not enabled yet:
+       403; each told only to a sender whose delivery verifies;
     3. over the connection's or user's rate: 429;
     4. a webhook id already accepted for the connection: 409; one still claimed by a publish
        that has not finished (its replica may have died): 503 until accepted or taken over;
@@ -256,6 +263,7 @@ class WebhookReceiver:
         failures: FailureCounter,
         rate_limits: WebhookRateLimits,
         tolerance_seconds: int,
+        paused_retry_seconds: int = PAUSED_RETRY_SECONDS,
     ) -> None:
         self._connections = connections
         self._sink = sink
@@ -263,6 +271,7 @@ class WebhookReceiver:
         self._failures = failures
         self._rate_limits = rate_limits
         self._tolerance = tolerance_seconds
+        self._paused_retry_seconds = paused_retry_seconds
 
     async def find(self, attempt: Attempt) -> VerifiableConnection | None:
         """The connection the attempt's URL names, or None if there is none for its broker or
@@ -305,6 +314,8 @@ class WebhookReceiver:
             await self._verify(attempt, source, connection, delivery, body)
             if connection.locked:
                 raise Locked("locked")
+            if connection.paused:
+                raise Paused("paused", self._paused_retry_seconds)
             if not connection.live_enabled:
                 raise LiveNotEnabled("live_not_enabled")
             limited = self._rate_limits.take(connection.ref.connection_id, connection.ref.user_id)

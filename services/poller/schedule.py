@@ -6,11 +6,11 @@ import uuid
 from dataclasses import dataclass
 
 import asyncpg
-from limits import parse_many
 
 from services.shared import credential_kinds
 from services.shared.brokers.polling import CloudTerminal
 from services.shared.envelope import ConnectionRef
+from services.shared.sync_limits import UserSyncLimit
 
 # Leasing is serialized across replicas (one short transaction per tick each) so that the
 # per-user count below sees every lease another replica has just taken: without it, two
@@ -209,22 +209,6 @@ class Lease:
 
     connection_id: uuid.UUID
     token: uuid.UUID
-
-
-@dataclass(frozen=True)
-class UserSyncLimit:
-    """At most `amount` syncs of one user's connections per `window_seconds`, across replicas."""
-
-    amount: int
-    window_seconds: int
-
-    @classmethod
-    def parse(cls, rate: str) -> UserSyncLimit:
-        """From `limits` syntax ("30/minute"); one limit only. ValueError if unreadable."""
-        items = parse_many(rate)
-        if len(items) != 1:
-            raise ValueError(f"one per-user sync limit, not {len(items)}: {rate!r}")
-        return cls(amount=items[0].amount, window_seconds=items[0].get_expiry())
 
 
 @dataclass(frozen=True)

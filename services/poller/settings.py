@@ -7,8 +7,8 @@ import socket
 
 from pydantic import AliasChoices, Field, field_validator
 
-from services.poller.schedule import UserSyncLimit
 from services.shared.settings import KeyedServiceSettings
+from services.shared.sync_limits import UserSyncLimit
 
 
 def _default_owner() -> str:

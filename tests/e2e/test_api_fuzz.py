@@ -52,10 +52,14 @@ FUZZ = settings(
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[str]:
+def api_url(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, master_key: str
+) -> Iterator[str]:
     port = free_port()
     env = {
         "DATABASE_URL": database_url,
+        # The controls that seal secrets (a new webhook secret, new credentials) need it.
+        "POSCAL_MASTER_KEY": master_key,
         "POSCAL_API_PORT": str(port),
         "POSCAL_API_JWT_SECRET": JWT_SECRET,
         "POSCAL_API_CORS_ORIGINS": "https://app.poscal.example",

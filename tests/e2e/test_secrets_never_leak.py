@@ -478,11 +478,30 @@ async def test_no_planted_secret_appears_anywhere_the_pipeline_leaves_a_trace(
     assert stack.api_jwt_secret
     api_token = mint_token(stack.api_jwt_secret, planted.mt5.user_id, now=datetime.now(UTC))
     forged = api_token[:-6] + ("AAAAAA" if not api_token.endswith("AAAAAA") else "BBBBBB")
+    signed_in = {"Authorization": f"Bearer {api_token}"}
+    new_oanda_token = f"oanda-token-{secrets.token_hex(16)}"
+    mt5_id, oanda_id = planted.mt5.created.connection_id, planted.oanda.connection_id
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
-        listed = await client.get(
-            "/v1/connections", headers={"Authorization": f"Bearer {api_token}"}
-        )
+        listed = await client.get("/v1/connections", headers=signed_in)
         refused = await client.get("/v1/me?token=x", headers={"Authorization": f"Bearer {forged}"})
+        # The controls that take or make secrets: new credentials, a new webhook secret.
+        stored = await client.put(
+            f"/v1/connections/{oanda_id}/credentials",
+            headers=signed_in,
+            json={"credentials": new_oanda_token},
+        )
+        rotated = await client.post(
+            f"/v1/connections/{mt5_id}/webhook-secret", headers=signed_in, json={}
+        )
+        api_answers = [
+            (
+                f"GET /v1/connections/{c}{path}",
+                await client.get(f"/v1/connections/{c}{path}", headers=signed_in),
+            )
+            for c in (mt5_id, oanda_id)
+            for path in ("", "/status", "/history")
+        ] + [("PUT credentials", stored), ("GET /v1/connections", listed)]
+    new_webhook_secret = rotated.json()["webhook_secret"]
     # Stopped, the services have flushed what else they had: nothing more can be written.
     stack.stop()
 
@@ -492,6 +511,9 @@ async def test_no_planted_secret_appears_anywhere_the_pipeline_leaves_a_trace(
             Secret.text("the app API's JWT secret", stack.api_jwt_secret),
             Secret.text("an app API access token", api_token),
             Secret.text("a forged app API access token", forged),
+            Secret.text("the OANDA token entered through the app API", new_oanda_token),
+            # Shown once, in the answer to its rotation: nowhere else, that answer not searched.
+            Secret.webhook_secret("the webhook secret the app API made", new_webhook_secret),
         )
     )
     topics = (stack.topics.raw, stack.topics.canonical, stack.topics.dead_letter)
@@ -506,6 +528,7 @@ async def test_no_planted_secret_appears_anywhere_the_pipeline_leaves_a_trace(
         ],
         *search.in_records(records),
         *search.in_responses(response for outcome in sent.values() for response in outcome),
+        *search.in_responses(api_answers),
     ]
     async with pool.acquire() as conn:
         leaks += await search.in_database(conn, CIPHERTEXT_COLUMNS)
@@ -524,6 +547,8 @@ async def test_no_planted_secret_appears_anywhere_the_pipeline_leaves_a_trace(
     }
     assert written == len(accepted)
     assert len(listed.json()["connections"]) == 2 and refused.status_code == 401
+    assert (stored.status_code, rotated.status_code) == (200, 200)
+    assert {r.status_code for _, r in api_answers} == {200}
     # The search read every event ingest accepted off the raw topic, however it was batched.
     on_raw = {
         str(RawEvent.model_validate_json(r.value).event_id)
@@ -544,4 +569,4 @@ async def test_no_planted_secret_appears_anywhere_the_pipeline_leaves_a_trace(
     assert len(otlp.payloads) > 0
     assert {"file", "record", "response", "table"} <= set(search.looked_at)
     assert search.looked_at["file"] == 2 * len(SERVICES)  # each service's log and span file
-    assert search.looked_at["response"] == sum(len(o) for o in sent.values())
+    assert search.looked_at["response"] == sum(len(o) for o in sent.values()) + len(api_answers)

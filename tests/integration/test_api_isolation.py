@@ -57,9 +57,47 @@ async def bob(pool: asyncpg.Pool, vault: CredentialVault) -> User:
 
 
 @pytest.fixture
-async def api(pool: asyncpg.Pool, database_url: str) -> AsyncIterator[RunningApi]:
-    async with running_api(api_settings(database_url), pool) as running:
+async def api(pool: asyncpg.Pool, database_url: str, master_key: str) -> AsyncIterator[RunningApi]:
+    # A budget no spec here reaches: every operation is asked many times in a row.
+    settings = api_settings(
+        database_url, master_key=master_key, rate_limit_per_user="100000/minute"
+    )
+    async with running_api(settings, pool) as running:
         yield running
+
+
+# A valid body for each operation that takes one, so the request reaches its handler.
+BODIES: dict[str, dict[str, object]] = {
+    "changeConnection": {"account_label": "Alice was here"},
+    "rotateWebhookSecret": {"overlap_seconds": 0},
+    "setConnectionCredentials": {"credentials": "alice-s-token-" + "a" * 20},
+}
+
+
+def _body(operation_id: str, takes_one: bool) -> dict[str, object] | None:
+    if not takes_one:
+        return None
+    assert operation_id in BODIES, f"{operation_id}: teach this spec a valid body"
+    return BODIES[operation_id]
+
+
+async def _everything_of(pool: asyncpg.Pool, user: User) -> list[object]:
+    """Every row the services keep of the user's connections, as stored."""
+    ids = list(user.connections)
+    found: list[object] = []
+    for table, key in (
+        ("mt5_connections", "id"),
+        ("sync_schedule", "connection_id"),
+        ("mt5_credentials", "connection_id"),
+        ("mt5_security_audit", "connection_id"),
+        ("cloud_terminals", "connection_id"),
+    ):
+        rows = await pool.fetch(
+            f"SELECT * FROM {table} WHERE {key} = ANY($1::uuid[]) ORDER BY 1",  # noqa: S608
+            ids,
+        )
+        found += [(table, dict(r)) for r in rows]
+    return found
 
 
 def _same_answer(a: httpx.Response, b: httpx.Response) -> None:
@@ -95,19 +133,33 @@ async def test_a_connection_reads_with_its_schedule_when_polled(
 
 
 async def test_another_user_s_connection_is_answered_as_one_that_does_not_exist(
-    api: RunningApi, alice: User, bob: User
+    api: RunningApi, alice: User, bob: User, pool: asyncpg.Pool
 ) -> None:
-    theirs, nobody_s = bob.connections[0], uuid.uuid4()
-    for method, body in (("GET", None), ("PATCH", {"account_label": "mine now"})):
-        not_yours = await api.client.request(
-            method, f"/v1/connections/{theirs}", headers=alice.headers, json=body
-        )
-        missing = await api.client.request(
-            method, f"/v1/connections/{nobody_s}", headers=alice.headers, json=body
-        )
-        assert not_yours.status_code == 404
-        _same_answer(not_yours, missing)
-    mine = await api.client.get(f"/v1/connections/{theirs}", headers=bob.headers)
+    """Every operation on a connection (a new one too), asked by Alice of each of Bob's
+    connections: the same 404, byte for byte, as for one that does not exist, and nothing of
+    Bob's changed (sync now, pause, delete, a new secret... all refused alike)."""
+    before = await _everything_of(pool, bob)
+    on_a_connection = [o for o in OPERATIONS if "{connection_id}" in o.path]
+    assert on_a_connection
+    for operation in on_a_connection:
+        body = _body(operation.operation_id, operation.body is not None)
+        for theirs in bob.connections:
+            not_yours = await api.client.request(
+                operation.method,
+                operation.path.replace("{connection_id}", str(theirs)),
+                headers=alice.headers,
+                json=body,
+            )
+            missing = await api.client.request(
+                operation.method,
+                operation.path.replace("{connection_id}", str(uuid.uuid4())),
+                headers=alice.headers,
+                json=body,
+            )
+            assert not_yours.status_code == 404, (operation.operation_id, not_yours.text)
+            _same_answer(not_yours, missing)
+    assert await _everything_of(pool, bob) == before
+    mine = await api.client.get(f"/v1/connections/{bob.connections[0]}", headers=bob.headers)
     assert mine.json()["account_label"] == "test account"  # Alice's PATCH changed nothing
 
 
@@ -212,7 +264,7 @@ async def test_no_endpoint_answers_one_user_with_anything_of_another_s(
     for operation in OPERATIONS:
         path = operation.path.replace("{connection_id}", str(bob.connections[0]))
         assert "{" not in path, f"{operation.operation_id}: teach this spec its path parameter"
-        body = {"account_label": "Alice was here"} if operation.body is not None else None
+        body = _body(operation.operation_id, operation.body is not None)
         response = await api.client.request(
             operation.method, path, headers=alice.headers, json=body
         )
@@ -257,6 +309,35 @@ async def test_the_api_needs_no_privilege_of_its_own_to_answer(
     # Around the two doors, the login role reads nothing: a query that forgot them fails.
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await login_role_pool.fetch("SELECT id FROM mt5_connections")
+
+
+async def test_the_controls_need_no_privilege_of_the_api_s_own_either(
+    login_role_pool: asyncpg.Pool, database_url: str, master_key: str, alice: User
+) -> None:
+    """As the NOINHERIT login role: every write of the controls is the service role's."""
+    mt5, oanda = alice.connections
+    settings = api_settings(database_url, master_key=master_key)
+    async with running_api(settings, login_role_pool) as api:
+        answers = [
+            await api.client.post(f"/v1/connections/{oanda}/pause", headers=alice.headers),
+            await api.client.post(f"/v1/connections/{oanda}/resume", headers=alice.headers),
+            await api.client.put(
+                f"/v1/connections/{oanda}/credentials",
+                headers=alice.headers,
+                json={"credentials": "a-token-" + "b" * 20},
+            ),
+            await api.client.post(f"/v1/connections/{oanda}/sync", headers=alice.headers),
+            await api.client.post(
+                f"/v1/connections/{mt5}/webhook-secret", headers=alice.headers, json={}
+            ),
+            await api.client.post(f"/v1/connections/{mt5}/webhook-url", headers=alice.headers),
+            await api.client.get(f"/v1/connections/{mt5}/status", headers=alice.headers),
+            await api.client.get(f"/v1/connections/{mt5}/history", headers=alice.headers),
+            await api.client.delete(f"/v1/connections/{oanda}", headers=alice.headers),
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 202, 200, 200, 200, 200, 200], [
+        a.text for a in answers
+    ]
 
 
 def _caller(user: User) -> Caller:

@@ -528,7 +528,7 @@ async def test_a_cached_connection_is_forgotten_as_soon_as_it_changes(
         while (status := (await deliver(ingest, connection)).status_code) == 202:
             assert time.monotonic() < deadline, "the paused connection is still served from cache"
             await asyncio.sleep(0.05)
-    assert status == 401
+    assert status == 423  # paused: its sender is told to hold the delivery
 
 
 async def test_a_listener_that_loses_its_session_listens_again_and_changes_still_reach_it(
@@ -555,7 +555,7 @@ async def test_a_listener_that_loses_its_session_listens_again_and_changes_still
             assert time.monotonic() < deadline, "the paused connection is still served from cache"
             await asyncio.sleep(0.05)
     assert terminated == 1
-    assert status == 401
+    assert status == 423
 
 
 # --- retention ------------------------------------------------------------------------------

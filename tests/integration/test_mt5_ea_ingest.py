@@ -132,3 +132,65 @@ async def test_a_webhook_signed_with_another_connections_secret_is_401_which_pau
     response = await ingest.send(request)
     assert response.status_code == 401
     assert ea.line("classify", "401") == "paused"
+
+
+async def _set_lifecycle(pool: asyncpg.Pool, connection: TestConnection, lifecycle: str) -> None:
+    await pool.execute(
+        "UPDATE mt5_connections SET lifecycle = $2 WHERE id = $1",
+        connection.created.connection_id,
+        lifecycle,
+    )
+
+
+async def test_a_paused_connection_s_webhooks_wait_with_the_ea_and_arrive_once_resumed(
+    ingest: Ingest, ea: EaHarness, pool: asyncpg.Pool, topics: Topics, kafka_bootstrap: str
+) -> None:
+    """Paused, a verified delivery is 423 with Retry-After, which the EA classifies as a retry
+    (the batch stays in its outbox); resumed, the same batch is accepted and published."""
+    await _set_lifecycle(pool, ingest.connection, "paused")
+    [held] = ingest.requests(fixture_deals())
+    paused = await ingest.send(held)
+    assert paused.status_code == 423, paused.text
+    assert paused.json()["error"] == "locked"  # the code of every 423: Retry-After tells
+    assert "paused" in paused.json()["detail"]
+    retry_after = paused.headers["retry-after"]
+    assert int(retry_after) >= 1
+    assert ea.line("classify", "423", retry_after) == "retry"
+    await _set_lifecycle(pool, ingest.connection, "active")
+    [again] = ingest.requests(fixture_deals(), timestamp=int(time.time()) + 1)
+    assert again.webhook_id == held.webhook_id  # the same batch, signed anew
+    accepted = await ingest.send(again)
+    assert accepted.status_code == 202, accepted.text
+    [record] = await read_topic(kafka_bootstrap, topics.raw, expect=1)
+    assert RawEvent.model_validate_json(record.value).delivery_id == held.webhook_id
+
+
+async def test_only_a_sender_who_can_sign_learns_that_a_connection_is_paused(
+    ingest: Ingest, pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    await _set_lifecycle(pool, ingest.connection, "paused")
+    async with pool.acquire() as conn:
+        other = await new_connection(conn, vault)
+    [forged] = ingest.requests(fixture_deals(), secret=other.created.webhook_secret)
+    refused = await ingest.send(forged)
+    assert refused.status_code == 401
+    assert "retry-after" not in refused.headers
+    [unsigned] = ingest.requests(fixture_deals())
+    response = await ingest.client.post(
+        urlsplit(ingest.connection.created.webhook_url).path,
+        content=unsigned.body,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 401
+
+
+async def test_a_locked_connection_s_423_has_no_retry_after_so_the_ea_stops_sending(
+    ingest: Ingest, ea: EaHarness, pool: asyncpg.Pool
+) -> None:
+    await _set_lifecycle(pool, ingest.connection, "locked")
+    [request] = ingest.requests(fixture_deals())
+    locked = await ingest.send(request)
+    assert locked.status_code == 423
+    assert locked.json()["error"] == "locked"
+    assert "retry-after" not in locked.headers
+    assert ea.line("classify", "423") == "paused"

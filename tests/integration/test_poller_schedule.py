@@ -21,12 +21,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from services.poller.retry import FailurePolicy
-from services.poller.schedule import (
-    DueSync,
-    LeaseLost,
-    SyncSchedule,
-    UserSyncLimit,
-)
+from services.poller.schedule import DueSync, LeaseLost, SyncSchedule
 from services.poller.syncing import ConnectionSync, Poller
 from services.shared import credential_kinds
 from services.shared.brokers.errors import BrokerUnavailable, CredentialsRejected
@@ -34,6 +29,7 @@ from services.shared.brokers.polling import AdapterContext, AdapterFactory, Brok
 from services.shared.connection_admin.connections import ConnectionRefused, schedule_connection
 from services.shared.connection_admin.credentials import set_broker_credentials
 from services.shared.connection_admin.live import enable_live
+from services.shared.sync_limits import UserSyncLimit
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, connect_account, new_connection
 from tests.support.ingest import RecordingSink

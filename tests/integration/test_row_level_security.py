@@ -360,6 +360,12 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
         user.user_id,
     )
     await conn.execute(
+        "INSERT INTO sync_errors (connection_id, user_id, occurred_at, message,"
+        " consecutive_failures) VALUES ($1, $2, now(), 'broker answered 503', 1)",
+        connection_id,
+        user.user_id,
+    )
+    await conn.execute(
         "INSERT INTO cloud_terminals (connection_id, user_id, provider, transaction_id,"
         " remote_account_id, state, connection_status) VALUES ($1, $2, 'metaapi', $3, $4,"
         " 'DEPLOYED', 'CONNECTED')",
@@ -931,6 +937,7 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     "webhook_deliveries": {TABLE: READ},
     "webhook_attempts": {TABLE: READ},
     "webhook_verification_failures": {TABLE: READ},
+    "sync_errors": {TABLE: READ},
     # Which replica holds a lease is the services' business.
     "sync_schedule": dict.fromkeys(
         (

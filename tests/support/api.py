@@ -165,7 +165,7 @@ async def running_api(
                 clock=clock,
             )
             assert await jwks.refresh(force=True), "the JWKS did not answer"
-        built.append(wire(settings, pool, jwks, clock=clock))
+        built.append(wire(settings, pool, jwks, http=http, clock=clock))
         return built[0]
 
     app = create_app(settings, build)

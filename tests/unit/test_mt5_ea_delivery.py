@@ -32,7 +32,7 @@ def ea(tmp_path_factory: pytest.TempPathFactory) -> EaHarness:
         (503, "retry"),
         (403, "retry"),  # a live connection not enabled yet: it will be
         (401, "paused"),  # a bad signature does not fix itself; retrying only gets throttled
-        (423, "paused"),  # an operator's lock
+        (423, "paused"),  # an operator's lock (no Retry-After: only they can lift it)
         (404, "paused"),
         (301, "paused"),
         (400, "refused"),
@@ -45,6 +45,16 @@ def test_each_answer_from_ingest_settles_retries_pauses_or_drops_the_batch(
     ea: EaHarness, status: int, outcome: str
 ) -> None:
     assert ea.line("classify", str(status)) == outcome
+
+
+def test_a_423_with_retry_after_is_a_paused_connection_whose_batch_waits_and_is_sent_again(
+    ea: EaHarness,
+) -> None:
+    """Ingest answers a connection its user paused 423 with Retry-After: the user resumes it
+    without anything changing at the terminal, so the batch stays queued and is retried."""
+    assert ea.line("classify", "423", "60") == "retry"
+    assert ea.line("classify", "423", "0") == "retry"
+    assert ea.line("classify", "423", "-1") == "paused"
 
 
 def backoff(ea: EaHarness, failures: int, retry_after: int = -1, jitter: float = 0.5) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.poller.schedule import UserSyncLimit
 from services.poller.settings import PollerSettings
+from services.shared.sync_limits import UserSyncLimit
 
 
 @pytest.fixture(autouse=True)

@@ -158,7 +158,9 @@ int main(int argc, char **argv) {
         for (int i = 4; i < argc; i++) tickets.items.push_back(std::stoull(argv[i]));
         std::cout << PosCalWebhookId(std::stol(arg(2)), tickets, FromU16Hex(arg(3))).utf8() << "\n";
     } else if (command == "classify") {
-        std::cout << PosCalOutcomeName(PosCalClassify(std::stoi(arg(2)))).utf8() << "\n";
+        // classify STATUS [RETRY_AFTER_SECONDS]: -1 (none) unless given
+        long retry_after = argc > 3 ? std::stol(arg(3)) : -1;
+        std::cout << PosCalOutcomeName(PosCalClassify(std::stoi(arg(2)), retry_after)).utf8() << "\n";
     } else if (command == "backoff") {
         std::cout << PosCalBackoffSeconds(std::stoi(arg(2)), std::stol(arg(3)), Number(arg(4))) << "\n";
     } else if (command == "retry-after") {

@@ -11,15 +11,17 @@
 enum PosCalOutcome
   {
    POSCAL_DELIVERED,  // 2xx, or 409: ingest already accepted this webhook id
-   POSCAL_RETRY,      // the network, 408, 429, 5xx, 403 (live not enabled yet): try again later
+   POSCAL_RETRY,      // the network, 408, 429, 5xx, 403 (live not enabled yet), 423 with a
+                      // Retry-After (its user paused the connection): try again later
    POSCAL_PAUSED,     // the URL or the secret is wrong, or an operator locked the connection
-                      // (401, 404, 405, 423, 3xx): nothing more is sent until the inputs change,
-                      // and no batch is dropped
+                      // (401, 404, 405, 423 without Retry-After, 3xx): nothing more is sent until
+                      // the inputs change, and no batch is dropped
    POSCAL_REFUSED     // any other 4xx: this batch itself is refused; logged with the reason, dropped
   };
 
-//--- `status` is WebRequest's result: the HTTP status, or -1 when no answer came.
-PosCalOutcome PosCalClassify(const int status)
+//--- `status` is WebRequest's result: the HTTP status, or -1 when no answer came;
+//--- `retry_after_seconds` the answer's Retry-After (PosCalRetryAfterSeconds), -1 when none.
+PosCalOutcome PosCalClassify(const int status, const long retry_after_seconds)
   {
    if(status >= 200 && status < 300)
       return POSCAL_DELIVERED;
@@ -27,8 +29,12 @@ PosCalOutcome PosCalClassify(const int status)
       return POSCAL_DELIVERED;
    if(status == 408 || status == 429 || status == 403)
       return POSCAL_RETRY;
+   // A paused connection (423 with Retry-After) is resumed by its user without anything
+   // changing here: the batch waits in the outbox and is sent again then.
+   if(status == 423 && retry_after_seconds >= 0)
+      return POSCAL_RETRY;
    // A wrong secret, URL or clock (401) does not fix itself, and retrying it only gets this
-   // address throttled (429); 423 is an operator's lock, which a retry cannot lift either.
+   // address throttled (429); 423 alone is an operator's lock, which a retry cannot lift either.
    if(status == 401 || status == 404 || status == 405 || status == 423)
       return POSCAL_PAUSED;
    if(status >= 300 && status < 400)
