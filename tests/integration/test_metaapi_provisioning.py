@@ -5,7 +5,9 @@ the connection removes the terminal and destroys the credentials."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -380,3 +382,52 @@ async def test_a_connection_with_a_terminal_cannot_be_deleted_behind_the_service
         await pool.execute(
             "DELETE FROM mt5_connections WHERE id = $1", connection.created.connection_id
         )
+
+
+class _ReadsTheTerminalRowTogether:
+    """A connection whose read of the terminal row returns only once `barrier` is passed: two
+    provisioning runs that each read the row before either writes it (a wizard's double click,
+    two operators), as can happen by chance."""
+
+    def __init__(self, conn: Connection, barrier: asyncio.Barrier) -> None:
+        self._conn = conn
+        self._barrier: asyncio.Barrier | None = barrier
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        found = await self._conn.fetchrow(query, *args)
+        if query.startswith("SELECT * FROM cloud_terminals") and self._barrier is not None:
+            barrier, self._barrier = self._barrier, None  # the run's first read only
+            await asyncio.wait_for(barrier.wait(), 30)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_two_runs_at_once_make_one_terminal_not_a_second_one_nobody_knows_of(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    metaapi: FakeMetaApi,
+    services: TerminalServices,
+    time: VirtualTime,
+    connection: TestConnection,
+) -> None:
+    barrier = asyncio.Barrier(2)
+
+    async def run() -> ProvisionedTerminal:
+        async with pool.acquire() as conn:
+            return await provision_connection(
+                cast(Connection, _ReadsTheTerminalRowTogether(conn, barrier)),
+                vault,
+                connection.created.connection_id,
+                services,
+                sleep=time,
+                monotonic=time.monotonic,
+            )
+
+    first, second = await asyncio.gather(run(), run())
+
+    mine = [a.id for a in metaapi.accounts if a.login.login == str(connection.login)]
+    assert mine == [first.terminal.account_id] == [second.terminal.account_id]
+    row = await terminal_row(pool, connection)
+    assert row is not None and row["remote_account_id"] == first.terminal.account_id

@@ -252,6 +252,9 @@ async def _terminal_row(
         " transaction_id = EXCLUDED.transaction_id, credential_id = EXCLUDED.credential_id,"
         " remote_account_id = NULL, region = NULL, state = NULL, connection_status = NULL,"
         " ready_at = NULL, last_error = NULL, updated_at = now()"
+        # A run that started at the same time wrote the row for these credentials first: its
+        # transaction id is the one to create with, or there would be two terminals.
+        " WHERE cloud_terminals.credential_id IS DISTINCT FROM EXCLUDED.credential_id"
         " RETURNING *",
         connection_id,
         ref.user_id,
@@ -260,6 +263,10 @@ async def _terminal_row(
         secrets.token_hex(16),
         credential_id,
     )
+    if created is None:
+        created = await conn.fetchrow(
+            "SELECT * FROM cloud_terminals WHERE connection_id = $1", connection_id
+        )
     assert created is not None
     return created
 
