@@ -24,7 +24,7 @@ from services.shared.brokers.provisioning import (
 )
 from services.shared.connection_admin.connections import ConnectionRefused
 from services.shared.connection_admin.credentials import set_broker_credentials
-from services.shared.connection_admin.deletion import delete_connection
+from services.shared.connection_admin.deletion import DeletedConnection, delete_connection
 from services.shared.connection_admin.terminals import (
     Progress,
     ProvisionedTerminal,
@@ -431,3 +431,34 @@ async def test_two_runs_at_once_make_one_terminal_not_a_second_one_nobody_knows_
     assert mine == [first.terminal.account_id] == [second.terminal.account_id]
     row = await terminal_row(pool, connection)
     assert row is not None and row["remote_account_id"] == first.terminal.account_id
+
+
+async def test_a_connection_deleted_while_its_terminal_is_being_created_leaves_no_terminal(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    metaapi: FakeMetaApi,
+    services: TerminalServices,
+    time: VirtualTime,
+    connection: TestConnection,
+) -> None:
+    metaapi.validation_reads = 1  # MetaApi checks the sign-in: "ask again" (202)
+    connection_id = connection.created.connection_id
+    deleted: list[DeletedConnection] = []
+
+    async def deleted_meanwhile(seconds: float) -> None:
+        # While the run waits to ask again, the user deletes the connection: nothing of the
+        # terminal is known yet, so there is nothing to remove.
+        if not deleted:
+            async with pool.acquire() as conn:
+                deleted.append(await delete_connection(conn, connection_id, services))
+        await time(seconds)
+
+    with pytest.raises(ConnectionRefused, match="deleted"):
+        async with pool.acquire() as conn:
+            await provision_connection(
+                conn, vault, connection_id, services, sleep=deleted_meanwhile
+            )
+
+    assert deleted and deleted[0].removed_terminal is None
+    assert [a for a in metaapi.accounts if a.login.login == str(connection.login)] == []
+    assert await terminal_row(pool, connection) is None

@@ -279,12 +279,20 @@ async def _create(
     while True:
         creation = await service.create(request)
         if creation.account_id is not None:
-            await conn.execute(
+            kept = await conn.fetchval(
                 "UPDATE cloud_terminals SET remote_account_id = $2, updated_at = now()"
-                " WHERE connection_id = $1",
+                " WHERE connection_id = $1 AND removing_at IS NULL RETURNING true",
                 request.connection.connection_id,
                 creation.account_id,
             )
+            if not kept:
+                # The connection was deleted while the terminal was being made: its deletion
+                # could not know of it, so it is removed here, or it would run (billed) unknown.
+                await service.remove(creation.account_id)
+                raise ConnectionRefused(
+                    f"connection {request.connection.connection_id} was deleted meanwhile;"
+                    " the terminal made for it is removed"
+                )
             return creation.account_id
         watch.report(Progress("validating", "the service is checking the sign-in with the broker"))
         await watch.wait(
