@@ -462,3 +462,36 @@ async def test_a_connection_deleted_while_its_terminal_is_being_created_leaves_n
     assert deleted and deleted[0].removed_terminal is None
     assert [a for a in metaapi.accounts if a.login.login == str(connection.login)] == []
     assert await terminal_row(pool, connection) is None
+
+
+async def test_new_credentials_while_a_terminal_is_being_created_leave_only_the_new_terminal(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    metaapi: FakeMetaApi,
+    services: TerminalServices,
+    time: VirtualTime,
+    connection: TestConnection,
+) -> None:
+    metaapi.validation_reads = 1  # the first run waits to ask again (202)
+    connection_id = connection.created.connection_id
+    replaced: list[ProvisionedTerminal] = []
+
+    async def replaced_meanwhile(seconds: float) -> None:
+        # While the first run waits, the user enters the sign-in again (new credentials, the
+        # same password) and provisions again.
+        if not replaced:
+            async with pool.acquire() as conn:
+                await store_sign_in(conn, vault, connection, PASSWORD)
+            replaced.append(await provision(pool, vault, connection, services, time))
+        await time(seconds)
+
+    with pytest.raises(ConnectionRefused, match="meanwhile"):
+        async with pool.acquire() as conn:
+            await provision_connection(
+                conn, vault, connection_id, services, sleep=replaced_meanwhile
+            )
+
+    mine = [a.id for a in metaapi.accounts if a.login.login == str(connection.login)]
+    assert mine == [replaced[0].terminal.account_id]
+    row = await terminal_row(pool, connection)
+    assert row is not None and row["remote_account_id"] == replaced[0].terminal.account_id

@@ -281,17 +281,20 @@ async def _create(
         if creation.account_id is not None:
             kept = await conn.fetchval(
                 "UPDATE cloud_terminals SET remote_account_id = $2, updated_at = now()"
-                " WHERE connection_id = $1 AND removing_at IS NULL RETURNING true",
+                " WHERE connection_id = $1 AND removing_at IS NULL AND transaction_id = $3"
+                " RETURNING true",
                 request.connection.connection_id,
                 creation.account_id,
+                request.transaction_id,
             )
             if not kept:
-                # The connection was deleted while the terminal was being made: its deletion
-                # could not know of it, so it is removed here, or it would run (billed) unknown.
+                # The connection was deleted, or provisioned again from new credentials, while
+                # the terminal was being made: nobody else knows of it, so it is removed here,
+                # or it would run (billed) unknown.
                 await service.remove(creation.account_id)
                 raise ConnectionRefused(
-                    f"connection {request.connection.connection_id} was deleted meanwhile;"
-                    " the terminal made for it is removed"
+                    f"connection {request.connection.connection_id} was deleted or provisioned"
+                    " again meanwhile; the terminal this run made for it is removed"
                 )
             return creation.account_id
         watch.report(Progress("validating", "the service is checking the sign-in with the broker"))
