@@ -212,6 +212,51 @@ async def test_a_long_wait_asked_for_is_handed_to_the_poller_at_once(
     assert waited.value.retry_after is not None and waited.value.retry_after > 100
 
 
+async def test_one_accounts_own_rate_limit_holds_that_account_off_not_every_tenants(
+    metaapi: FakeMetaApi, http: httpx.AsyncClient
+) -> None:
+    other_login = "52557821"
+    metaapi.add_login(other_login, PASSWORD, server=SERVER, trade_mode=DEMO)
+    mine, theirs = metaapi.provisioned(LOGIN, SERVER), metaapi.provisioned(other_login, SERVER)
+    sleeps = VirtualTime()
+    hold_offs = HostHoldOffs(clock=sleeps.monotonic)  # one process polling both tenants
+
+    def polled(account_id: str, login: str) -> MetaApiAdapter:
+        sign_in = orjson.dumps({"login": login, "password": PASSWORD, "server": SERVER})
+        context = adapter_context(
+            http,
+            broker="mt5",
+            account_number=login,
+            credentials=sign_in,
+            api_url=None,
+            server=SERVER,
+            terminal=CloudTerminal("metaapi", account_id, "new-york"),
+        )
+        return MetaApiAdapter(
+            context,
+            config(metaapi),
+            retry=RetryPolicy(backoff_base_seconds=0.0),
+            sleep=sleeps,
+            hold_offs=hold_offs,
+            clock=lambda: NOW,
+        )
+
+    # MetaApi counts credits per account too: one account's busy terminal waits alone...
+    metaapi.fail_next(1, 429, recommended_in=120, exceeded="perAccount", path_suffix=mine)
+    with pytest.raises(BrokerUnavailable):
+        await polled(mine, LOGIN).authenticate()
+    await polled(theirs, other_login).authenticate()
+    with pytest.raises(BrokerUnavailable):  # ...until its own limit lets it
+        await polled(mine, LOGIN).authenticate()
+
+    # The token's limit is everyone's: every account waits.
+    metaapi.fail_next(1, 429, recommended_in=600, exceeded="perUser", path_suffix=theirs)
+    with pytest.raises(BrokerUnavailable):
+        await polled(theirs, other_login).authenticate()
+    with pytest.raises(BrokerUnavailable, match="left alone"):
+        await polled(mine, LOGIN).authenticate()
+
+
 async def test_a_refused_operator_token_is_the_services_problem_never_the_users_credentials(
     metaapi: FakeMetaApi, http: httpx.AsyncClient
 ) -> None:

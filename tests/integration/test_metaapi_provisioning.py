@@ -5,7 +5,9 @@ the connection removes the terminal and destroys the credentials."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -22,7 +24,7 @@ from services.shared.brokers.provisioning import (
 )
 from services.shared.connection_admin.connections import ConnectionRefused
 from services.shared.connection_admin.credentials import set_broker_credentials
-from services.shared.connection_admin.deletion import delete_connection
+from services.shared.connection_admin.deletion import DeletedConnection, delete_connection
 from services.shared.connection_admin.terminals import (
     Progress,
     ProvisionedTerminal,
@@ -380,3 +382,116 @@ async def test_a_connection_with_a_terminal_cannot_be_deleted_behind_the_service
         await pool.execute(
             "DELETE FROM mt5_connections WHERE id = $1", connection.created.connection_id
         )
+
+
+class _ReadsTheTerminalRowTogether:
+    """A connection whose read of the terminal row returns only once `barrier` is passed: two
+    provisioning runs that each read the row before either writes it (a wizard's double click,
+    two operators), as can happen by chance."""
+
+    def __init__(self, conn: Connection, barrier: asyncio.Barrier) -> None:
+        self._conn = conn
+        self._barrier: asyncio.Barrier | None = barrier
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        found = await self._conn.fetchrow(query, *args)
+        if query.startswith("SELECT * FROM cloud_terminals") and self._barrier is not None:
+            barrier, self._barrier = self._barrier, None  # the run's first read only
+            await asyncio.wait_for(barrier.wait(), 30)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_two_runs_at_once_make_one_terminal_not_a_second_one_nobody_knows_of(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    metaapi: FakeMetaApi,
+    services: TerminalServices,
+    time: VirtualTime,
+    connection: TestConnection,
+) -> None:
+    barrier = asyncio.Barrier(2)
+
+    async def run() -> ProvisionedTerminal:
+        async with pool.acquire() as conn:
+            return await provision_connection(
+                cast(Connection, _ReadsTheTerminalRowTogether(conn, barrier)),
+                vault,
+                connection.created.connection_id,
+                services,
+                sleep=time,
+                monotonic=time.monotonic,
+            )
+
+    first, second = await asyncio.gather(run(), run())
+
+    mine = [a.id for a in metaapi.accounts if a.login.login == str(connection.login)]
+    assert mine == [first.terminal.account_id] == [second.terminal.account_id]
+    row = await terminal_row(pool, connection)
+    assert row is not None and row["remote_account_id"] == first.terminal.account_id
+
+
+async def test_a_connection_deleted_while_its_terminal_is_being_created_leaves_no_terminal(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    metaapi: FakeMetaApi,
+    services: TerminalServices,
+    time: VirtualTime,
+    connection: TestConnection,
+) -> None:
+    metaapi.validation_reads = 1  # MetaApi checks the sign-in: "ask again" (202)
+    connection_id = connection.created.connection_id
+    deleted: list[DeletedConnection] = []
+
+    async def deleted_meanwhile(seconds: float) -> None:
+        # While the run waits to ask again, the user deletes the connection: nothing of the
+        # terminal is known yet, so there is nothing to remove.
+        if not deleted:
+            async with pool.acquire() as conn:
+                deleted.append(await delete_connection(conn, connection_id, services))
+        await time(seconds)
+
+    with pytest.raises(ConnectionRefused, match="deleted"):
+        async with pool.acquire() as conn:
+            await provision_connection(
+                conn, vault, connection_id, services, sleep=deleted_meanwhile
+            )
+
+    assert deleted and deleted[0].removed_terminal is None
+    assert [a for a in metaapi.accounts if a.login.login == str(connection.login)] == []
+    assert await terminal_row(pool, connection) is None
+
+
+async def test_new_credentials_while_a_terminal_is_being_created_leave_only_the_new_terminal(
+    pool: asyncpg.Pool,
+    vault: CredentialVault,
+    metaapi: FakeMetaApi,
+    services: TerminalServices,
+    time: VirtualTime,
+    connection: TestConnection,
+) -> None:
+    metaapi.validation_reads = 1  # the first run waits to ask again (202)
+    connection_id = connection.created.connection_id
+    replaced: list[ProvisionedTerminal] = []
+
+    async def replaced_meanwhile(seconds: float) -> None:
+        # While the first run waits, the user enters the sign-in again (new credentials, the
+        # same password) and provisions again.
+        if not replaced:
+            async with pool.acquire() as conn:
+                await store_sign_in(conn, vault, connection, PASSWORD)
+            replaced.append(await provision(pool, vault, connection, services, time))
+        await time(seconds)
+
+    with pytest.raises(ConnectionRefused, match="meanwhile"):
+        async with pool.acquire() as conn:
+            await provision_connection(
+                conn, vault, connection_id, services, sleep=replaced_meanwhile
+            )
+
+    mine = [a.id for a in metaapi.accounts if a.login.login == str(connection.login)]
+    assert mine == [replaced[0].terminal.account_id]
+    row = await terminal_row(pool, connection)
+    assert row is not None and row["remote_account_id"] == replaced[0].terminal.account_id

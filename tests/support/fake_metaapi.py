@@ -149,6 +149,7 @@ class _Failure:
     retry_after: str | None
     recommended_in: float | None
     path_suffix: str
+    exceeded: str = "perUser"
 
 
 class FakeMetaApi(ServedApp):
@@ -240,13 +241,15 @@ class FakeMetaApi(ServedApp):
         retry_after: str | None = None,
         recommended_in: float | None = None,
         path_suffix: str = "",
+        exceeded: str = "perUser",
     ) -> None:
         """Answer the next `times` requests (to paths ending in `path_suffix`) with this status;
         a 429 is MetaApi's TooManyRequestsError, its `recommendedRetryTime` `recommended_in`
-        seconds from now when given."""
+        seconds from now when given, its `exceededConfig` the limit that was hit (`perUser`:
+        the token's, every account's; `perAccount`: the one account's own)."""
         with self._lock:
             self._failures.append(
-                _Failure(status_code, times, retry_after, recommended_in, path_suffix)
+                _Failure(status_code, times, retry_after, recommended_in, path_suffix, exceeded)
             )
 
     # The server side.
@@ -277,7 +280,12 @@ class FakeMetaApi(ServedApp):
         if failure.status_code != 429:
             document = {"id": 1, "error": "InternalError", "message": "injected failure"}
             return _json(document, failure.status_code, headers)
-        metadata: dict[str, Any] = {"periodInSeconds": 1, "creditsAvailable": 0}
+        metadata: dict[str, Any] = {
+            "periodInSeconds": 1,
+            "creditsAvailable": 0,
+            "exceededConfig": failure.exceeded,
+            "exceededPeriod": "1s",
+        }
         if failure.recommended_in is not None:
             when = datetime.now(UTC) + timedelta(seconds=failure.recommended_in)
             metadata["recommendedRetryTime"] = iso(when)

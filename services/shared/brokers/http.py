@@ -38,6 +38,9 @@ Verdict = Literal["ok", "credentials", "retry", "refused"]
 WaitHint = Callable[[httpx.Response, datetime], float | None]
 # The broker's own code for why it refused a request (MetaApi's `details`: E_AUTH...), if any.
 ErrorCode = Callable[[httpx.Response], str | None]
+# What a refused request's hold-off covers when narrower than its host: the key it holds off
+# (a MetaApi account whose own rate limit was hit), or None for the whole host.
+HoldOffScope = Callable[[httpx.URL, httpx.Response | None], str | None]
 
 REDACTED = "[redacted]"
 _DETAIL_CHARS = 300
@@ -220,6 +223,9 @@ class BrokerHttp:
     hold_offs: HostHoldOffs | None = None
     wait_hint: WaitHint | None = None
     error_code: ErrorCode | None = None
+    # Asked with the response None, the narrower scope a request falls under (also waited out
+    # before it is sent); with the response, the scope that response holds off.
+    hold_off_scope: HoldOffScope | None = None
 
     async def get(
         self,
@@ -267,6 +273,9 @@ class BrokerHttp:
             target = request_target(request.url)
             origin = request_origin(request.url)
             await self._wait_for(origin, hold_offs)
+            scope = self.hold_off_scope(request.url, None) if self.hold_off_scope else None
+            if scope is not None:
+                await self._wait_for(scope, hold_offs)
             await self.limiter.acquire()
             try:
                 response = await self.http.send(request, follow_redirects=False)
@@ -302,7 +311,12 @@ class BrokerHttp:
                         if retry_after is None and self.wait_hint is not None:
                             retry_after = self.wait_hint(response, self.clock())
                         if retry_after is not None:
-                            hold_offs.hold_off(origin, retry_after)
+                            held = (
+                                self.hold_off_scope(request.url, response)
+                                if self.hold_off_scope
+                                else None
+                            )
+                            hold_offs.hold_off(held or origin, retry_after)
             if attempt == self.retry.tries:
                 break
             if retry_after is not None and retry_after > self.retry.longest_wait_seconds:

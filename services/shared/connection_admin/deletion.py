@@ -33,20 +33,22 @@ async def delete_connection(
     rows stay (the user's history), unlinked from it."""
     async with conn.transaction():
         found = await conn.fetchrow(
-            "SELECT c.broker, t.remote_account_id, t.connection_id IS NOT NULL AS has_terminal"
+            "SELECT c.broker, t.connection_id IS NOT NULL AS has_terminal"
             " FROM mt5_connections c LEFT JOIN cloud_terminals t ON t.connection_id = c.id"
             " WHERE c.id = $1 FOR UPDATE OF c",
             connection_id,
         )
         if found is None:
             raise ConnectionNotFound(connection_id)
+        remote: str | None = None
         if found["has_terminal"]:
-            await conn.execute(
+            # The terminal's id as this update finds it: one a provisioning run recorded after
+            # the read above is seen here (and a run recording one later sees removing_at).
+            remote = await conn.fetchval(
                 "UPDATE cloud_terminals SET removing_at = coalesce(removing_at, now()),"
-                " updated_at = now() WHERE connection_id = $1",
+                " updated_at = now() WHERE connection_id = $1 RETURNING remote_account_id",
                 connection_id,
             )
-    remote: str | None = found["remote_account_id"]
     if remote is not None:
         service = services(found["broker"])
         if service is None:  # a terminal whose broker lost its service: a broken install

@@ -252,6 +252,9 @@ async def _terminal_row(
         " transaction_id = EXCLUDED.transaction_id, credential_id = EXCLUDED.credential_id,"
         " remote_account_id = NULL, region = NULL, state = NULL, connection_status = NULL,"
         " ready_at = NULL, last_error = NULL, updated_at = now()"
+        # A run that started at the same time wrote the row for these credentials first: its
+        # transaction id is the one to create with, or there would be two terminals.
+        " WHERE cloud_terminals.credential_id IS DISTINCT FROM EXCLUDED.credential_id"
         " RETURNING *",
         connection_id,
         ref.user_id,
@@ -260,6 +263,10 @@ async def _terminal_row(
         secrets.token_hex(16),
         credential_id,
     )
+    if created is None:
+        created = await conn.fetchrow(
+            "SELECT * FROM cloud_terminals WHERE connection_id = $1", connection_id
+        )
     assert created is not None
     return created
 
@@ -272,12 +279,23 @@ async def _create(
     while True:
         creation = await service.create(request)
         if creation.account_id is not None:
-            await conn.execute(
+            kept = await conn.fetchval(
                 "UPDATE cloud_terminals SET remote_account_id = $2, updated_at = now()"
-                " WHERE connection_id = $1",
+                " WHERE connection_id = $1 AND removing_at IS NULL AND transaction_id = $3"
+                " RETURNING true",
                 request.connection.connection_id,
                 creation.account_id,
+                request.transaction_id,
             )
+            if not kept:
+                # The connection was deleted, or provisioned again from new credentials, while
+                # the terminal was being made: nobody else knows of it, so it is removed here,
+                # or it would run (billed) unknown.
+                await service.remove(creation.account_id)
+                raise ConnectionRefused(
+                    f"connection {request.connection.connection_id} was deleted or provisioned"
+                    " again meanwhile; the terminal this run made for it is removed"
+                )
             return creation.account_id
         watch.report(Progress("validating", "the service is checking the sign-in with the broker"))
         await watch.wait(

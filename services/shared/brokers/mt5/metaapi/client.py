@@ -65,6 +65,30 @@ def recommended_retry_seconds(response: httpx.Response, now: datetime) -> float 
     return max(0.0, (moment - now).total_seconds())
 
 
+_ACCOUNT_PATH = "/users/current/accounts/"
+
+
+def account_hold_off(url: httpx.URL, response: httpx.Response | None) -> str | None:
+    """A request about one MetaApi account falls under that account's own rate limit too
+    (MetaApi counts credits per account besides per token and server): a 429 saying that limit
+    (`metadata.exceededConfig` "perAccount") holds off that account alone, not every tenant's
+    account on the host; any other holds off the host."""
+    path = url.path
+    if not path.startswith(_ACCOUNT_PATH):
+        return None
+    account = path[len(_ACCOUNT_PATH) :].split("/", 1)[0]
+    if not account:
+        return None
+    scope = f"{request_origin(url)}{_ACCOUNT_PATH}{account}"
+    if response is None:
+        return scope
+    try:
+        exceeded = json.loads(response.content)["metadata"]["exceededConfig"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return scope if exceeded == "perAccount" else None
+
+
 def _exact(value: object) -> orjson.Fragment:
     if isinstance(value, Decimal):
         return orjson.Fragment(str(value))
@@ -256,4 +280,5 @@ class MetaApiClient:
             hold_offs=self._hold_offs,
             wait_hint=recommended_retry_seconds,
             error_code=error_code,
+            hold_off_scope=account_hold_off,
         )
