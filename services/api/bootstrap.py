@@ -20,6 +20,7 @@ from services.api.readiness import ApiReadiness
 from services.api.routes import OPERATIONS
 from services.api.settings import ApiSettings
 from services.api.tokens import TokenPolicy, TokenVerifier
+from services.api.wizard_verification import Wizard, build_wizard
 from services.shared.client_ip import IPNetwork, parse_networks
 from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import StoppedWaiting, connect_backoff
@@ -38,6 +39,8 @@ class ApiWiring:
     trusted_proxies: tuple[IPNetwork, ...]
     ready: Callable[[], Awaitable[bool]]
     jwks: JwksKeys | None = None
+    # The connection wizard; None without a vault key (its routes answer 503).
+    wizard: Wizard | None = None
 
 
 def jwks_keys(
@@ -61,6 +64,7 @@ def wire(
     jwks: JwksKeys | None = None,
     *,
     clock: Callable[[], float] = time.monotonic,
+    wizard: Wizard | None = None,
 ) -> ApiWiring:
     budgets = RequestBudgets(settings.rate_limit_per_user, settings.auth_failures_per_client, clock)
     for operation in OPERATIONS:
@@ -91,6 +95,7 @@ def wire(
         trusted_proxies=parse_networks(settings.trusted_proxies),
         ready=ApiReadiness(db, jwks),
         jwks=jwks,
+        wizard=wizard if wizard is not None else build_wizard(settings),
     )
 
 
@@ -105,6 +110,8 @@ async def start(app: Starlette, wiring: ApiWiring, stack: contextlib.AsyncExitSt
                 await fetching
 
         stack.push_async_callback(stop_fetching)
+    if wiring.wizard is not None:
+        stack.push_async_callback(wiring.wizard.aclose)  # provisioning runs, its HTTP client
     app.state.wiring = wiring
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from services.api import brokers, connections, me
+from services.api import brokers, connections, me, wizard
 from services.api.operations import Operation
 
 OPERATIONS: tuple[Operation, ...] = (
     *me.OPERATIONS,
     *brokers.OPERATIONS,
     *connections.OPERATIONS,
+    *wizard.OPERATIONS,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from services.shared.client_ip import parse_networks
-from services.shared.settings import ServiceSettings
+from services.shared.settings import KeyedServiceSettings
 from services.shared.token_buckets import TokenBuckets
 
 # What Supabase signs access tokens with: HS256 with the project's JWT secret, or its asymmetric
@@ -20,7 +20,7 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(KeyedServiceSettings):
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("POSCAL_API_HOST", "host"))
     port: int = Field(8090, validation_alias=AliasChoices("POSCAL_API_PORT", "port"))
     # Who is asking: Supabase access tokens. The secret verifies HS256 tokens; the JWKS URL
@@ -71,6 +71,37 @@ class ApiSettings(ServiceSettings):
     database_pool_size: int = Field(
         10, ge=1, validation_alias=_env("POSCAL_API_DATABASE_POOL_SIZE")
     )
+    # The connection wizard (POST /v1/wizard/sessions) seals what it verified with the vault's
+    # keys (POSCAL_MASTER_KEY, or POSCAL_KEK_PROVIDER): without them it answers 503.
+    # Where the Expert Advisor posts its webhooks (the ingest service), for the URLs it shows.
+    ingest_url: str = Field(
+        "http://127.0.0.1:8080",
+        validation_alias=AliasChoices("POSCAL_API_INGEST_URL", "INGEST_URL"),
+    )
+    # How long a broker may take to answer a wizard's sign-in check, all requests together.
+    wizard_verify_timeout_seconds: float = Field(
+        20.0, gt=0, le=120, validation_alias=_env("POSCAL_API_WIZARD_VERIFY_TIMEOUT_SECONDS")
+    )
+    # How long provisioning a cloud terminal (MT5 cloud sync) may take before the session fails,
+    # and how often its state is asked meanwhile.
+    wizard_provisioning_timeout_seconds: float = Field(
+        600.0, gt=0, validation_alias=_env("POSCAL_API_WIZARD_PROVISIONING_TIMEOUT_SECONDS")
+    )
+    wizard_provisioning_poll_seconds: float = Field(
+        5.0, gt=0, validation_alias=_env("POSCAL_API_WIZARD_PROVISIONING_POLL_SECONDS")
+    )
+    # How long a wizard session (and the credentials it sealed) waits to be confirmed.
+    wizard_session_minutes: int = Field(
+        30, ge=1, le=24 * 60, validation_alias=_env("POSCAL_API_WIZARD_SESSION_MINUTES")
+    )
+    # New connections' poll interval.
+    poll_interval_seconds: int = Field(
+        60, ge=1, validation_alias=_env("POSCAL_API_POLL_INTERVAL_SECONDS")
+    )
+    # The operator's override of brokers' API addresses (a proxy; local fakes in tests), as
+    # `broker=base URL` pairs, comma-separated: the wizard signs in there, and the connections
+    # it makes are polled there (their api_url).
+    broker_urls: str = Field("", validation_alias=_env("POSCAL_API_BROKER_URLS"))
 
     @property
     def algorithms(self) -> frozenset[str]:
@@ -91,6 +122,20 @@ class ApiSettings(ServiceSettings):
     @classmethod
     def _a_rate_limit(cls, value: str) -> str:
         TokenBuckets(value)  # raises ValueError with the offending text
+        return value
+
+    @property
+    def broker_url_overrides(self) -> dict[str, str]:
+        pairs = (p.partition("=") for p in self.broker_urls.split(",") if p.strip())
+        return {name.strip(): url.strip().rstrip("/") for name, _, url in pairs}
+
+    @field_validator("broker_urls")
+    @classmethod
+    def _broker_urls(cls, value: str) -> str:
+        for pair in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, url = pair.partition("=")
+            if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+                raise ValueError(f"POSCAL_API_BROKER_URLS: not broker=http(s)://...: {pair!r}")
         return value
 
     @field_validator("trusted_proxies")

@@ -57,9 +57,21 @@ async def bob(pool: asyncpg.Pool, vault: CredentialVault) -> User:
 
 
 @pytest.fixture
-async def api(pool: asyncpg.Pool, database_url: str) -> AsyncIterator[RunningApi]:
-    async with running_api(api_settings(database_url), pool) as running:
+async def api(pool: asyncpg.Pool, database_url: str, master_key: str) -> AsyncIterator[RunningApi]:
+    async with running_api(api_settings(database_url, master_key=master_key), pool) as running:
         yield running
+
+
+# A valid body of each operation that takes one (an Expert Advisor's session: no broker asked).
+_BODIES = {
+    "startWizardSession": {
+        "broker": "mt5",
+        "connection_type": "demo",
+        "sync": "webhook",
+        "credentials": {"login": "4242", "server": "PosCal-Test"},
+    },
+    "confirmWizardSession": {"account_number": "4242", "account_label": "Alice was here"},
+}
 
 
 def _same_answer(a: httpx.Response, b: httpx.Response) -> None:
@@ -207,20 +219,29 @@ async def test_no_endpoint_answers_one_user_with_anything_of_another_s(
 ) -> None:
     """Every operation the API serves (a new one too), asked by Alice about Bob's connection
     where it takes one: nothing of Bob's in any answer, and nothing of his changed."""
-    bobs = {str(bob.user_id), *map(str, bob.connections)}
+    started = await api.client.post(
+        "/v1/wizard/sessions", headers=bob.headers, json=_BODIES["startWizardSession"]
+    )
+    bobs_session = started.json()["id"]
+    bobs = {str(bob.user_id), *map(str, bob.connections), bobs_session}
     before = (await api.client.get("/v1/connections", headers=bob.headers)).json()
     for operation in OPERATIONS:
         path = operation.path.replace("{connection_id}", str(bob.connections[0]))
+        path = path.replace("{session_id}", bobs_session)
         assert "{" not in path, f"{operation.operation_id}: teach this spec its path parameter"
-        body = {"account_label": "Alice was here"} if operation.body is not None else None
+        body = None
+        if operation.body is not None:
+            body = _BODIES.get(operation.operation_id, {"account_label": "Alice was here"})
         response = await api.client.request(
             operation.method, path, headers=alice.headers, json=body
         )
-        assert response.status_code in (200, 404), (operation.operation_id, response.text)
+        assert response.status_code in (200, 201, 404), (operation.operation_id, response.text)
         assert not [i for i in bobs if i in response.text], operation.operation_id
     me = (await api.client.get("/v1/me", headers=alice.headers)).json()
     assert me["user_id"] == str(alice.user_id)
     assert (await api.client.get("/v1/connections", headers=bob.headers)).json() == before
+    session = await api.client.get(f"/v1/wizard/sessions/{bobs_session}", headers=bob.headers)
+    assert session.json()["state"] == "verified"  # Alice's confirm made nothing of it
 
 
 @pytest.fixture
