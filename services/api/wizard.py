@@ -211,8 +211,32 @@ def _sync_of(plugin: Broker, asked: Literal["webhook", "poll"] | None) -> str:
     return asked
 
 
+MAX_NAME_CHARS = 128  # a login, a server name, a query id: what is shown and stored as text
+
+
+def _plain_fields(plugin: Broker, fields: dict[str, str]) -> None:
+    """The fields that are no secret become the account's number and server, shown and kept
+    as text: printable, and short."""
+    for spec in plugin.credentials.fields:
+        value = fields.get(spec.name)
+        if spec.secret or value is None:
+            continue
+        if len(value) > MAX_NAME_CHARS or any(
+            unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value
+        ):
+            raise ValidationFailed(
+                [
+                    FieldProblem(
+                        f"body.credentials.{spec.name}",
+                        f"{spec.label} is printable text of at most {MAX_NAME_CHARS} characters",
+                    )
+                ]
+            )
+
+
 def _entered(plugin: Broker, sync: str, fields: dict[str, str]) -> bytes:
     """The credentials in the vault's form; ValidationFailed naming what is wrong, never it."""
+    _plain_fields(plugin, fields)
     if sync == "webhook":
         wanted = {"login", "server"} if plugin.needs_server else {"login"}
         unknown, missing = sorted(set(fields) - wanted), sorted(wanted - set(fields))
