@@ -135,7 +135,7 @@ async def verified(app: httpx.AsyncClient, headers: dict[str, str], **body: Any)
     async def answered() -> bool:
         nonlocal session
         session = (await app.get(f"/v1/wizard/sessions/{session['id']}", headers=headers)).json()
-        return session["state"] != "verifying"
+        return bool(session["state"] != "verifying")
 
     await eventually(answered, "the credentials to be verified")
     assert session["state"] == "verified", session
