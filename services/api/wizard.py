@@ -234,7 +234,7 @@ def _plain_fields(plugin: Broker, fields: dict[str, str]) -> None:
             )
 
 
-def _entered(plugin: Broker, sync: str, fields: dict[str, str]) -> bytes:
+def entered_credentials(plugin: Broker, sync: str, fields: dict[str, str]) -> bytes:
     """The credentials in the vault's form; ValidationFailed naming what is wrong, never it."""
     _plain_fields(plugin, fields)
     if sync == "webhook":
@@ -271,7 +271,7 @@ async def start_session(call: Call) -> WizardSession:
             [FieldProblem("body.connection_type", f"{plugin.title} takes no such connections")]
         )
     sync = _sync_of(plugin, body.sync)
-    entered = _entered(plugin, sync, body.credentials)
+    entered = entered_credentials(plugin, sync, body.credentials)
     caller = call.caller
     if body.connection_type == "live":
         async with call.db.as_service_for_self(caller) as conn:
