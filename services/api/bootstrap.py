@@ -112,6 +112,14 @@ async def start(app: Starlette, wiring: ApiWiring, stack: contextlib.AsyncExitSt
         stack.push_async_callback(stop_fetching)
     if wiring.wizard is not None:
         stack.push_async_callback(wiring.wizard.aclose)  # provisioning runs, its HTTP client
+        sweeping = asyncio.create_task(wiring.wizard.sweep_forever(wiring.db), name="wizard-sweep")
+
+        async def stop_sweeping() -> None:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+
+        stack.push_async_callback(stop_sweeping)
     app.state.wiring = wiring
 
 

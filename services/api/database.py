@@ -93,6 +93,17 @@ class Database:
             await conn.execute(_BECOME_SERVICE)
             yield conn
 
+    @contextlib.asynccontextmanager
+    async def as_service(self) -> AsyncIterator[Connection]:
+        """One transaction as `service_role` for the API's own upkeep, asked by no user
+        (removing expired wizard sessions): never for anything a request asks."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_BECOME_SERVICE)
+            await conn.execute(
+                "SELECT set_config('statement_timeout', $1, true)", self._statement_timeout
+            )
+            yield conn
+
     async def answers(self) -> bool:
         return await postgres_answers(self._pool)
 

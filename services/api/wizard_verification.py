@@ -42,9 +42,12 @@ from services.shared.connection_admin.terminals import (
     registered_services,
 )
 from services.shared.connection_admin.wizard_sessions import (
+    claim_expired_terminals,
+    delete_expired_sessions,
     record_failure,
     record_progress,
     record_terminal,
+    return_terminal,
 )
 from services.shared.envelope import ConnectionRef, ConnectionType
 from services.shared.errors import PermanentError
@@ -122,6 +125,35 @@ class Wizard:
         )
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
+
+    async def sweep(self, db: Database) -> int:
+        """Remove what expired sessions left: the terminals verified for sessions nobody
+        confirmed (at their service: they run and are billed), then the sessions. How many
+        terminals were removed."""
+        async with db.as_service() as conn:
+            claimed = await claim_expired_terminals(conn)
+        removed = 0
+        for expired in claimed:
+            service = self.terminals(expired.broker)
+            try:
+                if service is not None:
+                    await service.remove(expired.account_id)
+                removed += 1
+            except ProvisioningError as exc:
+                _log.warning("wizard terminal not removed yet", code=exc.code)
+                async with db.as_service() as conn:
+                    await return_terminal(conn, expired)
+        async with db.as_service() as conn:
+            await delete_expired_sessions(conn)
+        return removed
+
+    async def sweep_forever(self, db: Database, every_seconds: float = 60.0) -> None:
+        while True:
+            try:
+                await self.sweep(db)
+            except Exception as exc:  # Postgres away: the next round tries again
+                _log.warning("wizard sweep failed", cause=type(exc).__name__)
+            await self.sleep(every_seconds)
 
     async def wait_for_runs(self) -> None:
         """Until every provisioning run under way has ended (tests)."""

@@ -479,3 +479,29 @@ async def test_without_a_vault_key_the_wizard_answers_unavailable(
             api, alice, broker="oanda", connection_type="demo", credentials={"token": "t"}
         )
     assert answer.status_code == 503
+
+
+async def test_a_terminal_verified_for_a_session_nobody_confirmed_is_removed_once_it_expires(
+    api: RunningApi, pool: asyncpg.Pool, metaapi: FakeMetaApi
+) -> None:
+    login = str(7300000 + uuid.uuid4().int % 100000)
+    metaapi.add_login(login, "investor-pw", server=SERVER)
+    alice = await new_user(pool)
+    sign_in = {"login": login, "password": "investor-pw", "server": SERVER}
+    started = await start(api, alice, broker="mt5", connection_type="demo", credentials=sign_in)
+    wizard = api.wiring.wizard
+    assert wizard is not None
+    await wizard.wait_for_runs()
+    (terminal,) = [a for a in metaapi.accounts if a.login.login == login]
+    await wizard.sweep(api.wiring.db)
+    assert metaapi.account(terminal.id) is not None  # not expired yet: kept for the confirm
+
+    await pool.execute(
+        "UPDATE wizard_sessions SET expires_at = now() - interval '1 second' WHERE id = $1",
+        uuid.UUID(started.json()["id"]),
+    )
+    assert await wizard.sweep(api.wiring.db) == 1
+    assert metaapi.account(terminal.id) is None
+    assert await sessions_of(pool, alice) == []
+    gone = await api.client.get(f"/v1/wizard/sessions/{started.json()['id']}", headers=alice)
+    assert gone.status_code == 404

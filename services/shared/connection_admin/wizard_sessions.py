@@ -98,8 +98,11 @@ async def open_session(
     session_id = uuid.uuid4()
     sealed: tuple[bytes, int] | tuple[None, None] = (None, None)
     async with conn.transaction():
+        # Those with a terminal still running are the sweep's (`claim_expired_terminals`).
         await conn.execute(
-            "DELETE FROM wizard_sessions WHERE user_id = $1 AND expires_at <= now()", user_id
+            "DELETE FROM wizard_sessions WHERE user_id = $1 AND expires_at <= now()"
+            " AND terminal IS NULL",
+            user_id,
         )
         if credentials is not None:
             sealed = await vault.seal_for(
@@ -334,3 +337,50 @@ def _check_state(state: str, error: str | None) -> None:
             "session_failed", f"this session's verification failed ({reason}): start again"
         )
     raise SessionRefused("already_confirmed", "this session's connection was already made")
+
+
+@dataclass(frozen=True)
+class ExpiredTerminal:
+    """A cloud terminal verified for a session nobody confirmed in time: to be removed."""
+
+    session_id: uuid.UUID
+    broker: str
+    account_id: str
+    document: dict[str, Any]
+
+
+async def claim_expired_terminals(conn: Connection, limit: int = 20) -> list[ExpiredTerminal]:
+    """Take the terminals of expired sessions off them (each claimed by one replica only); the
+    caller removes each at its service, and gives back those it could not
+    (`return_terminal`)."""
+    rows = await conn.fetch(
+        # RETURNING gives the row as updated: the terminal comes from the claiming SELECT.
+        "WITH claimed AS (SELECT id, terminal FROM wizard_sessions"
+        " WHERE expires_at <= now() AND terminal IS NOT NULL"
+        " ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        " UPDATE wizard_sessions w SET terminal = NULL, updated_at = now() FROM claimed"
+        " WHERE w.id = claimed.id RETURNING w.id, w.broker, claimed.terminal",
+        limit,
+    )
+    claimed = []
+    for row in rows:
+        document = orjson.loads(row["terminal"])
+        claimed.append(ExpiredTerminal(row["id"], row["broker"], document["account_id"], document))
+    return claimed
+
+
+async def return_terminal(conn: Connection, expired: ExpiredTerminal) -> None:
+    """A terminal that could not be removed now: the next sweep tries again."""
+    await conn.execute(
+        "UPDATE wizard_sessions SET terminal = $2::jsonb, updated_at = now() WHERE id = $1",
+        expired.session_id,
+        orjson.dumps(expired.document).decode(),
+    )
+
+
+async def delete_expired_sessions(conn: Connection) -> int:
+    """Expired sessions with nothing left running for them; how many went."""
+    done: str = await conn.execute(
+        "DELETE FROM wizard_sessions WHERE expires_at <= now() AND terminal IS NULL"
+    )
+    return int(done.rsplit(" ", 1)[-1])
