@@ -84,7 +84,7 @@ def _a_label(value: str) -> str:
 
 class SessionRequest(BaseModel):
     """What the user entered: the broker, demo or live, how it should sync (MT5: `webhook`
-    for the Expert Advisor, `poll` for cloud sync; the broker's only way when omitted), and the
+    for the Expert Advisor, `poll` for cloud sync; may be omitted for a broker with one way), the
     broker's credential fields (`GET /v1/brokers` lists them; for the Expert Advisor only
     `login` and `server`). Never stored unless the broker accepts them, then only sealed."""
 
@@ -202,9 +202,9 @@ def _wizard(call: Call) -> Wizard:
 
 def _sync_of(plugin: Broker, asked: Literal["webhook", "poll"] | None) -> str:
     ways = syncs_by(plugin)
-    if asked is None:
-        return "poll" if "poll" in ways else ways[0]
-    if asked not in ways:
+    if asked is None and len(ways) == 1:
+        return ways[0]
+    if asked is None or asked not in ways:
         raise ValidationFailed(
             [FieldProblem("body.sync", f"{plugin.title} syncs by {' or '.join(ways)} only")]
         )

@@ -26,6 +26,7 @@ from tests.support.fake_flex import FakeFlex
 from tests.support.fake_metaapi import TOKEN as METAAPI_TOKEN
 from tests.support.fake_metaapi import FakeMetaApi, as_metaapi_deal
 from tests.support.fake_oanda import FakeOanda, numbered_transactions, sample_transactions
+from tests.support.leaks import LeakSearch, Secret
 from tests.support.otlp import OtlpReceiver
 
 pytestmark = pytest.mark.e2e
@@ -33,19 +34,23 @@ OANDA_ACCOUNT = f"101-004-{uuid.uuid4().int % 10**7:07d}-001"
 PAPER = "DU1234567"  # the constructed Flex round trips, as a paper account's
 SERVER = "PosCal-Test"
 OFFSET = 10800  # the MT5 fixtures' server clock: GMT+3
+# This run's own secrets, so finding one anywhere can only mean this run leaked it.
+OANDA_TOKEN = f"wizard-{uuid.uuid4().hex}-oanda-token"
+FLEX_TOKEN = str(uuid.uuid4().int)[:24]
 
 
 @pytest.fixture(scope="module")
 def oanda() -> Iterator[FakeOanda]:
     transactions = numbered_transactions(len(sample_transactions()), account_id=OANDA_ACCOUNT)
-    with FakeOanda(account_id=OANDA_ACCOUNT, transactions=transactions) as fake:
+    with FakeOanda(account_id=OANDA_ACCOUNT, token=OANDA_TOKEN, transactions=transactions) as fake:
         yield fake
 
 
 @pytest.fixture(scope="module")
 def flex() -> Iterator[FakeFlex]:
     statement = (FIXTURES / "constructed" / "ibkr_flex_round_trips.xml").read_bytes()
-    with FakeFlex(statement=statement.replace(b'"U1234567"', f'"{PAPER}"'.encode())) as fake:
+    paper = statement.replace(b'"U1234567"', f'"{PAPER}"'.encode())
+    with FakeFlex(token=FLEX_TOKEN, statement=paper) as fake:
         yield fake
 
 
@@ -281,3 +286,75 @@ async def test_the_expert_advisor_posts_with_the_secret_the_wizard_showed_once(
     await eventually(in_the_journal, "the Expert Advisor's deals in the journal")
     status = (await app.get(done["status_url"], headers=me)).json()
     assert status["last_sync_at"] is not None and webhook["secret"] not in str(status)
+
+
+async def test_no_credential_the_wizard_was_given_is_left_in_a_log_a_span_or_a_row(
+    pool: asyncpg.Pool, stack: DevStack, app: httpx.AsyncClient, metaapi: FakeMetaApi
+) -> None:
+    """Last in this module: it stops the stack, so that every log line and span is written."""
+    me = await signed_in(pool, stack)
+    wrong_token = f"wrong-{uuid.uuid4().hex}-token"
+    password = f"investor-{uuid.uuid4().hex}"
+    login = str(8100000 + uuid.uuid4().int % 100000)
+    metaapi.add_login(login, password, server=SERVER)
+    refused = await app.post(
+        "/v1/wizard/sessions",
+        headers=me,
+        json={"broker": "oanda", "connection_type": "demo", "credentials": {"token": wrong_token}},
+    )
+    assert refused.status_code == 400
+    wrong_flex = await app.post(
+        "/v1/wizard/sessions",
+        headers=me,
+        json={
+            "broker": "ibkr",
+            "connection_type": "demo",
+            "credentials": {"token": "9" * 24, "query_id": "987654"},
+        },
+    )
+    assert wrong_flex.status_code == 400
+    cloud = await verified(
+        app,
+        me,
+        broker="mt5",
+        connection_type="demo",
+        sync="poll",
+        credentials={"login": login, "password": password, "server": SERVER},
+    )
+    await confirmed(app, me, cloud)
+    ea = await verified(
+        app,
+        me,
+        broker="mt5",
+        connection_type="demo",
+        sync="webhook",
+        credentials={"login": str(int(login) + 1), "server": SERVER},
+    )
+    webhook = (await confirmed(app, me, ea))["webhook"]
+    stack.stop()
+
+    search = LeakSearch(
+        (
+            Secret.text("an OANDA token", OANDA_TOKEN),
+            Secret.text("a wrong OANDA token", wrong_token),
+            Secret.text("a Flex token", FLEX_TOKEN),
+            Secret.text("a wrong Flex token", "9" * 24),
+            Secret.text("an MT5 investor password", password),
+            Secret.webhook_secret("the webhook secret shown once", webhook["secret"]),
+        )
+    )
+    leaks = [
+        *search.in_files(sorted(stack.logs.glob("*.log"))),
+        *search.in_files(sorted(stack.traces.glob("*.jsonl"))),
+    ]
+    async with pool.acquire() as conn:
+        leaks += await search.in_database(
+            conn,
+            {
+                "public.mt5_credentials": {"ciphertext"},
+                "public.user_data_keys": {"wrapped_key"},
+                "public.wizard_sessions": {"sealed_credentials"},
+            },
+        )
+    assert [str(leak) for leak in leaks] == []
+    assert search.looked_at["table"] > 0 and search.looked_at["row"] > 0

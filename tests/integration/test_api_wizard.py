@@ -237,6 +237,8 @@ async def test_a_form_that_is_not_the_broker_s_is_refused_by_field(
             "sync": "webhook",
             "credentials": {"login": "1", "server": "S", "password": "secret-pw"},
         },
+        # MetaTrader 5 syncs either way: which one is the user's choice, never a default.
+        {"broker": "mt5", "connection_type": "demo", "credentials": {"login": "1", "server": "S"}},
     ):
         refused = await start(api, alice, **body)
         assert refused.status_code == 422, (body, refused.text)
@@ -373,7 +375,9 @@ async def test_mt5_cloud_sync_provisions_a_terminal_the_client_follows_then_conf
     metaapi.add_login(login, "investor-pw", server=SERVER, trade_mode=DEMO)
     alice = await new_user(pool)
     sign_in = {"login": login, "password": "investor-pw", "server": SERVER}
-    started = await start(api, alice, broker="mt5", connection_type="demo", credentials=sign_in)
+    started = await start(
+        api, alice, broker="mt5", connection_type="demo", sync="poll", credentials=sign_in
+    )
     assert started.status_code == 201, started.text
     assert started.json()["state"] == "verifying"
     assert started.json()["progress"]["step"]
@@ -409,7 +413,9 @@ async def test_mt5_cloud_sync_with_a_wrong_password_fails_the_session_with_the_r
     metaapi.add_login(login, "investor-pw", server=SERVER)
     alice = await new_user(pool)
     sign_in = {"login": login, "password": "wrong-pw", "server": SERVER}
-    started = await start(api, alice, broker="mt5", connection_type="demo", credentials=sign_in)
+    started = await start(
+        api, alice, broker="mt5", connection_type="demo", sync="poll", credentials=sign_in
+    )
     assert api.wiring.wizard is not None
     await api.wiring.wizard.wait_for_runs()
     session = await api.client.get(f"/v1/wizard/sessions/{started.json()['id']}", headers=alice)
@@ -429,7 +435,9 @@ async def test_a_real_mt5_account_on_a_demo_cloud_connection_is_refused_and_its_
     metaapi.add_login(login, "investor-pw", server=SERVER, trade_mode=REAL)
     alice = await new_user(pool)
     sign_in = {"login": login, "password": "investor-pw", "server": SERVER}
-    started = await start(api, alice, broker="mt5", connection_type="demo", credentials=sign_in)
+    started = await start(
+        api, alice, broker="mt5", connection_type="demo", sync="poll", credentials=sign_in
+    )
     assert api.wiring.wizard is not None
     await api.wiring.wizard.wait_for_runs()
     session = await api.client.get(f"/v1/wizard/sessions/{started.json()['id']}", headers=alice)
@@ -488,7 +496,9 @@ async def test_a_terminal_verified_for_a_session_nobody_confirmed_is_removed_onc
     metaapi.add_login(login, "investor-pw", server=SERVER)
     alice = await new_user(pool)
     sign_in = {"login": login, "password": "investor-pw", "server": SERVER}
-    started = await start(api, alice, broker="mt5", connection_type="demo", credentials=sign_in)
+    started = await start(
+        api, alice, broker="mt5", connection_type="demo", sync="poll", credentials=sign_in
+    )
     wizard = api.wiring.wizard
     assert wizard is not None
     await wizard.wait_for_runs()
