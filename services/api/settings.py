@@ -90,6 +90,11 @@ class ApiSettings(KeyedServiceSettings):
     wizard_provisioning_poll_seconds: float = Field(
         5.0, gt=0, validation_alias=_env("POSCAL_API_WIZARD_PROVISIONING_POLL_SECONDS")
     )
+    # Cloud terminals being provisioned for one user at once, at most (each is billed, and the
+    # service's rate limits are everyone's).
+    wizard_provisioning_per_user: int = Field(
+        2, ge=1, validation_alias=_env("POSCAL_API_WIZARD_PROVISIONING_PER_USER")
+    )
     # How long a wizard session (and the credentials it sealed) waits to be confirmed.
     wizard_session_minutes: int = Field(
         30, ge=1, le=24 * 60, validation_alias=_env("POSCAL_API_WIZARD_SESSION_MINUTES")

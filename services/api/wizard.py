@@ -25,6 +25,7 @@ from services.api.wizard_errors import (
     CredentialsRefused,
     DemoSyncRequired,
     NoAccounts,
+    ProvisioningBusy,
     SessionConfirmed,
     SessionFailed,
     SessionNotReady,
@@ -51,9 +52,17 @@ if TYPE_CHECKING:
 MAX_FIELD_CHARS = 4096
 _SESSION = """
 SELECT id, broker, connection_type, sync_method, state, accounts, progress, error,
-       connection_id, created_at, expires_at
+       connection_id, created_at, expires_at,
+       state = 'verifying' AND updated_at < now() - make_interval(secs => $2) AS stalled
 FROM wizard_sessions WHERE id = $1 AND expires_at > now()
 """
+# A verification that has not moved for this long past its own deadline has no run left (the
+# API replica running it stopped): it is shown failed, so the client stops waiting.
+STALLED_AFTER_SECONDS = 60.0
+STALLED = {
+    "code": "timed_out",
+    "message": "the verification stopped before it finished: start again",
+}
 INSTALL_HINT = (
     "In MetaTrader 5: Tools > Options > Expert Advisors, tick 'Allow WebRequest for listed URL'"
     " and add the webhook URL's origin; attach the PosCal Expert Advisor to one chart of the"
@@ -300,6 +309,17 @@ async def start_session(call: Call) -> WizardSession:
     else:
         sign_in = orjson.loads(entered)
         async with call.db.as_service_for_self(caller) as conn:
+            # Serialised per user (the lock), so two requests at once cannot both pass the cap.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"wizard:{caller.user_id}"
+            )
+            under_way = await conn.fetchval(
+                "SELECT count(*) FROM wizard_sessions WHERE user_id = $1"
+                " AND state = 'verifying' AND expires_at > now()",
+                caller.user_id,
+            )
+            if under_way >= wizard.settings.wizard_provisioning_per_user:
+                raise ProvisioningBusy(30)
             session_id = await open_session(
                 conn,
                 wizard.vault,
@@ -320,13 +340,18 @@ async def start_session(call: Call) -> WizardSession:
 
 
 async def _read_session(call: Call, session_id: uuid.UUID) -> WizardSession:
+    wizard = _wizard(call)
+    stalled_after = wizard.settings.wizard_provisioning_timeout_seconds + STALLED_AFTER_SECONDS
     async with call.db.as_user(call.caller) as conn:
-        row = await conn.fetchrow(_SESSION, session_id)
+        row = await conn.fetchrow(_SESSION, session_id, stalled_after)
     if row is None:
         raise NotFound()
+    state, error = row["state"], row["error"]
+    if row["stalled"]:
+        state, error = "failed", STALLED
     plugin = broker(row["broker"])
     accounts = []
-    for document in orjson.loads(row["accounts"]):
+    for document in row["accounts"]:
         found = FoundAccount(
             account_number=document["account_number"],
             connection_type=document.get("connection_type"),
@@ -351,10 +376,10 @@ async def _read_session(call: Call, session_id: uuid.UUID) -> WizardSession:
         broker=row["broker"],
         connection_type=row["connection_type"],
         sync=row["sync_method"],
-        state=row["state"],
+        state=state,
         accounts=accounts,
-        progress=None if row["progress"] is None else WizardStep(**orjson.loads(row["progress"])),
-        error=None if row["error"] is None else WizardFailure(**orjson.loads(row["error"])),
+        progress=None if row["progress"] is None else WizardStep(**row["progress"]),
+        error=None if error is None else WizardFailure(**error),
         note=EA_NOTE if row["sync_method"] == "webhook" else None,
         connection_id=connection_id,
         status_url=None if connection_id is None else f"/v1/connections/{connection_id}",
@@ -414,6 +439,7 @@ _VERIFY_REFUSALS = (
     NoAccounts,
     DemoSyncRequired,
     BrokerRateLimited,
+    ProvisioningBusy,
     BrokerUnreachable,
     BrokerFailed,
 )

@@ -18,7 +18,8 @@ one.
      │    ├── AlreadyConnected            the account is connected already
      │    └── DemoSyncRequired            live before a demo connection of the broker synced
      ├── RateLimited (429)
-     │    └── BrokerRateLimited           the broker is limiting us: Retry-After from its answer
+     │    ├── BrokerRateLimited           the broker is limiting us: Retry-After from its answer
+     │    └── ProvisioningBusy            the user's cloud terminals being provisioned, at most
      ├── BrokerUnreachable          502: the broker did not answer (in time)
      └── BrokerFailed               502: it answered what we cannot read
 """
@@ -119,6 +120,17 @@ class BrokerRateLimited(RateLimited):
         super().__init__(retry_after_seconds)
         if detail is not None:
             self.public_detail = detail
+
+
+class ProvisioningBusy(RateLimited):
+    """Cloud terminals are billed and the service's rate limits shared: one user provisions a
+    few at a time at most."""
+
+    error = "provisioning_busy"
+    public_detail = (
+        "cloud terminals are still being provisioned for your other sessions: wait until they"
+        " end, then try again"
+    )
 
 
 class BrokerUnreachable(_Told):

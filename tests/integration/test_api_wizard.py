@@ -134,6 +134,14 @@ async def test_an_oanda_token_is_verified_previewed_and_confirmed_into_a_connect
     (row,) = await sessions_of(pool, alice)
     assert row["sealed_credentials"] is not None
     assert oanda.token.encode() not in row["sealed_credentials"]
+    # The frontend may read the table itself: the preview is JSON, not JSON in a string.
+    assert (
+        await pool.fetchval(
+            "SELECT jsonb_typeof(accounts) FROM wizard_sessions WHERE id = $1",
+            uuid.UUID(session["id"]),
+        )
+        == "array"
+    )
 
     preview = await api.client.get(f"/v1/wizard/sessions/{session['id']}", headers=alice)
     assert preview.json() == session
@@ -515,3 +523,48 @@ async def test_a_terminal_verified_for_a_session_nobody_confirmed_is_removed_onc
     assert await sessions_of(pool, alice) == []
     gone = await api.client.get(f"/v1/wizard/sessions/{started.json()['id']}", headers=alice)
     assert gone.status_code == 404
+
+
+async def verifying_session(pool: asyncpg.Pool, headers: dict[str, str], idle: str = "0") -> str:
+    """A session whose cloud terminal is being provisioned, its last step `idle` seconds ago."""
+    session_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO wizard_sessions (id, user_id, broker, connection_type, sync_method, state,"
+        " expires_at, updated_at) VALUES ($1, $2, 'mt5', 'demo', 'poll', 'verifying',"
+        " now() + interval '1 hour', now() - make_interval(secs => $3::float8))",
+        session_id,
+        user_of(headers),
+        float(idle),
+    )
+    return str(session_id)
+
+
+async def test_one_user_provisions_only_a_few_cloud_terminals_at_once(
+    api: RunningApi, pool: asyncpg.Pool, metaapi: FakeMetaApi
+) -> None:
+    alice, bob = await new_user(pool), await new_user(pool)
+    for _ in range(2):  # POSCAL_API_WIZARD_PROVISIONING_PER_USER
+        await verifying_session(pool, alice)
+    sign_in = {"login": "7400001", "password": "pw", "server": SERVER}
+    body = {"broker": "mt5", "connection_type": "demo", "sync": "poll", "credentials": sign_in}
+    busy = await start(api, alice, **body)
+    assert (busy.status_code, busy.json()["error"]) == (429, "provisioning_busy")
+    assert busy.headers["Retry-After"] == "30"
+    assert len(await sessions_of(pool, alice)) == 2
+    theirs = await start(api, bob, **body)  # another user's provisioning is not held up
+    assert theirs.status_code == 201
+    assert api.wiring.wizard is not None
+    await api.wiring.wizard.wait_for_runs()
+
+
+async def test_a_verification_whose_run_stopped_is_shown_failed_so_the_client_stops_waiting(
+    api: RunningApi, pool: asyncpg.Pool
+) -> None:
+    alice = await new_user(pool)
+    timeout = api.wiring.wizard.settings.wizard_provisioning_timeout_seconds  # type: ignore[union-attr]
+    stalled = await verifying_session(pool, alice, idle=str(timeout + 61))
+    running = await verifying_session(pool, alice, idle="1")
+    shown = (await api.client.get(f"/v1/wizard/sessions/{stalled}", headers=alice)).json()
+    assert (shown["state"], shown["error"]["code"]) == ("failed", "timed_out")
+    still = (await api.client.get(f"/v1/wizard/sessions/{running}", headers=alice)).json()
+    assert (still["state"], still["error"]) == ("verifying", None)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-import orjson
-
 from services.shared.brokers import broker
 from services.shared.brokers.discovery import FoundAccount, type_mismatch
 from services.shared.brokers.polling import CloudTerminal
@@ -23,6 +21,9 @@ from services.shared.connection_admin.connections import (
 from services.shared.connection_admin.live import demo_first, enable_live
 from services.shared.connection_admin.terminals import VerifiedTerminal, adopt_terminal
 from services.shared.credential_kinds import BROKER_CREDENTIALS, WIZARD_CREDENTIALS
+
+# jsonb columns are read and written as Python values: the pool's codec (shared/database.py)
+# does the JSON.
 from services.shared.database import Connection
 from services.shared.envelope import ConnectionType
 from services.shared.vault import CredentialVault
@@ -125,8 +126,8 @@ async def open_session(
             "verifying" if accounts is None else "verified",
             sealed[0],
             sealed[1],
-            orjson.dumps([account_document(a) for a in accounts or []]).decode(),
-            None if progress is None else orjson.dumps(progress).decode(),
+            [account_document(a) for a in accounts or []],
+            progress,
             lifetime,
         )
     return session_id
@@ -140,7 +141,7 @@ async def record_progress(
         " WHERE id = $1 AND user_id = $2 AND state = 'verifying'",
         session_id,
         user_id,
-        orjson.dumps(progress).decode(),
+        progress,
     )
 
 
@@ -152,7 +153,7 @@ async def record_failure(
         " WHERE id = $1 AND user_id = $2 AND state = 'verifying'",
         session_id,
         user_id,
-        orjson.dumps({"code": code, "message": message}).decode(),
+        {"code": code, "message": message},
     )
 
 
@@ -200,9 +201,9 @@ async def record_terminal(
             user_id,
             ciphertext,
             version,
-            orjson.dumps([account_document(account)]).decode(),
-            orjson.dumps(terminal).decode(),
-            orjson.dumps({"step": "ready", "detail": "the account was found"}).decode(),
+            [account_document(account)],
+            terminal,
+            {"step": "ready", "detail": "the account was found"},
         )
     return True
 
@@ -239,7 +240,7 @@ async def confirm_session(
             raise SessionGone(session_id)
         plugin = broker(row["broker"])
         _check_state(row["state"], row["error"])
-        accounts = [found_account(a) for a in orjson.loads(row["accounts"])]
+        accounts = [found_account(a) for a in row["accounts"]]
         picked = next((a for a in accounts if a.account_number == account_number), None)
         if picked is None:
             offered = ", ".join(a.account_number for a in accounts) or "none"
@@ -289,7 +290,7 @@ async def confirm_session(
                 plaintext=credentials,
             )
         if row["terminal"] is not None and credential_id is not None:
-            verified, transaction_id = _verified_terminal(orjson.loads(row["terminal"]))
+            verified, transaction_id = _verified_terminal(row["terminal"])
             await adopt_terminal(
                 conn,
                 connection_id,
@@ -322,7 +323,7 @@ async def confirm_session(
     return Confirmed(connection_id, created, row["sync_method"], polled)
 
 
-def _check_state(state: str, error: str | None) -> None:
+def _check_state(state: str, error: dict[str, str] | None) -> None:
     if state == "verified":
         return
     if state == "verifying":
@@ -332,7 +333,7 @@ def _check_state(state: str, error: str | None) -> None:
             " verified",
         )
     if state == "failed":
-        reason = orjson.loads(error)["message"] if error else "the verification failed"
+        reason = error["message"] if error else "the verification failed"
         raise SessionRefused(
             "session_failed", f"this session's verification failed ({reason}): start again"
         )
@@ -364,7 +365,7 @@ async def claim_expired_terminals(conn: Connection, limit: int = 20) -> list[Exp
     )
     claimed = []
     for row in rows:
-        document = orjson.loads(row["terminal"])
+        document = row["terminal"]
         claimed.append(ExpiredTerminal(row["id"], row["broker"], document["account_id"], document))
     return claimed
 
@@ -374,7 +375,7 @@ async def return_terminal(conn: Connection, expired: ExpiredTerminal) -> None:
     await conn.execute(
         "UPDATE wizard_sessions SET terminal = $2::jsonb, updated_at = now() WHERE id = $1",
         expired.session_id,
-        orjson.dumps(expired.document).decode(),
+        expired.document,
     )
 
 
