@@ -27,11 +27,14 @@ CREATE TABLE public.wizard_sessions (
     -- A provisioned cloud terminal: the service's id of it, the creation's transaction id and
     -- its region, carried to the connection's cloud_terminals row on confirming.
     terminal            jsonb,
-    connection_id       uuid REFERENCES public.mt5_connections (id) ON DELETE SET NULL,
+    connection_id       uuid,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     expires_at          timestamptz NOT NULL,
-    CHECK ((sealed_credentials IS NULL) = (data_key_version IS NULL))
+    CHECK ((sealed_credentials IS NULL) = (data_key_version IS NULL)),
+    -- The user's own connection only (see 0009); a deleted connection leaves the session.
+    FOREIGN KEY (connection_id, user_id) REFERENCES public.mt5_connections (id, user_id)
+        ON DELETE SET NULL (connection_id)
 );
 
 CREATE INDEX wizard_sessions_user_id_idx ON public.wizard_sessions (user_id, created_at);
