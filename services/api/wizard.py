@@ -44,6 +44,7 @@ from services.shared.connection_admin.wizard_sessions import (
     SessionRefused,
     confirm_session,
     open_session,
+    verifications_under_way,
 )
 
 if TYPE_CHECKING:
@@ -309,15 +310,7 @@ async def start_session(call: Call) -> WizardSession:
     else:
         sign_in = orjson.loads(entered)
         async with call.db.as_service_for_self(caller) as conn:
-            # Serialised per user (the lock), so two requests at once cannot both pass the cap.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))", f"wizard:{caller.user_id}"
-            )
-            under_way = await conn.fetchval(
-                "SELECT count(*) FROM wizard_sessions WHERE user_id = $1"
-                " AND state = 'verifying' AND expires_at > now()",
-                caller.user_id,
-            )
+            under_way = await verifications_under_way(conn, caller.user_id)
             if under_way >= wizard.settings.wizard_provisioning_per_user:
                 raise ProvisioningBusy(30)
             session_id = await open_session(

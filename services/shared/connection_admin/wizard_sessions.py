@@ -133,6 +133,18 @@ async def open_session(
     return session_id
 
 
+async def verifications_under_way(conn: Connection, user_id: uuid.UUID) -> int:
+    """The user's sessions still verifying, counted under a lock held until the transaction
+    ends: two requests at once cannot both pass a cap on it."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"wizard:{user_id}")
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM wizard_sessions WHERE user_id = $1"
+        " AND state = 'verifying' AND expires_at > now()",
+        user_id,
+    )
+    return count
+
+
 async def record_progress(
     conn: Connection, session_id: uuid.UUID, user_id: uuid.UUID, progress: dict[str, Any]
 ) -> None:
