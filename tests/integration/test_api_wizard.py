@@ -328,12 +328,39 @@ async def test_live_waits_for_a_synced_demo_connection_of_the_same_broker(
         "UPDATE sync_schedule SET last_success_at = now() WHERE connection_id = $1",
         uuid.UUID(made["connection_id"]),
     )
+    # The fake serves its one account on either environment: now a live one of its own.
+    oanda.account_id = f"001-004-{uuid.uuid4().int % 10**7:07d}-001"
     live = await start(api, alice, connection_type="live", **body)
     assert live.status_code == 201, live.text
     (account,) = live.json()["accounts"]
-    # The fake serves its one account on either environment: the demo one, connected already.
-    again = await confirm(api, alice, live.json()["id"], account["account_number"])
-    assert (again.status_code, again.json()["error"]) == (409, "already_connected")
+    assert (account["connection_type"], account["matches_connection_type"]) == ("live", True)
+
+    # The rule holds at confirming too: a demo sync undone meanwhile (its connection deleted,
+    # say) leaves the live connection unmade.
+    await pool.execute(
+        "UPDATE sync_schedule SET last_success_at = NULL WHERE connection_id = $1",
+        uuid.UUID(made["connection_id"]),
+    )
+    refused = await confirm(api, alice, live.json()["id"], account["account_number"])
+    assert (refused.status_code, refused.json()["error"]) == (409, "demo_sync_required")
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM mt5_connections WHERE user_id = $1 AND connection_type = 'live'",
+            user_of(alice),
+        )
+        == 0
+    )
+    await pool.execute(
+        "UPDATE sync_schedule SET last_success_at = now() WHERE connection_id = $1",
+        uuid.UUID(made["connection_id"]),
+    )
+    done = await confirm(api, alice, live.json()["id"], account["account_number"])
+    assert done.status_code == 201, done.text
+    enabled = await pool.fetchval(
+        "SELECT live_enabled_at FROM mt5_connections WHERE id = $1",
+        uuid.UUID(done.json()["connection_id"]),
+    )
+    assert enabled is not None  # polled from its first sync on
 
 
 async def test_the_expert_advisor_path_shows_the_webhook_url_and_secret_once(
