@@ -42,6 +42,7 @@ from services.shared.connection_admin.live import demo_first, demo_synced
 from services.shared.connection_admin.wizard_sessions import (
     SessionGone,
     SessionRefused,
+    cancel_session,
     confirm_session,
     open_session,
     verifications_under_way,
@@ -424,6 +425,24 @@ async def confirm(call: Call) -> ConfirmedConnection:
     )
 
 
+class WizardCancelled(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="WizardCancelled")
+
+    id: uuid.UUID
+    # Whether a cloud terminal verified for it was removed now (false: none, or it is removed
+    # later, once its service answers).
+    terminal_removed: bool
+
+
+async def cancel(call: Call) -> WizardCancelled:
+    session_id = call.path(SessionPath).session_id
+    wizard = _wizard(call)
+    async with call.db.as_service_for_session(call.caller, session_id) as conn:
+        terminal = await cancel_session(conn, session_id, call.caller.user_id)
+    removed = terminal is not None and await wizard.remove_terminal(call.db, terminal)
+    return WizardCancelled(id=session_id, terminal_removed=removed)
+
+
 _VERIFY_REFUSALS = (
     CredentialsRefused,
     TokenExpired,
@@ -477,6 +496,20 @@ OPERATIONS = (
         description="Another user's session, and an expired one, are answered as one that"
         " does not exist.",
         response=WizardSession,
+        path_params=SessionPath,
+    ),
+    Operation(
+        "DELETE",
+        "/v1/wizard/sessions/{session_id}",
+        cancel,
+        operation_id="cancelWizardSession",
+        summary="Back out of the wizard: the session and what it verified go",
+        description=(
+            "The sealed credentials are destroyed and a cloud terminal verified for the session"
+            " is removed. A connection already confirmed stays. Another user's session is"
+            " answered as one that does not exist."
+        ),
+        response=WizardCancelled,
         path_params=SessionPath,
     ),
     Operation(

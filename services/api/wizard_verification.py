@@ -42,6 +42,7 @@ from services.shared.connection_admin.terminals import (
     registered_services,
 )
 from services.shared.connection_admin.wizard_sessions import (
+    ExpiredTerminal,
     claim_expired_terminals,
     delete_expired_sessions,
     record_failure,
@@ -134,18 +135,24 @@ class Wizard:
             claimed = await claim_expired_terminals(conn)
         removed = 0
         for expired in claimed:
-            service = self.terminals(expired.broker)
-            try:
-                if service is not None:
-                    await service.remove(expired.account_id)
-                removed += 1
-            except ProvisioningError as exc:
-                _log.warning("wizard terminal not removed yet", code=exc.code)
-                async with db.as_service() as conn:
-                    await return_terminal(conn, expired)
+            removed += await self.remove_terminal(db, expired)
         async with db.as_service() as conn:
             await delete_expired_sessions(conn)
         return removed
+
+    async def remove_terminal(self, db: Database, expired: ExpiredTerminal) -> bool:
+        """Remove a terminal nobody will use; given back to its session for the sweep to try
+        again when its service cannot now."""
+        service = self.terminals(expired.broker)
+        try:
+            if service is not None:
+                await service.remove(expired.account_id)
+        except ProvisioningError as exc:
+            _log.warning("wizard terminal not removed yet", code=exc.code)
+            async with db.as_service() as conn:
+                await return_terminal(conn, expired)
+            return False
+        return True
 
     async def sweep_forever(self, db: Database, every_seconds: float = 60.0) -> None:
         while True:

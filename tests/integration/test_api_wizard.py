@@ -494,6 +494,7 @@ async def test_another_user_s_session_is_answered_as_one_that_does_not_exist(
     nobody_s = str(uuid.uuid4())
     for path, method, payload in (
         ("/v1/wizard/sessions/{}", "GET", None),
+        ("/v1/wizard/sessions/{}", "DELETE", None),
         (
             "/v1/wizard/sessions/{}/confirm",
             "POST",
@@ -595,3 +596,27 @@ async def test_a_verification_whose_run_stopped_is_shown_failed_so_the_client_st
     assert (shown["state"], shown["error"]["code"]) == ("failed", "timed_out")
     still = (await api.client.get(f"/v1/wizard/sessions/{running}", headers=alice)).json()
     assert (still["state"], still["error"]) == ("verifying", None)
+
+
+async def test_backing_out_removes_the_verified_terminal_and_the_sealed_credentials(
+    api: RunningApi, pool: asyncpg.Pool, metaapi: FakeMetaApi
+) -> None:
+    login = str(7500000 + uuid.uuid4().int % 100000)
+    metaapi.add_login(login, "investor-pw", server=SERVER)
+    alice = await new_user(pool)
+    sign_in = {"login": login, "password": "investor-pw", "server": SERVER}
+    started = await start(
+        api, alice, broker="mt5", connection_type="demo", sync="poll", credentials=sign_in
+    )
+    assert api.wiring.wizard is not None
+    await api.wiring.wizard.wait_for_runs()
+    (terminal,) = [a for a in metaapi.accounts if a.login.login == login]
+    session = f"/v1/wizard/sessions/{started.json()['id']}"
+
+    cancelled = await api.client.delete(session, headers=alice)
+    assert cancelled.json() == {"id": started.json()["id"], "terminal_removed": True}
+    assert metaapi.account(terminal.id) is None
+    (row,) = await sessions_of(pool, alice)
+    assert (row["sealed_credentials"], row["terminal"]) == (None, None)
+    assert (await api.client.get(session, headers=alice)).status_code == 404
+    assert (await confirm(api, alice, started.json()["id"], login)).status_code == 404

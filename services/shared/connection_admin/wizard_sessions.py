@@ -382,6 +382,28 @@ async def claim_expired_terminals(conn: Connection, limit: int = 20) -> list[Exp
     return claimed
 
 
+async def cancel_session(
+    conn: Connection, session_id: uuid.UUID, user_id: uuid.UUID
+) -> ExpiredTerminal | None:
+    """The user backs out: the session expires now, its sealed credentials go, and its terminal
+    (if one was verified for it) is handed to the caller to remove, or left to the sweep. A run
+    still verifying finds the session gone and removes its own terminal. A confirmed session's
+    connection stays as it is."""
+    row = await conn.fetchrow(
+        "WITH old AS (SELECT id, terminal FROM wizard_sessions WHERE id = $1 AND user_id = $2"
+        " FOR UPDATE)"
+        " UPDATE wizard_sessions w SET expires_at = now(), terminal = NULL,"
+        " sealed_credentials = NULL, data_key_version = NULL, updated_at = now() FROM old"
+        " WHERE w.id = old.id RETURNING w.id, w.broker, old.terminal",
+        session_id,
+        user_id,
+    )
+    if row is None or row["terminal"] is None:
+        return None
+    document = row["terminal"]
+    return ExpiredTerminal(row["id"], row["broker"], document["account_id"], document)
+
+
 async def return_terminal(conn: Connection, expired: ExpiredTerminal) -> None:
     """A terminal that could not be removed now: the next sweep tries again."""
     await conn.execute(
