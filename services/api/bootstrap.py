@@ -20,6 +20,7 @@ from services.api.readiness import ApiReadiness
 from services.api.routes import OPERATIONS
 from services.api.settings import ApiSettings
 from services.api.tokens import TokenPolicy, TokenVerifier
+from services.api.wizard_verification import Wizard, build_wizard
 from services.shared.client_ip import IPNetwork, parse_networks
 from services.shared.connection_admin.terminals import TerminalServices, registered_services
 from services.shared.dependencies import Dependencies
@@ -42,6 +43,8 @@ class ApiWiring:
     ready: Callable[[], Awaitable[bool]]
     controls: Controls
     jwks: JwksKeys | None = None
+    # The connection wizard; None without a vault key (its routes answer 503).
+    wizard: Wizard | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ def wire(
     *,
     http: httpx.AsyncClient | None = None,
     clock: Callable[[], float] = time.monotonic,
+    wizard: Wizard | None = None,
 ) -> ApiWiring:
     """`http` reaches the cloud terminal services (MetaApi) a deletion removes terminals at;
     without it, deleting a connection that has one is refused (503)."""
@@ -120,6 +124,7 @@ def wire(
             sync_now_min_interval_seconds=settings.sync_now_min_interval_seconds,
         ),
         jwks=jwks,
+        wizard=wizard if wizard is not None else build_wizard(settings),
     )
 
 
@@ -138,6 +143,16 @@ async def start(app: Starlette, wiring: ApiWiring, stack: contextlib.AsyncExitSt
                 await fetching
 
         stack.push_async_callback(stop_fetching)
+    if wiring.wizard is not None:
+        stack.push_async_callback(wiring.wizard.aclose)  # provisioning runs, its HTTP client
+        sweeping = asyncio.create_task(wiring.wizard.sweep_forever(wiring.db), name="wizard-sweep")
+
+        async def stop_sweeping() -> None:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+
+        stack.push_async_callback(stop_sweeping)
     app.state.wiring = wiring
 
 

@@ -31,6 +31,8 @@ _OWNS_CONNECTION = "SELECT EXISTS (SELECT 1 FROM mt5_connections WHERE id = $1)"
 # hands under the step, and the user id is stated again rather than trusted to the role switch.
 _BECOME_SERVICE = "SELECT set_config('role', 'service_role', true)"
 _LOCK_OWNED = "SELECT 1 FROM mt5_connections WHERE id = $1 AND user_id = $2 FOR UPDATE"
+# A wizard session the user can read, and that has not expired.
+_OWNS_SESSION = "SELECT EXISTS (SELECT 1 FROM wizard_sessions WHERE id = $1 AND expires_at > now())"
 
 
 class Database:
@@ -66,6 +68,40 @@ class Database:
             await conn.execute(_BECOME_SERVICE)
             if await conn.fetchval(_LOCK_OWNED, connection_id, caller.user_id) is None:
                 raise NotFound()
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def as_service_for_self(self, caller: Caller) -> AsyncIterator[Connection]:
+        """One transaction as `service_role` for a privileged step on `caller`'s own behalf that
+        starts from no row of theirs (opening a wizard session): the step names
+        `caller.user_id` in every statement it makes."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._become(conn, caller)
+            await conn.execute(_BECOME_SERVICE)
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def as_service_for_session(
+        self, caller: Caller, session_id: uuid.UUID
+    ) -> AsyncIterator[Connection]:
+        """As `as_service_for`, for one of `caller`'s wizard sessions: another user's, an
+        expired one and one that does not exist are the same NotFound, raised first."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._become(conn, caller)
+            if not await conn.fetchval(_OWNS_SESSION, session_id):
+                raise NotFound()
+            await conn.execute(_BECOME_SERVICE)
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def as_service(self) -> AsyncIterator[Connection]:
+        """One transaction as `service_role` for the API's own upkeep, asked by no user
+        (removing expired wizard sessions): never for anything a request asks."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_BECOME_SERVICE)
+            await conn.execute(
+                "SELECT set_config('statement_timeout', $1, true)", self._statement_timeout
+            )
             yield conn
 
     async def answers(self) -> bool:

@@ -63,7 +63,10 @@ token is never refused by it. Bodies over {_setting("max_body_bytes")} bytes are
 
 # What each refusal status means for a client (the codes and statuses come from errors.py).
 _MEANING: dict[int, str] = {
-    400: "A CORS preflight from an origin not in `POSCAL_API_CORS_ORIGINS`.",
+    400: (
+        "A CORS preflight from an origin not in `POSCAL_API_CORS_ORIGINS`; in the wizard,"
+        " credentials the broker refused (`detail` says what to change)."
+    ),
     401: (
         "No bearer token (`unauthenticated`), or one that does not verify (`invalid_token`):"
         " sign in again. `WWW-Authenticate` says which, as RFC 6750 does."
@@ -75,7 +78,8 @@ _MEANING: dict[int, str] = {
     405: "This path does not take this method; `Allow` lists those it takes.",
     409: (
         "The connection cannot take this control as it is (paused, locked, revoked, webhook-fed,"
-        " a demo, not enabled yet): `error` says which, `detail` what the user can do."
+        " a demo, not enabled yet), or the wizard session or the account picked cannot be"
+        " confirmed now: `error` says which, `detail` what the user can do."
     ),
     413: "The body is over `POSCAL_API_MAX_BODY_BYTES`; nothing past the limit was read.",
     415: "The body is not declared as JSON (`application/json`).",
@@ -85,6 +89,10 @@ _MEANING: dict[int, str] = {
         " too many requests without a valid token from this address. Retry after `Retry-After`."
     ),
     500: "Something failed on our side; the answer never says what.",
+    502: (
+        "The broker could not be reached, did not answer in time, or answered what we cannot"
+        " read: try again later."
+    ),
     503: (
         "Not ready yet (Postgres, or the JWKS, has not answered), a control this server is not"
         " configured for yet (`not_configured`), or a cloud terminal that could not be removed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.api import brokers, connections, controls, me, status
+from services.api import brokers, connections, controls, me, status, wizard
 from services.api.operations import Operation
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -11,4 +11,5 @@ OPERATIONS: tuple[Operation, ...] = (
     *connections.OPERATIONS,
     *status.OPERATIONS,
     *controls.OPERATIONS,
+    *wizard.OPERATIONS,
 )

@@ -72,11 +72,45 @@ class ApiSettings(KeyedServiceSettings):
     database_pool_size: int = Field(
         10, ge=1, validation_alias=_env("POSCAL_API_DATABASE_POOL_SIZE")
     )
-    # Where senders reach ingest: the base of the webhook URLs the controls hand out.
+    # The connection wizard (POST /v1/wizard/sessions) seals what it verified with the vault's
+    # keys (POSCAL_MASTER_KEY, or POSCAL_KEK_PROVIDER): without them it answers 503.
+    # Where senders reach ingest (the Expert Advisor posts its webhooks there): the base of the
+    # webhook URLs the wizard and the controls hand out.
     ingest_url: str = Field(
         "http://127.0.0.1:8080",
-        validation_alias=AliasChoices("POSCAL_INGEST_PUBLIC_URL", "INGEST_URL"),
+        validation_alias=AliasChoices(
+            "POSCAL_INGEST_PUBLIC_URL", "POSCAL_API_INGEST_URL", "INGEST_URL"
+        ),
     )
+    # How long a broker may take to answer a wizard's sign-in check, all requests together.
+    wizard_verify_timeout_seconds: float = Field(
+        20.0, gt=0, le=120, validation_alias=_env("POSCAL_API_WIZARD_VERIFY_TIMEOUT_SECONDS")
+    )
+    # How long provisioning a cloud terminal (MT5 cloud sync) may take before the session fails,
+    # and how often its state is asked meanwhile.
+    wizard_provisioning_timeout_seconds: float = Field(
+        600.0, gt=0, validation_alias=_env("POSCAL_API_WIZARD_PROVISIONING_TIMEOUT_SECONDS")
+    )
+    wizard_provisioning_poll_seconds: float = Field(
+        5.0, gt=0, validation_alias=_env("POSCAL_API_WIZARD_PROVISIONING_POLL_SECONDS")
+    )
+    # Cloud terminals being provisioned for one user at once, at most (each is billed, and the
+    # service's rate limits are everyone's).
+    wizard_provisioning_per_user: int = Field(
+        2, ge=1, validation_alias=_env("POSCAL_API_WIZARD_PROVISIONING_PER_USER")
+    )
+    # How long a wizard session (and the credentials it sealed) waits to be confirmed.
+    wizard_session_minutes: int = Field(
+        30, ge=1, le=24 * 60, validation_alias=_env("POSCAL_API_WIZARD_SESSION_MINUTES")
+    )
+    # New connections' poll interval.
+    poll_interval_seconds: int = Field(
+        60, ge=1, validation_alias=_env("POSCAL_API_POLL_INTERVAL_SECONDS")
+    )
+    # The operator's override of brokers' API addresses (a proxy; local fakes in tests), as
+    # `broker=base URL` pairs, comma-separated: the wizard signs in there, and the connections
+    # it makes are polled there (their api_url).
+    broker_urls: str = Field("", validation_alias=_env("POSCAL_API_BROKER_URLS"))
     # The poller's per-user sync limit (the same variable): "sync now" is refused past it, as
     # the poller would not sync the connection before then anyway.
     sync_rate_per_user: str = Field("30/minute", validation_alias=_env("POSCAL_SYNC_RATE_PER_USER"))
@@ -115,6 +149,20 @@ class ApiSettings(KeyedServiceSettings):
     @property
     def user_sync_limit(self) -> UserSyncLimit:
         return UserSyncLimit.parse(self.sync_rate_per_user)
+
+    @property
+    def broker_url_overrides(self) -> dict[str, str]:
+        pairs = (p.partition("=") for p in self.broker_urls.split(",") if p.strip())
+        return {name.strip(): url.strip().rstrip("/") for name, _, url in pairs}
+
+    @field_validator("broker_urls")
+    @classmethod
+    def _broker_urls(cls, value: str) -> str:
+        for pair in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, url = pair.partition("=")
+            if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
+                raise ValueError(f"POSCAL_API_BROKER_URLS: not broker=http(s)://...: {pair!r}")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -11,3 +11,5 @@ WEBHOOK_SECRET: Final = "webhook_secret"  # noqa: S105 - a kind name, not a secr
 WEBHOOK_PUBLIC_KEY: Final = "webhook_public_key"
 # What the poller signs in to a broker with: an API token, or login/password/server.
 BROKER_CREDENTIALS: Final = "broker_credentials"
+# What a wizard session holds of the credentials it verified, until they become the connection's.
+WIZARD_CREDENTIALS: Final = "wizard_credentials"

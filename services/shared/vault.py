@@ -89,6 +89,35 @@ class CredentialVault:
         )
         return credential_id
 
+    async def seal_for(
+        self,
+        conn: Connection,
+        *,
+        user_id: uuid.UUID,
+        subject_id: uuid.UUID,
+        kind: str,
+        plaintext: bytes,
+    ) -> tuple[bytes, int]:
+        """Seal under the user's current data key for a row that is no credential of a
+        connection (a wizard session's, until it becomes one): the ciphertext and the data
+        key's version, bound to `subject_id` and `kind` so it opens nowhere else."""
+        version, data_key = await self._current_data_key(conn, user_id)
+        return seal(data_key, plaintext, credential_aad(subject_id, kind, version)), version
+
+    async def open_sealed(
+        self,
+        conn: Connection,
+        *,
+        user_id: uuid.UUID,
+        subject_id: uuid.UUID,
+        kind: str,
+        ciphertext: bytes,
+        data_key_version: int,
+    ) -> bytes:
+        """What `seal_for` sealed."""
+        data_key = await self._data_key(conn, user_id, data_key_version)
+        return unseal(data_key, ciphertext, credential_aad(subject_id, kind, data_key_version))
+
     async def open_active(
         self, conn: Connection, connection_id: uuid.UUID, kind: str, now: datetime
     ) -> list[bytes]:

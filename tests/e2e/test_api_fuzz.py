@@ -26,6 +26,8 @@ from services.devstack.ports import free_port
 from services.shared.vault import CredentialVault
 from tests.support.api import JWT_SECRET, hs256
 from tests.support.builders import connect_broker_account, new_connection
+from tests.support.fake_flex import FakeFlex
+from tests.support.fake_oanda import FakeOanda
 from tests.support.service_process import ServiceProcess, wait_until_ready
 
 pytestmark = pytest.mark.e2e
@@ -56,10 +58,25 @@ def api_url(
     tmp_path_factory: pytest.TempPathFactory, database_url: str, master_key: str
 ) -> Iterator[str]:
     port = free_port()
+    # The wizard signs in at the brokers: here the local fakes, so no request leaves the
+    # machine and whatever is made up for credentials gets the broker's own refusal.
+    with FakeOanda() as oanda, FakeFlex() as flex:
+        yield from _served_api(tmp_path_factory, database_url, master_key, port, oanda, flex)
+
+
+def _served_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str,
+    master_key: str,
+    port: int,
+    oanda: FakeOanda,
+    flex: FakeFlex,
+) -> Iterator[str]:
     env = {
-        "DATABASE_URL": database_url,
-        # The controls that seal secrets (a new webhook secret, new credentials) need it.
+        # The wizard and the controls that seal secrets (a new webhook secret, new credentials).
         "POSCAL_MASTER_KEY": master_key,
+        "POSCAL_API_BROKER_URLS": f"oanda={oanda.url},ibkr={flex.url}",
+        "DATABASE_URL": database_url,
         "POSCAL_API_PORT": str(port),
         "POSCAL_API_JWT_SECRET": JWT_SECRET,
         "POSCAL_API_CORS_ORIGINS": "https://app.poscal.example",

@@ -69,7 +69,7 @@ def stack(
     stack = DevStack(
         state_dir=Path(tmp_path_factory.mktemp("stack")),
         port=0,
-        api_port=0,
+        api_port=0,  # not the default 8090: another stack on this machine may hold it
         database_url=database_url,
         kafka_bootstrap_servers=kafka_bootstrap,
         master_key=master_key,

@@ -71,6 +71,14 @@ BODIES: dict[str, dict[str, object]] = {
     "changeConnection": {"account_label": "Alice was here"},
     "rotateWebhookSecret": {"overlap_seconds": 0},
     "setConnectionCredentials": {"credentials": "alice-s-token-" + "a" * 20},
+    # An Expert Advisor's session: no broker asked.
+    "startWizardSession": {
+        "broker": "mt5",
+        "connection_type": "demo",
+        "sync": "webhook",
+        "credentials": {"login": "4242", "server": "PosCal-Test"},
+    },
+    "confirmWizardSession": {"account_number": "4242", "account_label": "Alice was here"},
 }
 
 
@@ -259,20 +267,27 @@ async def test_no_endpoint_answers_one_user_with_anything_of_another_s(
 ) -> None:
     """Every operation the API serves (a new one too), asked by Alice about Bob's connection
     where it takes one: nothing of Bob's in any answer, and nothing of his changed."""
-    bobs = {str(bob.user_id), *map(str, bob.connections)}
+    started = await api.client.post(
+        "/v1/wizard/sessions", headers=bob.headers, json=BODIES["startWizardSession"]
+    )
+    bobs_session = started.json()["id"]
+    bobs = {str(bob.user_id), *map(str, bob.connections), bobs_session}
     before = (await api.client.get("/v1/connections", headers=bob.headers)).json()
     for operation in OPERATIONS:
         path = operation.path.replace("{connection_id}", str(bob.connections[0]))
+        path = path.replace("{session_id}", bobs_session)
         assert "{" not in path, f"{operation.operation_id}: teach this spec its path parameter"
         body = _body(operation.operation_id, operation.body is not None)
         response = await api.client.request(
             operation.method, path, headers=alice.headers, json=body
         )
-        assert response.status_code in (200, 404), (operation.operation_id, response.text)
+        assert response.status_code in (200, 201, 404), (operation.operation_id, response.text)
         assert not [i for i in bobs if i in response.text], operation.operation_id
     me = (await api.client.get("/v1/me", headers=alice.headers)).json()
     assert me["user_id"] == str(alice.user_id)
     assert (await api.client.get("/v1/connections", headers=bob.headers)).json() == before
+    session = await api.client.get(f"/v1/wizard/sessions/{bobs_session}", headers=bob.headers)
+    assert session.json()["state"] == "verified"  # Alice's confirm made nothing of it
 
 
 @pytest.fixture

@@ -374,6 +374,14 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
         uuid.uuid4().hex,
         str(uuid.uuid4()),
     )
+    await conn.execute(
+        "INSERT INTO wizard_sessions (user_id, broker, connection_type, sync_method, state,"
+        " sealed_credentials, data_key_version, accounts, connection_id, expires_at)"
+        " VALUES ($1, 'mt5', 'demo', 'webhook', 'confirmed', '\\x00'::bytea, 1,"
+        " '[{\"account_number\": \"1\"}]'::jsonb, $2, now() + interval '1 hour')",
+        user.user_id,
+        connection_id,
+    )
     return user
 
 
@@ -973,6 +981,25 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
             "last_error",
             "created_at",
             "updated_at",
+        ),
+        READ,
+    ),
+    # A wizard session as the user follows it; the sealed credentials are the API's alone.
+    "wizard_sessions": dict.fromkeys(
+        (
+            "id",
+            "user_id",
+            "broker",
+            "connection_type",
+            "sync_method",
+            "state",
+            "accounts",
+            "progress",
+            "error",
+            "connection_id",
+            "created_at",
+            "updated_at",
+            "expires_at",
         ),
         READ,
     ),

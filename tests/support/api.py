@@ -26,6 +26,7 @@ from services.api.app import create_app
 from services.api.bootstrap import ApiWiring, wire
 from services.api.jwks import JwksKeys
 from services.api.settings import ApiSettings
+from services.api.wizard_verification import Wizard
 from tests.support.served_app import ServedApp
 
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
@@ -148,8 +149,10 @@ async def running_api(
     clock: Callable[[], float] = time.monotonic,
     client_address: tuple[str, int] = ("203.0.113.7", 40000),
     headers: Mapping[str, str] | None = None,
+    wizard: Wizard | None = None,
 ) -> AsyncIterator[RunningApi]:
-    """The app on `pool`, its JWKS (when configured) fetched once before the first request."""
+    """The app on `pool`, its JWKS (when configured) fetched once before the first request;
+    `wizard` instead of the one its settings make (fakes for the cloud terminal service)."""
     built: list[ApiWiring] = []
     http = httpx.AsyncClient(timeout=5)
 
@@ -165,7 +168,7 @@ async def running_api(
                 clock=clock,
             )
             assert await jwks.refresh(force=True), "the JWKS did not answer"
-        built.append(wire(settings, pool, jwks, http=http, clock=clock))
+        built.append(wire(settings, pool, jwks, http=http, clock=clock, wizard=wizard))
         return built[0]
 
     app = create_app(settings, build)

@@ -1,5 +1,6 @@
 """A fake OANDA v20 REST server over real HTTP, answering from the real samples in
-tests/fixtures/oanda: account summary, transactions by id range (and since an id), open trades.
+tests/fixtures/oanda: the token's accounts, account summary, transactions by id range (and since
+an id), open trades.
 
     with FakeOanda(transactions=numbered_transactions(2500)) as oanda:
         oanda.fail_next(2, 429, retry_after="3")   # then answers normally again
@@ -117,6 +118,7 @@ class FakeOanda(ServedApp):
         super().__init__(
             Starlette(
                 routes=[
+                    Route("/v3/accounts", self._accounts),
                     Route(f"{base}/summary", self._guarded(self._summary)),
                     Route(f"{base}/transactions/idrange", self._guarded(self._idrange)),
                     Route(f"{base}/transactions/sinceid", self._guarded(self._sinceid)),
@@ -186,6 +188,18 @@ class FakeOanda(ServedApp):
                 return await handler(request)
 
         return guarded
+
+    async def _accounts(self, request: Request) -> Response:
+        """The token's accounts (v20 `GET /v3/accounts`): the fake's one account."""
+        with self.requests.request(request.url.path, ""):
+            if request.headers.get("Authorization") != f"Bearer {self.token}":
+                return _json(
+                    {"errorMessage": "Insufficient authorization to perform request."}, 401
+                )
+            injected = self._injected_failure(request.url.path)
+            if injected is not None:
+                return injected
+            return _json({"accounts": [{"id": self.account_id, "tags": []}]})
 
     def _injected_failure(self, path: str) -> Response | None:
         with self._lock:

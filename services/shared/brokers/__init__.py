@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from services.shared.brokers.discovery import AccountDiscovery
 from services.shared.brokers.payloads import json_object_or_none
 from services.shared.brokers.polling import AdapterFactory
 from services.shared.brokers.provisioning import TerminalServiceFactory
@@ -147,6 +148,10 @@ class Broker:
     # The mappers of its other payloads (other ways its data arrives), each naming its kind in a
     # top-level "kind"; a broker with none maps every payload with `map_event`.
     payload_kinds: Mapping[str, Callable[[RawEvent], MappedEvent]] = field(default_factory=dict)
+    # The connection wizard's sign-in check: the accounts entered credentials reach. None for a
+    # broker whose sign-in is checked another way (a cloud terminal's provisioning) or not at
+    # all (webhooks only).
+    discover: AccountDiscovery | None = None
 
     @property
     def polled(self) -> bool:

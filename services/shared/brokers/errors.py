@@ -20,9 +20,11 @@ from services.shared.errors import PermanentError, TransientError
 class CredentialsRejected(Exception):
     """The broker refused the credentials (401/403): stop until they are replaced."""
 
-    def __init__(self, status_code: int, detail: str) -> None:
+    def __init__(self, status_code: int, detail: str, error_code: str | None = None) -> None:
         super().__init__(f"the broker refused the credentials (HTTP {status_code}): {detail}")
         self.status_code = status_code
+        # The broker's own code for why, when it gives one (IBKR Flex: 1012 token expired...).
+        self.error_code = error_code
 
 
 class BrokerUnavailable(TransientError):

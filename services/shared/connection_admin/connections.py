@@ -103,8 +103,12 @@ async def create_connection(
     ingest_url: str,
     api_url: str | None = None,
     poll_interval_seconds: int = 60,
+    check_user: bool = True,
 ) -> NewConnection:
-    """A live connection is created unable to sync until `enable-live` allows it."""
+    """A live connection is created unable to sync until `enable-live` allows it.
+    `check_user=False` for a caller that knows the user exists (the app API, for a user whose
+    wizard session it holds: the session's row references them), as service_role may not read
+    auth.users."""
     if not account_number.strip():
         raise ConnectionRefused("--account-number must not be blank")
     if not account_label.strip() or len(account_label) > MAX_LABEL_LENGTH:
@@ -114,7 +118,7 @@ async def create_connection(
     polled = is_polled(broker)
     api_url = _checked_api_url(api_url)
     async with conn.transaction():
-        if not await conn.fetchval(
+        if check_user and not await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM auth.users WHERE id = $1)", user_id
         ):
             raise ConnectionRefused(f"no user {user_id} in auth.users")

@@ -18,6 +18,20 @@ SELECT EXISTS (
 """
 
 
+async def demo_synced(conn: Connection, user_id: uuid.UUID, broker: str) -> bool:
+    """Whether the user has a demo connection of `broker` that has synced successfully."""
+    return bool(await conn.fetchval(_DEMO_SYNCED, user_id, broker))
+
+
+def demo_first(title: str) -> str:
+    """What a user without a synced demo connection of the broker is told to do first."""
+    return (
+        f"a live {title} connection is enabled only once one of your demo {title} connections"
+        f" has synced successfully: connect a demo {title} account first, let its first sync"
+        " finish, then connect the live one"
+    )
+
+
 async def enable_live(conn: Connection, connection_id: uuid.UUID) -> datetime:
     """When the live connection was (or already had been) enabled; refuses with the reason."""
     async with conn.transaction():
@@ -37,7 +51,7 @@ async def enable_live(conn: Connection, connection_id: uuid.UUID) -> datetime:
         if row["live_enabled_at"] is not None:
             enabled: datetime = row["live_enabled_at"]
             return enabled
-        if not await conn.fetchval(_DEMO_SYNCED, row["user_id"], row["broker"]):
+        if not await demo_synced(conn, row["user_id"], row["broker"]):
             raise ConnectionRefused(
                 f"connection {connection_id} stays disabled: user {row['user_id']} has no"
                 f" {row['broker']} demo connection that has synced successfully yet. Create one"

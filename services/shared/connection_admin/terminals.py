@@ -4,6 +4,7 @@ vault, waiting (bounded, with progress) until it is deployed and connected, then
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 import time
@@ -271,14 +272,56 @@ async def _terminal_row(
     return created
 
 
+@dataclass(frozen=True)
+class VerifiedTerminal:
+    """A terminal made for a sign-in before any connection exists (the wizard's verification):
+    running, connected, its account checked."""
+
+    terminal: CloudTerminal
+    state: str
+    connection_status: str
+    account: dict[str, Any]
+
+
+async def provision_terminal(
+    service: TerminalService,
+    request: TerminalRequest,
+    *,
+    limits: ProvisioningLimits | None = None,
+    progress: Callable[[Progress], None] = _no_progress,
+    sleep: Sleep = asyncio.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> VerifiedTerminal:
+    """`provision_connection`'s steps for a sign-in not stored anywhere yet (nothing is
+    written): create, deploy, wait until connected, check the account is the one entered and of
+    its type. On any failure the terminal made is removed before the ProvisioningError goes on,
+    so a sign-in that did not verify leaves nothing running (and billed)."""
+    watch = _Watch(limits or ProvisioningLimits(), progress, sleep, monotonic)
+    account_id: str | None = None
+    try:
+        account_id = await _create(None, service, request, watch)
+        watch.report(Progress("deploying", "starting the cloud terminal"))
+        await service.deploy(account_id, request)
+        status = await _connected(None, service, account_id, request, watch)
+        watch.report(Progress("checking", "reading the account through the terminal"))
+        account = await service.check_account(status.terminal, request)
+    except BaseException:
+        if account_id is not None:
+            with contextlib.suppress(ProvisioningError):
+                await service.remove(account_id)
+        raise
+    watch.report(Progress("ready", "the terminal is connected", status.state))
+    return VerifiedTerminal(status.terminal, status.state, status.connection_status, account)
+
+
 async def _create(
-    conn: Connection, service: TerminalService, request: TerminalRequest, watch: _Watch
+    conn: Connection | None, service: TerminalService, request: TerminalRequest, watch: _Watch
 ) -> str:
     """Create the terminal, asking again (same transaction id) while the service validates."""
     watch.report(Progress("creating", "creating the cloud terminal"))
     while True:
         creation = await service.create(request)
-        if creation.account_id is not None:
+        if creation.account_id is not None and conn is not None:
             kept = await conn.fetchval(
                 "UPDATE cloud_terminals SET remote_account_id = $2, updated_at = now()"
                 " WHERE connection_id = $1 AND removing_at IS NULL AND transaction_id = $3"
@@ -296,6 +339,7 @@ async def _create(
                     f"connection {request.connection.connection_id} was deleted or provisioned"
                     " again meanwhile; the terminal this run made for it is removed"
                 )
+        if creation.account_id is not None:
             return creation.account_id
         watch.report(Progress("validating", "the service is checking the sign-in with the broker"))
         await watch.wait(
@@ -309,7 +353,7 @@ async def _create(
 
 
 async def _connected(
-    conn: Connection,
+    conn: Connection | None,
     service: TerminalService,
     account_id: str,
     request: TerminalRequest,
@@ -319,14 +363,15 @@ async def _connected(
     ref = request.connection
     while True:
         status = await service.status(account_id)
-        await conn.execute(
-            "UPDATE cloud_terminals SET state = $2, connection_status = $3, updated_at = now()"
-            " WHERE connection_id = $1 AND (state IS DISTINCT FROM $2"
-            " OR connection_status IS DISTINCT FROM $3)",
-            ref.connection_id,
-            status.state,
-            status.connection_status,
-        )
+        if conn is not None:
+            await conn.execute(
+                "UPDATE cloud_terminals SET state = $2, connection_status = $3,"
+                " updated_at = now() WHERE connection_id = $1 AND (state IS DISTINCT FROM $2"
+                " OR connection_status IS DISTINCT FROM $3)",
+                ref.connection_id,
+                status.state,
+                status.connection_status,
+            )
         match status.phase:
             case "ready":
                 return status
@@ -362,3 +407,38 @@ def _timed_out(status: TerminalStatus, ref: ConnectionRef) -> ProvisioningError:
         f"the cloud terminal is not ready yet ({status.state}, {status.connection_status}):"
         " try again in a few minutes (it carries on where it was)",
     )
+
+
+async def adopt_terminal(
+    conn: Connection,
+    connection_id: uuid.UUID,
+    credential_id: uuid.UUID,
+    verified: VerifiedTerminal,
+    transaction_id: str,
+    *,
+    poll_interval_seconds: int = 60,
+) -> None:
+    """Make a terminal the wizard verified the new connection's, made from `credential_id`,
+    ready, and put the connection on the schedule, its first sync due now. A later
+    `connections provision` finds it as its own (same credentials: it carries on)."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO cloud_terminals (connection_id, user_id, provider, transaction_id,"
+            " remote_account_id, region, state, connection_status, credential_id, ready_at)"
+            " SELECT id, user_id, $2, $3, $4, $5, $6, $7, $8, now() FROM mt5_connections"
+            " WHERE id = $1",
+            connection_id,
+            verified.terminal.provider,
+            transaction_id,
+            verified.terminal.account_id,
+            verified.terminal.region,
+            verified.state,
+            verified.connection_status,
+            credential_id,
+        )
+        await schedule_connection(conn, connection_id, poll_interval_seconds)
+        await conn.execute(
+            "UPDATE sync_schedule SET next_sync_at = now(), updated_at = now()"
+            " WHERE connection_id = $1",
+            connection_id,
+        )

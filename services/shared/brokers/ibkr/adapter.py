@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 from aiolimiter import AsyncLimiter
 
+from services.shared.brokers.discovery import DiscoveryRequest, FoundAccount
 from services.shared.brokers.errors import (
     AccountMismatch,
     BrokerRequestFailed,
@@ -285,7 +286,21 @@ class IbkrFlexAdapter:
         """The statement this adapter fetched last, else a new one."""
         return self._statement or await self._fresh_statement()
 
-    async def _fresh_statement(self) -> tuple[bytes, ET.Element]:
+    async def fetch_accounts(self) -> list[dict[str, str]]:
+        """Every account of a fresh statement, whichever the connection names: the attributes of
+        each FlexStatement, with its AccountInformation's (the wizard's preview)."""
+        _, root = await self._fresh_statement(any_account=True)
+        found = []
+        for statement in root.iter("FlexStatement"):
+            account = dict(statement.attrib)
+            information = statement.find("AccountInformation")
+            if information is not None:
+                account.update(information.attrib)
+            if account.get("accountId"):
+                found.append(account)
+        return found
+
+    async def _fresh_statement(self, *, any_account: bool = False) -> tuple[bytes, ET.Element]:
         step_one = await self._send_request()
         if step_one.reference_code is None or step_one.url is None:
             raise UnexpectedResponse(
@@ -295,7 +310,7 @@ class IbkrFlexAdapter:
         body, root = await self._flex_step(url, step_one.reference_code)
         if root.tag != "FlexQueryResponse":
             raise UnexpectedResponse("ibkr", url, f"a <{root.tag}> instead of the statement")
-        for account in statement_accounts(root):
+        for account in [] if any_account else statement_accounts(root):
             if account != self._account:
                 raise AccountMismatch("ibkr", self._account, account)
         self._statement = (body, root)
@@ -345,7 +360,7 @@ class IbkrFlexAdapter:
                 return
             case "credentials":
                 # Flex says so with HTTP 200 and a code; 401 is what it means.
-                raise CredentialsRejected(401, detail)
+                raise CredentialsRejected(401, detail, status.error_code)
             case "retry_later":
                 raise BrokerUnavailable(f"ibkr {target}: {detail}")
             case "refused":
@@ -373,3 +388,30 @@ class IbkrFlexAdapter:
 
 def create(context: AdapterContext) -> BrokerAdapter:
     return IbkrFlexAdapter(context)
+
+
+def paper_account(account_id: str) -> bool:
+    """IBKR's paper-trading accounts are numbered with a D (DU1234567, DF...); real ones not."""
+    return account_id.upper().startswith("D")
+
+
+async def discover(request: DiscoveryRequest) -> list[FoundAccount]:
+    """The accounts of the query's statement: running it proves the token and the query id."""
+    context = AdapterContext(
+        request.probe("ibkr"), request.credentials, request.api_url, request.http
+    )
+    found = []
+    for account in await IbkrFlexAdapter(context).fetch_accounts():
+        number = account["accountId"]
+        found.append(
+            FoundAccount(
+                account_number=number,
+                connection_type="demo" if paper_account(number) else "live",
+                title=account.get("acctAlias") or account.get("name") or None,
+                currency=account.get("currency") or None,
+                details={
+                    k: account[k] for k in ("fromDate", "toDate", "accountType") if account.get(k)
+                },
+            )
+        )
+    return found

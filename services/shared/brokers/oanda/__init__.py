@@ -13,4 +13,5 @@ BROKER = Broker(
     content_type=adapter.CONTENT_TYPE,
     payload_owner=mapping.payload_owner,
     poll=adapter.create,
+    discover=adapter.discover,
 )

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import orjson
 from aiolimiter import AsyncLimiter
 
+from services.shared.brokers.discovery import DiscoveryRequest, FoundAccount
 from services.shared.brokers.errors import CredentialsUnreadable, UnexpectedResponse
 from services.shared.brokers.http import (
     BrokerHttp,
@@ -187,6 +188,15 @@ class OandaAdapter:
     async def fetch_account(self) -> dict[str, Any]:
         return self._account_of(await self._summary())
 
+    async def list_accounts(self) -> list[str]:
+        """The ids of every account the token may use (v20 `GET /v3/accounts`)."""
+        document = await self._get_object("/v3/accounts")
+        accounts = document.get("accounts")
+        if not isinstance(accounts, list):
+            raise UnexpectedResponse("oanda", f"{self._base}/v3/accounts", "no `accounts` list")
+        found = [a.get("id") for a in accounts if isinstance(a, dict)]
+        return [i for i in found if isinstance(i, str) and i]
+
     async def fetch_open_trades(self) -> list[dict[str, Any]]:
         document = await self._get_object(f"{self._account_path}/openTrades")
         trades = document.get("trades")
@@ -330,3 +340,36 @@ def _id_of(transaction: object) -> int | None:
 
 def create(context: AdapterContext) -> BrokerAdapter:
     return OandaAdapter(context)
+
+
+# A wizard's sign-in is one quick try: a rate limit is told to the person, not slept on.
+VERIFY_RETRY = RetryPolicy(tries=2, backoff_base_seconds=0.2, longest_wait_seconds=0.0)
+MAX_PREVIEWED_ACCOUNTS = 20
+
+
+async def discover(request: DiscoveryRequest) -> list[FoundAccount]:
+    """The token's accounts with their summaries. A token works on one environment only
+    (practice for demo, trade for live), so every account found is of the kind asked for; a
+    token of the other environment is refused (401) there."""
+    options = OandaOptions(retry=VERIFY_RETRY)
+
+    def adapter(account: str = "") -> OandaAdapter:
+        context = AdapterContext(
+            request.probe("oanda", account), request.credentials, request.api_url, request.http
+        )
+        return OandaAdapter(context, options)
+
+    found = []
+    for account_id in (await adapter().list_accounts())[:MAX_PREVIEWED_ACCOUNTS]:
+        summary = await adapter(account_id).fetch_account()
+        alias, currency, balance = (summary.get(k) for k in ("alias", "currency", "balance"))
+        found.append(
+            FoundAccount(
+                account_number=account_id,
+                connection_type=request.connection_type,
+                title=alias if isinstance(alias, str) and alias else None,
+                currency=currency if isinstance(currency, str) else None,
+                balance=None if balance is None else str(balance),
+            )
+        )
+    return found
