@@ -1,12 +1,9 @@
-"""Same account, any path: one MT5 account's deals arriving through the Expert Advisor's webhooks,
-MetaApi polling and a report import, in any order and overlapping, make exactly the journal rows,
-keys and balance the webhooks alone make of all its deals; through the real ingest, poller,
-normalizer and writer processes, against the local fake MetaApi."""
+"""Same account, any path: an MT5 account's deals by the Expert Advisor, MetaApi and a report,
+overlapping and in any order, make the rows, keys and balance its webhooks alone make of them."""
 
 from __future__ import annotations
 
 import io
-import itertools
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -94,11 +91,15 @@ async def mt5_account(
     return made
 
 
-@pytest.mark.parametrize(
-    "order",
-    list(itertools.permutations(("webhooks", "metaapi", "report"))),
-    ids=lambda order: " then ".join(order),
-)
+# Each path first, second and last once, and each pair of paths in both orders.
+ORDERS = [
+    ("webhooks", "metaapi", "report"),
+    ("metaapi", "report", "webhooks"),
+    ("report", "webhooks", "metaapi"),
+]
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=lambda order: " then ".join(order))
 async def test_an_account_synced_through_every_path_in_any_order_has_one_set_of_rows(
     order: tuple[str, ...],
     pool: asyncpg.Pool,
