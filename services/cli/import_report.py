@@ -212,15 +212,7 @@ async def _connection(settings: CliSettings, connection_id: uuid.UUID) -> Connec
         raise ImportRefused(f"connection {connection_id} is {row['lifecycle']}")
     if row["connection_type"] == "live" and row["live_enabled_at"] is None:
         raise ImportRefused(f"connection {connection_id} is live and not yet enabled for live")
-    return ConnectionRef(
-        connection_id=row["id"],
-        user_id=row["user_id"],
-        account_id=row["account_id"],
-        broker=row["broker"],
-        connection_type=row["connection_type"],
-        account_number=row["account_number"],
-        server=row["server"] or None,
-    )
+    return ConnectionRef.from_row(row)
 
 
 def _check_account(account: ReportAccount, connection: ConnectionRef) -> None:

@@ -151,15 +151,7 @@ class ConnectionDirectory:
                 )
             except (DecryptionFailed, LookupError) as exc:  # LookupError: its data key is gone
                 raise UnreadableSecret(connection_id) from exc
-        ref = ConnectionRef(
-            connection_id=row["id"],
-            user_id=row["user_id"],
-            account_id=row["account_id"],
-            broker=row["broker"],
-            connection_type=row["connection_type"],
-            account_number=row["account_number"],
-            server=row["server"] or None,
-        )
+        ref = ConnectionRef.from_row(row)
         keys = VerificationKeys(secrets=tuple(secrets), public_keys=tuple(public_keys))
         return VerifiableConnection(
             ref,

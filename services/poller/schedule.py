@@ -277,15 +277,7 @@ class SyncSchedule:
             )
         return [
             DueSync(
-                connection=ConnectionRef(
-                    connection_id=r["connection_id"],
-                    user_id=r["user_id"],
-                    account_id=r["account_id"],
-                    broker=r["broker"],
-                    connection_type=r["connection_type"],
-                    account_number=r["account_number"],
-                    server=r["server"] or None,
-                ),
+                connection=ConnectionRef.from_row(r, id_column="connection_id"),
                 lease_token=r["lease_token"],
                 cursor=r["cursor"],
                 consecutive_failures=r["consecutive_failures"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
@@ -13,6 +13,13 @@ BrokerName = str
 ConnectionType = Literal["demo", "live"]
 # "import": read from a file the account holder exported (an MT5 history report).
 EventSource = Literal["webhook", "poller", "import"]
+
+
+class Row(Protocol):
+    """A database row by column name (an asyncpg record, a dict)."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
 
 # Event ids are derived, not random, so a sender's retry of one webhook id is the same event.
 _EVENT_NAMESPACE = uuid.UUID("6f1c2d0e-9a55-4c1b-8f3e-7d2a4b6c8e01")
@@ -30,6 +37,19 @@ class ConnectionRef(BaseModel):
     connection_type: ConnectionType
     account_number: str
     server: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Row, id_column: str = "id") -> ConnectionRef:
+        """The connection as `mt5_connections` stores it (a blank server is none)."""
+        return cls(
+            connection_id=row[id_column],
+            user_id=row["user_id"],
+            account_id=row["account_id"],
+            broker=row["broker"],
+            connection_type=row["connection_type"],
+            account_number=row["account_number"],
+            server=row["server"] or None,
+        )
 
 
 class RawEvent(BaseModel):

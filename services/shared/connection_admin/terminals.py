@@ -100,15 +100,7 @@ async def _target(conn: Connection, connection_id: uuid.UUID) -> _Target:
         raise ConnectionNotFound(connection_id)
     if row["lifecycle"] == "revoked":
         raise ConnectionRefused(f"connection {connection_id} is revoked")
-    ref = ConnectionRef(
-        connection_id=row["id"],
-        user_id=row["user_id"],
-        account_id=row["account_id"],
-        broker=row["broker"],
-        connection_type=row["connection_type"],
-        account_number=row["account_number"],
-        server=row["server"] or None,
-    )
+    ref = ConnectionRef.from_row(row)
     return _Target(ref, row["lifecycle"])
 
 
