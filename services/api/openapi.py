@@ -3,14 +3,9 @@ derived from the operations (paths, models, costs), the refusal types and the se
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import AliasChoices, BaseModel
-from starlette.requests import Request
-from starlette.responses import Response
 
 from services.api.errors import (
     ApiError,
@@ -24,8 +19,8 @@ from services.api.errors import (
 from services.api.operations import Operation
 from services.api.routes import OPERATIONS
 from services.api.settings import ApiSettings
+from services.shared.openapi_files import PublishedDocument
 
-OPENAPI_DIR = Path(__file__).resolve().parents[2] / "schemas" / "openapi"
 OPENAPI_FILE = "api.json"
 _REF = "#/components/schemas/{model}"
 
@@ -342,23 +337,10 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-@cache  # the document never changes while the process runs: built once, not per request
-def render() -> bytes:
-    """The document as the file under schemas/openapi/ holds it: stable key order, indented."""
-    return (
-        orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    )
-
-
-def export(directory: Path = OPENAPI_DIR) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / OPENAPI_FILE
-    path.write_bytes(render())
-    return path
-
-
-async def serve_openapi(_: Request) -> Response:
-    return Response(render(), media_type="application/json")
+DOCUMENT = PublishedDocument(OPENAPI_FILE, openapi_document)
+render = DOCUMENT.render
+export = DOCUMENT.export
+serve_openapi = DOCUMENT.serve
 
 
 if __name__ == "__main__":

@@ -3,20 +3,15 @@ error codes from the refusal types, its limits and defaults from the settings.""
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import AliasChoices
-from starlette.requests import Request
-from starlette.responses import Response
 
 from services.ingest.errors import ROUTER_ERRORS, IngestRefusal, RateLimited, Unavailable
 from services.ingest.settings import IngestSettings
 from services.ingest.webhooks import WEBHOOK_ROUTE
+from services.shared.openapi_files import PublishedDocument
 
-OPENAPI_DIR = Path(__file__).resolve().parents[2] / "schemas" / "openapi"
 OPENAPI_FILE = "ingest.json"
 
 
@@ -398,23 +393,10 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-@cache  # the document never changes while the process runs: built once, not per request
-def render() -> bytes:
-    """The document as the file under schemas/openapi/ holds it: stable key order, indented."""
-    return (
-        orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    )
-
-
-def export(directory: Path = OPENAPI_DIR) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / OPENAPI_FILE
-    path.write_bytes(render())
-    return path
-
-
-async def serve_openapi(_: Request) -> Response:
-    return Response(render(), media_type="application/json")
+DOCUMENT = PublishedDocument(OPENAPI_FILE, openapi_document)
+render = DOCUMENT.render
+export = DOCUMENT.export
+serve_openapi = DOCUMENT.serve
 
 
 if __name__ == "__main__":

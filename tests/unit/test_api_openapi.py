@@ -13,9 +13,10 @@ from openapi_spec_validator import validate
 
 from services.api.app import create_app
 from services.api.errors import error_types
-from services.api.openapi import OPENAPI_DIR, OPENAPI_FILE, openapi_document, render
+from services.api.openapi import OPENAPI_FILE, openapi_document, render
 from services.api.routes import OPERATIONS
 from services.api.settings import ApiSettings
+from services.shared.openapi_files import OPENAPI_DIR
 
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 SETTINGS = ApiSettings(jwt_secret="a-secret-for-the-document-test-" + "x" * 16)

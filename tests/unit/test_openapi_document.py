@@ -17,7 +17,6 @@ from services.ingest.errors import IngestRefusal
 from services.ingest.openapi import (
     ERROR_STATUSES,
     JSON_MEDIA_TYPES,
-    OPENAPI_DIR,
     OPENAPI_FILE,
     WEBHOOK_ERRORS,
     openapi_document,
@@ -26,6 +25,7 @@ from services.ingest.openapi import (
 )
 from services.ingest.settings import IngestSettings
 from services.shared.crypto import new_master_key_base64
+from services.shared.openapi_files import OPENAPI_DIR
 
 WEBHOOK = "/v1/webhooks/{broker}/{webhook_path_id}"
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
