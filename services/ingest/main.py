@@ -8,6 +8,7 @@ from starlette.types import ASGIApp
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from services.shared.logging import setup_logging
+from services.shared.serving import serve_until_signalled
 from services.shared.tracing import setup_tracing
 
 
@@ -30,18 +31,9 @@ def main() -> int:
     settings = IngestSettings()
     setup_logging("ingest", settings.log_level, settings.log_format)
     provider = setup_tracing("poscal-ingest", settings.trace_file)
-    server: uvicorn.Server | None = None
-    fatal: list[BaseException] = []
-
-    def give_up(exc: BaseException) -> None:
-        fatal.append(exc)
-        if server is not None:
-            server.should_exit = True
-
-    server = uvicorn.Server(server_config(create_app(settings, on_fatal=give_up), settings))
     try:
-        server.run()
+        return serve_until_signalled(
+            lambda give_up: server_config(create_app(settings, on_fatal=give_up), settings)
+        )
     finally:
         provider.shutdown()
-    # 3 is what uvicorn itself exits with when the application fails to start.
-    return 3 if fatal or not server.started else 0
