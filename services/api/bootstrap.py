@@ -109,6 +109,8 @@ def wire(
         public_key_for=jwks.key_for if jwks is not None else no_keys,
     )
     keyed = settings.master_key is not None or bool(settings.kek_provider)
+    # A key that does not load is configuration: it fails start-up, loudly.
+    vault = CredentialVault(settings.key_ring()) if keyed else None
     return ApiWiring(
         db=db,
         tokens=tokens,
@@ -116,15 +118,14 @@ def wire(
         trusted_proxies=parse_networks(settings.trusted_proxies),
         ready=ApiReadiness(db, jwks),
         controls=Controls(
-            # A key that does not load is configuration: it fails start-up, loudly.
-            vault=CredentialVault(settings.key_ring()) if keyed else None,
+            vault=vault,
             terminals=registered_services(http) if http is not None else _no_terminals,
             ingest_url=settings.ingest_url,
             user_sync_limit=settings.user_sync_limit,
             sync_now_min_interval_seconds=settings.sync_now_min_interval_seconds,
         ),
         jwks=jwks,
-        wizard=wizard if wizard is not None else build_wizard(settings),
+        wizard=wizard if wizard is not None else build_wizard(settings, vault),
     )
 
 

@@ -300,13 +300,15 @@ def _terminal_account(
     )
 
 
-def build_wizard(settings: ApiSettings, http: httpx.AsyncClient | None = None) -> Wizard | None:
-    """The wizard, or None when no vault key is configured (its routes then answer 503)."""
-    if not settings.master_key and not settings.kek_provider:
+def build_wizard(
+    settings: ApiSettings, vault: CredentialVault | None, http: httpx.AsyncClient | None = None
+) -> Wizard | None:
+    """The wizard, or None without the vault (no key configured: its routes then answer 503)."""
+    if vault is None:
         return None
     client = http or httpx.AsyncClient(timeout=10.0, follow_redirects=False)
     return Wizard(
-        vault=CredentialVault(settings.key_ring()),
+        vault=vault,
         http=client,
         settings=settings,
         terminals=registered_services(client),
