@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from services.devstack.stack import DevStack
-from services.shared.settings import Topics
+from tests.support.dev_stacks import running_stack
 from tests.support.kafka import wait_until_consumed
 from tests.support.otlp import OtlpReceiver
 
@@ -28,29 +27,15 @@ def stack(
     kafka_bootstrap: str,
     master_key: str,
 ) -> Iterator[DevStack]:
-    suffix = uuid.uuid4().hex[:8]
-    stack = DevStack(
-        state_dir=Path(tmp_path_factory.mktemp("stack")),
-        port=0,
-        api_port=0,
+    with running_stack(
+        Path(tmp_path_factory.mktemp("stack")),
         database_url=database_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_bootstrap=kafka_bootstrap,
         master_key=master_key,
-        topics=Topics(
-            raw=f"e2e.{suffix}.raw",
-            canonical=f"e2e.{suffix}.canonical",
-            dead_letter=f"e2e.{suffix}.deadletter",
-        ),
-        extra_env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "POSCAL_NORMALIZER_GROUP": f"e2e-normalizer-{suffix}",
-            "POSCAL_WRITER_GROUP": f"e2e-writer-{suffix}",
-        },
-    )
-    stack.start()
-    yield stack
-    stack.stop()
+        otlp_endpoint=otlp.endpoint,
+        extra_env={"OTEL_BSP_SCHEDULE_DELAY": "200"},
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -26,11 +25,11 @@ from services.shared.brokers.mt5.metaapi.settings import MetaApiConfig
 from services.shared.brokers.mt5.metaapi.terminals import MetaApiTerminals
 from services.shared.connection_admin.credentials import set_broker_credentials
 from services.shared.connection_admin.terminals import provision_connection
-from services.shared.settings import Topics
 from services.shared.vault import CredentialVault
 from tests.e2e.test_polling_to_journal import LONG_AGO, eventually, schedule_of, synced_after
 from tests.support.builders import SERVER, TestConnection, deposit_deal, fixture_deals, mt5_body
 from tests.support.builders import new_connection as new_mt5_connection
+from tests.support.dev_stacks import running_stack
 from tests.support.fake_metaapi import REAL, TOKEN, FakeMetaApi, as_metaapi_deal
 from tests.support.otlp import OtlpReceiver
 
@@ -65,29 +64,15 @@ def stack(
     master_key: str,
 ) -> Iterator[DevStack]:
     """The dev stack's processes, the poller configured for the fake MetaApi."""
-    suffix = uuid.uuid4().hex[:8]
-    stack = DevStack(
-        state_dir=Path(tmp_path_factory.mktemp("stack")),
-        port=0,
-        api_port=0,  # not the default 8090: another stack on this machine may hold it
+    with running_stack(
+        Path(tmp_path_factory.mktemp("stack")),
         database_url=database_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_bootstrap=kafka_bootstrap,
         master_key=master_key,
-        topics=Topics(
-            raw=f"e2e.{suffix}.raw",
-            canonical=f"e2e.{suffix}.canonical",
-            dead_letter=f"e2e.{suffix}.deadletter",
-        ),
-        extra_env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
-            "POSCAL_NORMALIZER_GROUP": f"e2e-normalizer-{suffix}",
-            "POSCAL_WRITER_GROUP": f"e2e-writer-{suffix}",
-            **metaapi_env(metaapi),
-        },
-    )
-    stack.start()
-    yield stack
-    stack.stop()
+        otlp_endpoint=otlp.endpoint,
+        extra_env=metaapi_env(metaapi),
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import pytest
 from services.devstack.demo import encode_body, signed_headers
 from services.devstack.stack import DevStack
 from services.shared.connection_admin.connections import create_user
-from services.shared.settings import Topics
 from tests.support.api import bearer, hs256
 from tests.support.builders import FIXTURES, fixture_deals, mt5_body
+from tests.support.dev_stacks import running_stack
 from tests.support.fake_flex import FakeFlex
 from tests.support.fake_metaapi import TOKEN as METAAPI_TOKEN
 from tests.support.fake_metaapi import FakeMetaApi, as_metaapi_deal
@@ -72,33 +72,21 @@ def stack(
     master_key: str,
 ) -> Iterator[DevStack]:
     """The dev stack's processes; the API's wizard and the poller both meet the fakes."""
-    suffix = uuid.uuid4().hex[:8]
-    stack = DevStack(
-        state_dir=Path(tmp_path_factory.mktemp("stack")),
-        port=0,
-        api_port=0,
+    with running_stack(
+        Path(tmp_path_factory.mktemp("stack")),
         database_url=database_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_bootstrap=kafka_bootstrap,
         master_key=master_key,
-        topics=Topics(
-            raw=f"e2e.{suffix}.raw",
-            canonical=f"e2e.{suffix}.canonical",
-            dead_letter=f"e2e.{suffix}.deadletter",
-        ),
+        otlp_endpoint=otlp.endpoint,
         extra_env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
-            "POSCAL_NORMALIZER_GROUP": f"e2e-normalizer-{suffix}",
-            "POSCAL_WRITER_GROUP": f"e2e-writer-{suffix}",
             "POSCAL_API_BROKER_URLS": f"oanda={oanda.url},ibkr={flex.url}",
             "POSCAL_API_WIZARD_PROVISIONING_POLL_SECONDS": "0.2",
             "POSCAL_METAAPI_TOKEN": METAAPI_TOKEN,
             "POSCAL_METAAPI_PROVISIONING_URL": metaapi.url,
             "POSCAL_METAAPI_CLIENT_URL": metaapi.url,
         },
-    )
-    stack.start()
-    yield stack
-    stack.stop()
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture
