@@ -1,5 +1,7 @@
-"""Ingest overhead: the full ingest service against a minimal verify-and-produce endpoint, in
-alternating rounds of the same load. Prints one JSON object (target throughput ratio >= 0.75)."""
+"""Ingest overhead: the full ingest service against a minimal verify-and-produce endpoint, side by
+side in alternating rounds of the same load (at saturation and at fixed open-loop rates), driven
+by bench/load_generator.py. Prints one JSON line with the figures, the ratios and the targets
+(throughput ratio >= 0.75, server CPU per webhook ratio <= 1.5)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -32,6 +35,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bench.load_generator import (
+    Address,
+    LoadResult,
+    Webhook,
+    at_fixed_rate,
+    at_saturation,
+    signed_webhooks,
+)
 from services.devstack.broker import EmbeddedBroker
 from services.devstack.demo import create_demo_connection, demo_account, encode_body
 from services.devstack.demo_trades import demo_stream
@@ -40,9 +51,11 @@ from services.devstack.postgres import EmbeddedPostgres
 from services.shared.crypto import new_master_key_base64
 from services.shared.kafka import TopicSpec, create_producer, ensure_topics
 from services.shared.migrations import apply_migrations
-from services.shared.signatures import decode_secret, sign
+from services.shared.signatures import decode_secret
 
-TARGET_RATIO = 0.75
+TARGET_THROUGHPUT_RATIO = 0.75
+TARGET_CPU_RATIO = 1.5
+ACCEPTED = 202
 REPO = Path(__file__).resolve().parents[1]
 WEBHOOK_ROUTE = "/v1/webhooks/{broker}/{connection_id}"
 # High enough that the rate limiter never refuses the benchmark's own load.
@@ -112,59 +125,151 @@ def serve_minimal() -> int:
 # -- the harness --------------------------------------------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU one process has used so far (all its threads); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+
+
+def process_tree_cpu_seconds(root: int) -> float:
+    """CPU used so far by `root` and every living process under it (a server's workers, a
+    Postgres cluster's backends)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (parent := _parent_of(int(entry.name))) is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += _cpu_seconds(pid)
+        todo += children.get(pid, [])
+    return total
+
+
 @dataclass(frozen=True)
 class Sender:
-    """One connection as its sender holds it: its webhook URL's path id, and the key it signs
+    """One connection as its sender holds it: its webhook URL's path, and the key it signs
     with."""
 
-    path_id: str
+    path: str
     key: bytes
 
 
+@dataclass
+class Server:
+    name: str
+    port: int
+    topic: str
+    process: subprocess.Popen[bytes] | None = None
+    accepted: int = 0
+
+    @property
+    def address(self) -> Address:
+        return Address("127.0.0.1", self.port)
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return process_tree_cpu_seconds(self.process.pid)
+
+
 @dataclass(frozen=True)
-class RoundResult:
+class Load:
+    """How one run drives a server: `rate` webhooks/s open-loop for `requests`, or with
+    `rate` None back-to-back over `connections` (saturation)."""
+
+    name: str
+    requests: int
+    connections: int
+    rate: float | None = None
+
+    async def drive(self, address: Address, requests: list[bytes]) -> LoadResult:
+        if self.rate is None:
+            return await at_saturation(address, requests, self.connections)
+        return await at_fixed_rate(address, requests, self.rate, self.connections)
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """One run of one load against one server."""
+
     seconds: float
     accepted: int
     refused: dict[str, int]
     webhooks_per_s: float
     p50_ms: float
     p99_ms: float
-    # Server CPU per accepted webhook: steadier than wall-clock numbers on a shared machine.
+    # Server CPU per accepted webhook: steadier than wall-clock figures on a shared machine.
     server_cpu_ms_per_webhook: float
-    # Near 1.0, the load generator (one process) was the limit, not the server.
-    load_generator_cpu_share: float
+    # Postgres (every backend) per accepted webhook: what the minimal endpoint never spends.
+    database_cpu_ms_per_webhook: float
+    # Near 1.0 the load generator (one process) was the limit, not the server.
+    generator_cpu_share: float
+    # Open-loop only: how late the generator itself wrote a request while a connection was free.
+    generator_max_send_lag_ms: float | None
+
+    @classmethod
+    def of(cls, result: LoadResult, server_cpu: float, database_cpu: float) -> RunFigures:
+        accepted = result.count(ACCEPTED)
+        per_webhook = 1000 / max(accepted, 1)
+        lag = result.max_send_lag_s
+        return cls(
+            seconds=round(result.wall_seconds, 3),
+            accepted=accepted,
+            refused={str(s): n for s, n in result.status_counts.items() if s != ACCEPTED},
+            webhooks_per_s=round(result.rate(ACCEPTED), 1),
+            p50_ms=round(1000 * result.latency_percentile(0.50, ACCEPTED), 2),
+            p99_ms=round(1000 * result.latency_percentile(0.99, ACCEPTED), 2),
+            server_cpu_ms_per_webhook=round(server_cpu * per_webhook, 3),
+            database_cpu_ms_per_webhook=round(database_cpu * per_webhook, 3),
+            generator_cpu_share=round(result.cpu_share, 3),
+            generator_max_send_lag_ms=None if lag is None else round(1000 * lag, 2),
+        )
 
 
-@dataclass
-class Target:
-    name: str
-    port: int
-    topic: str
-    process: subprocess.Popen[bytes] | None = None
-    warmup: RoundResult | None = None
-    rounds: list[RoundResult] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU the server process has used so far (all its threads)."""
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+_MEDIANS = (
+    "webhooks_per_s",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu_ms_per_webhook",
+    "database_cpu_ms_per_webhook",
+    "generator_cpu_share",
+)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+def medians(runs: list[RunFigures]) -> dict[str, object]:
+    """The median of each figure over the rounds, with every round's figures."""
+    summary: dict[str, object] = {
+        name: round(statistics.median(getattr(run, name) for run in runs), 3) for name in _MEDIANS
+    }
+    summary["refused"] = dict(sum((Counter(run.refused) for run in runs), Counter()))
+    summary["rounds"] = [dataclasses.asdict(run) for run in runs]
+    return summary
+
+
+def ratios(full: dict[str, object], minimal: dict[str, object]) -> dict[str, float | None]:
+    """full / minimal for each median figure the minimal endpoint spends anything on."""
+    answer: dict[str, float | None] = {}
+    for name in ("webhooks_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_webhook"):
+        mine, theirs = full[name], minimal[name]
+        assert isinstance(mine, float | int) and isinstance(theirs, float | int)
+        answer[name] = round(mine / theirs, 4) if theirs else None
+    return answer
 
 
 @contextlib.contextmanager
-def _service(target: Target, args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+def _service(server: Server, args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
     with log.open("ab") as sink:
-        target.process = subprocess.Popen(
+        server.process = subprocess.Popen(
             [sys.executable, *args],
             cwd=REPO,
             env={**os.environ, **env},
@@ -174,134 +279,69 @@ def _service(target: Target, args: list[str], env: dict[str, str], log: Path) ->
             preexec_fn=dies_with_parent(signal.SIGTERM),
         )
     try:
-        _wait_until_ready(target, log)
+        _wait_until_ready(server, log)
         yield
     finally:
-        stop_process(target.process, signal.SIGTERM, timeout=10)
+        stop_process(server.process, signal.SIGTERM, timeout=10)
 
 
-def _wait_until_ready(target: Target, log: Path, timeout: float = 30.0) -> None:
-    assert target.process is not None
+def _wait_until_ready(server: Server, log: Path, timeout: float = 30.0) -> None:
+    assert server.process is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if target.process.poll() is not None:
-            raise RuntimeError(f"{target.name} exited early; see {log}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited early; see {log}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{target.url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://{server.address.authority}/readyz", timeout=1).status_code == 200:
                 return
         time.sleep(0.1)
-    raise TimeoutError(f"{target.name} not ready within {timeout}s; see {log}")
+    raise TimeoutError(f"{server.name} not ready within {timeout}s; see {log}")
 
 
-Post = Callable[[str, dict[str, str], bytes], Awaitable[int]]
+class Bench:
+    """The servers, the senders and their bodies, and the database's process, for one run."""
 
+    def __init__(
+        self, servers: list[Server], senders: list[Sender], bodies: list[bytes], postgres_pid: int
+    ) -> None:
+        self.servers = servers
+        self.senders = senders
+        self.bodies = bodies
+        self.postgres_pid = postgres_pid
+        self.figures: dict[tuple[str, str], list[RunFigures]] = {}
 
-class KeepAliveConnection:
-    """One HTTP/1.1 keep-alive connection, one request at a time, answering the status.
+    def requests(self, server: Server, count: int) -> list[bytes]:
+        """`count` webhooks signed now (so within the tolerance when sent), each its own id."""
+        webhooks = (
+            Webhook(
+                f"/v1/webhooks/mt5/{self.senders[i % len(self.senders)].path}",
+                self.senders[i % len(self.senders)].key,
+                self.bodies[i % len(self.bodies)],
+            )
+            for i in range(count)
+        )
+        return signed_webhooks(server.address, webhooks)
 
-    The default load generator: httpx spends more CPU per request than the servers measured
-    here, so on two cores it, not the server, would set the pace (`--client httpx` shows it).
-    """
+    async def run(self, server: Server, load: Load) -> RunFigures:
+        requests = self.requests(server, load.requests)
+        cpu_before = server.cpu_seconds()
+        database_before = process_tree_cpu_seconds(self.postgres_pid)
+        result = await load.drive(server.address, requests)
+        server_cpu = server.cpu_seconds() - cpu_before
+        database_cpu = process_tree_cpu_seconds(self.postgres_pid) - database_before
+        server.accepted += result.count(ACCEPTED)
+        return RunFigures.of(result, server_cpu, database_cpu)
 
-    def __init__(self, port: int) -> None:
-        self._port = port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def __aenter__(self) -> KeepAliveConnection:
-        self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
-
-    async def post(self, path: str, headers: dict[str, str], body: bytes) -> int:
-        assert self._reader is not None and self._writer is not None
-        head = [f"POST {path} HTTP/1.1", f"host: 127.0.0.1:{self._port}"]
-        head += [f"{name}: {value}" for name, value in headers.items()]
-        head.append(f"content-length: {len(body)}")
-        self._writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        status = int((await self._reader.readline()).split()[1])
-        length = 0
-        while (line := await self._reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        await self._reader.readexactly(length)
-        return status
-
-
-async def _posters(
-    stack: contextlib.AsyncExitStack, target: Target, client: str, concurrency: int
-) -> list[Post]:
-    if client == "httpx":
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        shared = await stack.enter_async_context(httpx.AsyncClient(timeout=30, limits=limits))
-
-        async def post(path: str, headers: dict[str, str], body: bytes) -> int:
-            response = await shared.post(f"{target.url}{path}", content=body, headers=headers)
-            return response.status_code
-
-        return [post] * concurrency
-    return [
-        (await stack.enter_async_context(KeepAliveConnection(target.port))).post
-        for _ in range(concurrency)
-    ]
-
-
-async def _load(
-    target: Target,
-    senders: list[Sender],
-    bodies: list[bytes],
-    requests: int,
-    args: argparse.Namespace,
-) -> RoundResult:
-    """`requests` signed webhooks at fixed concurrency; what was accepted, how fast."""
-    work = iter(range(requests))
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-
-    async def worker(post: Post) -> None:
-        for i in work:
-            sender = senders[i % len(senders)]
-            body = bodies[i % len(bodies)]
-            webhook_id = f"msg_{uuid.uuid4().hex}"
-            timestamp = int(time.time())
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": webhook_id,
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign(sender.key, webhook_id, timestamp, body),
-            }
-            started = time.perf_counter()
-            status = await post(f"/v1/webhooks/mt5/{sender.path_id}", headers, body)
-            elapsed = time.perf_counter() - started
-            statuses[status] += 1
-            if status == 202:
-                latencies.append(elapsed)
-
-    async with contextlib.AsyncExitStack() as stack:
-        posters = await _posters(stack, target, args.client, args.concurrency)
-        cpu_before, own_cpu_before = target.cpu_seconds(), time.process_time()
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(post) for post in posters))
-        seconds = time.perf_counter() - started
-        cpu, own_cpu = target.cpu_seconds() - cpu_before, time.process_time() - own_cpu_before
-    accepted = len(latencies)
-    latencies_ms = [v * 1000 for v in latencies] or [float("nan")]
-    return RoundResult(
-        seconds=round(seconds, 3),
-        accepted=accepted,
-        refused={str(status): n for status, n in sorted(statuses.items()) if status != 202},
-        webhooks_per_s=round(accepted / seconds, 1),
-        p50_ms=round(_percentile(latencies_ms, 0.50), 2),
-        p99_ms=round(_percentile(latencies_ms, 0.99), 2),
-        server_cpu_ms_per_webhook=round(1000 * cpu / max(accepted, 1), 3),
-        load_generator_cpu_share=round(own_cpu / seconds, 2),
-    )
+    async def measure(self, loads: list[Load], warmup: Load, rounds: int) -> None:
+        for server in self.servers:
+            await self.run(server, warmup)
+        for round_number in range(rounds):
+            # Alternate who goes first, so neither always runs on a warmer (or busier) machine.
+            order = self.servers if round_number % 2 == 0 else self.servers[::-1]
+            for load in loads:
+                for server in order:
+                    figures = await self.run(server, load)
+                    self.figures.setdefault((load.name, server.name), []).append(figures)
 
 
 async def _published(bootstrap_servers: str, topic: str, expect: int) -> int:
@@ -329,39 +369,6 @@ async def _published(bootstrap_servers: str, topic: str, expect: int) -> int:
         await consumer.stop()
 
 
-@dataclass(frozen=True)
-class Summary:
-    """Medians over the rounds, and what reached the topic against what was answered 202."""
-
-    webhooks_per_s: float
-    p50_ms: float
-    p99_ms: float
-    server_cpu_ms_per_webhook: float
-    accepted: int
-    published: int
-    rounds: list[RoundResult]
-
-    @staticmethod
-    def accepted_by(target: Target) -> int:
-        warmup = target.warmup.accepted if target.warmup else 0
-        return warmup + sum(r.accepted for r in target.rounds)
-
-    @classmethod
-    def of(cls, target: Target, published: int) -> Summary:
-        rounds = target.rounds
-        return cls(
-            webhooks_per_s=round(statistics.median(r.webhooks_per_s for r in rounds), 1),
-            p50_ms=round(statistics.median(r.p50_ms for r in rounds), 2),
-            p99_ms=round(statistics.median(r.p99_ms for r in rounds), 2),
-            server_cpu_ms_per_webhook=round(
-                statistics.median(r.server_cpu_ms_per_webhook for r in rounds), 3
-            ),
-            accepted=cls.accepted_by(target),
-            published=published,
-            rounds=rounds,
-        )
-
-
 async def _prepare(
     database_url: str, master_key: str, ingest_url: str, connections: int
 ) -> tuple[list[Sender], list[bytes]]:
@@ -377,40 +384,47 @@ async def _prepare(
     return senders, bodies
 
 
-async def _measure(
-    targets: list[Target], senders: list[Sender], bodies: list[bytes], args: argparse.Namespace
-) -> None:
-    for target in targets:
-        target.warmup = await _load(target, senders, bodies, args.warmup, args)
-    for round_number in range(args.rounds):
-        # Alternate who goes first, so neither always runs on a warmer (or busier) machine.
-        order = targets if round_number % 2 == 0 else targets[::-1]
-        for target in order:
-            target.rounds.append(await _load(target, senders, bodies, args.requests, args))
+async def _postgres_pid(dsn: str) -> int:
+    """The postmaster's pid: the parent of any backend (read while the backend lives)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        parent = _parent_of(await conn.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await conn.close()
+    assert parent is not None
+    return parent
+
+
+def _loads(args: argparse.Namespace) -> list[Load]:
+    loads = [Load("saturation", args.requests, args.connections)]
+    for rate in args.rates:
+        count = max(1, round(rate * args.seconds))
+        loads.append(Load(f"rate_{rate:g}", count, args.rate_connections, rate=rate))
+    return loads
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Both run as uvicorn processes on the same embedded Postgres and broker, in the same run:
     (a) the real ingest, every check on and tracing to a file as in the dev stack, rate limits
-    raised out of the way; (b) a bare Starlette app that checks one HMAC-SHA256 and produces the
-    body with the pipeline's producer settings (`acks=all`). One load generator (fixed
-    concurrency, freshly signed MT5 webhooks, warmed up first) drives each in alternating
-    rounds; medians over the rounds are reported, with each server's CPU per webhook and whether
-    every 202 reached the topic. The full/minimal throughput ratio is what to compare across
-    machines and commits."""
+    raised out of the way (still counted); (b) a bare Starlette app that checks one HMAC-SHA256
+    and produces the body with the pipeline's producer settings (`acks=all`). The load
+    generator drives each with the same freshly signed MT5 webhooks, in alternating rounds,
+    at saturation and at each fixed rate; medians over the rounds are reported, with each
+    server's CPU per webhook, Postgres's, the generator's own CPU share, and whether every 202
+    reached the topic. The full/minimal ratios are what to compare across machines and commits.
+    """
     with contextlib.ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="poscal-bench-")))
         postgres = stack.enter_context(EmbeddedPostgres(log_path=state / "postgres.log"))
         broker = stack.enter_context(EmbeddedBroker(log_path=state / "broker.log"))
         bootstrap = broker.bootstrap_servers
         master_key = new_master_key_base64()
-        full = Target("full", free_port(), f"bench.full.{uuid.uuid4().hex[:8]}")
-        minimal = Target("minimal", free_port(), f"bench.minimal.{uuid.uuid4().hex[:8]}")
+        full = Server("full", free_port(), f"bench.full.{uuid.uuid4().hex[:8]}")
+        minimal = Server("minimal", free_port(), f"bench.minimal.{uuid.uuid4().hex[:8]}")
         asyncio.run(apply_migrations(postgres.dsn))
         asyncio.run(ensure_topics(bootstrap, [TopicSpec(full.topic), TopicSpec(minimal.topic)]))
-        senders, bodies = asyncio.run(
-            _prepare(postgres.dsn, master_key, full.url, args.connections)
-        )
+        ingest_url = f"http://{full.address.authority}"
+        senders, bodies = asyncio.run(_prepare(postgres.dsn, master_key, ingest_url, args.senders))
         full_env = {
             "DATABASE_URL": postgres.dsn,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -427,7 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "BENCH_PORT": str(minimal.port),
             "BENCH_TOPIC": minimal.topic,
             "BENCH_MINIMAL_KEYS": orjson.dumps(
-                {s.path_id: base64.b64encode(s.key).decode() for s in senders}
+                {s.path: base64.b64encode(s.key).decode() for s in senders}
             ).decode(),
         }
         stack.enter_context(
@@ -441,47 +455,74 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 state / "minimal.log",
             )
         )
-        asyncio.run(_measure([minimal, full], senders, bodies, args))
-        full_result, minimal_result = (
-            Summary.of(t, asyncio.run(_published(bootstrap, t.topic, Summary.accepted_by(t))))
-            for t in (full, minimal)
-        )
-    throughput_ratio = full_result.webhooks_per_s / minimal_result.webhooks_per_s
+        if args.hold_ingest_pid is not None:
+            assert full.process is not None
+            args.hold_ingest_pid.write_text(str(full.process.pid))
+        bench = Bench([minimal, full], senders, bodies, asyncio.run(_postgres_pid(postgres.dsn)))
+        loads = _loads(args)
+        warmup = Load("warmup", args.warmup, args.connections)
+        asyncio.run(bench.measure(loads, warmup, args.rounds))
+        published = {
+            server.name: {
+                "accepted": server.accepted,
+                "on_topic": asyncio.run(_published(bootstrap, server.topic, server.accepted)),
+            }
+            for server in (full, minimal)
+        }
+    modes: dict[str, object] = {}
+    for load in loads:
+        full_figures = medians(bench.figures[(load.name, "full")])
+        minimal_figures = medians(bench.figures[(load.name, "minimal")])
+        modes[load.name] = {
+            "offered_rate": load.rate,
+            "requests": load.requests,
+            "connections": load.connections,
+            "full": full_figures,
+            "minimal": minimal_figures,
+            "ratio_full_to_minimal": ratios(full_figures, minimal_figures),
+        }
+    saturation = modes["saturation"]
+    assert isinstance(saturation, dict)
+    throughput_ratio = saturation["ratio_full_to_minimal"]["webhooks_per_s"]
+    cpu_ratio = saturation["ratio_full_to_minimal"]["server_cpu_ms_per_webhook"]
     return {
         "benchmark": "ingest_overhead",
-        "requests_per_round": args.requests,
-        "warmup_requests": args.warmup,
         "rounds": args.rounds,
-        "concurrency": args.concurrency,
-        "connections": args.connections,
-        "client": args.client,
-        "full": dataclasses.asdict(full_result),
-        "minimal": dataclasses.asdict(minimal_result),
-        "ratio_full_to_minimal": {
-            "throughput": round(throughput_ratio, 4),
-            "p99_latency": round(full_result.p99_ms / minimal_result.p99_ms, 4),
-            "server_cpu_per_webhook": round(
-                full_result.server_cpu_ms_per_webhook / minimal_result.server_cpu_ms_per_webhook, 4
-            ),
-        },
-        "target_throughput_ratio": TARGET_RATIO,
-        "target_met": throughput_ratio >= TARGET_RATIO,
+        "warmup_requests": args.warmup,
+        "senders": args.senders,
+        "modes": modes,
+        "published": published,
+        "every_202_published": all(p["on_topic"] >= p["accepted"] for p in published.values()),
+        "throughput_ratio": throughput_ratio,
+        "server_cpu_ratio": cpu_ratio,
+        "target_throughput_ratio": TARGET_THROUGHPUT_RATIO,
+        "target_server_cpu_ratio": TARGET_CPU_RATIO,
+        "throughput_target_met": throughput_ratio is not None
+        and throughput_ratio >= TARGET_THROUGHPUT_RATIO,
+        "cpu_target_met": cpu_ratio is not None and cpu_ratio <= TARGET_CPU_RATIO,
     }
+
+
+def _rates(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=2000, help="per target per round")
-    parser.add_argument("--warmup", type=int, default=300, help="per target, before round one")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--connections", type=int, default=4)
     parser.add_argument(
-        "--client",
-        choices=("keepalive", "httpx"),
-        default="keepalive",
-        help="load generator: a bare keep-alive HTTP/1.1 client, or httpx (costlier per request)",
+        "--requests", type=int, default=3000, help="per server per round, saturated"
     )
+    parser.add_argument("--connections", type=int, default=32, help="saturation: connections")
+    parser.add_argument("--rates", type=_rates, default=[100.0, 400.0], help="open-loop rates, /s")
+    parser.add_argument("--seconds", type=float, default=4.0, help="each open-loop run's length")
+    parser.add_argument(
+        "--rate-connections", type=int, default=64, help="open loop: most requests in flight"
+    )
+    parser.add_argument("--warmup", type=int, default=500, help="per server, before round one")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--senders", type=int, default=4, help="connections sending webhooks")
+    # For profiling: where to write the ingest process's pid once it is ready.
+    parser.add_argument("--hold-ingest-pid", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--serve-minimal", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_minimal:
