@@ -28,11 +28,11 @@ from services.api.operations import json_response
 from services.api.routes import OPERATIONS
 from services.api.settings import ApiSettings
 from services.shared.logging import get_logger
-from services.shared.server_spans import ServerSpans, span_named_by_route, without_query
+from services.shared.server_spans import ServerSpans
 
 _log = get_logger("poscal.api")
 # Probes and the document are not worth a trace each.
-_UNTRACED = "healthz,readyz,openapi.json"
+_UNTRACED = ("/healthz", "/readyz", "/openapi.json")
 
 
 async def healthz(_: Request) -> Response:
@@ -103,13 +103,7 @@ def create_app(
             Route("/openapi.json", serve_openapi),
         ],
         middleware=[
-            Middleware(
-                ServerSpans,
-                excluded_urls=_UNTRACED,
-                default_span_details=span_named_by_route,
-                server_request_hook=without_query,
-                exclude_spans=["receive", "send"],
-            ),
+            Middleware(ServerSpans, untraced_paths=_UNTRACED),
             Middleware(SecurityHeaders, hsts_seconds=settings.hsts_seconds),
             # Outside the refusals, so a browser can read a 401 or 429 of an allowed origin.
             Middleware(JsonCors, origins=settings.origins),

@@ -1,12 +1,13 @@
-"""Server spans come from OpenTelemetry's ASGI instrumentation, which no request bytes can break:
-the application still reads every header and the query exactly as sent, and the request still has
-its span."""
+"""Server spans, which no request bytes can break: the application still reads every header and
+the query exactly as sent, and the request still has its span, named by its route, continuing
+the caller's trace, with no query and no credential in it."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -26,14 +27,29 @@ async def echo(request: Request) -> Response:
     )
 
 
-APP = Starlette(
-    routes=[Route("/echo", echo)],
-    middleware=[Middleware(ServerSpans, exclude_spans=["receive", "send"])],
-)
+async def fail(request: Request) -> Response:
+    return JSONResponse({"error": "unavailable"}, 503)
+
+
+async def crash(request: Request) -> Response:
+    raise RuntimeError("boom")
+
+
+ROUTES = [
+    Route("/echo", echo),
+    Route("/items/{item_id}", echo),
+    Route("/fail", fail),
+    Route("/crash", crash),
+    Route("/healthz", echo),
+]
+APP = Starlette(routes=ROUTES, middleware=[Middleware(ServerSpans, untraced_paths=["/healthz"])])
 
 
 async def get(
-    headers: list[tuple[bytes, bytes]], query: bytes = b"", app: Starlette = APP
+    headers: list[tuple[bytes, bytes]],
+    query: bytes = b"",
+    app: Starlette = APP,
+    path: str = "/echo",
 ) -> tuple[int, dict[str, str]]:
     """The app's answer to a GET of exactly these bytes (as a server hands them over: no client
     library would send them)."""
@@ -43,8 +59,8 @@ async def get(
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": "/echo",
-        "raw_path": b"/echo",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": query,
         "root_path": "",
         "headers": [(b"host", b"ingest.test"), *headers],
@@ -61,7 +77,7 @@ async def get(
 
     await app(scope, receive, send)
     body = b"".join(m["body"] for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], orjson.loads(body)
+    return sent[0]["status"], orjson.loads(body) if body.startswith(b"{") else {}
 
 
 @pytest.mark.parametrize(
@@ -99,13 +115,7 @@ async def test_credential_headers_reach_the_app_but_never_a_span_even_when_captu
     would), the instrumentation still records an ordinary header and no credential."""
     capturing = Starlette(
         routes=[Route("/echo", echo)],
-        middleware=[
-            Middleware(
-                ServerSpans,
-                exclude_spans=["receive", "send"],
-                http_capture_headers_server_request=[".*"],
-            )
-        ],
+        middleware=[Middleware(ServerSpans, capture_request_headers=[".*"])],
     )
     spans.clear()
     status, echoed = await get(
@@ -119,3 +129,57 @@ async def test_credential_headers_reach_the_app_but_never_a_span_even_when_captu
     recorded = orjson.dumps(dict(span.attributes or {})).decode()
     assert "visible" in recorded
     assert "t0k" not in recorded and "c=1" not in recorded
+
+
+async def test_a_span_is_named_by_its_route_and_records_no_query(
+    spans: InMemorySpanExporter,
+) -> None:
+    spans.clear()
+    status, _ = await get([(b"user-agent", b"EA/1.0")], query=b"secret=s3cr3t", path="/items/42")
+
+    assert status == 200
+    (span,) = spans.get_finished_spans()
+    assert span.name == "GET /items/{item_id}"
+    assert span.kind is SpanKind.SERVER
+    attributes = dict(span.attributes or {})
+    assert attributes["http.route"] == "/items/{item_id}"
+    assert attributes["http.target"] == "/items/42"
+    assert attributes["http.url"] == "http://ingest.test/items/42"
+    assert attributes["http.method"] == "GET"
+    assert attributes["http.status_code"] == 200
+    assert attributes["http.user_agent"] == "EA/1.0"
+    assert attributes["net.peer.ip"] == "127.0.0.1"
+    assert "s3cr3t" not in orjson.dumps(attributes).decode()
+    assert span.status.status_code is StatusCode.UNSET
+
+
+async def test_a_span_continues_the_callers_trace(spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    await get([(b"traceparent", f"00-{trace_id}-{parent_id}-01".encode())])
+
+    (span,) = spans.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
+
+
+async def test_a_5xx_answer_or_an_exception_is_an_error_span(spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    status, _ = await get([], path="/fail")
+    with pytest.raises(RuntimeError):
+        await get([], path="/crash")
+
+    assert status == 503
+    failed, crashed = spans.get_finished_spans()
+    assert failed.status.status_code is StatusCode.ERROR
+    assert dict(failed.attributes or {})["http.status_code"] == 503
+    assert crashed.status.status_code is StatusCode.ERROR
+    assert [event.name for event in crashed.events] == ["exception"]
+
+
+async def test_untraced_paths_have_no_span(spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    status, _ = await get([], path="/healthz")
+
+    assert status == 200
+    assert spans.get_finished_spans() == ()
