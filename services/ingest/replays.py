@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
 from services.ingest.database_calls import database_call
+from services.ingest.group_writes import GroupWrites
 from services.ingest.verification_failures import ENDED_BY_ACCEPTANCES
 from services.shared.errors import TransientError
 from services.shared.logging import get_logger
@@ -139,24 +138,31 @@ class DeliveryClaims:
     acceptance also ends the run of failed verifications of the source that sent it (see
     verification_failures.py), but only failures counted before its claim, by the database's clock.
 
-    Claims (and acceptances) that arrive together are written together: one statement per batch of
-    concurrent requests, rows in key order (so concurrent batches cannot deadlock), so the front
-    door pays one round trip per batch rather than per webhook. Within a batch the first claim of an
-    id wins and the others are in flight behind it, as they would be one by one.
+    Claims (and acceptances) that arrive together are written together (group_writes.py): one
+    statement per batch of concurrent requests, rows in key order (so concurrent batches cannot
+    deadlock), and while `claim_writes` claim statements (one acceptance statement) are under
+    way, what arrives meanwhile waits for one to end and goes in the next: the front door pays
+    one round trip per batch rather than per webhook, and batches grow with the load rather than
+    the statements. Within a batch the first claim of an id wins and the others are in flight
+    behind it, as they would be one by one.
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, lease_seconds: float, timeout_seconds: float = 5.0
+        self,
+        pool: asyncpg.Pool,
+        lease_seconds: float,
+        timeout_seconds: float = 5.0,
+        claim_writes: int = 2,
     ) -> None:
         self._pool = pool
         self._lease = lease_seconds
         self._timeout = timeout_seconds
-        self._pending_claims: list[_Request] = []
-        self._pending_accepts: list[_Acceptance] = []
+        self._claims = GroupWrites(self._take_claims, max_in_flight=claim_writes)
+        # One at a time: nobody waits for an acceptance, so it may wait for the one before.
+        self._accepts = GroupWrites(self._take_accepts, max_in_flight=1)
         # Ids this replica knows are on Kafka whose `accepted` mark is not written yet: a retry
         # meanwhile is a replay, truthfully, though the database still says `publishing`.
         self._accepting: dict[tuple[uuid.UUID, str], int] = {}
-        self._writes: set[asyncio.Task[None]] = set()
 
     async def claim(
         self,
@@ -173,17 +179,13 @@ class DeliveryClaims:
         request = _Request(
             Claim(connection_id, webhook_id, uuid.uuid4()), user_id, event_id, loop.create_future()
         )
-        if not self._pending_claims:  # written after every claim of this loop turn is in
-            loop.call_soon(self._start, self._take_claims)
-        self._pending_claims.append(request)
+        self._claims.add(request)
         return await request.answer
 
     def accepted(self, claim: Claim, at: datetime, source: str) -> None:
         """Mark the claim accepted (its event is on Kafka), ending the run of failed
         verifications of `source` before it; written at once, not waited for."""
-        if not self._pending_accepts:
-            asyncio.get_running_loop().call_soon(self._start, self._take_accepts)
-        self._pending_accepts.append(_Acceptance(claim, at, source))
+        self._accepts.add(_Acceptance(claim, at, source))
         self._accepting[claim.key] = self._accepting.get(claim.key, 0) + 1
 
     async def release(self, claim: Claim) -> None:
@@ -192,17 +194,11 @@ class DeliveryClaims:
             await self._pool.execute(_RELEASE, claim.connection_id, claim.webhook_id, claim.token)
 
     async def drain(self) -> None:
-        """Wait for every write in flight (at shutdown)."""
-        while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        """Wait until every claim and acceptance handed in so far is written (at shutdown)."""
+        await self._claims.drain()
+        await self._accepts.drain()
 
-    def _start(self, take: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        task = asyncio.create_task(take())
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    async def _take_claims(self) -> None:
-        batch, self._pending_claims = self._pending_claims, []
+    async def _take_claims(self, batch: list[_Request]) -> None:
         try:
             await self._write_claims(batch)
         finally:  # whatever happened, nobody is left waiting
@@ -275,8 +271,7 @@ class DeliveryClaims:
                 outcomes[token] = _in_flight(self._lease)
         return outcomes
 
-    async def _take_accepts(self) -> None:
-        batch, self._pending_accepts = self._pending_accepts, []
+    async def _take_accepts(self, batch: list[_Acceptance]) -> None:
         batch.sort(key=lambda item: item.claim.key)
         try:
             async with database_call("marking webhook ids accepted", self._timeout):

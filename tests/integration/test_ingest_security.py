@@ -230,6 +230,48 @@ async def test_the_same_webhook_id_twice_at_once_is_in_flight_not_a_replay(
     await claims.release(first)
 
 
+class HeldClaimStatements:
+    """A pool whose claim statements (fetch) are counted, the first held until released."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.statements = 0
+        self.first_sent = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        self.statements += 1
+        if self.statements == 1:
+            self.first_sent.set()
+            await self.release.wait()
+        return await self._pool.fetch(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self._pool.execute(query, *args)
+
+
+async def test_claims_arriving_while_a_claim_statement_is_under_way_are_written_by_one_more(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    held = HeldClaimStatements(pool)
+    claims = DeliveryClaims(held, lease_seconds=30, claim_writes=1)  # type: ignore[arg-type]
+    ids = (connection.created.connection_id, connection.user_id)
+    first = asyncio.ensure_future(claims.claim(*ids, "msg_first", uuid.uuid4()))
+    await held.first_sent.wait()
+    later = []
+    for n in range(5):  # each in a loop turn of its own
+        later.append(asyncio.ensure_future(claims.claim(*ids, f"msg_later_{n}", uuid.uuid4())))
+        await asyncio.sleep(0)
+    held.release.set()
+    outcomes = await asyncio.gather(first, *later)
+
+    assert all(isinstance(outcome, Claim) for outcome in outcomes)
+    assert held.statements == 2
+    for outcome in outcomes:
+        assert isinstance(outcome, Claim)
+        await claims.release(outcome)
+
+
 async def test_a_claim_for_a_connection_deleted_meanwhile_costs_no_other_claim_in_its_batch(
     pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
