@@ -3,6 +3,7 @@ and failure counts are kept for (`client_source`)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ def parse_networks(spec: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+# Pure, and asked for every request (peers repeat): parsed once per recent address.
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port

@@ -32,15 +32,14 @@ class RawEventPublisher:
         headers: list[tuple[str, bytes]] = [("poscal-event-id", str(event.event_id).encode())]
         with send_span(self._topic, key, headers) as span:
             try:
-                metadata = await asyncio.wait_for(
-                    self._producer.send_and_wait(
+                # A timeout, not wait_for: no task of its own per webhook.
+                async with asyncio.timeout(self._timeout):
+                    metadata = await self._producer.send_and_wait(
                         self._topic,
                         event.model_dump_json().encode(),
                         key=key.encode(),
                         headers=headers,
-                    ),
-                    self._timeout,
-                )
+                    )
             except Exception as exc:  # any failure to get an ack means "not accepted"
                 raise TransientError(f"raw event not acknowledged: {type(exc).__name__}") from exc
             record_delivery(span, metadata.partition, metadata.offset)
