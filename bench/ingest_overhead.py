@@ -435,6 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "POSCAL_LOG_FORMAT": "json",
             "POSCAL_RATE_LIMIT_PER_CONNECTION": UNLIMITED,
             "POSCAL_RATE_LIMIT_PER_USER": UNLIMITED,
+            **_sampling(args.trace_sample_ratio),
         }
         minimal_env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -490,6 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "rounds": args.rounds,
         "warmup_requests": args.warmup,
         "senders": args.senders,
+        "trace_sample_ratio": args.trace_sample_ratio,
         "modes": modes,
         "published": published,
         "every_202_published": all(p["on_topic"] >= p["accepted"] for p in published.values()),
@@ -500,6 +502,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "throughput_target_met": throughput_ratio is not None
         and throughput_ratio >= TARGET_THROUGHPUT_RATIO,
         "cpu_target_met": cpu_ratio is not None and cpu_ratio <= TARGET_CPU_RATIO,
+    }
+
+
+def _sampling(ratio: float) -> dict[str, str]:
+    """The SDK's own sampler settings for a share of traces recorded (1: every one)."""
+    if ratio >= 1:
+        return {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+    return {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
     }
 
 
@@ -521,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=500, help="per server, before round one")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--senders", type=int, default=4, help="connections sending webhooks")
+    parser.add_argument(
+        "--trace-sample-ratio",
+        type=float,
+        default=1.0,
+        help="share of the full ingest's traces recorded to its trace file (the dev stack's: 1)",
+    )
     # For profiling: where to write the ingest process's pid once it is ready.
     parser.add_argument("--hold-ingest-pid", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--serve-minimal", action="store_true", help=argparse.SUPPRESS)
