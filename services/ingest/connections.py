@@ -3,10 +3,12 @@ only in memory)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -78,6 +80,10 @@ class ConnectionDirectory:
         self._generation = 0
         # False while change notifications may be missed (the listener is reconnecting).
         self.trust_cache = True
+        # Loads under way, by path id, with the generation each began in: a request that misses
+        # the cache while one is under way waits for it instead of reading the same rows (and
+        # opening the same secrets) again, as every request would when a busy entry expires.
+        self._loading: dict[uuid.UUID, tuple[int, asyncio.Task[VerifiableConnection | None]]] = {}
 
     def forget(self, connection_id: uuid.UUID) -> None:
         self._generation += 1
@@ -108,12 +114,33 @@ class ConnectionDirectory:
             unknown_until = self._unknown.get(path_id)
             if unknown_until is not None and unknown_until > now:
                 return None
-        generation = self._generation
+        under_way = self._loading.get(path_id)
+        if under_way is None or under_way[0] != self._generation:
+            # None under way, or begun before the last change (it may read the row as it was).
+            generation = self._generation
+            load = asyncio.get_running_loop().create_task(
+                self._load_and_remember(path_id, generation, now + self._ttl)
+            )
+            under_way = (generation, load)
+            self._loading[path_id] = under_way
+            load.add_done_callback(lambda _: self._loaded(path_id, under_way))
+        # Shielded: a request that stops waiting (its client left) stops no one else's lookup.
+        return await asyncio.shield(under_way[1])
+
+    async def _load_and_remember(
+        self, path_id: uuid.UUID, generation: int, until: float
+    ) -> VerifiableConnection | None:
         async with database_call("connection lookup", self._timeout):
             found = await self._load(path_id)
         if self.trust_cache and self._generation == generation:
-            self._remember(path_id, found, now + self._ttl)
+            self._remember(path_id, found, until)
         return found
+
+    def _loaded(self, path_id: uuid.UUID, entry: tuple[int, asyncio.Task[Any]]) -> None:
+        if self._loading.get(path_id) is entry:
+            del self._loading[path_id]
+        if not entry[1].cancelled():
+            entry[1].exception()  # retrieved: whoever waited for it has raised it
 
     def _remember(
         self, path_id: uuid.UUID, found: VerifiableConnection | None, until: float

@@ -717,3 +717,49 @@ async def test_a_connection_changed_while_it_was_being_read_is_not_cached(
     changed.set()
     await directory.find(connection.webhook_path_id)
     assert loads_before and reading.is_set(), "the stale read was served from the cache"
+
+
+class HeldDirectory(ConnectionDirectory):
+    """Counts its reads of connections; each is held until `release` is set."""
+
+    def __init__(self, pool: asyncpg.Pool, vault: CredentialVault) -> None:
+        super().__init__(pool, vault, ttl_seconds=600)
+        self.loads = 0
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _load(self, path_id: uuid.UUID) -> VerifiableConnection | None:
+        self.loads += 1
+        self.reading.set()
+        await self.release.wait()
+        return await super()._load(path_id)
+
+
+async def test_requests_missing_the_cache_together_read_the_connection_once(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    directory = HeldDirectory(pool, vault)
+    first = asyncio.ensure_future(directory.find(connection.webhook_path_id))
+    await directory.reading.wait()
+    others = [asyncio.ensure_future(directory.find(connection.webhook_path_id)) for _ in range(5)]
+    await asyncio.sleep(0)
+    directory.release.set()
+    found = await asyncio.gather(first, *others)
+
+    assert directory.loads == 1
+    assert {f.ref.connection_id if f else None for f in found} == {connection.created.connection_id}
+
+
+async def test_a_request_after_a_change_does_not_wait_for_a_read_begun_before_it(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    directory = HeldDirectory(pool, vault)
+    before = asyncio.ensure_future(directory.find(connection.webhook_path_id))
+    await directory.reading.wait()
+    directory.forget(connection.created.connection_id)  # the row changed meanwhile
+    after = asyncio.ensure_future(directory.find(connection.webhook_path_id))
+    await asyncio.sleep(0)
+    directory.release.set()
+    await asyncio.gather(before, after)
+
+    assert directory.loads == 2
