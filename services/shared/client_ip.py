@@ -42,8 +42,9 @@ def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in proxies)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked for every request
 def client_address(
-    peer: str | None, forwarded_for: str | None, trusted_proxies: Sequence[IPNetwork]
+    peer: str | None, forwarded_for: str | None, trusted_proxies: tuple[IPNetwork, ...]
 ) -> str | None:
     """The client's address as text, or None if nothing believable names one: the peer address,
     or behind trusted proxies, the nearest address in `X-Forwarded-For` that is not one of them.
@@ -69,6 +70,7 @@ def client_address(
 _IPV6_SOURCE_PREFIX = 64
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked for every request
 def client_source(address: str | None) -> str:
     """Whose refusals and failed verifications a request counts towards: its address, or for
     IPv6 the /64 network around it (else every request could come from a fresh address)."""
