@@ -36,7 +36,7 @@ from bench.load_generator import Address, at_fixed_rate, signed_webhook
 from bench.proc_stats import StackProcess, cpu_seconds, resident_kib, stack_processes
 from bench.stats import slope, summary_ms
 from bench.windows import ACCEPTED, Outcome, Window
-from bench.workload import Sender, TemplateBody, Traffic, template_stream
+from bench.workload import Delivery, Sender, TemplateBody, Traffic, template_stream
 from services.devstack.demo import DEMO_SERVER, create_demo_connection, demo_account
 from services.devstack.stack import DevStack
 from services.shared.signatures import decode_secret
@@ -47,14 +47,26 @@ SERVICES = ("ingest", "poller", "normalizer", "writer", "api")
 MIB = 1024.0
 
 
-class _SendTimes(Sequence[bytes]):
-    """The requests of one chunk, noting when the generator takes each to write it: its send
-    time, on the wall clock. Request 0 is due at the chunk's start and leaves at once (every
-    connection is idle then): its send time is the start the others' due times count from."""
+class _Requests(Sequence[bytes]):
+    """One chunk's webhooks, signed before it starts, noting when the generator takes each to
+    write it (its send time, on the wall clock). One taken more than `resign_after` seconds
+    after the chunk was signed (the generator queued it behind a server falling behind) is
+    signed again then, so that it never reaches ingest outside its timestamp tolerance.
 
-    def __init__(self, requests: list[bytes]) -> None:
-        self._requests = requests
-        self.sent = [0.0] * len(requests)
+    Request 0 is due at the chunk's start and leaves at once (every connection is idle then):
+    its send time is the start the others' due times count from."""
+
+    def __init__(self, address: Address, deliveries: list[Delivery], resign_after: float) -> None:
+        self._address = address
+        self._deliveries = deliveries
+        self._resign_after = resign_after
+        self.signed_at = time.time()
+        self._requests = [self._signed(d, int(self.signed_at)) for d in deliveries]
+        self.sent = [0.0] * len(deliveries)
+        self.resigned = 0
+
+    def _signed(self, d: Delivery, timestamp: int) -> bytes:
+        return signed_webhook(self._address, d.path, d.key, d.body, d.webhook_id, timestamp)
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -66,7 +78,11 @@ class _SendTimes(Sequence[bytes]):
     def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
         if isinstance(index, slice):
             return self._requests[index]
-        self.sent[index] = time.time()
+        now = time.time()
+        self.sent[index] = now
+        if now - self.signed_at > self._resign_after:
+            self.resigned += 1
+            return self._signed(self._deliveries[index], int(now))
         return self._requests[index]
 
 
@@ -111,23 +127,19 @@ class Bench:
         return Sender(created.connection_id, path, key, account.login)
 
     async def _send(self, traffic: Traffic, first: int, count: int, rate: float) -> Outcome:
-        """Webhooks first..first+count at `rate`, in chunks of `--chunk-seconds`, each signed
-        just before its chunk (the signatures' timestamps must stay within ingest's tolerance);
-        the next chunk starts once the last is answered."""
+        """Webhooks first..first+count at `rate`, in chunks of `--chunk-seconds` (each signed
+        just before it; the next starts once the last is answered). Stops early, the rest
+        unsent, after a chunk whose requests left more than `--max-late-seconds` behind their
+        schedule: ingest can no longer take the rate, and the run would only grow longer."""
         address = Address("127.0.0.1", self.stack.port)
         chunk = max(1, round(rate * self.args.chunk_seconds))
         outcome = Outcome()
         for start in range(0, count, chunk):
             signing_started = time.process_time()
-            timestamp = int(time.time())
-            deliveries = (
-                traffic.delivery(first + i) for i in range(start, min(count, start + chunk))
-            )
-            requests = _SendTimes(
-                [
-                    signed_webhook(address, d.path, d.key, d.body, d.webhook_id, timestamp)
-                    for d in deliveries
-                ]
+            requests = _Requests(
+                address,
+                [traffic.delivery(first + i) for i in range(start, min(count, start + chunk))],
+                resign_after=self.args.resign_after_seconds,
             )
             outcome.signing_cpu_seconds += time.process_time() - signing_started
             result = await at_fixed_rate(
@@ -141,7 +153,12 @@ class Bench:
             outcome.sending_seconds += result.wall_seconds
             outcome.sending_cpu_seconds += result.cpu_seconds
             outcome.max_send_lag_s = max(outcome.max_send_lag_s, result.max_send_lag_s or 0.0)
+            outcome.resigned += requests.resigned
             outcome.chunks += 1
+            late = max(s - began - i / rate for i, s in enumerate(requests.sent) if s)
+            if late > self.args.max_late_seconds and start + chunk < count:
+                outcome.unsent = count - start - chunk
+                break
         return outcome
 
     async def run(
@@ -412,7 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--floor-records", type=int, default=20000, help="records for the broker floor")
     add("--template-webhooks", type=int, default=3000, help="webhooks per connection's stream")
     add("--sockets", type=int, default=128, help="keep-alive connections (ingest: 256 at once)")
-    add("--chunk-seconds", type=float, default=60.0, help="signed just before each chunk")
+    add("--chunk-seconds", type=float, default=30.0, help="signed just before each chunk")
+    add("--resign-after-seconds", type=float, default=120.0, help="a request sent this late")
+    add("--max-late-seconds", type=float, default=5.0, help="stop after a chunk sent this late")
     add("--drain-seconds", type=float, default=60.0, help="give up when none commits this long")
     return parser
 
@@ -427,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         unlimited = {
             "POSCAL_RATE_LIMIT_PER_CONNECTION": "100000000/minute",
             "POSCAL_RATE_LIMIT_PER_USER": "100000000/minute",
+            # The generator's idle connections stay open between bursts: a server closing one
+            # just as a request goes out on it would lose that request, not the pipeline.
+            "POSCAL_KEEPALIVE_TIMEOUT_SECONDS": "300",
         }
         stack = DevStack(state_dir=Path(state_dir), port=0, api_port=0, extra_env=unlimited)
         stack.start()

@@ -33,6 +33,10 @@ class Outcome:
     signing_cpu_seconds: float = 0.0
     max_send_lag_s: float = 0.0
     chunks: int = 0
+    # Signed again when sent, having waited in the generator longer than the signing allows.
+    resigned: int = 0
+    # Never sent: the run stopped early, ingest no longer taking the rate.
+    unsent: int = 0
 
     @property
     def cpu_cores(self) -> float:
@@ -71,10 +75,11 @@ class Window:
         return sum(1 for at in self.committed.values() if start <= at < end)
 
     def all_committed(self) -> bool:
-        """Every webhook sent was accepted, and each one's event and fills were committed."""
+        """Every webhook was sent and accepted, and each one's event and fills committed."""
         sent = len(self.outcome.status)
         return (
-            len(self.committed) == sent == len(self.accepted())
+            self.outcome.unsent == 0
+            and len(self.committed) == sent == len(self.accepted())
             and self.fills_committed == self.fills_expected
         )
 
@@ -82,6 +87,7 @@ class Window:
         statuses = Counter(self.outcome.status)
         return {
             "sent": len(self.outcome.status),
+            "unsent": self.outcome.unsent,
             "accepted": statuses.pop(ACCEPTED, 0),
             "refused": {str(s): n for s, n in sorted(statuses.items())},
             "committed": len(self.committed),
@@ -107,6 +113,7 @@ class Window:
                 [a for a, s in zip(outcome.answered_s, outcome.status, strict=True) if s]
             ),
             "chunks": outcome.chunks,
+            "resigned": outcome.resigned,
         }
 
     def visibility(self, interval: float) -> dict[str, Any] | None:

@@ -40,7 +40,7 @@ def lines() -> list[dict[str, Any]]:
 
 
 def _assert_all_committed(events: dict[str, Any]) -> None:
-    assert events["sent"] > 0
+    assert events["sent"] > 0 and events["unsent"] == 0
     assert events["accepted"] == events["sent"] == events["committed"], events
     assert events["refused"] == {}
     assert events["fills_committed"] == events["fills_expected"] > 0
@@ -61,7 +61,7 @@ def _assert_figures(line: dict[str, Any]) -> None:
 def _assert_generator(generator: dict[str, Any]) -> None:
     assert generator["cpu_cores"] >= 0
     assert 0 <= generator["share_of_machine"] <= 1
-    assert generator["chunks"] >= 1
+    assert generator["chunks"] >= 1 and generator["resigned"] >= 0
     assert set(generator["answered_ms"]) == {"p50", "p90", "p99", "max"}
 
 
