@@ -29,10 +29,16 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: webhooks through the dev stack, then ingest against a minimal endpoint; JSON lines
+## bench: every benchmark in bench/, one JSON line per benchmark (mode); see README "Benchmarks"
+# Flags per benchmark, e.g. `make bench E2E_ARGS="--rss-minutes 1 --latency-seconds 20"`.
+INGEST_ARGS ?=
+DRAIN_ARGS ?=
+E2E_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m bench.e2e_webhooks
-	$(BIN)/python -m bench.ingest_overhead
+	$(BIN)/python -m bench.ingest_overhead $(INGEST_ARGS)
+	@# The backlog drain against the Kafka->Postgres floor, where its module exists.
+	@if [ -f bench/pipeline_drain.py ]; then $(BIN)/python -m bench.pipeline_drain $(DRAIN_ARGS); fi
+	$(BIN)/python -m bench.e2e_webhooks $(E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .poscal .pytest_cache .mypy_cache .ruff_cache
