@@ -32,7 +32,7 @@ from services.devstack.demo import create_demo_connection, demo_account, encode_
 from services.devstack.demo_trades import DemoAccount, demo_stream, webhook_body
 from services.devstack.ports import dies_with_parent, stop_process
 from services.devstack.postgres import EmbeddedPostgres
-from services.devstack.stack import pipeline_topics
+from services.devstack.stack import EMBEDDED_BROKER_CONSUMER_ENV, pipeline_topics
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.kafka import (
     TopicSpec,
@@ -365,8 +365,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     then the backlog, queued on the raw topic before the normalizer and writer start, with
     tracing to files and the dev stack's Kafka settings."""
     with contextlib.ExitStack() as stack:
-        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="poscal-bench-")))
-        (state / "run").mkdir()
+        state = (
+            Path(args.state_dir)
+            if args.state_dir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="poscal-bench-")))
+        )
+        (state / "run").mkdir(parents=True, exist_ok=True)
         postgres = stack.enter_context(EmbeddedPostgres(log_path=state / "postgres.log"))
         broker = stack.enter_context(EmbeddedBroker(log_path=state / "broker.log"))
         bootstrap = broker.bootstrap_servers
@@ -394,9 +398,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "POSCAL_TOPIC_CANONICAL": topics.canonical,
             "POSCAL_TOPIC_DEAD_LETTER": topics.dead_letter,
             "POSCAL_LOG_FORMAT": "json",
-            # As the dev stack runs them (services/devstack/stack.py).
-            "POSCAL_KAFKA_SESSION_TIMEOUT_MS": "2000",
-            "POSCAL_KAFKA_FETCH_MAX_WAIT_MS": "20",
+            **EMBEDDED_BROKER_CONSUMER_ENV,  # as the dev stack runs them
         }
         services = [start_service(name, env, state) for name in SERVICES]
         try:
@@ -437,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--floor-batch", type=int, default=2000, help="records per floor fetch")
     parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--state-dir", help="keep the services' logs and spans here")
     parser.add_argument("--profile", metavar="DIR", help="py-spy profiles of both services here")
     args = parser.parse_args(argv)
     result = run(args)
