@@ -77,7 +77,8 @@ _INSERT_FILLS = FILLS.insert(
     # A fill is written once; the one later change is its cancellation, which is final.
     "ON CONFLICT (fill_key) DO UPDATE SET cancelled = true"
     " WHERE EXCLUDED.cancelled AND NOT broker_fills.cancelled"
-    " RETURNING fill_key, position_key"
+    " RETURNING fill_key, position_key",
+    staged=True,
 )
 
 CASH = BulkRows[_Delivered[CashMovement]](
@@ -99,7 +100,7 @@ CASH = BulkRows[_Delivered[CashMovement]](
     ),
 )
 _INSERT_CASH = CASH.insert(
-    "ON CONFLICT (movement_key) DO NOTHING RETURNING movement_key, position_key"
+    "ON CONFLICT (movement_key) DO NOTHING RETURNING movement_key, position_key", staged=True
 )
 
 
@@ -147,6 +148,7 @@ _UPSERT_JOURNAL = JOURNAL.insert(
     " WHERE j.user_id = EXCLUDED.user_id RETURNING mt5_trade_id",
     alias="j",
     computed={"synced_at": "now()"},
+    staged=True,
 )
 
 _LOCK_POSITIONS = """
@@ -173,11 +175,13 @@ JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
     ON m.position_key = p.position_key AND m.connection_id = p.connection_id
 """
 
+# The kept trade ids as a subquery, which Postgres hashes: `<> ALL($3)` compared each row with
+# every id of the batch, and was the most expensive statement of a batch.
 _DELETE_STALE_SEGMENTS = """
 DELETE FROM trading_journal AS j
 USING unnest($1::text[], $2::uuid[]) AS p(position_key, user_id)
 WHERE j.position_key = p.position_key AND j.user_id = p.user_id
-    AND NOT (j.mt5_trade_id = ANY($3::text[]))
+    AND j.mt5_trade_id NOT IN (SELECT unnest($3::text[]))
 """
 
 # Each account's balance as it stands, locked until the transaction ends, with the newest deal
@@ -303,6 +307,10 @@ _TOUCH_CONNECTIONS = SYNCED_CONNECTIONS.update(
 )
 
 
+# The session's staging tables for what is written by COPY, in one round trip.
+_CREATE_STAGING = ";\n".join(rows.create_staging() for rows in (FILLS, CASH, JOURNAL))
+
+
 @dataclass(frozen=True)
 class EventOutcome:
     event_id: uuid.UUID
@@ -346,6 +354,7 @@ class JournalRepository:
         rules of journal.py.
         """
         async with conn.transaction():
+            await conn.execute(_CREATE_STAGING)
             fills_per_event, filled = await self._insert(
                 conn, _first_of_each(batches, _fills), _INSERT_FILLS, FILLS
             )
@@ -380,7 +389,8 @@ class JournalRepository:
         belong to."""
         if not delivered:
             return {}, set()
-        inserted = await conn.fetch(statement, *rows.arrays(delivered))
+        await rows.stage(conn, delivered)
+        inserted = await conn.fetch(statement)
         keys = {r[0] for r in inserted}
         per_event: dict[uuid.UUID, int] = {}
         for d in delivered:
@@ -412,7 +422,8 @@ class JournalRepository:
         trade_ids = [row.aggregate.trade_id for row in rows]
         written: set[str] = set()
         if rows:
-            upserted = await conn.fetch(_UPSERT_JOURNAL, *JOURNAL.arrays(rows))
+            await JOURNAL.stage(conn, rows)
+            upserted = await conn.fetch(_UPSERT_JOURNAL)
             written = {r["mt5_trade_id"] for r in upserted}
         users = [owners[k].user_id for k in keys]
         await conn.execute(_DELETE_STALE_SEGMENTS, keys, users, trade_ids)
