@@ -89,7 +89,13 @@ class Writer:
         tenants = {batch.event_id: batch.connection.user_id for _, batch in parsed}
         for outcome in outcomes:
             self._dead_letters.accepted(tenants[outcome.event_id])
-            _log.debug("event applied", **_outcome_fields(outcome))
+        # One line per batch, never per event: this is the hot path.
+        _log.debug(
+            "batch applied",
+            events=len(outcomes),
+            fills_inserted=sum(o.fills_inserted for o in outcomes),
+            replays=sum(not o.first_time for o in outcomes),
+        )
 
     async def _apply_isolating(
         self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]]
@@ -158,19 +164,12 @@ class EventRefused(PermanentError):
 
 
 def _annotate(span: Span, outcome: EventOutcome) -> None:
-    span.set_attribute("poscal.event_id", str(outcome.event_id))
-    span.set_attribute("poscal.fills_inserted", outcome.fills_inserted)
-    span.set_attribute("poscal.positions_touched", outcome.positions_touched)
-    span.set_attribute("poscal.balance_applied", outcome.balance_applied)
-    span.set_attribute("poscal.replay", not outcome.first_time)
-
-
-def _outcome_fields(outcome: EventOutcome) -> dict[str, object]:
-    return {
-        "event_id": str(outcome.event_id),
-        "fills_inserted": outcome.fills_inserted,
-        "cash_inserted": outcome.cash_inserted,
-        "positions_touched": outcome.positions_touched,
-        "balance_applied": outcome.balance_applied,
-        "replay": not outcome.first_time,
-    }
+    span.set_attributes(
+        {
+            "poscal.event_id": str(outcome.event_id),
+            "poscal.fills_inserted": outcome.fills_inserted,
+            "poscal.positions_touched": outcome.positions_touched,
+            "poscal.balance_applied": outcome.balance_applied,
+            "poscal.replay": not outcome.first_time,
+        }
+    )
