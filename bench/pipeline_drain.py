@@ -339,7 +339,7 @@ async def drain(
         cpu_before = {s.name: cpu_seconds(s.process.pid) for s in services}
         cpu_before["broker"] = cpu_seconds(broker)
         written = 0
-        deadline = time.monotonic() + max(120.0, events / 100)
+        deadline = time.monotonic() + max(300.0, events / 20)
         while written < events:
             for s in services:
                 if s.process.poll() is not None:
