@@ -21,7 +21,12 @@ from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
 from services.shared.kafka import MAX_MESSAGE_BYTES, refused_for_its_content
 from services.shared.logging import get_logger
-from services.shared.messaging import record_delivery, start_process_span, start_send_span
+from services.shared.messaging import (
+    ending_spans,
+    record_delivery,
+    start_process_span,
+    start_send_span,
+)
 from services.shared.probes import kafka_answers
 
 _log = get_logger("poscal.normalizer")
@@ -103,10 +108,9 @@ class Normalizer:
         before the loop may commit. Order per partition is kept by the producer. Each record's
         span continues the trace its headers carry and is the parent of its send's span, which
         ends when its delivery settles, so a batch abandoned part-way leaves no span open."""
-        spans: list[Span] = []
         mapped: list[tuple[_Canonical, Span]] = []
         deliveries: list[tuple[_Canonical, asyncio.Future[RecordMetadata]]] = []
-        try:
+        with ending_spans([]) as spans:
             for record in records:
                 span = start_process_span(record, self._group)
                 spans.append(span)
@@ -115,13 +119,6 @@ class Normalizer:
                     mapped.append((ready, span))
             for ready, span in mapped:
                 deliveries.append((ready, await self._enqueue(ready, span)))
-        except BaseException as exc:
-            for span in spans:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
         failure: BaseException | None = None
         for ready, delivery in deliveries:
             try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.shared.tracing import KafkaHeaders, extract_context, inject_context
 
@@ -77,3 +77,18 @@ def start_process_span(record: ConsumerRecord, consumer_group: str) -> Span:
         kind=SpanKind.CONSUMER,
         attributes=attributes,
     )
+
+
+@contextmanager
+def ending_spans(spans: list[Span]) -> Iterator[list[Span]]:
+    """Every span of `spans` (those appended within the block too) ended when the block ends,
+    with an error status when it raised: a batch's spans stay open until its work is done."""
+    try:
+        yield spans
+    except BaseException as exc:
+        for span in spans:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        for span in spans:
+            span.end()

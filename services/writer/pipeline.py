@@ -8,14 +8,14 @@ from collections.abc import Sequence
 import asyncpg
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace import Link, Span
 from pydantic import ValidationError
 
 from services.shared.canonical import CanonicalBatch
 from services.shared.dead_letters import DeadLetterPublisher, safe_text
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
-from services.shared.messaging import start_process_span
+from services.shared.messaging import ending_spans, start_process_span
 from services.shared.probes import postgres_answers
 from services.writer.failures import Disposition, StopWriting, classify_database_failure
 from services.writer.repository import EventOutcome, JournalRepository
@@ -59,16 +59,10 @@ class Writer:
                 await self._dead_letters.reject(record, "invalid_canonical_batch", detail)
         if not parsed:
             return
-        spans = [start_process_span(record, self._group) for record, _ in parsed]
-        try:
+        with ending_spans(
+            [start_process_span(record, self._group) for record, _ in parsed]
+        ) as spans:
             await self._write(parsed, spans)
-        except BaseException as exc:
-            for span in spans:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
 
     async def _write(
         self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]], spans: list[Span]

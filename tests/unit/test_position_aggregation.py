@@ -305,11 +305,10 @@ def _generated(
     ]
 
 
-@settings(max_examples=200, deadline=None)
-@given(specs=_fill_specs, data=st.data())
-def test_any_order_of_the_same_fills_gives_identical_rows(
+def _drawn(
     specs: list[tuple[str, str, int, int, int, int]], data: st.DataObject
-) -> None:
+) -> list[PositionFill]:
+    """The generated fills, under tickets drawn unique."""
     tickets = data.draw(
         st.lists(
             st.integers(min_value=1, max_value=10**9),
@@ -319,7 +318,15 @@ def test_any_order_of_the_same_fills_gives_identical_rows(
         ),
         label="tickets",
     )
-    fills = _generated(specs, tickets)
+    return _generated(specs, tickets)
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=_fill_specs, data=st.data())
+def test_any_order_of_the_same_fills_gives_identical_rows(
+    specs: list[tuple[str, str, int, int, int, int]], data: st.DataObject
+) -> None:
+    fills = _drawn(specs, data)
     shuffled = data.draw(st.permutations(fills), label="arrival order")
     assert aggregate_position(KEY, shuffled) == aggregate_position(KEY, fills)
 
@@ -498,16 +505,7 @@ def _write(
 def test_folding_each_batchs_new_fills_into_the_stored_fold_gives_the_full_recomputation(
     specs: list[tuple[str, str, int, int, int, int]], data: st.DataObject
 ) -> None:
-    tickets = data.draw(
-        st.lists(
-            st.integers(min_value=1, max_value=10**9),
-            min_size=len(specs),
-            max_size=len(specs),
-            unique=True,
-        ),
-        label="tickets",
-    )
-    fills = _generated(specs, tickets)
+    fills = _drawn(specs, data)
     # In the broker's order (what a live sender delivers) or any other, and some delivered again.
     in_order = data.draw(st.booleans(), label="in order")
     arrivals = (
