@@ -21,7 +21,12 @@ from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
 from services.shared.kafka import MAX_MESSAGE_BYTES, refused_for_its_content
 from services.shared.logging import get_logger
-from services.shared.messaging import process_span, record_delivery, start_send_span
+from services.shared.messaging import (
+    ending_spans,
+    record_delivery,
+    start_process_span,
+    start_send_span,
+)
 from services.shared.probes import kafka_answers
 
 _log = get_logger("poscal.normalizer")
@@ -98,15 +103,22 @@ class Normalizer:
         that cannot deliver fails the batch (TransientError), whose records the consume loop
         retries, per partition.
 
-        Sends are pipelined: all enqueued, then every acknowledgement awaited before the loop
-        may commit. Order per partition is kept by the producer. Each send's span ends when its
-        delivery settles, so a batch abandoned part-way leaves no span open."""
+        The whole batch is mapped first, then every canonical batch is enqueued at once (so the
+        producer sends them in as few requests as it can), then every acknowledgement is awaited
+        before the loop may commit. Order per partition is kept by the producer. Each record's
+        span continues the trace its headers carry and is the parent of its send's span, which
+        ends when its delivery settles, so a batch abandoned part-way leaves no span open."""
+        mapped: list[tuple[_Canonical, Span]] = []
         deliveries: list[tuple[_Canonical, asyncio.Future[RecordMetadata]]] = []
-        for record in records:
-            with process_span(record, self._group):
+        with ending_spans([]) as spans:
+            for record in records:
+                span = start_process_span(record, self._group)
+                spans.append(span)
                 ready = await self._map(record)
                 if ready is not None:
-                    deliveries.append((ready, await self._enqueue(ready)))
+                    mapped.append((ready, span))
+            for ready, span in mapped:
+                deliveries.append((ready, await self._enqueue(ready, span)))
         failure: BaseException | None = None
         for ready, delivery in deliveries:
             try:
@@ -182,12 +194,13 @@ class Normalizer:
             )
         return _Canonical(record, mapping, value)
 
-    async def _enqueue(self, ready: _Canonical) -> asyncio.Future[RecordMetadata]:
+    async def _enqueue(self, ready: _Canonical, parent: Span) -> asyncio.Future[RecordMetadata]:
         batch = ready.mapping.batch
         key = str(batch.connection.connection_id)
         headers: list[tuple[str, bytes]] = [("poscal-event-id", str(batch.event_id).encode())]
-        span = start_send_span(self._topic, key, headers)
-        span.set_attribute("poscal.fills", len(batch.fills))
+        span = start_send_span(
+            self._topic, key, headers, parent, attributes={"poscal.fills": len(batch.fills)}
+        )
         try:
             delivery: asyncio.Future[RecordMetadata] = await self._producer.send(
                 self._topic, ready.value, key=key.encode(), headers=headers

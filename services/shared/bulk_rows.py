@@ -1,11 +1,14 @@
 """Many rows in one statement: its columns defined once (name, Postgres type, where each value
-comes from), so the SQL's column list and the arrays handed to it cannot fall out of order."""
+comes from), so the SQL's column list and the arrays (or COPY records) handed to it cannot fall
+out of order."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from services.shared.database import Connection
 
 T = TypeVar("T")
 
@@ -31,17 +34,39 @@ class BulkRows(Generic[T]):
         arrays = ", ".join(f"${n}::{c.pg_type}[]" for n, c in enumerate(self.columns, start=1))
         return f"unnest({arrays})"
 
+    @property
+    def staging_table(self) -> str:
+        """The session's temporary table that `stage` copies rows into."""
+        return f"staged_{self.table}"
+
+    def create_staging(self) -> str:
+        """`CREATE TEMP TABLE IF NOT EXISTS` the staging table: the columns, emptied at every
+        commit (and gone with a rolled-back transaction's rows), so each transaction sees only
+        the rows it staged."""
+        columns = ", ".join(f"{c.name} {c.pg_type}" for c in self.columns)
+        return (
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.staging_table} ({columns})"
+            " ON COMMIT DELETE ROWS"
+        )
+
     def insert(
-        self, then: str = "", *, alias: str | None = None, computed: Mapping[str, str] | None = None
+        self,
+        then: str = "",
+        *,
+        alias: str | None = None,
+        computed: Mapping[str, str] | None = None,
+        staged: bool = False,
     ) -> str:
-        """`INSERT INTO table (columns) SELECT * FROM unnest(...) then`; `computed` adds
+        """`INSERT INTO table (columns) SELECT * FROM unnest(...) then`, or from the staging
+        table when `staged` (its rows copied in by `stage`, no parameters); `computed` adds
         columns whose values are SQL expressions (`{"synced_at": "now()"}`)."""
         computed = computed or {}
         names = ", ".join([*self.names, *computed])
         values = ", ".join(["*", *computed.values()])
         into = f"{self.table} AS {alias}" if alias else self.table
+        source = self.staging_table if staged else self.unnest()
         # Identifiers and SQL of our own code only: every value travels as a parameter.
-        return f"INSERT INTO {into} ({names}) SELECT {values} FROM {self.unnest()} {then}"  # noqa: S608
+        return f"INSERT INTO {into} ({names}) SELECT {values} FROM {source} {then}"  # noqa: S608
 
     def update(self, assignments: str, *, alias: str, where: str) -> str:
         """`UPDATE table AS alias SET assignments FROM unnest(...) AS v(columns) WHERE where`:
@@ -53,6 +78,17 @@ class BulkRows(Generic[T]):
     def excluded(self, names: Iterable[str]) -> str:
         """`a = EXCLUDED.a, b = EXCLUDED.b`: an upsert taking these columns from the new row."""
         return ", ".join(f"{name} = EXCLUDED.{name}" for name in names)
+
+    def records(self, rows: Iterable[T]) -> list[tuple[Any, ...]]:
+        """The rows as COPY takes them: one tuple per row, in the columns' order."""
+        values = [column.value for column in self.columns]
+        return [tuple(value(row) for value in values) for row in rows]
+
+    async def stage(self, conn: Connection, rows: Iterable[T]) -> None:
+        """COPY the rows into the staging table (created by `create_staging` in this session)."""
+        await conn.copy_records_to_table(
+            self.staging_table, records=self.records(rows), columns=self.names
+        )
 
     def arrays(self, rows: Sequence[T]) -> list[list[object]]:
         """The statement's parameters: one array per column, in the columns' order."""

@@ -49,7 +49,10 @@ def check_amount(value: Decimal) -> Decimal:
         raise ValueError("must be a finite number")
     if value.copy_abs() >= AMOUNT_MAGNITUDE:  # copy_abs: exact, no context rounding
         raise ValueError("must be smaller than 10^15 in magnitude")
-    if decimal_places(value) > AMOUNT_PLACES:
+    # Written with at most that many places (nearly always): no need to count trailing zeros.
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if exponent < -AMOUNT_PLACES and decimal_places(value) > AMOUNT_PLACES:
         raise ValueError(f"must have at most {AMOUNT_PLACES} decimal places")
     return value
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.shared.tracing import KafkaHeaders, extract_context, inject_context
 
@@ -35,11 +35,21 @@ def send_span(topic: str, key: str, headers: KafkaHeaders) -> Iterator[Span]:
         yield span
 
 
-def start_send_span(topic: str, key: str, headers: KafkaHeaders) -> Span:
+def start_send_span(
+    topic: str,
+    key: str,
+    headers: KafkaHeaders,
+    parent: Span | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> Span:
     """A PRODUCER span the caller ends once the send is acknowledged; its context goes into
-    `headers`. For pipelined sends, where a `with` block would end it too early."""
-    attributes = _common(topic, "send") | {"messaging.kafka.message.key": key}
-    span = _tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes)
+    `headers`. For pipelined sends, where a `with` block would end it too early. Its parent is
+    `parent` when given, else the current span."""
+    attributes = _common(topic, "send") | {"messaging.kafka.message.key": key} | (attributes or {})
+    context = trace.set_span_in_context(parent) if parent is not None else None
+    span = _tracer.start_span(
+        f"send {topic}", context=context, kind=SpanKind.PRODUCER, attributes=attributes
+    )
     inject_context(headers, trace.set_span_in_context(span))
     return span
 
@@ -70,10 +80,15 @@ def start_process_span(record: ConsumerRecord, consumer_group: str) -> Span:
 
 
 @contextmanager
-def process_span(record: ConsumerRecord, consumer_group: str) -> Iterator[Span]:
-    """`start_process_span` as the current span for the duration of a block."""
-    span = start_process_span(record, consumer_group)
-    with trace.use_span(
-        span, end_on_exit=True, record_exception=True, set_status_on_exception=True
-    ):
-        yield span
+def ending_spans(spans: list[Span]) -> Iterator[list[Span]]:
+    """Every span of `spans` (those appended within the block too) ended when the block ends,
+    with an error status when it raised: a batch's spans stay open until its work is done."""
+    try:
+        yield spans
+    except BaseException as exc:
+        for span in spans:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        for span in spans:
+            span.end()

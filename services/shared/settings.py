@@ -43,8 +43,9 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10000, ge=1000, validation_alias=AliasChoices("POSCAL_KAFKA_SESSION_TIMEOUT_MS")
     )
-    # Kafka answers a fetch as soon as data arrives; brokers that only answer at the end of the
-    # wait (the embedded one) need it short for low latency.
+    # Kafka answers a fetch as soon as data arrives, so this is only how often an idle consumer
+    # polls: longer costs no latency under load, shorter burns CPU while idle. (The embedded
+    # broker now and then answers only at the end of the wait: the dev stack sets 100 ms.)
     kafka_fetch_max_wait_ms: int = Field(
         500, ge=1, validation_alias=AliasChoices("POSCAL_KAFKA_FETCH_MAX_WAIT_MS")
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-from typing import Literal
+from typing import Any, Literal
 
 from services.shared.canonical import EXACT, AccountSnapshot, CanonicalBatch, Side
 
@@ -68,23 +68,38 @@ class TradeAggregate:
 
 @dataclass
 class _Segment:
+    """One round trip's running totals, its fills folded in in order (`_order`): each fill adds to
+    its volumes and notionals (`_take_in`, `_take_out`) and to its money (`_take_money`), so a
+    row is its totals, never a list of fills kept to be added up again."""
+
     trade_id: str
     side: Side | None = None
-    ins: list[PositionFill] = field(default_factory=list)
-    outs: list[PositionFill] = field(default_factory=list)
-    money: list[PositionFill] = field(default_factory=list)
-    charges: list[PositionCharge] = field(default_factory=list)
+    # Of its first fill (the earliest in order, opening or closing).
+    symbol: str | None = None
+    first_side: Side | None = None
+    first_at: datetime | None = None
+    # Of its first opening fill, and of its latest closing fill.
+    opened_at: datetime | None = None
+    last_out_at: datetime | None = None
+    in_volume: Decimal = _ZERO
+    in_notional: Decimal = _ZERO
+    out_volume: Decimal = _ZERO
+    out_notional: Decimal = _ZERO
+    profit: Decimal = _ZERO
+    commission: Decimal = _ZERO
+    swap: Decimal = _ZERO
+    fee: Decimal = _ZERO
+    # Fills opening or closing it (a fill's key appears once in a position).
+    fills: int = 0
 
 
 def _opposite(side: Side) -> Side:
     return "sell" if side == "buy" else "buy"
 
 
-def _vwap(fills: Sequence[PositionFill]) -> Decimal | None:
-    volume = sum((f.volume for f in fills), _ZERO)
+def _vwap(notional: Decimal, volume: Decimal) -> Decimal | None:
     if volume == 0:
         return None
-    notional = sum((f.volume * f.price for f in fills), _ZERO)
     return (notional / volume).quantize(_PRICE_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
 
 
@@ -93,95 +108,202 @@ def _order(fill: PositionFill) -> tuple[datetime, int, str]:
     return (fill.executed_at, ref, fill.fill_key)
 
 
-def _no_money(fill: PositionFill, volume: Decimal) -> PositionFill:
-    return replace(fill, volume=volume, profit=_ZERO, commission=_ZERO, swap=_ZERO, fee=_ZERO)
+def _first(segment: _Segment, fill: PositionFill) -> None:
+    if segment.fills == 0:
+        segment.symbol, segment.first_side, segment.first_at = (
+            fill.symbol,
+            fill.side,
+            fill.executed_at,
+        )
+    segment.fills += 1
 
 
-def _segments(position_key: str, fills: Iterable[PositionFill]) -> list[_Segment]:
-    current = _Segment(position_key)
+def _take_in(segment: _Segment, fill: PositionFill, volume: Decimal) -> None:
+    _first(segment, fill)
+    if segment.opened_at is None:
+        segment.opened_at = fill.executed_at
+    segment.in_volume += volume
+    segment.in_notional += volume * fill.price
+
+
+def _take_out(segment: _Segment, fill: PositionFill, volume: Decimal) -> None:
+    _first(segment, fill)
+    segment.last_out_at = fill.executed_at
+    segment.out_volume += volume
+    segment.out_notional += volume * fill.price
+
+
+def _take_money(segment: _Segment, fill: PositionFill) -> None:
+    segment.profit += fill.profit
+    segment.commission += fill.commission
+    segment.swap += fill.swap
+    segment.fee += fill.fee
+
+
+@dataclass(frozen=True)
+class PositionFold:
+    """How far a position's fills are folded: the last fill (in `_order`), the volume left open,
+    and the running totals of its latest round trip. Earlier round trips are final: a fill later
+    than `last` can only add to the latest one or open new ones."""
+
+    position_key: str
+    last: tuple[datetime, int, str]
+    open_volume: Decimal
+    segment: _Segment
+
+    def extends_to(self, fills: Iterable[PositionFill]) -> bool:
+        """Whether every one of these fills comes after the last one folded, so folding them in
+        gives what folding all the position's fills again would."""
+        return all(_order(f) > self.last for f in fills)
+
+    def to_json(self) -> dict[str, Any]:
+        """As JSON stores it exactly: amounts and times as text."""
+        segment = {name: _encoded(value) for name, value in vars(self.segment).items()}
+        at, ref, key = self.last
+        return {
+            "last": [at.isoformat(), ref, key],
+            "open_volume": str(self.open_volume),
+            "segment": segment,
+        }
+
+    @classmethod
+    def from_json(cls, position_key: str, stored: dict[str, Any]) -> PositionFold:
+        at, ref, key = stored["last"]
+        segment: dict[str, Any] = {
+            name: (
+                None
+                if value is None
+                else datetime.fromisoformat(value)
+                if name in _SEGMENT_TIMES
+                else Decimal(value)
+                if name in _SEGMENT_AMOUNTS
+                else value
+            )
+            for name, value in stored["segment"].items()
+        }
+        return cls(
+            position_key,
+            (datetime.fromisoformat(at), ref, key),
+            Decimal(stored["open_volume"]),
+            _Segment(**segment),
+        )
+
+
+_SEGMENT_TIMES = frozenset({"first_at", "opened_at", "last_out_at"})
+_SEGMENT_AMOUNTS = frozenset(
+    {
+        "in_volume",
+        "in_notional",
+        "out_volume",
+        "out_notional",
+        "profit",
+        "commission",
+        "swap",
+        "fee",
+    }
+)
+
+
+def _encoded(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _fold(
+    position_key: str, fills: Iterable[PositionFill], since: PositionFold | None
+) -> tuple[list[_Segment], PositionFold | None]:
+    """The round trips these fills add to or open, folded in order from `since` (or from
+    nothing), and where the fold then stands."""
+    if since is None:
+        current, open_volume, last = _Segment(position_key), _ZERO, None
+    else:
+        current, open_volume, last = replace(since.segment), since.open_volume, since.last
     segments = [current]
-    open_volume = _ZERO
     for fill in sorted(fills, key=_order):
+        last = _order(fill)
         if fill.entry == "in":
-            if open_volume <= 0 and (current.ins or current.outs):
+            if open_volume <= 0 and current.fills:
                 # Fully closed, now opened again: a new round trip, not an add to a closed row.
                 current = _Segment(f"{position_key}:{fill.broker_ref}")
                 segments.append(current)
             current.side = current.side or fill.side
-            current.ins.append(fill)
-            current.money.append(fill)
+            _take_in(current, fill, fill.volume)
+            _take_money(current, fill)
             open_volume += fill.volume
         elif fill.entry in ("out", "out_by"):
             current.side = current.side or _opposite(fill.side)
-            current.outs.append(fill)
-            current.money.append(fill)
+            _take_out(current, fill, fill.volume)
+            _take_money(current, fill)
             # Closes of what was opened before the history we have leave nothing open, not less
             # than nothing: a later opening starts a round trip of its own.
             open_volume = max(open_volume - fill.volume, _ZERO)
         else:  # inout: close what is open, open the remainder the other way
             closing = min(max(open_volume, _ZERO), fill.volume)
             reopening = fill.volume - closing
-            had_position = bool(current.ins or current.outs)
+            had_position = bool(current.fills)
             if closing > 0:
-                current.outs.append(_no_money(fill, closing))
+                _take_out(current, fill, closing)
             if had_position:
-                current.money.append(fill)  # the reversal's P&L belongs to what it closed
+                _take_money(current, fill)  # the reversal's P&L belongs to what it closed
             open_volume -= closing
             if reopening > 0:
                 current = _Segment(f"{position_key}:{fill.broker_ref}", side=fill.side)
-                current.ins.append(_no_money(fill, reopening))
+                _take_in(current, fill, reopening)
                 if not had_position:
-                    current.money.append(fill)
+                    _take_money(current, fill)
                 segments.append(current)
                 open_volume = reopening
-    return [s for s in segments if s.ins or s.outs]
+    fold = None if last is None else PositionFold(position_key, last, open_volume, current)
+    return [s for s in segments if s.fills], fold
 
 
-def _opened_at(segment: _Segment) -> datetime:
-    return min(f.executed_at for f in segment.ins + segment.outs)
-
-
-def _charge(segments: Sequence[_Segment], charges: Iterable[PositionCharge]) -> None:
+def _charge(
+    segments: Sequence[_Segment], charges: Iterable[PositionCharge]
+) -> list[list[PositionCharge]]:
     """Each charge into the round trip open when it was booked: the latest one opened at or
     before it (a charge older than every fill belongs to the first)."""
+    owned: list[list[PositionCharge]] = [[] for _ in segments]
     for charge in charges:
-        owner = segments[0]
-        for segment in segments[1:]:
-            if _opened_at(segment) <= charge.executed_at:
-                owner = segment
-        owner.charges.append(charge)
+        owner = 0
+        for index, segment in enumerate(segments[1:], start=1):
+            assert segment.first_at is not None  # a segment has fills
+            if segment.first_at <= charge.executed_at:
+                owner = index
+        owned[owner].append(charge)
+    return owned
 
 
-def _charged(segment: _Segment, swap: bool) -> Decimal:
-    return sum((c.amount for c in segment.charges if (c.kind == "financing") == swap), _ZERO)
+def _charged(charges: Sequence[PositionCharge], swap: bool) -> Decimal:
+    return sum((c.amount for c in charges if (c.kind == "financing") == swap), _ZERO)
 
 
-def _aggregate(segment: _Segment, position_key: str) -> TradeAggregate:
-    ins, outs, money = segment.ins, segment.outs, segment.money
-    every = ins + outs
-    in_volume = sum((f.volume for f in ins), _ZERO)
-    out_volume = sum((f.volume for f in outs), _ZERO)
+def _aggregate(
+    segment: _Segment, position_key: str, charges: Sequence[PositionCharge] = ()
+) -> TradeAggregate:
     # Only closes seen (the opening fills predate the sync): the size is what was closed.
-    volume = in_volume if in_volume > 0 else out_volume
-    closed = out_volume > 0 and out_volume >= volume
-    first = min(every, key=_order)
+    volume = segment.in_volume if segment.in_volume > 0 else segment.out_volume
+    closed = segment.out_volume > 0 and segment.out_volume >= volume
+    assert segment.symbol is not None and segment.first_side is not None  # it has fills
     return TradeAggregate(
         trade_id=segment.trade_id,
         position_key=position_key,
-        symbol=first.symbol,
-        side=segment.side or first.side,
+        symbol=segment.symbol,
+        side=segment.side or segment.first_side,
         volume=volume,
-        closed_volume=out_volume,
-        entry_price=_vwap(ins),
-        exit_price=_vwap(outs),
-        opened_at=min(ins, key=_order).executed_at if ins else None,
-        closed_at=max(outs, key=_order).executed_at if closed else None,
-        profit=sum((f.profit for f in money), _ZERO),
-        commission=sum((f.commission for f in money), _ZERO),
-        swap=sum((f.swap for f in money), _ZERO) + _charged(segment, swap=True),
-        fees=sum((f.fee for f in money), _ZERO) + _charged(segment, swap=False),
+        closed_volume=segment.out_volume,
+        entry_price=_vwap(segment.in_notional, segment.in_volume),
+        exit_price=_vwap(segment.out_notional, segment.out_volume),
+        opened_at=segment.opened_at,
+        closed_at=segment.last_out_at if closed else None,
+        profit=segment.profit,
+        commission=segment.commission,
+        swap=segment.swap + _charged(charges, swap=True),
+        fees=segment.fee + _charged(charges, swap=False),
         status="closed" if closed else "open",
-        fill_count=len({f.fill_key for f in every}),
+        fill_count=segment.fills,
     )
 
 
@@ -203,12 +325,29 @@ def aggregate_position(
     swap, any other kind as fees. Sums are exact (a context wide enough for any bounded
     amount), never rounded.
     """
+    return fold_position(position_key, fills, charges=charges)[0]
+
+
+def fold_position(
+    position_key: str,
+    fills: Iterable[PositionFill],
+    since: PositionFold | None = None,
+    charges: Iterable[PositionCharge] = (),
+) -> tuple[list[TradeAggregate], PositionFold | None]:
+    """The journal rows these fills change, and where the position's fold then stands.
+
+    From nothing (`since` None), `fills` are all the position's fills and the rows are all its
+    rows (`aggregate_position`). From a fold, `fills` are fills that came after it
+    (`PositionFold.extends_to`) and the rows are those of the round trips they added to or
+    opened: the same rows folding every fill again gives for them, while the earlier rows stay
+    as they are. Charges are only taken with every fill, from nothing."""
     with localcontext(EXACT):
-        segments = _segments(position_key, fills)
+        segments, fold = _fold(position_key, fills, since)
         if not segments:
-            return []
-        _charge(segments, sorted(charges, key=lambda c: (c.executed_at, c.movement_key)))
-        return [_aggregate(s, position_key) for s in segments]
+            return [], fold
+        charged = _charge(segments, sorted(charges, key=lambda c: (c.executed_at, c.movement_key)))
+        rows = [_aggregate(s, position_key, c) for s, c in zip(segments, charged, strict=True)]
+        return rows, fold
 
 
 # --- the balance ----------------------------------------------------------------------------

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 import asyncpg
 from aiokafka import ConsumerRecord
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace import Link, Span
 from pydantic import ValidationError
 
 from services.shared.canonical import CanonicalBatch
 from services.shared.dead_letters import DeadLetterPublisher, safe_text
 from services.shared.errors import PermanentError, TransientError
 from services.shared.logging import get_logger
-from services.shared.messaging import start_process_span
+from services.shared.messaging import ending_spans, start_process_span
 from services.shared.probes import postgres_answers
 from services.writer.failures import Disposition, StopWriting, classify_database_failure
 from services.writer.repository import EventOutcome, JournalRepository
@@ -59,16 +59,10 @@ class Writer:
                 await self._dead_letters.reject(record, "invalid_canonical_batch", detail)
         if not parsed:
             return
-        spans = [start_process_span(record, self._group) for record, _ in parsed]
-        try:
+        with ending_spans(
+            [start_process_span(record, self._group) for record, _ in parsed]
+        ) as spans:
             await self._write(parsed, spans)
-        except BaseException as exc:
-            for span in spans:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
 
     async def _write(
         self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]], spans: list[Span]
@@ -89,7 +83,13 @@ class Writer:
         tenants = {batch.event_id: batch.connection.user_id for _, batch in parsed}
         for outcome in outcomes:
             self._dead_letters.accepted(tenants[outcome.event_id])
-            _log.debug("event applied", **_outcome_fields(outcome))
+        # One line per batch, never per event: this is the hot path.
+        _log.debug(
+            "batch applied",
+            events=len(outcomes),
+            fills_inserted=sum(o.fills_inserted for o in outcomes),
+            replays=sum(not o.first_time for o in outcomes),
+        )
 
     async def _apply_isolating(
         self, parsed: list[tuple[ConsumerRecord, CanonicalBatch]]
@@ -158,19 +158,12 @@ class EventRefused(PermanentError):
 
 
 def _annotate(span: Span, outcome: EventOutcome) -> None:
-    span.set_attribute("poscal.event_id", str(outcome.event_id))
-    span.set_attribute("poscal.fills_inserted", outcome.fills_inserted)
-    span.set_attribute("poscal.positions_touched", outcome.positions_touched)
-    span.set_attribute("poscal.balance_applied", outcome.balance_applied)
-    span.set_attribute("poscal.replay", not outcome.first_time)
-
-
-def _outcome_fields(outcome: EventOutcome) -> dict[str, object]:
-    return {
-        "event_id": str(outcome.event_id),
-        "fills_inserted": outcome.fills_inserted,
-        "cash_inserted": outcome.cash_inserted,
-        "positions_touched": outcome.positions_touched,
-        "balance_applied": outcome.balance_applied,
-        "replay": not outcome.first_time,
-    }
+    span.set_attributes(
+        {
+            "poscal.event_id": str(outcome.event_id),
+            "poscal.fills_inserted": outcome.fills_inserted,
+            "poscal.positions_touched": outcome.positions_touched,
+            "poscal.balance_applied": outcome.balance_applied,
+            "poscal.replay": not outcome.first_time,
+        }
+    )

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
+import orjson
+
 from services.shared.bulk_rows import BulkRows, Column
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
@@ -18,11 +20,12 @@ from services.writer.journal import (
     MonthlySyncs,
     PositionCharge,
     PositionFill,
+    PositionFold,
     StoredBalance,
     TradeAggregate,
-    aggregate_position,
     balance_applies,
     count_syncs,
+    fold_position,
     newest_snapshots,
 )
 
@@ -77,7 +80,9 @@ _INSERT_FILLS = FILLS.insert(
     # A fill is written once; the one later change is its cancellation, which is final.
     "ON CONFLICT (fill_key) DO UPDATE SET cancelled = true"
     " WHERE EXCLUDED.cancelled AND NOT broker_fills.cancelled"
-    " RETURNING fill_key, position_key"
+    # xmax is 0 in a row this statement inserted, not in one whose cancellation it recorded.
+    " RETURNING fill_key, position_key, xmax = 0 AS inserted",
+    staged=True,
 )
 
 CASH = BulkRows[_Delivered[CashMovement]](
@@ -99,7 +104,8 @@ CASH = BulkRows[_Delivered[CashMovement]](
     ),
 )
 _INSERT_CASH = CASH.insert(
-    "ON CONFLICT (movement_key) DO NOTHING RETURNING movement_key, position_key"
+    "ON CONFLICT (movement_key) DO NOTHING RETURNING movement_key, position_key, true AS inserted",
+    staged=True,
 )
 
 
@@ -147,6 +153,7 @@ _UPSERT_JOURNAL = JOURNAL.insert(
     " WHERE j.user_id = EXCLUDED.user_id RETURNING mt5_trade_id",
     alias="j",
     computed={"synced_at": "now()"},
+    staged=True,
 )
 
 _LOCK_POSITIONS = """
@@ -173,11 +180,32 @@ JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
     ON m.position_key = p.position_key AND m.connection_id = p.connection_id
 """
 
+# The kept trade ids as a subquery, which Postgres hashes: `<> ALL($3)` compared each row with
+# every id of the batch, and was the most expensive statement of a batch.
+# Where each position's fold stands (journal.PositionFold), as JSON text (no codec needed).
+_POSITION_FOLDS = """
+SELECT s.position_key, s.fold::text AS fold
+FROM position_folds AS s
+JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
+    ON s.position_key = p.position_key AND s.connection_id = p.connection_id
+"""
+_SAVE_FOLDS = """
+INSERT INTO position_folds AS s (connection_id, position_key, user_id, fold)
+SELECT c, k, u, f::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[]) AS v(c, k, u, f)
+ON CONFLICT (connection_id, position_key) DO UPDATE SET fold = EXCLUDED.fold, updated_at = now()
+"""
+_FORGET_FOLDS = """
+DELETE FROM position_folds AS s
+USING unnest($1::uuid[], $2::text[]) AS p(connection_id, position_key)
+WHERE s.connection_id = p.connection_id AND s.position_key = p.position_key
+"""
+
 _DELETE_STALE_SEGMENTS = """
 DELETE FROM trading_journal AS j
 USING unnest($1::text[], $2::uuid[]) AS p(position_key, user_id)
 WHERE j.position_key = p.position_key AND j.user_id = p.user_id
-    AND NOT (j.mt5_trade_id = ANY($3::text[]))
+    AND j.mt5_trade_id NOT IN (SELECT unnest($3::text[]))
 """
 
 # Each account's balance as it stands, locked until the transaction ends, with the newest deal
@@ -303,6 +331,10 @@ _TOUCH_CONNECTIONS = SYNCED_CONNECTIONS.update(
 )
 
 
+# The session's staging tables for what is written by COPY, in one round trip.
+_CREATE_STAGING = ";\n".join(rows.create_staging() for rows in (FILLS, CASH, JOURNAL))
+
+
 @dataclass(frozen=True)
 class EventOutcome:
     event_id: uuid.UUID
@@ -345,21 +377,31 @@ class JournalRepository:
         rows. What the rows, the balance and the monthly count become is decided by the pure
         rules of journal.py.
         """
+        # The steps, in order, in one transaction; a step that needs the journal rows as this
+        # batch leaves them (a rollup of them, say) goes after `_recompute_positions`.
         async with conn.transaction():
-            fills_per_event, filled = await self._insert(
-                conn, _first_of_each(batches, _fills), _INSERT_FILLS, FILLS
-            )
-            cash_per_event, charged = await self._insert(
+            await conn.execute(_CREATE_STAGING)
+            fills = _first_of_each(batches, _fills)
+            fills_inserted = await self._insert(conn, fills, _INSERT_FILLS, FILLS)
+            cash_inserted = await self._insert(
                 conn, _first_of_each(batches, _cash_movements), _INSERT_CASH, CASH
             )
-            new_positions = filled | charged
-            await self._recompute_positions(conn, batches, new_positions)
+            new_positions = fills_inserted.positions | cash_inserted.positions
+            await self._recompute_positions(
+                conn,
+                batches,
+                new_positions,
+                [d for d in fills if d.key in fills_inserted.new and not d.record.cancelled],
+                # A cancellation takes a fill out, a charge goes to the round trip open when it
+                # was booked: neither only adds to the latest round trip.
+                refold=fills_inserted.changed_positions | cash_inserted.positions,
+            )
             balance_events = await self._apply_balances(conn, batches)
             outcomes = [
                 EventOutcome(
                     event_id=b.event_id,
-                    fills_inserted=fills_per_event.get(b.event_id, 0),
-                    cash_inserted=cash_per_event.get(b.event_id, 0),
+                    fills_inserted=fills_inserted.per_event.get(b.event_id, 0),
+                    cash_inserted=cash_inserted.per_event.get(b.event_id, 0),
                     positions_touched=len(_positions_of(b) & new_positions),
                     balance_applied=b.event_id in balance_events,
                     first_time=False,
@@ -375,28 +417,92 @@ class JournalRepository:
         delivered: list[_Delivered[R]],
         statement: str,
         rows: BulkRows[_Delivered[R]],
-    ) -> tuple[dict[uuid.UUID, int], set[str]]:
-        """Insert what is new; per event, how many of its records were; the positions they
-        belong to."""
+    ) -> _Inserted:
+        """Insert what is new (a fill's cancellation is recorded on the fill already there)."""
         if not delivered:
-            return {}, set()
-        inserted = await conn.fetch(statement, *rows.arrays(delivered))
-        keys = {r[0] for r in inserted}
+            return _Inserted({}, set(), set(), set())
+        await rows.stage(conn, delivered)
+        returned = await conn.fetch(statement)
+        keys = {r[0] for r in returned}
         per_event: dict[uuid.UUID, int] = {}
         for d in delivered:
             if d.key in keys:
                 per_event[d.batch.event_id] = per_event.get(d.batch.event_id, 0) + 1
-        return per_event, {r["position_key"] for r in inserted if r["position_key"] is not None}
+        return _Inserted(
+            per_event,
+            {r["position_key"] for r in returned if r["position_key"] is not None},
+            {r[0] for r in returned if r["inserted"]},
+            {r["position_key"] for r in returned if not r["inserted"]},
+        )
 
     async def _recompute_positions(
-        self, conn: Connection, batches: Sequence[CanonicalBatch], positions: set[str]
+        self,
+        conn: Connection,
+        batches: Sequence[CanonicalBatch],
+        positions: set[str],
+        added: Sequence[_Delivered[Fill]],
+        refold: set[str],
     ) -> None:
+        """The journal rows of the positions that gained a fill or a charge, under a lock per
+        position: a position whose stored fold these fills extend (all later than its last, no
+        cancellation, no charge) has them folded in, and only the rows of the round trips they
+        touch are written; any other is folded again from all its fills and charges (and its
+        rows no longer there are deleted). journal.fold_position gives the same rows either
+        way, so redelivery in any order converges on the same journal rows."""
         # Only positions that gained a fill can change; a pure replay recomputes nothing.
         if not positions:
             return
         keys = sorted(positions)
         await conn.fetchval(_LOCK_POSITIONS, keys)
         owners = {key: b.connection for b in batches for key in _positions_of(b)}
+        folds = {
+            row["position_key"]: PositionFold.from_json(
+                row["position_key"], orjson.loads(row["fold"])
+            )
+            for row in await conn.fetch(
+                _POSITION_FOLDS, keys, [owners[k].connection_id for k in keys]
+            )
+        }
+        # A position's fills are those its own connection delivered.
+        new_fills: dict[str, list[PositionFill]] = {}
+        for d in added:
+            if d.connection.connection_id == owners[d.record.position_key].connection_id:
+                new_fills.setdefault(d.record.position_key, []).append(_position_fill(d.record))
+        extended = [
+            k
+            for k in keys
+            if k not in refold and k in folds and folds[k].extends_to(new_fills.get(k, ()))
+        ]
+        rows: list[_JournalRow] = []
+        after: dict[str, PositionFold | None] = {}
+        for key in extended:
+            changed, after[key] = fold_position(key, new_fills.get(key, ()), folds[key])
+            rows += [_JournalRow(aggregate, owners[key]) for aggregate in changed]
+        if refolded := [k for k in keys if k not in set(extended)]:
+            rows += await self._refold(conn, refolded, owners, after)
+        trade_ids = [row.aggregate.trade_id for row in rows]
+        written: set[str] = set()
+        if rows:
+            await JOURNAL.stage(conn, rows)
+            upserted = await conn.fetch(_UPSERT_JOURNAL)
+            written = {r["mt5_trade_id"] for r in upserted}
+        await self._save_folds(conn, owners, after)
+        if foreign := sorted(set(trade_ids) - written):
+            _log.warning(
+                "journal rows another user keeps under these trade ids were left alone",
+                trade_ids=foreign,
+            )
+
+    async def _refold(
+        self,
+        conn: Connection,
+        keys: list[str],
+        owners: dict[str, ConnectionRef],
+        after: dict[str, PositionFold | None],
+    ) -> list[_JournalRow]:
+        """Every row of these positions, from all their fills and charges; their rows no longer
+        there deleted; where each fold then stands (none for a charged position: its charges
+        can land in any round trip, so it is always folded again)."""
         connections = [owners[k].connection_id for k in keys]
         fills: dict[str, list[PositionFill]] = {}
         for row in await conn.fetch(_POSITION_FILLS, keys, connections):
@@ -404,22 +510,34 @@ class JournalRepository:
         charges: dict[str, list[PositionCharge]] = {}
         for row in await conn.fetch(_POSITION_CHARGES, keys, connections):
             charges.setdefault(row["position_key"], []).append(PositionCharge(**dict(row)))
-        rows = [
-            _JournalRow(aggregate, owners[key])
-            for key in keys
-            for aggregate in aggregate_position(key, fills.get(key, []), charges.get(key, []))
-        ]
-        trade_ids = [row.aggregate.trade_id for row in rows]
-        written: set[str] = set()
-        if rows:
-            upserted = await conn.fetch(_UPSERT_JOURNAL, *JOURNAL.arrays(rows))
-            written = {r["mt5_trade_id"] for r in upserted}
+        rows: list[_JournalRow] = []
+        for key in keys:
+            aggregates, fold = fold_position(key, fills.get(key, []), charges=charges.get(key, []))
+            after[key] = None if charges.get(key) else fold
+            rows += [_JournalRow(aggregate, owners[key]) for aggregate in aggregates]
         users = [owners[k].user_id for k in keys]
+        trade_ids = [row.aggregate.trade_id for row in rows]
         await conn.execute(_DELETE_STALE_SEGMENTS, keys, users, trade_ids)
-        if foreign := sorted(set(trade_ids) - written):
-            _log.warning(
-                "journal rows another user keeps under these trade ids were left alone",
-                trade_ids=foreign,
+        return rows
+
+    async def _save_folds(
+        self,
+        conn: Connection,
+        owners: dict[str, ConnectionRef],
+        after: dict[str, PositionFold | None],
+    ) -> None:
+        kept = {k: f for k, f in after.items() if f is not None}
+        if kept:
+            await conn.execute(
+                _SAVE_FOLDS,
+                [owners[k].connection_id for k in kept],
+                list(kept),
+                [owners[k].user_id for k in kept],
+                [orjson.dumps(f.to_json()).decode() for f in kept.values()],
+            )
+        if forgotten := [k for k, f in after.items() if f is None]:
+            await conn.execute(
+                _FORGET_FOLDS, [owners[k].connection_id for k in forgotten], forgotten
             )
 
     async def _apply_balances(
@@ -488,6 +606,36 @@ class JournalRepository:
             )
         await conn.execute(_RECORD_SYNCS, *SYNCS.arrays(counted))
         await conn.execute(_TOUCH_CONNECTIONS, *SYNCED_CONNECTIONS.arrays(counted))
+
+
+@dataclass(frozen=True)
+class _Inserted:
+    """What an insert did: per event, how many of its records were new or changed; the
+    positions they belong to; the keys newly inserted; the positions of fills changed in place
+    (cancelled)."""
+
+    per_event: dict[uuid.UUID, int]
+    positions: set[str]
+    new: set[str]
+    changed_positions: set[str]
+
+
+def _position_fill(fill: Fill) -> PositionFill:
+    return PositionFill(
+        fill_key=fill.fill_key,
+        position_key=fill.position_key,
+        symbol=fill.symbol,
+        side=fill.side,
+        entry=fill.entry,
+        volume=fill.volume,
+        price=fill.price,
+        profit=fill.profit,
+        commission=fill.commission,
+        swap=fill.swap,
+        fee=fill.fee,
+        executed_at=fill.executed_at,
+        broker_ref=fill.broker_ref,
+    )
 
 
 def _positions_of(batch: CanonicalBatch) -> set[str]:

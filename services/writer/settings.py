@@ -11,4 +11,5 @@ class WriterSettings(ConsumerSettings):
     consumer_group: str = Field(
         "poscal-writer", validation_alias=AliasChoices("POSCAL_WRITER_GROUP")
     )
-    max_batch: int = Field(500, ge=1, validation_alias=AliasChoices("POSCAL_WRITER_MAX_BATCH"))
+    # Under a backlog a batch this large amortises the per-transaction statements and commit.
+    max_batch: int = Field(2000, ge=1, validation_alias=AliasChoices("POSCAL_WRITER_MAX_BATCH"))

@@ -509,3 +509,52 @@ async def test_a_late_event_from_last_month_leaves_this_months_sync_count_alone(
     )
     assert audit is not None
     assert (audit["monthly_sync_count"], audit["sync_month"]) == (2, now.date().replace(day=1))
+
+
+async def folded_through(pool: asyncpg.Pool, connection: TestConnection) -> str | None:
+    """The key of the last fill the position's stored fold has taken in."""
+    last: str | None = await pool.fetchval(
+        "SELECT fold -> 'last' ->> 2 FROM position_folds"
+        " WHERE connection_id = $1 AND position_key = $2",
+        connection.created.connection_id,
+        position_key(connection),
+    )
+    return last
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)], ids=["in-order", "close-first"])
+async def test_a_positions_fold_is_stored_through_its_latest_deal_whatever_the_arrival_order(
+    pool: asyncpg.Pool, connection: TestConnection, order: tuple[int, ...]
+) -> None:
+    deals = fixture_deals()
+    latest = f"mt5:{SERVER}:{connection.login}:deal:{deals[2]['ticket']}"
+    async with pool.acquire() as conn:
+        for step, index in enumerate(order, start=1):
+            await REPOSITORY.apply(conn, [batch(connection, [deals[index]])])
+            seen = [deals[i] for i in order[:step]]
+            newest = max(seen, key=lambda d: (d["time_msc"], d["ticket"]))
+            assert await folded_through(pool, connection) == (
+                f"mt5:{SERVER}:{connection.login}:deal:{newest['ticket']}"
+            )
+
+    assert await folded_through(pool, connection) == latest
+    [row] = await journal(pool, connection)
+    assert numbers(row) == CLOSED_FIXTURE_TRADE
+
+
+async def test_a_cancelled_deal_folds_its_position_again_from_the_deals_still_counting(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    deals = fixture_deals()
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [batch(connection, deals)])
+        await REPOSITORY.apply(conn, [batch(connection, [cancelled(deals[2])])])
+        # Folded again through the deals still counting, then extended by the same deal re-sent
+        # uncancelled (a replay: nothing new, the fold stays).
+        assert await folded_through(pool, connection) == (
+            f"mt5:{SERVER}:{connection.login}:deal:{deals[1]['ticket']}"
+        )
+        await REPOSITORY.apply(conn, [batch(connection, [deals[2]])])
+
+    [row] = await journal(pool, connection)
+    assert (row["closed_volume"], row["status"], row["fill_count"]) == (Decimal("0.10"), "open", 2)

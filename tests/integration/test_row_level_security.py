@@ -946,6 +946,7 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     "webhook_attempts": {TABLE: READ},
     "webhook_verification_failures": {TABLE: READ},
     "sync_errors": {TABLE: READ},
+    "position_folds": {TABLE: READ},
     # Which replica holds a lease is the services' business.
     "sync_schedule": dict.fromkeys(
         (

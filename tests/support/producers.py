@@ -10,13 +10,15 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 class FakeProducer:
     """Keeps every message sent, per topic. Deliveries of `send` are acknowledged at once, or
-    fail at once, or are held for the test to settle from `held`."""
+    fail at once, or are held for the test to settle from `held`. `refuse_after`: sends after
+    that many are refused (a broker going away part-way through a batch)."""
 
     def __init__(
         self,
         *,
         deliveries: Literal["acknowledged", "failed", "held"] = "acknowledged",
         refuse_send: bool = False,
+        refuse_after: int | None = None,
         send_error: Exception | None = None,
         delivery_error: Exception | None = None,
     ) -> None:
@@ -24,6 +26,8 @@ class FakeProducer:
         self.held: list[asyncio.Future[RecordMetadata]] = []
         self._deliveries = deliveries
         self._refuse_send = refuse_send
+        self._refuse_after = refuse_after
+        self._accepted = 0
         self._send_error = send_error or ConnectionError("broker unreachable")
         self._delivery_error = delivery_error or TimeoutError()
 
@@ -34,8 +38,11 @@ class FakeProducer:
     async def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> asyncio.Future[RecordMetadata]:
-        if self._refuse_send:
+        if self._refuse_send or (
+            self._refuse_after is not None and self._accepted >= self._refuse_after
+        ):
             raise self._send_error
+        self._accepted += 1
         delivery: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         metadata = self._keep(topic, value)
         match self._deliveries:

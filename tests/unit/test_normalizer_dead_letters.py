@@ -199,20 +199,22 @@ async def test_a_batch_failing_part_way_still_ends_the_spans_of_the_sends_it_sta
     spans: InMemorySpanExporter,
 ) -> None:
     spans.clear()
-    producer = FakeProducer(deliveries="held")
-    good = [webhook(fixture_deals(), offset) for offset in range(2)]
-    with pytest.raises(DeadLetterBudgetExceeded):
-        await normalizer(producer, budget=0).handle([*good, raw_record(b"not json", 2)])
+    producer = FakeProducer(deliveries="held", refuse_after=2)
+    good = [webhook(fixture_deals(), offset) for offset in range(3)]
+    with pytest.raises(TransientError, match="not enqueued"):
+        await normalizer(producer).handle(good)
     assert len(producer.held) == 2
     first, second = producer.held
     first.set_result(RecordMetadata("poscal.canonical", 4, None, 17, 0, 0, 0))
     second.set_exception(ConnectionError("broker went away"))
     await asyncio.sleep(0)  # deliveries settle through the event loop
-    ok, failed = sorted(send_spans(spans), key=lambda s: s.status.status_code != StatusCode.UNSET)
+    # The first acknowledged, the second failed in delivery, the third refused when sent.
+    ok, *failed = sorted(send_spans(spans), key=lambda s: s.status.status_code != StatusCode.UNSET)
     assert ok.status.status_code == StatusCode.UNSET
     assert ok.attributes is not None and ok.attributes["messaging.kafka.offset"] == 17
-    assert failed.status.status_code == StatusCode.ERROR
-    assert failed.status.description == "ConnectionError"
+    assert [(s.status.status_code, s.status.description) for s in failed] == [
+        (StatusCode.ERROR, "ConnectionError")
+    ] * 2
 
 
 async def test_a_send_the_producer_refuses_ends_its_span_with_an_error(

@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.shared.canonical import Side
-from services.writer.journal import PositionFill, TradeAggregate, aggregate_position
+from services.writer.journal import (
+    PositionFill,
+    PositionFold,
+    TradeAggregate,
+    aggregate_position,
+    fold_position,
+)
 from tests.support.builders import FIXTURES
 
 Entry = Literal["in", "out", "inout", "out_by"]
@@ -299,11 +305,10 @@ def _generated(
     ]
 
 
-@settings(max_examples=200, deadline=None)
-@given(specs=_fill_specs, data=st.data())
-def test_any_order_of_the_same_fills_gives_identical_rows(
+def _drawn(
     specs: list[tuple[str, str, int, int, int, int]], data: st.DataObject
-) -> None:
+) -> list[PositionFill]:
+    """The generated fills, under tickets drawn unique."""
     tickets = data.draw(
         st.lists(
             st.integers(min_value=1, max_value=10**9),
@@ -313,7 +318,15 @@ def test_any_order_of_the_same_fills_gives_identical_rows(
         ),
         label="tickets",
     )
-    fills = _generated(specs, tickets)
+    return _generated(specs, tickets)
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=_fill_specs, data=st.data())
+def test_any_order_of_the_same_fills_gives_identical_rows(
+    specs: list[tuple[str, str, int, int, int, int]], data: st.DataObject
+) -> None:
+    fills = _drawn(specs, data)
     shuffled = data.draw(st.permutations(fills), label="arrival order")
     assert aggregate_position(KEY, shuffled) == aggregate_position(KEY, fills)
 
@@ -450,3 +463,90 @@ def test_closes_of_an_unseen_opening_leave_nothing_open_and_a_later_opening_is_i
         Decimal("50"),
         reopened.executed_at,
     )
+
+
+# --- folding new fills into a stored position (the writer's incremental path) ----------------
+
+
+def _arrival_order(fill: PositionFill) -> tuple[datetime, int, str]:
+    return (fill.executed_at, int(fill.broker_ref), fill.fill_key)
+
+
+def _write(
+    batches: list[list[PositionFill]],
+) -> tuple[dict[str, TradeAggregate], list[PositionFill], int]:
+    """What the writer keeps after these batches: each batch's new fills (a fill delivered again
+    is not new) folded into the stored fold, or every stored fill folded again when one of them
+    comes before the fold's last; the fold goes through its stored JSON form in between. The
+    rows, the fills stored, and how many batches were folded incrementally."""
+    rows: dict[str, TradeAggregate] = {}
+    stored: dict[str, PositionFill] = {}
+    fold: PositionFold | None = None
+    incremental = 0
+    for batch in batches:
+        new = {f.fill_key: f for f in batch if f.fill_key not in stored}
+        stored.update(new)
+        if not new:
+            continue
+        if fold is not None and fold.extends_to(new.values()):
+            changed, fold = fold_position(KEY, new.values(), fold)
+            rows.update({r.trade_id: r for r in changed})
+            incremental += 1
+        else:
+            changed, fold = fold_position(KEY, stored.values())
+            rows = {r.trade_id: r for r in changed}
+        assert fold is not None
+        fold = PositionFold.from_json(KEY, json.loads(json.dumps(fold.to_json())))
+    return rows, list(stored.values()), incremental
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=_fill_specs, data=st.data())
+def test_folding_each_batchs_new_fills_into_the_stored_fold_gives_the_full_recomputation(
+    specs: list[tuple[str, str, int, int, int, int]], data: st.DataObject
+) -> None:
+    fills = _drawn(specs, data)
+    # In the broker's order (what a live sender delivers) or any other, and some delivered again.
+    in_order = data.draw(st.booleans(), label="in order")
+    arrivals = (
+        sorted(fills, key=_arrival_order)
+        if in_order
+        else data.draw(st.permutations(fills), label="arrival order")
+    )
+    replays = data.draw(st.lists(st.sampled_from(fills), max_size=4), label="replays")
+    for replay in replays:
+        at = data.draw(st.integers(min_value=0, max_value=len(arrivals)), label="replayed at")
+        arrivals.insert(at, replay)
+    ends = data.draw(
+        st.lists(st.booleans(), min_size=len(arrivals), max_size=len(arrivals)),
+        label="a batch ends after each arrival",
+    )
+    batches: list[list[PositionFill]] = [[]]
+    for arrival, ends_batch in zip(arrivals, ends, strict=True):
+        batches[-1].append(arrival)
+        if ends_batch:
+            batches.append([])
+
+    rows, stored, incremental = _write(batches)
+
+    assert sorted(stored, key=_arrival_order) == sorted(fills, key=_arrival_order)
+    assert rows == {r.trade_id: r for r in aggregate_position(KEY, fills)}
+    # In the broker's order (a replay may arrive before its original), every batch after the
+    # first folds incrementally.
+    if in_order and not replays:
+        assert incremental == len([b for b in batches if b]) - 1
+
+
+def test_a_netting_position_folded_one_fill_at_a_time_never_reads_its_history_again() -> None:
+    # Opened, added to, reversed twice, closed: every fill after the last, one batch each.
+    fills = [
+        fill(1, "in", "buy", "1.0", "1.1000", commission="-3.5"),
+        fill(2, "in", "buy", "0.5", "1.1010", minutes=1),
+        fill(3, "inout", "sell", "2.0", "1.1050", profit="75", minutes=2),
+        fill(4, "inout", "buy", "1.0", "1.1000", profit="25", minutes=3),
+        fill(5, "out", "sell", "0.5", "1.1020", profit="10", minutes=4),
+    ]
+    rows, _, incremental = _write([[f] for f in fills])
+    assert incremental == len(fills) - 1
+    assert rows == {r.trade_id: r for r in aggregate_position(KEY, fills)}
+    assert [r.status for r in aggregate_position(KEY, fills)] == ["closed", "closed", "closed"]
