@@ -330,9 +330,10 @@ class Definitions(BaseModel):
         "Time-weighted, net of deposits and withdrawals: r = (E_end - E_start - net flows)"
         " / E_start, E the accounts' balance at the end of the day in `time_zone`, rebuilt"
         " from cash movements and realized P&L. One return per weekday (Monday to Friday)"
-        " from the first day with a balance to the last day with activity; what happens on a"
-        " weekend counts in the Monday after it; a day starting at a balance of zero or less"
-        " has no return (null) and counts in neither Sharpe nor drawdown."
+        " from the first day with a balance to the last day with activity (the Monday after it"
+        " for a weekend); what happens on a weekend counts in the Monday after it; a day"
+        " starting at a balance of zero or less has no return (null) and counts in neither"
+        " Sharpe nor drawdown."
     )
     drawdown: str = (
         "Percent: the deepest fall from the running peak of the curve compounded from the"
