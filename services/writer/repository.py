@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from services.shared.analytics.rollup import refresh_for_batches
 from services.shared.bulk_rows import BulkRows, Column
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
@@ -354,6 +355,8 @@ class JournalRepository:
             )
             new_positions = filled | charged
             await self._recompute_positions(conn, batches, new_positions)
+            # The analytics' days these positions and movements fall on, from their new rows.
+            await refresh_for_batches(conn, batches, new_positions)
             balance_events = await self._apply_balances(conn, batches)
             outcomes = [
                 EventOutcome(
