@@ -4,15 +4,15 @@ durations and the P&L calendar, by the definitions `GET /v1/analytics` states.""
 
 from __future__ import annotations
 
-import heapq
 import math
+import re
 import statistics
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from itertools import accumulate
+from itertools import accumulate, chain
 from typing import Literal
 
 from services.shared.analytics.days import DURATION_BOUNDS, DaySummary
@@ -54,31 +54,42 @@ class Headline:
     streaks: Streaks
 
 
+_WIN = b"\x01"
+_WINS = re.compile(b"\x01+")
+_LOSSES = re.compile(b"\x00+")
+
+
 def streaks(outcomes: Iterable[int]) -> Streaks:
     """Longest and current runs of wins (positive) and losses (negative), in the order given."""
-    longest = {"win": 0, "loss": 0}
-    kind: Literal["win", "loss"] | None = None
-    run = 0
-    for outcome in outcomes:
-        this: Literal["win", "loss"] = "win" if outcome > 0 else "loss"
-        run = run + 1 if this == kind else 1
-        kind = this
-        longest[kind] = max(longest[kind], run)
-    return Streaks(longest["win"], longest["loss"], Streak(kind, run))
+    # One byte per outcome (1 a win, 0 a loss), the runs found by regular expressions: every
+    # step runs in C, since there is one per trade.
+    signs = bytes(map((0).__lt__, outcomes))
+    last = signs[-1:]
+    current = (
+        Streak("win" if last == _WIN else "loss", len(signs) - len(signs.rstrip(last)))
+        if last
+        else Streak(None, 0)
+    )
+    return Streaks(
+        longest_win=max(map(len, _WINS.findall(signs)), default=0),
+        longest_loss=max(map(len, _LOSSES.findall(signs)), default=0),
+        current=current,
+    )
 
 
-def _merged_outcomes(days: Sequence[DaySummary]) -> Iterator[int]:
-    """Every win and loss in close order: close time, then account, then trade id."""
-    per_account: dict[uuid.UUID, list[int]] = {}
-    for day in sorted(days, key=lambda d: (d.account_id, d.day)):
-        per_account.setdefault(day.account_id, []).extend(day.outcomes)
-    if len(per_account) == 1:
-        return iter(next(iter(per_account.values())))
-    # heapq.merge keeps equal keys in the order of its inputs: accounts by id.
-    return heapq.merge(*(per_account[a] for a in sorted(per_account)), key=abs)
+def _merged_outcomes(days: Sequence[DaySummary]) -> list[int]:
+    """Every win and loss in close order: close time, then account, then trade id (`days` in
+    account and day order)."""
+    every = list(chain.from_iterable(d.outcomes for d in days))
+    if days and days[0].account_id != days[-1].account_id:
+        # Each account's run is in close order already; a stable sort by close time keeps
+        # equal times in account order.
+        every.sort(key=abs)
+    return every
 
 
 def headline(days: Sequence[DaySummary]) -> Headline:
+    """The headline figures of these days' trades (`days` in account and day order)."""
     trades = sum(d.trades for d in days)
     wins = sum(d.wins for d in days)
     losses = sum(d.losses for d in days)
@@ -122,17 +133,25 @@ class Durations:
 
 
 def durations(days: Sequence[DaySummary]) -> Durations:
-    counts = [sum(d.duration_buckets[i] for d in days) for i in range(len(DURATION_BOUNDS))]
+    columns = zip(*(d.duration_buckets for d in days), strict=True)
+    counts = [sum(column) for column in columns] or [0] * len(DURATION_BOUNDS)
     uppers: list[int | None] = [bound for _, bound in DURATION_BOUNDS[1:]]
     uppers.append(None)
-    every = sorted(m for d in days for m in d.durations)
+    every = sorted(chain.from_iterable(d.durations for d in days))
     return Durations(
         buckets=tuple(
             DurationBucket(label, lower, upper, count)
             for (label, lower), upper, count in zip(DURATION_BOUNDS, uppers, counts, strict=True)
         ),
-        median_seconds=statistics.median(every) / 1_000_000 if every else None,
+        median_seconds=_median(every) / 1_000_000 if every else None,
     )
+
+
+def _median(ordered: Sequence[int]) -> float:
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[middle])
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 @dataclass(frozen=True)

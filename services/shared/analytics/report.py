@@ -83,13 +83,15 @@ def report(
     """The figures of `accounts` over the days [first, last] (either open). `days` are all the
     accounts' days, before `first` too: their balances start from them."""
     selected = {a.account_id for a in accounts}
-    days = [d for d in days if d.account_id in selected]
+    days = sorted(
+        (d for d in days if d.account_id in selected), key=lambda d: (d.account_id, d.day)
+    )
     in_range = [d for d in days if _within(d.day, first, last)]
     returns = daily_returns(days, anchors, first, last)
     points = curve(returns)
-    by_account = {
-        a.account_id: [d for d in in_range if d.account_id == a.account_id] for a in accounts
-    }
+    by_account: dict[uuid.UUID, list[DaySummary]] = {a.account_id: [] for a in accounts}
+    for d in in_range:
+        by_account[d.account_id].append(d)
     brokers = sorted({a.broker or "" for a in accounts})
     return Report(
         headline=headline(in_range),
@@ -106,7 +108,7 @@ def report(
                 headline=headline(
                     [
                         d
-                        for a in accounts
+                        for a in sorted(accounts, key=lambda a: a.account_id)
                         if (a.broker or "") == broker
                         for d in by_account[a.account_id]
                     ]

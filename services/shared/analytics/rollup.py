@@ -133,12 +133,12 @@ async def _write(conn: Connection, rows: Iterable[tuple[uuid.UUID, str, DaySumma
 async def refresh_days(
     conn: Connection,
     positions: Sequence[tuple[str, uuid.UUID]],
-    movements: Iterable[tuple[uuid.UUID, datetime]],
+    touched: Iterable[tuple[uuid.UUID, datetime]],
 ) -> int:
     """Recompute, in every zone kept for its user, each day of an account that these positions
-    (key, owning connection) or account-level movements (account, instant) touch; how many
-    days. Run after the journal rows are written, in their transaction."""
-    instants = set(movements)
+    (key, owning connection) or instants (account, when: an account-level movement's) touch;
+    how many days. Run after the journal rows are written, in their transaction."""
+    instants = set(touched)
     if positions:
         keys, connections = zip(*sorted(positions), strict=True)
         rows = await conn.fetch(_FILL_INSTANTS, list(keys), list(connections))
