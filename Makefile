@@ -33,6 +33,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.e2e_webhooks
 	$(BIN)/python -m bench.ingest_overhead
+	$(BIN)/python -m bench.analytics_rollup
 
 clean:
 	rm -rf $(VENV) .poscal .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+import asyncpg
 
 from services.api.analytics_models import (
     AccountBreakdown,
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 # The user's synced accounts, each with the type and broker of the connection that feeds it.
 _ACCOUNTS = """
 SELECT DISTINCT ON (a.id) a.id, a.name, a.currency, a.current_balance, a.balance_as_of,
-    c.broker, c.connection_type
+    a.equity, c.broker, c.connection_type
 FROM trading_accounts AS a JOIN mt5_connections AS c ON c.account_id = a.id
 ORDER BY a.id, c.created_at
 """
@@ -51,6 +54,21 @@ def _requested_accounts(query: AnalyticsQuery) -> set[uuid.UUID] | None:
 
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value)
+
+
+def _with_equity(
+    points: list[CurvePoint], chosen: list[asyncpg.Record], anchors: dict[uuid.UUID, Anchor]
+) -> list[CurvePoint]:
+    """The last point's equity, when every account's latest report is of that day and says it."""
+    if not points or not chosen:
+        return points
+    last = points[-1]
+    reported = [
+        r["equity"] for r in chosen if r["id"] in anchors and anchors[r["id"]].day == last.date
+    ]
+    if len(reported) < len(chosen) or any(e is None for e in reported):
+        return points
+    return [*points[:-1], last.model_copy(update={"equity": sum(reported, Decimal(0))})]
 
 
 async def analytics(call: Call) -> Analytics:
@@ -94,7 +112,9 @@ async def analytics(call: Call) -> Analytics:
         currencies=sorted({a.currency for a in accounts if a.currency}),
         headline=Headline.model_validate(_plain(figures.headline)),
         daily_returns=[DailyReturn.model_validate(_plain(r)) for r in figures.daily_returns],
-        curve=[CurvePoint.model_validate(_plain(p)) for p in figures.curve],
+        curve=_with_equity(
+            [CurvePoint.model_validate(_plain(p)) for p in figures.curve], chosen, anchors
+        ),
         max_drawdown=MaxDrawdown.model_validate(_plain(figures.max_drawdown)),
         sharpe=Sharpe.model_validate(_plain(figures.sharpe)),
         durations=Durations.model_validate(_plain(figures.durations)),

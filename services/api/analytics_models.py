@@ -178,8 +178,8 @@ class CurvePoint(BaseModel):
     balance: Money
     equity: Money | None = Field(
         description=(
-            "The equity the broker reported for that day, where every account's is known (today's "
-            "latest report); null elsewhere."
+            "The accounts' equity as their brokers last reported it: on the last point only,"
+            " when every account's latest report is of that day; null elsewhere."
         )
     )
     growth: float = Field(

@@ -165,6 +165,23 @@ async def test_deals_written_after_the_first_request_are_in_the_next_answer(
     assert Decimal(after["headline"]["net_pnl"]) == Decimal(before["headline"]["net_pnl"]) + 100
 
 
+async def test_the_curve_ends_at_the_reported_balance_with_the_equity_of_that_day(
+    api: RunningApi, pool: asyncpg.Pool, vault: CredentialVault
+) -> None:
+    connection = await synced(pool, vault)
+    await pool.execute(
+        "UPDATE trading_accounts SET current_balance = 900, equity = 912.5,"
+        " balance_as_of = '2026-03-09T12:00:00Z' WHERE id = $1",
+        connection.created.account_id,
+    )
+
+    curve = (await analytics(api, connection.user_id, connection_type="demo"))["curve"]
+
+    assert curve[-1]["date"] == "2026-03-09"
+    assert (Decimal(curve[-1]["balance"]), curve[-1]["equity"]) == (Decimal(900), "912.5")
+    assert all(point["equity"] is None for point in curve[:-1])
+
+
 async def test_another_users_accounts_are_never_counted_even_when_named(
     api: RunningApi, pool: asyncpg.Pool, vault: CredentialVault
 ) -> None:
