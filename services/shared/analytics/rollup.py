@@ -85,16 +85,18 @@ INSERT INTO analytics_time_zones (user_id, time_zone) VALUES ($1, $2)
 ON CONFLICT DO NOTHING RETURNING time_zone
 """
 _USERS_ACCOUNTS = "SELECT id FROM trading_accounts WHERE user_id = $1"
+# Every closed trade and account-level movement of these accounts, their owner's own only.
 _ALL_TRADES = """
 SELECT j.account_id, coalesce(j.mt5_trade_id, j.id::text) AS trade_id, j.closed_at,
     j.opened_at, j.profit, j.commission, j.swap, j.fees
-FROM trading_journal AS j
-WHERE j.user_id = $1 AND j.account_id IS NOT NULL AND j.status = 'closed'
+FROM trading_journal AS j JOIN trading_accounts AS a ON a.id = j.account_id
+WHERE j.account_id = ANY($1::uuid[]) AND j.user_id = a.user_id AND j.status = 'closed'
     AND j.closed_at IS NOT NULL
 """
 _ALL_MOVEMENTS = """
-SELECT account_id, executed_at, kind, amount FROM broker_cash_movements
-WHERE user_id = $1 AND position_key IS NULL
+SELECT m.account_id, m.executed_at, m.kind, m.amount
+FROM broker_cash_movements AS m JOIN trading_accounts AS a ON a.id = m.account_id
+WHERE m.account_id = ANY($1::uuid[]) AND m.user_id = a.user_id AND m.position_key IS NULL
 """
 _READ = """
 SELECT account_id, day, trades, wins, losses, gross_profit, gross_loss, largest_win,
@@ -218,8 +220,19 @@ async def fill_zone(conn: Connection, user_id: uuid.UUID, time_zone: str) -> boo
     await conn.fetchval(_LOCK_ACCOUNTS, accounts)
     if await conn.fetchval(_ADD_ZONE, user_id, time_zone) is None:
         return False
+    await _write(
+        conn, ((user_id, time_zone, s) for s in await journal_days(conn, accounts, time_zone))
+    )
+    return True
+
+
+async def journal_days(
+    conn: Connection, accounts: Sequence[uuid.UUID], time_zone: str
+) -> list[DaySummary]:
+    """Every day of these accounts computed from scratch from their journal rows and
+    movements: what the rollup holds for them in `time_zone`."""
     trades: dict[uuid.UUID, list[ClosedTrade]] = {}
-    for r in await conn.fetch(_ALL_TRADES, user_id):
+    for r in await conn.fetch(_ALL_TRADES, list(accounts)):
         trades.setdefault(r["account_id"], []).append(
             ClosedTrade(
                 r["trade_id"],
@@ -229,21 +242,17 @@ async def fill_zone(conn: Connection, user_id: uuid.UUID, time_zone: str) -> boo
             )
         )
     booked: dict[uuid.UUID, list[tuple[datetime, Movement]]] = {}
-    for r in await conn.fetch(_ALL_MOVEMENTS, user_id):
+    for r in await conn.fetch(_ALL_MOVEMENTS, list(accounts)):
         booked.setdefault(r["account_id"], []).append(
             (r["executed_at"], Movement(r["kind"], r["amount"]))
         )
-    await _write(
-        conn,
-        (
-            (user_id, time_zone, s)
-            for account in sorted(trades.keys() | booked.keys())
-            for s in summarize_days(
-                account, time_zone, trades.get(account, ()), booked.get(account, ())
-            )
-        ),
-    )
-    return True
+    return [
+        s
+        for account in sorted(trades.keys() | booked.keys())
+        for s in summarize_days(
+            account, time_zone, trades.get(account, ()), booked.get(account, ())
+        )
+    ]
 
 
 async def read_days(
