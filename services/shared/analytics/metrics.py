@@ -77,24 +77,71 @@ def streaks(outcomes: Iterable[int]) -> Streaks:
     )
 
 
-def _merged_outcomes(days: Sequence[DaySummary]) -> list[int]:
-    """Every win and loss in close order: close time, then account, then trade id (`days` in
-    account and day order)."""
-    every = list(chain.from_iterable(d.outcomes for d in days))
-    if days and days[0].account_id != days[-1].account_id:
-        # Each account's run is in close order already; a stable sort by close time keeps
-        # equal times in account order.
-        every.sort(key=abs)
+@dataclass(frozen=True)
+class Tally:
+    """One account's days added up: what its headline, and any group's it is in, is made of.
+    `outcomes` are its wins and losses in close order (see DaySummary)."""
+
+    account_id: uuid.UUID
+    trades: int
+    wins: int
+    losses: int
+    gross_profit: Decimal
+    gross_loss: Decimal
+    largest_win: Decimal | None
+    largest_loss: Decimal | None
+    outcomes: list[int]
+
+
+def tally(account_id: uuid.UUID, days: Sequence[DaySummary]) -> Tally:
+    """One account's days (in day order) added up."""
+    return Tally(
+        account_id=account_id,
+        trades=sum(d.trades for d in days),
+        wins=sum(d.wins for d in days),
+        losses=sum(d.losses for d in days),
+        gross_profit=sum((d.gross_profit for d in days), _ZERO),
+        gross_loss=sum((d.gross_loss for d in days), _ZERO),
+        largest_win=max((d.largest_win for d in days if d.largest_win is not None), default=None),
+        largest_loss=min(
+            (d.largest_loss for d in days if d.largest_loss is not None), default=None
+        ),
+        outcomes=list(chain.from_iterable(d.outcomes for d in days)),
+    )
+
+
+def tallies(days: Sequence[DaySummary]) -> list[Tally]:
+    """Each account's tally, accounts by id."""
+    per_account: dict[uuid.UUID, list[DaySummary]] = {}
+    for d in sorted(days, key=lambda d: (d.account_id, d.day)):
+        per_account.setdefault(d.account_id, []).append(d)
+    return [tally(account, per_account[account]) for account in sorted(per_account)]
+
+
+def _merged_outcomes(parts: Sequence[Tally]) -> list[int]:
+    """Every win and loss in close order: close time, then account, then trade id."""
+    ordered = sorted(parts, key=lambda t: t.account_id)
+    if len(ordered) == 1:
+        return ordered[0].outcomes
+    every = list(chain.from_iterable(t.outcomes for t in ordered))
+    # Each account's run is in close order already; a stable sort by close time keeps equal
+    # times in account order.
+    every.sort(key=abs)
     return every
 
 
 def headline(days: Sequence[DaySummary]) -> Headline:
-    """The headline figures of these days' trades (`days` in account and day order)."""
-    trades = sum(d.trades for d in days)
-    wins = sum(d.wins for d in days)
-    losses = sum(d.losses for d in days)
-    gross_profit = sum((d.gross_profit for d in days), _ZERO)
-    gross_loss = sum((d.gross_loss for d in days), _ZERO)
+    """The headline figures of these days' trades."""
+    return combined_headline(tallies(days))
+
+
+def combined_headline(parts: Sequence[Tally]) -> Headline:
+    """The headline figures of these accounts' tallies together."""
+    trades = sum(t.trades for t in parts)
+    wins = sum(t.wins for t in parts)
+    losses = sum(t.losses for t in parts)
+    gross_profit = sum((t.gross_profit for t in parts), _ZERO)
+    gross_loss = sum((t.gross_loss for t in parts), _ZERO)
     net = gross_profit + gross_loss
     decided = wins + losses
     return Headline(
@@ -110,11 +157,11 @@ def headline(days: Sequence[DaySummary]) -> Headline:
         expectancy=net / trades if trades else None,
         average_win=gross_profit / wins if wins else None,
         average_loss=gross_loss / losses if losses else None,
-        largest_win=max((d.largest_win for d in days if d.largest_win is not None), default=None),
+        largest_win=max((t.largest_win for t in parts if t.largest_win is not None), default=None),
         largest_loss=min(
-            (d.largest_loss for d in days if d.largest_loss is not None), default=None
+            (t.largest_loss for t in parts if t.largest_loss is not None), default=None
         ),
-        streaks=streaks(_merged_outcomes(days)),
+        streaks=streaks(_merged_outcomes(parts)),
     )
 
 

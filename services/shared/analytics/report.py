@@ -21,12 +21,13 @@ from services.shared.analytics.metrics import (
     MaxDrawdown,
     Sharpe,
     calendar,
+    combined_headline,
     curve,
     daily_returns,
     durations,
-    headline,
     max_drawdown,
     sharpe,
+    tally,
 )
 
 
@@ -83,18 +84,17 @@ def report(
     """The figures of `accounts` over the days [first, last] (either open). `days` are all the
     accounts' days, before `first` too: their balances start from them."""
     selected = {a.account_id for a in accounts}
-    days = sorted(
-        (d for d in days if d.account_id in selected), key=lambda d: (d.account_id, d.day)
-    )
+    days = sorted((d for d in days if d.account_id in selected), key=lambda d: d.day)
     in_range = [d for d in days if _within(d.day, first, last)]
     returns = daily_returns(days, anchors, first, last)
     points = curve(returns)
-    by_account: dict[uuid.UUID, list[DaySummary]] = {a.account_id: [] for a in accounts}
+    per_account: dict[uuid.UUID, list[DaySummary]] = {a.account_id: [] for a in accounts}
     for d in in_range:
-        by_account[d.account_id].append(d)
+        per_account[d.account_id].append(d)
+    by_account = {account: tally(account, days) for account, days in per_account.items()}
     brokers = sorted({a.broker or "" for a in accounts})
     return Report(
-        headline=headline(in_range),
+        headline=combined_headline(list(by_account.values())),
         daily_returns=tuple(returns),
         curve=tuple(points),
         max_drawdown=max_drawdown(returns, points),
@@ -105,20 +105,19 @@ def report(
             BrokerBreakdown(
                 broker=broker,
                 accounts=sum(1 for a in accounts if (a.broker or "") == broker),
-                headline=headline(
-                    [
-                        d
-                        for a in sorted(accounts, key=lambda a: a.account_id)
-                        if (a.broker or "") == broker
-                        for d in by_account[a.account_id]
-                    ]
+                headline=combined_headline(
+                    [by_account[a.account_id] for a in accounts if (a.broker or "") == broker]
                 ),
             )
             for broker in brokers
         ),
         by_account=tuple(
             AccountBreakdown(
-                a.account_id, a.name, a.broker, a.currency, headline(by_account[a.account_id])
+                a.account_id,
+                a.name,
+                a.broker,
+                a.currency,
+                combined_headline([by_account[a.account_id]]),
             )
             for a in sorted(accounts, key=lambda a: (a.name, a.account_id))
         ),
