@@ -34,11 +34,12 @@ format: $(STAMP)
 INGEST_ARGS ?=
 DRAIN_ARGS ?=
 E2E_ARGS ?=
+ANALYTICS_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest_overhead $(INGEST_ARGS)
-	@# The backlog drain against the Kafka->Postgres floor, where its module exists.
-	@if [ -f bench/pipeline_drain.py ]; then $(BIN)/python -m bench.pipeline_drain $(DRAIN_ARGS); fi
+	$(BIN)/python -m bench.pipeline_drain $(DRAIN_ARGS)
 	$(BIN)/python -m bench.e2e_webhooks $(E2E_ARGS)
+	$(BIN)/python -m bench.analytics_rollup $(ANALYTICS_ARGS)
 
 clean:
 	rm -rf $(VENV) .poscal .pytest_cache .mypy_cache .ruff_cache

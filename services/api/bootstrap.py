@@ -45,6 +45,8 @@ class ApiWiring:
     jwks: JwksKeys | None = None
     # The connection wizard; None without a vault key (its routes answer 503).
     wizard: Wizard | None = None
+    # The analytics' Sharpe ratio is of returns in excess of this annual rate.
+    risk_free_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ def wire(
         ),
         jwks=jwks,
         wizard=wizard if wizard is not None else build_wizard(settings, vault),
+        risk_free_rate=settings.risk_free_rate,
     )
 
 

@@ -69,6 +69,10 @@ class ApiSettings(KeyedServiceSettings):
     statement_timeout_ms: int = Field(
         5000, ge=100, validation_alias=_env("POSCAL_API_STATEMENT_TIMEOUT_MS")
     )
+    # The annual risk-free rate the analytics' Sharpe ratio is computed against (a fraction).
+    risk_free_rate: float = Field(
+        0.0, ge=-1, le=1, validation_alias=_env("POSCAL_API_RISK_FREE_RATE")
+    )
     database_pool_size: int = Field(
         10, ge=1, validation_alias=_env("POSCAL_API_DATABASE_POOL_SIZE")
     )

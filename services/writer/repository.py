@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 import orjson
 
+from services.shared.analytics.rollup import refresh_for_batches
 from services.shared.bulk_rows import BulkRows, Column
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
 from services.shared.database import Connection
@@ -396,6 +397,8 @@ class JournalRepository:
                 # was booked: neither only adds to the latest round trip.
                 refold=fills_inserted.changed_positions | cash_inserted.positions,
             )
+            # The analytics' days these positions and movements fall on, from their new rows.
+            await refresh_for_batches(conn, batches, new_positions)
             balance_events = await self._apply_balances(conn, batches)
             outcomes = [
                 EventOutcome(

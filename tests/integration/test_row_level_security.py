@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from services.devstack.demo import encode_body
+from services.shared.analytics.rollup import fill_zone
 from services.shared.brokers.mt5 import BROKER
 from services.shared.canonical import CanonicalBatch
 from services.shared.database import Connection
@@ -317,6 +318,9 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
     for taken trades, the app) write them. A new table needs its rows added here."""
     user = await new_connection(conn, vault)
     connection_id = user.created.connection_id
+    # The analytics' rollup, kept in a zone the user asked for, by the writer's transaction.
+    async with conn.transaction():
+        await fill_zone(conn, user.user_id, "UTC")
     await REPOSITORY.apply(conn, [journal_batch(user, [deposit_deal(900000), *fixture_deals()])])
     taken_trade_id = await conn.fetchval(
         "INSERT INTO taken_trades (user_id, account_id, symbol, side) VALUES ($1, $2, 'EURUSD',"
@@ -947,6 +951,8 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     "webhook_verification_failures": {TABLE: READ},
     "sync_errors": {TABLE: READ},
     "position_folds": {TABLE: READ},
+    "analytics_time_zones": {TABLE: READ},
+    "analytics_daily": {TABLE: READ},
     # Which replica holds a lease is the services' business.
     "sync_schedule": dict.fromkeys(
         (

@@ -1,0 +1,1 @@
+"""The trading analytics: the daily rollup the writer keeps, and the figures computed from it."""
