@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.api import brokers, connections, controls, me, status, wizard
+from services.api import analytics, brokers, connections, controls, me, status, wizard
 from services.api.operations import Operation
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -12,4 +12,5 @@ OPERATIONS: tuple[Operation, ...] = (
     *status.OPERATIONS,
     *controls.OPERATIONS,
     *wizard.OPERATIONS,
+    *analytics.OPERATIONS,
 )
