@@ -104,6 +104,7 @@ async function loadConnections() {
 function filters() {
   return {
     connection_type: byId("filter-type").value,
+    broker: byId("filter-broker").value || null,
     from_date: byId("filter-from").value || null,
     to_date: byId("filter-to").value || null,
     time_zone: timeZone,
@@ -157,6 +158,8 @@ async function start() {
   // Demo accounts are never mixed into live figures: live when there are any, else demo.
   const hasLive = connections.some((c) => c.connection_type === "live");
   byId("filter-type").value = hasLive ? "live" : "demo";
+  const brokers = [...new Set(connections.map((c) => c.broker))].sort();
+  replace(byId("filter-broker"), el("option", { value: "" }, "All"), brokers.map((b) => el("option", { value: b }, b)));
   await loadAnalytics();
 }
 
