@@ -107,9 +107,8 @@ const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "
  * to the last, coloured by that day's P&L; under it, each week's P&L.
  * `days`: [{date, pnl, trades}]; `weeks`: [{week_start, pnl, trades}]. */
 export function calendarHeatmap(days, weeks) {
-  const cell = 13;
   const gap = 2;
-  const left = 30;
+  const left = 34;
   const top = 16;
   if (days.length === 0) return svg("svg", { class: "calendar", viewBox: "0 0 10 10" });
   const byDay = new Map(days.map((d) => [dayNumber(d.date), d]));
@@ -117,6 +116,7 @@ export function calendarHeatmap(days, weeks) {
   const last = Math.max(...byDay.keys());
   const start = first - weekday(first);
   const columns = Math.floor((last - start) / 7) + 1;
+  const cell = columns <= 26 ? 22 : 13; // a few weeks get bigger cells than years do
   const width = left + columns * (cell + gap) + 4;
   const height = top + 8 * (cell + gap) + 8;
   const chart = svg("svg", {
@@ -129,9 +129,9 @@ export function calendarHeatmap(days, weeks) {
   });
   const largestDay = Math.max(...days.map((d) => Math.abs(Number(d.pnl))));
   WEEKDAYS.forEach((name, row) => {
-    if (name) chart.append(svg("text", { class: "tick", x: 0, y: top + row * (cell + gap) + 10 }, name));
+    if (name) chart.append(svg("text", { class: "tick", x: 0, y: top + row * (cell + gap) + cell - 3 }, name));
   });
-  chart.append(svg("text", { class: "tick", x: 0, y: top + 7 * (cell + gap) + 10 }, "Week"));
+  chart.append(svg("text", { class: "tick", x: 0, y: top + 7 * (cell + gap) + cell + 1 }, "Week"));
   let month = null;
   for (let day = first; day <= last; day += 1) {
     const column = Math.floor((day - start) / 7);
