@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.api.bootstrap import ApiWiring, connect_and_start, start
+from services.api.dashboard import PAGE_PATH, asset_names, dashboard_routes
 from services.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound
 from services.api.middleware import (
     BodyLimit,
@@ -31,8 +32,14 @@ from services.shared.logging import get_logger
 from services.shared.server_spans import ServerSpans
 
 _log = get_logger("poscal.api")
-# Probes and the document are not worth a trace each.
-_UNTRACED = ("/healthz", "/readyz", "/openapi.json")
+# Probes, the document and the dashboard's files are not worth a trace each.
+_UNTRACED = (
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    PAGE_PATH,
+    *(f"{PAGE_PATH}/{name}" for name in asset_names()),
+)
 
 
 async def healthz(_: Request) -> Response:
@@ -101,6 +108,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/openapi.json", serve_openapi),
+            *dashboard_routes(),
         ],
         middleware=[
             Middleware(ServerSpans, untraced_paths=_UNTRACED),

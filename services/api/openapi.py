@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel
 
+from services.api.dashboard import ASSET_PATH, PAGE_PATH, asset_names
 from services.api.errors import (
     ApiError,
     MethodNotAllowed,
@@ -223,6 +224,48 @@ def _plain(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[s
     }
 
 
+def _dashboard_paths() -> dict[str, Any]:
+    """The dashboard's page and files: public (the page signs in itself), never cached."""
+    page = _plain(
+        "dashboard",
+        "The dashboard page: connections, their sync status and the analytics, for a browser",
+        {
+            "200": {
+                "description": (
+                    "The page. It signs in with an access token in its URL fragment"
+                    " (`#access_token=...`, never sent to the server) or pasted into it, and"
+                    " keeps it in the tab's session storage."
+                ),
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    asset = _plain(
+        "dashboardAsset",
+        "A script, style sheet or icon of the dashboard page",
+        {
+            "200": {
+                "description": "The file.",
+                "content": {
+                    "text/javascript": {"schema": {"type": "string"}},
+                    "text/css": {"schema": {"type": "string"}},
+                    "image/svg+xml": {"schema": {"type": "string"}},
+                },
+            },
+            "404": {"description": "No such file.", "content": _json(_ref("schemas", "Error"))},
+        },
+    )
+    asset["get"]["parameters"] = [
+        {
+            "name": "asset",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": asset_names()},
+        }
+    ]
+    return {PAGE_PATH: page, ASSET_PATH: asset}
+
+
 def _error_schema() -> dict[str, Any]:
     return {
         "description": (
@@ -286,6 +329,7 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     )
+    paths.update(_dashboard_paths())
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",

@@ -6,12 +6,19 @@ import asyncio
 import contextlib
 import os
 import signal
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from services.api.dashboard import PAGE_PATH
+from services.api.tokens import mint_token
 from services.devstack.demo import run_demo
 from services.devstack.ports import PortInUse
-from services.devstack.stack import DevStack
+from services.devstack.stack import API_JWT_SECRET, DevStack
+
+# How long the dashboard link printed for the demo user signs them in.
+DASHBOARD_LINK_MINUTES = 60
 
 
 def run_dev(
@@ -61,6 +68,21 @@ def run_dev(
     return 0
 
 
+def dashboard_link(
+    api_url: str, jwt_secret: str, user_id: uuid.UUID, *, issuer: str | None = None
+) -> str:
+    """The dashboard with a short-lived access token for `user_id` in its fragment: the browser
+    never sends a fragment to the server, and the page takes it out of the address bar."""
+    token = mint_token(
+        jwt_secret,
+        user_id,
+        now=datetime.now(UTC),
+        lifetime=timedelta(minutes=DASHBOARD_LINK_MINUTES),
+        issuer=issuer,
+    )
+    return f"{api_url}{PAGE_PATH}#access_token={token}"
+
+
 def without_password(url: str) -> str:
     """A database URL fit to print: any password is masked."""
     parts = urlsplit(url)
@@ -76,7 +98,7 @@ def without_password(url: str) -> str:
 async def _serve(stack: DevStack, demo: bool, demo_positions: int, exit_after_demo: bool) -> None:
     env = stack.env()
     if demo:
-        await run_demo(
+        demo_run = await run_demo(
             env["DATABASE_URL"],
             env["POSCAL_MASTER_KEY"],
             stack.ingest_url,
@@ -86,6 +108,17 @@ async def _serve(stack: DevStack, demo: bool, demo_positions: int, exit_after_de
         print("see the traces: poscal-sync traces --last 3", flush=True)
         if exit_after_demo:
             return
+        link = dashboard_link(
+            stack.api_url,
+            env[API_JWT_SECRET],
+            demo_run.user_id,
+            issuer=os.environ.get("POSCAL_API_JWT_ISSUER") or None,
+        )
+        print(
+            f"the dashboard, signed in as the demo user for {DASHBOARD_LINK_MINUTES} minutes:"
+            f" {link}",
+            flush=True,
+        )
     print("running; Ctrl-C to stop", flush=True)
     while True:
         stack.check_alive()

@@ -110,6 +110,14 @@ async def journal_counts(conn: Connection, account_id: uuid.UUID) -> JournalCoun
     return JournalCounts(row["rows"], row["open"], row["closed"], row["balance"])
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """What the demo made: its user (whom the dashboard link signs in as) and its journal."""
+
+    user_id: uuid.UUID
+    journal: JournalCounts
+
+
 async def run_demo(
     database_url: str,
     master_key: str,
@@ -117,7 +125,7 @@ async def run_demo(
     positions: int = 24,
     say: Callable[[str], None] = print,
     pause_seconds: float = 0.15,
-) -> JournalCounts:
+) -> DemoRun:
     account = demo_account()
     user_id, connection = await create_demo_connection(
         database_url, master_key, ingest_url, account
@@ -153,7 +161,7 @@ async def run_demo(
         counts = await journal_counts(conn, connection.account_id)
         verdict = "unchanged" if counts == settled else "CHANGED: this is a bug"
         say(f"re-sent the last 3 webhooks under new ids · journal {verdict}")
-        return counts
+        return DemoRun(user_id, counts)
     finally:
         await conn.close()
 

@@ -20,12 +20,20 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
+def stack_env() -> dict[str, str]:
+    """The services' environment beyond the stack's own; a module overrides it for settings
+    of its own."""
+    return {"OTEL_BSP_SCHEDULE_DELAY": "200"}
+
+
+@pytest.fixture(scope="module")
 def stack(
     otlp: OtlpReceiver,
     tmp_path_factory: pytest.TempPathFactory,
     database_url: str,
     kafka_bootstrap: str,
     master_key: str,
+    stack_env: dict[str, str],
 ) -> Iterator[DevStack]:
     with running_stack(
         Path(tmp_path_factory.mktemp("stack")),
@@ -33,7 +41,7 @@ def stack(
         kafka_bootstrap=kafka_bootstrap,
         master_key=master_key,
         otlp_endpoint=otlp.endpoint,
-        extra_env={"OTEL_BSP_SCHEDULE_DELAY": "200"},
+        extra_env=stack_env,
     ) as stack:
         yield stack
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -224,4 +225,39 @@ def test_the_api_answers_a_token_minted_for_the_stack(tmp_path: Path) -> None:
     assert connections.json() == {"connections": [], "next_cursor": None}
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"] == 'Bearer realm="poscal"'
+    assert "stopped: no process left behind" in output
+
+
+def test_the_demo_prints_a_dashboard_link_signed_in_as_the_demo_user(tmp_path: Path) -> None:
+    process = _dev(tmp_path, "--demo", "--demo-positions", "3")
+    assert process.stdout is not None
+    printed: list[str] = []
+    try:
+        for line in process.stdout:
+            printed.append(line)
+            if "the dashboard, signed in as the demo user" in line:
+                break
+        link = printed[-1].rsplit(" ", 1)[1].strip()
+        page_url, _, fragment = link.partition("#")
+        token = fragment.removeprefix("access_token=")
+        api_url = _stack_env(tmp_path)["API_URL"]
+        page = httpx.get(page_url, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"}
+        me = httpx.get(f"{api_url}/v1/me", headers=headers, timeout=10)
+        connections = httpx.get(f"{api_url}/v1/connections", headers=headers, timeout=10)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert page_url == f"{api_url}/dashboard" and fragment.startswith("access_token=")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    demo_user = next(line for line in printed if line.startswith("demo connection "))
+    assert me.status_code == 200 and demo_user.rstrip().endswith(f"of user {me.json()['user_id']}")
+    lifetime = datetime.fromisoformat(me.json()["token_expires_at"]) - datetime.now(UTC)
+    assert timedelta(minutes=55) < lifetime <= timedelta(minutes=60)
+    assert [c["account_label"] for c in connections.json()["connections"]] == ["MT5 demo"]
+    # Only the console shows it: no log of any service holds the token.
+    assert all(token not in log.read_text() for log in (tmp_path / "logs").glob("*.log"))
     assert "stopped: no process left behind" in output
