@@ -140,7 +140,7 @@ async def trader(stack: DevStack, pool: asyncpg.Pool, vault: CredentialVault) ->
             account_label="OANDA live", ingest_url=stack.ingest_url,
         )  # fmt: skip
         ibkr = await connect_broker_account(
-            conn, vault, mt5.user_id, "ibkr", "DU1234567", account_label="IBKR paper",
+            conn, vault, mt5.user_id, "ibkr", "DU7654321", account_label="IBKR paper",
             ingest_url=stack.ingest_url,
         )  # fmt: skip
         # What the poller records after failed syncs, and the user's pause.
