@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,6 +22,15 @@ from services.devstack.ports import (
 )
 
 _SEARCH = ("/usr/lib/postgresql/*/bin",)
+# A throwaway cluster trades durability for speed; `settings` may ask for more.
+_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+    # Commit times, for measuring webhook-to-row latency (bench/).
+    "track_commit_timestamp": "on",
+}
 
 
 def find_pg_bin() -> Path:
@@ -52,13 +62,26 @@ class EmbeddedPostgres(LocalServer):
     user) and is deleted on stop."""
 
     def __init__(
-        self, database: str = "poscal", log_path: Path | None = None, port: int = 0
+        self,
+        database: str = "poscal",
+        log_path: Path | None = None,
+        port: int = 0,
+        *,
+        settings: Mapping[str, str] | None = None,
+        environment: Mapping[str, str] | None = None,
+        data_directory: Path | None = None,
     ) -> None:
-        """`port` 0: any free one."""
+        """`port` 0: any free one. `settings` are server settings over the defaults above,
+        `environment` is added to the server's (what its archive or restore command reads).
+        `data_directory`: an existing cluster to run (a restored backup, owned by the server's
+        user, its database already there) instead of a new one; it is left in place at stop."""
         self.database = database
         self.port = 0
         self._wanted_port = port
         self._log_path = log_path
+        self._settings = _SETTINGS | dict(settings or {})
+        self._environment = dict(environment or {})
+        self._existing_data = data_directory
         self._root: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._run_as: pwd.struct_passwd | None = (
@@ -72,6 +95,20 @@ class EmbeddedPostgres(LocalServer):
     @property
     def dsn(self) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def data_directory(self) -> Path:
+        if self._existing_data is not None:
+            return self._existing_data
+        if self._root is None:
+            raise RuntimeError("the cluster is not started")
+        return self._root / "data"
+
+    @property
+    def socket_directory(self) -> Path:
+        if self._root is None:
+            raise RuntimeError("the cluster is not started")
+        return self._root
 
     def _owner(self) -> tuple[int | None, int | None, list[int] | None]:
         """user, group and extra_groups for subprocess: the postgres user when we are root."""
@@ -89,53 +126,39 @@ class EmbeddedPostgres(LocalServer):
         bin_dir = find_pg_bin()
         self._root = Path(tempfile.mkdtemp(prefix="poscal-pg-"))
         self._root.chmod(0o755)
-        data = self._root / "data"
         if self._run_as is not None:
             os.chown(self._root, self._run_as.pw_uid, self._run_as.pw_gid)
-        self._run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-A",
-                "trust",
-                "-U",
-                self.user,
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ]
-        )
+        data = self.data_directory
+        if self._existing_data is None:
+            self._run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    self.user,
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            )
         self.port = self._wanted_port or free_port()
+        settings = self._settings | {
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self._root),
+        }
         user, group, extra = self._owner()
         sink = self._log_path.open("ab") if self._log_path else nullcontext(subprocess.DEVNULL)
         with sink as log:
             self._process = subprocess.Popen(
-                [
-                    str(bin_dir / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(self.port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"unix_socket_directories={self._root}",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=200",
-                    # Commit times, for measuring webhook-to-row latency (bench/).
-                    "-c",
-                    "track_commit_timestamp=on",
-                ],
+                [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port)]
+                + [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")],
                 stdout=log,
                 stderr=log,
+                env=os.environ | self._environment,
                 start_new_session=True,
                 # SIGQUIT: immediate shutdown; its backends exit when the postmaster does.
                 preexec_fn=dies_with_parent(signal.SIGQUIT),
@@ -144,7 +167,8 @@ class EmbeddedPostgres(LocalServer):
                 extra_groups=extra,
             )
         wait_for_port(self.port, self._process, "postgres")
-        self._create_database(bin_dir)
+        if self._existing_data is None:
+            self._create_database(bin_dir)
         return self
 
     def _create_database(self, bin_dir: Path) -> None:
