@@ -26,6 +26,7 @@ from services.shared.connection_admin.terminals import TerminalServices, registe
 from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import StoppedWaiting, connect_backoff
 from services.shared.logging import get_logger
+from services.shared.outbound_http import outbound_http_client
 from services.shared.sync_limits import UserSyncLimit
 from services.shared.vault import CredentialVault
 
@@ -182,10 +183,10 @@ async def connect_and_start(
         pool = await Dependencies(settings, stop, stack).postgres(
             max_size=settings.database_pool_size
         )
-        http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        http = outbound_http_client(5.0)
         stack.push_async_callback(http.aclose)
         # Terminal services get a longer timeout: removing a terminal is one slow call.
-        services_http = httpx.AsyncClient(timeout=30.0, follow_redirects=False)
+        services_http = outbound_http_client(30.0)
         stack.push_async_callback(services_http.aclose)
         await start(app, wire(settings, pool, jwks_keys(settings, http), http=services_http), stack)
     except StoppedWaiting:

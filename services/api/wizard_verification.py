@@ -53,6 +53,7 @@ from services.shared.connection_admin.wizard_sessions import (
 from services.shared.envelope import ConnectionRef, ConnectionType
 from services.shared.errors import PermanentError
 from services.shared.logging import get_logger
+from services.shared.outbound_http import outbound_http_client
 from services.shared.vault import CredentialVault
 
 _log = get_logger("poscal.api.wizard")
@@ -306,7 +307,7 @@ def build_wizard(
     """The wizard, or None without the vault (no key configured: its routes then answer 503)."""
     if vault is None:
         return None
-    client = http or httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+    client = http or outbound_http_client(10.0)
     return Wizard(
         vault=vault,
         http=client,

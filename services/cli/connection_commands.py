@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import asyncpg
-import httpx
 import orjson
 
 from services.cli.settings import CliSettings, MasterKeyMissing
@@ -46,6 +45,7 @@ from services.shared.connection_admin.terminals import (
     provision_connection,
     registered_services,
 )
+from services.shared.outbound_http import outbound_http_client
 from services.shared.vault import CredentialVault
 
 _Record = dict[str, Any]
@@ -400,7 +400,7 @@ def _progress(step: Progress) -> None:
 
 
 async def _provision(conn: asyncpg.Connection, vault: CredentialVault, args: Any) -> list[_Record]:
-    async with httpx.AsyncClient(timeout=30.0) as http:
+    async with outbound_http_client(30.0) as http:
         done = await provision_connection(
             conn,
             vault,
@@ -423,7 +423,7 @@ async def _provision(conn: asyncpg.Connection, vault: CredentialVault, args: Any
 
 
 async def _delete(conn: asyncpg.Connection, connection_id: uuid.UUID) -> list[_Record]:
-    async with httpx.AsyncClient(timeout=30.0) as http:
+    async with outbound_http_client(30.0) as http:
         deleted = await delete_connection(conn, connection_id, registered_services(http))
     return [
         {

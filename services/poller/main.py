@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import httpx
-
 from services.poller.retry import FailurePolicy
 from services.poller.schedule import SyncSchedule
 from services.poller.settings import PollerSettings
@@ -16,6 +14,7 @@ from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
 from services.shared.metrics_server import start_metrics_server
+from services.shared.outbound_http import outbound_http_client
 from services.shared.publishing import RawEventPublisher
 from services.shared.vault import CredentialVault
 
@@ -30,7 +29,7 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
         connect = Dependencies(settings, stop, stack)
         pool = await connect.postgres(max_size=settings.concurrency + 2)
         producer = await connect.producer("poscal-poller")
-        http = httpx.AsyncClient(timeout=settings.broker_timeout_seconds, follow_redirects=False)
+        http = outbound_http_client(settings.broker_timeout_seconds)
         stack.push_async_callback(http.aclose)
         schedule = SyncSchedule(
             pool, settings.owner, settings.lease_seconds, user_limit=settings.user_sync_limit
