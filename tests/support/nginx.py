@@ -1,5 +1,6 @@
 """The proxy of infra/nginx/ as a local nginx process (Debian's `nginx` package), rendered from
-its template the way the nginx image renders it: `with ProxyInFront(values, tmp_path) as proxy:`.
+its templates the way the nginx image renders them, TLS with a certificate of a test CA:
+`with ProxyInFront(values, tmp_path) as proxy:`.
 """
 
 from __future__ import annotations
@@ -7,26 +8,42 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Self
 
 from services.devstack.ports import LocalServer, dies_with_parent, free_port, wait_for_port
+from tests.support.tls import TestCertificates
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "nginx" / "ingest.conf.template"
+# The nginx image renders every /etc/nginx/templates/*.template into conf.d/, all included.
+TEMPLATES = sorted((Path(__file__).resolve().parents[2] / "infra" / "nginx").glob("*.template"))
 _VARIABLE = re.compile(r"\$\{([A-Z_]+)\}")
+# What ProxyInFront fills in itself: where it listens and its certificate.
+OWN_VARIABLES = {
+    "PROXY_LISTEN",
+    "API_PROXY_LISTEN",
+    "PROXY_TLS_CERTIFICATE",
+    "PROXY_TLS_CERTIFICATE_KEY",
+}
 
 
 def template_variables() -> set[str]:
-    return set(_VARIABLE.findall(TEMPLATE.read_text()))
+    return {name for template in TEMPLATES for name in _VARIABLE.findall(template.read_text())}
 
 
-def render(values: dict[str, str]) -> str:
-    """envsubst's rendering: each ${NAME} replaced, nginx's own $variables untouched."""
+def render(values: dict[str, str]) -> dict[str, str]:
+    """envsubst's rendering of each template, by the name it gets in conf.d/: each ${NAME}
+    replaced, nginx's own $variables untouched."""
     missing = template_variables() - set(values)
     if missing:
         raise KeyError(f"no value for {sorted(missing)}")
-    return _VARIABLE.sub(lambda match: values[match.group(1)], TEMPLATE.read_text())
+    return {
+        template.name.removesuffix(".template"): _VARIABLE.sub(
+            lambda match: values[match.group(1)], template.read_text()
+        )
+        for template in TEMPLATES
+    }
 
 
 def nginx_binary() -> str:
@@ -40,15 +57,33 @@ def nginx_binary() -> str:
 
 class ProxyInFront(LocalServer):
     def __init__(self, values: dict[str, str], directory: Path) -> None:
-        """`values` for every template variable but PROXY_LISTEN (a free port is taken)."""
+        """`values` for every template variable but OWN_VARIABLES (free ports are taken, and a
+        certificate for 127.0.0.1 issued by a CA of its own)."""
         self.port = free_port()
-        self._values = values | {"PROXY_LISTEN": f"127.0.0.1:{self.port}"}
+        self.api_port = free_port()
+        self.certificates = TestCertificates.issue(directory)
+        self._values = values | {
+            "PROXY_LISTEN": f"127.0.0.1:{self.port}",
+            "API_PROXY_LISTEN": f"127.0.0.1:{self.api_port}",
+            "PROXY_TLS_CERTIFICATE": str(self.certificates.certificate),
+            "PROXY_TLS_CERTIFICATE_KEY": str(self.certificates.key),
+        }
         self._directory = directory
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Ingest, through the proxy."""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """The app API, through the proxy."""
+        return f"https://127.0.0.1:{self.api_port}"
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client trusting the proxy's certificate (and nothing else)."""
+        return ssl.create_default_context(cafile=str(self.certificates.ca))
 
     @property
     def config(self) -> Path:
@@ -57,7 +92,8 @@ class ProxyInFront(LocalServer):
     def write_config(self) -> Path:
         """A main configuration around the rendered template, everything inside `directory`."""
         root = self._directory
-        (root / "ingest.conf").write_text(render(self._values))
+        for name, text in render(self._values).items():
+            (root / name).write_text(text)
         temp = {
             kind: root / kind.split("_")[-1]
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -71,7 +107,8 @@ class ProxyInFront(LocalServer):
             "events { worker_connections 256; }\n"
             "http {\n  access_log off;\n"
             + "".join(f"  {kind}_temp_path {path};\n" for kind, path in temp.items())
-            + f"  include {root / 'ingest.conf'};\n}}\n"
+            + "".join(f"  include {root / name};\n" for name in render(self._values))
+            + "}\n"
         )
         return self.config
 

@@ -136,6 +136,15 @@ def ingest_process(
     return service, f"http://127.0.0.1:{port}"
 
 
+def api_process(directory: Path, database_url: str, **env: str) -> tuple[ServiceProcess, str]:
+    """A real app API process on a free port (not started yet), and its URL."""
+    port = free_port()
+    service = ServiceProcess(
+        "api", {"DATABASE_URL": database_url, "POSCAL_API_PORT": str(port), **env}, directory
+    )
+    return service, f"http://127.0.0.1:{port}"
+
+
 def wait_until_ready(service: ServiceProcess, url: str) -> None:
     def ready() -> bool:
         try:
