@@ -10,6 +10,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,7 @@ from tests.support.pgbackrest import BackupRepository, archiving_settings
 pytestmark = pytest.mark.integration
 
 POINT = "before-the-later-writes"
+COMPOSE = Path(__file__).resolve().parents[2] / "infra" / "docker-compose.yml"
 # Every table's rows as text, sorted: the whole content of the database's own schemas.
 Tables = dict[str, list[str]]
 
@@ -231,6 +233,13 @@ async def test_the_repository_cannot_be_read_without_the_passphrase(drill: Drill
     assert "requires option: repo1-cipher-pass" in info(without)
     [wrong] = info(without | {"PGBACKREST_REPO1_CIPHER_PASS": secrets.token_urlsafe(32)})
     assert (wrong["status"]["code"] != 0, wrong["backup"]) == (True, [])
+
+
+def test_the_compose_postgres_archives_with_the_same_settings() -> None:
+    compose = COMPOSE.read_text()
+    assert [
+        f"{n}={v}" for n, v in archiving_settings().items() if f"- {n}={v}\n" not in compose
+    ] == []
 
 
 async def test_the_passphrase_is_in_no_log_and_nowhere_but_its_secret_file(drill: Drill) -> None:
