@@ -97,6 +97,7 @@ async def drill(vault: CredentialVault) -> AsyncIterator[Drill]:
         primary = EmbeddedPostgres(
             database="poscal_backup",
             log_path=backups.directory / "primary.log",
+            # Torn-page protection on, as production runs (the embedded default is off).
             settings=archiving_settings() | {"full_page_writes": "on"},
             environment=backups.environment(),
         )
