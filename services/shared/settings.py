@@ -56,6 +56,11 @@ class ServiceSettings(BaseSettings):
     connect_retry_cap_seconds: float = Field(
         10.0, gt=0, validation_alias=AliasChoices("POSCAL_CONNECT_RETRY_CAP_SECONDS")
     )
+    # After SIGTERM, how long a service may take to finish its batch and close its connections
+    # before it is cancelled (its records are delivered again: see lifecycle.run_until_signalled).
+    shutdown_grace_seconds: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("POSCAL_SHUTDOWN_GRACE_SECONDS")
+    )
     # Spans also go to this JSON-lines file when set (the dev stack sets it; `poscal-sync traces`
     # reads it). OTLP export is configured by the SDK's own OTEL_* variables.
     trace_file: Path | None = Field(
