@@ -3,10 +3,11 @@ commits and batch sizes, read from what the consume loop already knows (no broke
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 CONSUMER_LAG = Gauge(
@@ -34,10 +35,10 @@ CONSUMER_BATCH_RECORDS = Histogram(
 class ConsumerMetrics:
     """One consume loop's metrics, labelled by its consumer group. The lag of a partition is
     its highwater (from the fetch responses aiokafka already read) minus the offset last
-    committed here, or, before the first commit, the consumer's position (where it started:
-    the group's committed offset). Updated at most once a second (a scrape every few seconds
-    needs no more, and a busy loop fetches far more often), for the assigned partitions only,
-    so a partition that moved to another consumer leaves no stale series behind."""
+    committed here, or, before the first commit, the offset of the first record fetched (where
+    the group's committed offset stood), or before any fetch the consumer's position. Updated
+    every second (`keep_lag`, beside the loop), for the assigned partitions only, so a
+    partition that moved to another consumer leaves no stale series behind."""
 
     def __init__(
         self, consumer: AIOKafkaConsumer, group: str, *, every_seconds: float = 1.0
@@ -45,26 +46,33 @@ class ConsumerMetrics:
         self._consumer = consumer
         self._group = group
         self._every = every_seconds
-        self._updated_at = -math.inf
         self._commits = CONSUMER_COMMITS.labels(group)
         self._records_committed = CONSUMER_RECORDS_COMMITTED.labels(group)
         self._batch_records = CONSUMER_BATCH_RECORDS.labels(group)
         self._committed: dict[TopicPartition, int] = {}
         self._lag: dict[TopicPartition, Gauge] = {}
 
-    def fetched(self, records: int) -> None:
-        self._batch_records.observe(records)
+    def fetched(self, batches: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+        """A batch was fetched: its size, and for a partition not committed here yet, where its
+        committed offset is (its first record's: the consumer started there)."""
+        total = 0
+        for tp, records in batches.items():
+            total += len(records)
+            if tp not in self._committed:
+                self._committed[tp] = records[0].offset
+        self._batch_records.observe(total)
 
     def committed(self, offsets: Mapping[TopicPartition, int], records: int) -> None:
         self._committed.update(offsets)
         self._commits.inc()
         self._records_committed.inc(records)
 
-    def tick(self, now: float) -> None:
-        """Called on each turn of the loop: the lag, if it was not updated within a second."""
-        if now - self._updated_at >= self._every:
-            self._updated_at = now
+    async def keep_lag(self) -> NoReturn:
+        """Update the lag every `every_seconds` until cancelled: in a task of its own, so it
+        stays current while a batch takes long (or hangs), the fetcher still reading ahead."""
+        while True:
             self.update_lag()
+            await asyncio.sleep(self._every)
 
     def update_lag(self) -> None:
         """Set each assigned partition's lag; forget the partitions no longer assigned."""
@@ -88,7 +96,8 @@ class ConsumerMetrics:
             gauge.set(max(highwater - done, 0))
 
     def _position(self, tp: TopicPartition) -> int | None:
-        """The consumer's position if it has one, without waiting for it (aiokafka's public
-        `position` waits for an offset reset, a round trip)."""
+        """The consumer's position if it has one (nothing fetched yet: where the group's
+        committed offset is), without waiting for it: aiokafka's public `position` waits for
+        an offset reset, a round trip."""
         state = self._consumer._subscription.subscription.assignment.state_value(tp)
         return state.position if state is not None and state.has_valid_position else None

@@ -168,19 +168,35 @@ async def consume_batches(
     partitions = _Partitions(
         consumer, handler, retry_budget or RetryBudget(), backoff or Backoff(), clock, metrics
     )
+    lag = None if metrics is None else asyncio.create_task(metrics.keep_lag(), name="lag")
+    try:
+        await _consume(consumer, handler, stop, partitions, max_records, poll_timeout_ms, metrics)
+    finally:
+        if lag is not None:
+            lag.cancel()
+            await asyncio.gather(lag, return_exceptions=True)
+
+
+async def _consume(
+    consumer: AIOKafkaConsumer,
+    handler: BatchHandler,
+    stop: asyncio.Event,
+    partitions: _Partitions,
+    max_records: int,
+    poll_timeout_ms: int,
+    metrics: ConsumerMetrics | None,
+) -> None:
     while not stop.is_set():
         partitions.resume_due()
         fetched = await consumer.getmany(
             timeout_ms=partitions.wait_ms(poll_timeout_ms), max_records=max_records
         )
-        if metrics is not None:
-            metrics.tick(clock())
         batches = {tp: records for tp, records in fetched.items() if records}
         if not batches:
             continue
         every = [record for records in batches.values() for record in records]
         if metrics is not None:
-            metrics.fetched(len(every))
+            metrics.fetched(batches)
         try:
             await handler.handle(every)
         except TransientError as batch_failure:
