@@ -161,7 +161,7 @@ def test_each_dashboard_is_valid_with_unique_panel_ids_and_the_provisioned_datas
     sources = _provisioned_datasource_uids()
     for panel in panels:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         if panel["type"] == "row":
             continue
         assert panel["datasource"]["uid"] in sources, panel["title"]
