@@ -10,6 +10,10 @@ from typing import NoReturn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.shared.logging import get_logger
+
+_log = get_logger("poscal.consuming")
+
 CONSUMER_LAG = Gauge(
     "poscal_consumer_lag_records",
     "Records on the partition after the last offset this consumer committed (its highwater, as"
@@ -71,7 +75,10 @@ class ConsumerMetrics:
         """Update the lag every `every_seconds` until cancelled: in a task of its own, so it
         stays current while a batch takes long (or hangs), the fetcher still reading ahead."""
         while True:
-            self.update_lag()
+            try:
+                self.update_lag()
+            except Exception as exc:  # a metric must never stop the consumer
+                _log.warning("cannot update the consumer lag", cause=repr(exc))
             await asyncio.sleep(self._every)
 
     def update_lag(self) -> None:
