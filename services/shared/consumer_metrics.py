@@ -84,9 +84,10 @@ class ConsumerMetrics:
     def update_lag(self) -> None:
         """Set each assigned partition's lag; forget the partitions no longer assigned."""
         assigned = self._consumer.assignment()
+        for tp in [tp for tp in self._committed if tp not in assigned]:
+            del self._committed[tp]  # another consumer's now: what it commits is unknown here
         for tp in [tp for tp in self._lag if tp not in assigned]:
             del self._lag[tp]
-            self._committed.pop(tp, None)
             CONSUMER_LAG.remove(self._group, tp.topic, str(tp.partition))
         for tp in assigned:
             highwater = self._consumer.highwater(tp)

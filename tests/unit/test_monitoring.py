@@ -98,12 +98,12 @@ def test_every_rule_file_is_loaded_by_a_unit_test() -> None:
     assert {path.resolve() for path in RULE_FILES} <= loaded
 
 
-def test_every_alert_says_how_severe_it_is_and_what_to_do() -> None:
+def test_every_alert_says_how_severe_it_is_and_what_happened() -> None:
     for path in RULE_FILES:
         for rule in rules(path):
             if "alert" in rule:
-                assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
-                assert {"summary", "runbook"} <= set(rule["annotations"]), rule["alert"]
+                assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+                assert rule["annotations"]["summary"].strip(), rule["alert"]
 
 
 def test_the_rules_select_only_jobs_prometheus_scrapes() -> None:
