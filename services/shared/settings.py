@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,19 @@ class Topics(BaseSettings):
     raw: str = "poscal.raw.v1"
     canonical: str = "poscal.canonical.v1"
     dead_letter: str = "poscal.deadletter.v1"
+
+
+def metrics_port_setting(service: str) -> Any:
+    """`POSCAL_{SERVICE}_METRICS_PORT`: where the service serves its Prometheus metrics (None or
+    0: not served)."""
+    return Field(
+        None, ge=0, le=65535, validation_alias=AliasChoices(f"POSCAL_{service}_METRICS_PORT")
+    )
+
+
+def metrics_host_setting(service: str) -> Any:
+    """`POSCAL_{SERVICE}_METRICS_HOST`: the address the metrics port is bound to."""
+    return Field("127.0.0.1", validation_alias=AliasChoices(f"POSCAL_{service}_METRICS_HOST"))
 
 
 class ServiceSettings(BaseSettings):
