@@ -34,8 +34,8 @@ from bench.broker_floor import BrokerFloor, measure_broker_floor
 from bench.commits import VisibilityProbe, wait_until_committed
 from bench.load_generator import Address, at_fixed_rate, signed_webhook
 from bench.proc_stats import StackProcess, cpu_seconds, resident_kib, stack_processes
-from bench.stats import slope, summary_ms
-from bench.windows import ACCEPTED, Outcome, Window
+from bench.stats import summary_ms
+from bench.windows import ACCEPTED, Outcome, Window, memory_figures, rss_verdict
 from bench.workload import Delivery, Sender, TemplateBody, Traffic, template_stream
 from services.devstack.demo import DEMO_SERVER, create_demo_connection, demo_account
 from services.devstack.stack import DevStack
@@ -44,7 +44,6 @@ from services.shared.signatures import decode_secret
 TARGET_P99_MS = 150.0
 TARGET_SUSTAINED_PER_S = 1500.0
 SERVICES = ("ingest", "poller", "normalizer", "writer", "api")
-MIB = 1024.0
 
 
 class _Requests(Sequence[bytes]):
@@ -341,20 +340,6 @@ async def saturation_mode(bench: Bench) -> dict[str, Any]:
     )
 
 
-def _memory_of(samples: list[tuple[float, int]], bound: float) -> dict[str, Any]:
-    """Start, end and max resident MiB, and the slope over the second half (MiB per minute)."""
-    mib = [(t / 60, kib / MIB) for t, kib in samples]
-    half = mib[len(mib) // 2 :]
-    per_minute = slope(half)
-    return {
-        "start_mib": round(mib[0][1], 1),
-        "end_mib": round(mib[-1][1], 1),
-        "max_mib": round(max(m for _, m in mib), 1),
-        "second_half_slope_mib_per_min": round(per_minute, 3),
-        "flat": abs(per_minute) <= bound,
-    }
-
-
 async def memory_mode(bench: Bench) -> dict[str, Any]:
     args = bench.args
     seconds = args.rss_minutes * 60
@@ -362,8 +347,10 @@ async def memory_mode(bench: Bench) -> dict[str, Any]:
     rss: dict[str, list[tuple[float, int]]] = {}
     window = await bench.run(traffic, args.rate, seconds, rss=rss)
     bound = args.rss_flat_mib_per_min
-    memory = {name: _memory_of(samples, bound) for name, samples in sorted(rss.items())}
-    services_flat = all(memory[s]["flat"] for s in SERVICES if s in memory)
+    memory = {name: memory_figures(samples, bound) for name, samples in sorted(rss.items())}
+    verdict = rss_verdict(
+        memory, SERVICES, args.rss_minutes, args.rss_interval_seconds, window.outcome.unsent
+    )
     return bench.line(
         "memory",
         rate_per_s=args.rate,
@@ -384,7 +371,7 @@ async def memory_mode(bench: Bench) -> dict[str, Any]:
         stack_cpu_cores=window.stack_cpu_cores,
         floors=bench.floors(window),
         targets={
-            "services_rss_flat": services_flat and all(s in memory for s in SERVICES),
+            **verdict,
             "all_committed": window.all_committed(),
         },
     )

@@ -43,6 +43,7 @@ from bench.load_generator import (
     at_saturation,
     signed_webhooks,
 )
+from bench.proc_stats import parent_of, tree_cpu_seconds
 from services.devstack.broker import EmbeddedBroker
 from services.devstack.demo import create_demo_connection, demo_account, encode_body
 from services.devstack.demo_trades import demo_stream
@@ -125,37 +126,6 @@ def serve_minimal() -> int:
 # -- the harness --------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU one process has used so far (all its threads); 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return None
-
-
-def process_tree_cpu_seconds(root: int) -> float:
-    """CPU used so far by `root` and every living process under it (a server's workers, a
-    Postgres cluster's backends)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (parent := _parent_of(int(entry.name))) is not None:
-            children.setdefault(parent, []).append(int(entry.name))
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += _cpu_seconds(pid)
-        todo += children.get(pid, [])
-    return total
-
-
 @dataclass(frozen=True)
 class Sender:
     """One connection as its sender holds it: its webhook URL's path, and the key it signs
@@ -179,7 +149,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         assert self.process is not None
-        return process_tree_cpu_seconds(self.process.pid)
+        return tree_cpu_seconds(self.process.pid)
 
 
 @dataclass(frozen=True)
@@ -325,10 +295,10 @@ class Bench:
     async def run(self, server: Server, load: Load) -> RunFigures:
         requests = self.requests(server, load.requests)
         cpu_before = server.cpu_seconds()
-        database_before = process_tree_cpu_seconds(self.postgres_pid)
+        database_before = tree_cpu_seconds(self.postgres_pid)
         result = await load.drive(server.address, requests)
         server_cpu = server.cpu_seconds() - cpu_before
-        database_cpu = process_tree_cpu_seconds(self.postgres_pid) - database_before
+        database_cpu = tree_cpu_seconds(self.postgres_pid) - database_before
         server.accepted += result.count(ACCEPTED)
         return RunFigures.of(result, server_cpu, database_cpu)
 
@@ -388,7 +358,7 @@ async def _postgres_pid(dsn: str) -> int:
     """The postmaster's pid: the parent of any backend (read while the backend lives)."""
     conn = await asyncpg.connect(dsn)
     try:
-        parent = _parent_of(await conn.fetchval("SELECT pg_backend_pid()"))
+        parent = parent_of(await conn.fetchval("SELECT pg_backend_pid()"))
     finally:
         await conn.close()
     assert parent is not None

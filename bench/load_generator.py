@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from bench.stats import percentile
 from services.shared.signatures import sign
 
 NO_ANSWER = 0
@@ -129,14 +129,14 @@ class LoadResult:
     def latency_percentile(self, q: float, status: int | None = None) -> float:
         """The q-quantile (0..1, nearest rank) of the latencies of answered requests (or only
         those with `status`), in seconds; NaN when there are none."""
-        values = sorted(
-            latency
-            for s, latency in zip(self.statuses, self.latencies_s, strict=True)
-            if s != NO_ANSWER and (status is None or s == status)
+        return percentile(
+            (
+                latency
+                for s, latency in zip(self.statuses, self.latencies_s, strict=True)
+                if s != NO_ANSWER and (status is None or s == status)
+            ),
+            q,
         )
-        if not values:
-            return math.nan
-        return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
 class ProtocolError(Exception):

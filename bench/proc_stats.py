@@ -32,9 +32,17 @@ def _parents() -> dict[int, int]:
         if entry.name.isdigit():
             try:
                 found[int(entry.name)] = int(_stat(int(entry.name))[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
                 continue
     return found
+
+
+def parent_of(pid: int) -> int | None:
+    """A process' parent; None once it is gone."""
+    try:
+        return int(_stat(pid)[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
 
 
 def _children(pid: int, parents: dict[int, int]) -> list[int]:
@@ -78,21 +86,25 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(process: StackProcess) -> float:
-    """User + system CPU of the process and its descendants, alive or reaped (Postgres' exited
-    backends are in the postmaster's children's times)."""
+def tree_cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """User + system CPU of a process (and, by default, its living descendants), plus that of
+    its reaped children (Postgres' exited backends are in the postmaster's children's times);
+    0 for a process already gone."""
     total = 0
-    for index, pid in enumerate(
-        _tree(process.pid) if process.name == "postgres" else [process.pid]
-    ):
+    for index, member in enumerate(_tree(pid) if descendants else [pid]):
         try:
-            fields = _stat(pid)
-        except FileNotFoundError:
+            fields = _stat(member)
+        except (FileNotFoundError, ProcessLookupError):
             continue
         total += int(fields[11]) + int(fields[12])
         if index == 0:
             total += int(fields[13]) + int(fields[14])
     return total / _TICKS
+
+
+def cpu_seconds(process: StackProcess) -> float:
+    """What one of the stack's processes has used so far: Postgres with all its backends."""
+    return tree_cpu_seconds(process.pid, descendants=process.name == "postgres")
 
 
 def _status_kib(pid: int, field: str) -> int:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The nearest-rank `q` quantile (0..1) of `values`; NaN for none."""
-    if not values:
-        return float("nan")
+def percentile(values: Iterable[float], q: float) -> float:
+    """The nearest-rank `q` quantile (0..1) of `values`: the smallest value with at least a
+    `q` share of them at or below it; NaN for none."""
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def summary_ms(seconds: Sequence[float]) -> dict[str, float]:

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.commits import ProbeResult
-from bench.stats import summary_ms
+from bench.stats import slope, summary_ms
 from bench.workload import Traffic
 
 ACCEPTED = 202
+MIB = 1024.0
 
 
 @dataclass
@@ -122,16 +123,60 @@ class Window:
         if self.probe is None:
             return None
         seen = self.probe.seen_at
+        # Only the sampled events accepted count: one never sent (the run stopped early) or
+        # refused has nothing to be seen.
+        accepted = set(self.accepted())
+        sampled = [i for i in self.probed if i in accepted]
         gaps = [
             seen[e] - self.committed[e]
-            for i in self.probed
+            for i in sampled
             if (e := self.event_id(i)) in seen and e in self.committed
         ]
         seconds = self.outcome.sending_seconds
         return {
-            "sampled": len(self.probed),
-            "seen": len(seen),
+            "sampled": len(sampled),
+            "sampled_not_accepted": len(self.probed) - len(sampled),
+            "seen": sum(1 for i in sampled if self.event_id(i) in seen),
             "poll_interval_ms": round(interval * 1000, 1),
             "seen_after_commit_ms": summary_ms(gaps),
             "probe_cpu_cores": round(self.probe.cpu_seconds / seconds, 3) if seconds else None,
         }
+
+
+def memory_figures(samples: Sequence[tuple[float, int]], bound: float) -> dict[str, Any]:
+    """One process' resident memory, sampled as (seconds since the start, KiB): minutes
+    sampled, start, end and max MiB, and the slope over the second half (MiB per minute),
+    flat when within `bound`."""
+    mib = [(t / 60, kib / MIB) for t, kib in samples]
+    per_minute = slope(mib[len(mib) // 2 :])
+    return {
+        "minutes_sampled": round(mib[-1][0] - mib[0][0], 2),
+        "start_mib": round(mib[0][1], 1),
+        "end_mib": round(mib[-1][1], 1),
+        "max_mib": round(max(m for _, m in mib), 1),
+        "second_half_slope_mib_per_min": round(per_minute, 3),
+        "flat": abs(per_minute) <= bound,
+    }
+
+
+def rss_verdict(
+    memory: dict[str, dict[str, Any]],
+    services: Sequence[str],
+    minutes: float,
+    interval_seconds: float,
+    unsent: int,
+) -> dict[str, bool]:
+    """Whether every service's memory stayed flat over the whole run. A run stopped early (some
+    webhooks never sent: ingest no longer taking the rate), a service not sampled, or sampled
+    for less than the run's length is not flat: it says
+    nothing about the minutes it did not cover."""
+    # Samples are `interval_seconds` apart: the first and the last may each miss one interval.
+    covered = minutes - 2 * interval_seconds / 60
+    sampled = all(s in memory for s in services)
+    whole_run = (
+        unsent == 0 and sampled and all(memory[s]["minutes_sampled"] >= covered for s in services)
+    )
+    return {
+        "whole_run_sampled": whole_run,
+        "services_rss_flat": whole_run and all(memory[s]["flat"] for s in services),
+    }

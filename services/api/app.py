@@ -17,6 +17,7 @@ from starlette.routing import Route
 from services.api.bootstrap import ApiWiring, connect_and_start, start
 from services.api.dashboard import PAGE_PATH, asset_names, dashboard_routes
 from services.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound
+from services.api.metrics import RequestMetrics
 from services.api.middleware import (
     BodyLimit,
     JsonCors,
@@ -111,6 +112,7 @@ def create_app(
             *dashboard_routes(),
         ],
         middleware=[
+            Middleware(RequestMetrics),
             Middleware(ServerSpans, untraced_paths=_UNTRACED),
             Middleware(SecurityHeaders, hsts_seconds=settings.hsts_seconds),
             # Outside the refusals, so a browser can read a 401 or 429 of an allowed origin.

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from services.shared.client_ip import parse_networks
-from services.shared.settings import KeyedServiceSettings
+from services.shared.settings import (
+    KeyedServiceSettings,
+    metrics_host_setting,
+    metrics_port_setting,
+)
 from services.shared.sync_limits import UserSyncLimit
 from services.shared.token_buckets import TokenBuckets
 
@@ -122,6 +126,10 @@ class ApiSettings(KeyedServiceSettings):
     sync_now_min_interval_seconds: int = Field(
         60, ge=0, le=86_400, validation_alias=_env("POSCAL_API_SYNC_NOW_MIN_INTERVAL_SECONDS")
     )
+    # Prometheus metrics on a port of their own (None or 0: not served), bound to this host:
+    # never on the API's port, which users reach.
+    metrics_port: int | None = metrics_port_setting("API")
+    metrics_host: str = metrics_host_setting("API")
 
     @property
     def algorithms(self) -> frozenset[str]:

@@ -15,7 +15,7 @@ from services.api.dashboard import PAGE_PATH
 from services.api.tokens import mint_token
 from services.devstack.demo import run_demo
 from services.devstack.ports import PortInUse
-from services.devstack.stack import API_JWT_SECRET, DevStack
+from services.devstack.stack import API_JWT_SECRET, SERVICES, DevStack
 
 # How long the dashboard link printed for the demo user signs them in.
 DASHBOARD_LINK_MINUTES = 60
@@ -56,6 +56,10 @@ def run_dev(
             flush=True,
         )
         print(f"environment in {state_dir / 'stack.env'}, logs in {stack.logs}", flush=True)
+        print(
+            "metrics: " + ", ".join(f"{name} {stack.metrics_url(name)}" for name in SERVICES),
+            flush=True,
+        )
         asyncio.run(_serve(stack, demo, demo_positions, exit_after_demo))
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

@@ -30,6 +30,9 @@ READY_FILES = ("poller", "normalizer", "writer")
 # What verifies the dev API's access tokens (`poscal-sync api token` signs with it): only the
 # API process is given it.
 API_JWT_SECRET = "POSCAL_API_JWT_SECRET"  # noqa: S105 - a variable name, not a secret
+# Services whose Prometheus metrics are on a port of their own, `POSCAL_{NAME}_METRICS_PORT`
+# (ingest serves /metrics on its own port).
+METRICS_PORT_SERVICES = ("poller", "normalizer", "writer", "api")
 
 
 # How consumers talk to the embedded broker. It answers a group join after half the session
@@ -67,6 +70,8 @@ class DevStack:
     api_jwt_secret: str | None = field(default=None, repr=False)
     topics: Topics = field(default_factory=Topics)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Each service's metrics port (free ones, chosen at start).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     _postgres: EmbeddedPostgres | None = None
     _broker: EmbeddedBroker | None = None
     _services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -86,6 +91,12 @@ class DevStack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    def metrics_url(self, name: str) -> str:
+        """Where the service `name` serves its Prometheus metrics."""
+        if name == "ingest":
+            return f"{self.ingest_url}/metrics"
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     def env(self) -> dict[str, str]:
         assert self.database_url and self.kafka_bootstrap_servers and self.master_key
@@ -130,6 +141,8 @@ class DevStack:
             raise PortInUse(
                 f"port {self.api_port} is in use: stop what holds it, or pass --api-port"
             )
+        for name in METRICS_PORT_SERVICES:
+            self.metrics_ports.setdefault(name, free_port())
         if self.database_url is None:
             self._postgres = EmbeddedPostgres(log_path=self.logs / "postgres.log").start()
             self.database_url = self._postgres.dsn
@@ -156,6 +169,8 @@ class DevStack:
         stack_env = self.env()
         if name != "api":
             del stack_env[API_JWT_SECRET]
+        if name in self.metrics_ports:
+            stack_env[f"POSCAL_{name.upper()}_METRICS_PORT"] = str(self.metrics_ports[name])
         env = {
             **os.environ,
             **stack_env,

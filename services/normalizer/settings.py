@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from services.shared.settings import ConsumerSettings
+from services.shared.settings import (
+    ConsumerSettings,
+    metrics_host_setting,
+    metrics_port_setting,
+)
 
 
 class NormalizerSettings(ConsumerSettings):
@@ -12,3 +16,6 @@ class NormalizerSettings(ConsumerSettings):
         "poscal-normalizer", validation_alias=AliasChoices("POSCAL_NORMALIZER_GROUP")
     )
     max_batch: int = Field(500, ge=1, validation_alias=AliasChoices("POSCAL_NORMALIZER_MAX_BATCH"))
+    # Prometheus metrics on this port (None or 0: not served), bound to this host.
+    metrics_port: int | None = metrics_port_setting("NORMALIZER")
+    metrics_host: str = metrics_host_setting("NORMALIZER")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from services.poller.gauges import PollerGauges
 from services.poller.retry import FailurePolicy
 from services.poller.schedule import SyncSchedule
 from services.poller.settings import PollerSettings
@@ -13,7 +14,7 @@ from services.poller.syncing import ConnectionSync, Poller
 from services.shared.dependencies import Dependencies
 from services.shared.lifecycle import mark_ready, run_service
 from services.shared.logging import get_logger
-from services.shared.metrics_server import start_metrics_server
+from services.shared.metrics_server import serve_metrics
 from services.shared.outbound_http import outbound_http_client
 from services.shared.publishing import RawEventPublisher
 from services.shared.vault import CredentialVault
@@ -23,8 +24,7 @@ _log = get_logger("poscal.poller")
 
 async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        if settings.metrics_port:
-            stack.callback(start_metrics_server(settings.metrics_host, settings.metrics_port))
+        metrics_served = serve_metrics(stack, settings.metrics_host, settings.metrics_port)
         kek = settings.key_ring()  # a key that does not load is configuration: fail at once
         connect = Dependencies(settings, stop, stack)
         pool = await connect.postgres(max_size=settings.concurrency + 2)
@@ -54,7 +54,18 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
         )
         mark_ready(settings.ready_file)
         _log.info("poller running", owner=settings.owner, concurrency=settings.concurrency)
+        if metrics_served:
+            gauges = PollerGauges(pool, schedule, kek.key_id, settings.gauges_seconds)
+            stack.push_async_callback(
+                _cancel, asyncio.create_task(gauges.run(stop), name="poller-gauges")
+            )
         await poller.run(stop)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def main() -> int:

@@ -17,22 +17,13 @@ from services.shared.sync_limits import UserSyncLimit
 # replicas reading at once would each grant the same user's last free sync.
 _LEASE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('poscal.poller.lease_due'))"
 
-# A user's connections are not leased while that user already had `$6` syncs attempted within
-# the last `$7` seconds (counted as the user's connections attempted in that window: each
-# connection counts once, and its own interval keeps it from syncing more often).
-_LEASE_DUE = """
-WITH candidates AS (
-    SELECT s.connection_id, s.user_id, s.next_sync_at,
-           row_number() OVER (PARTITION BY s.user_id ORDER BY s.next_sync_at, s.connection_id)
-               AS turn
-    FROM sync_schedule s
-    JOIN mt5_connections c ON c.id = s.connection_id
-    WHERE s.next_sync_at <= now()
-      AND (s.lease_until IS NULL OR s.lease_until < now())
-      AND NOT s.connection_id = ANY($5::uuid[])
+
+def _leasable(credential_kind: str) -> str:
+    """The condition on a schedule row `s` and its connection `c` for the poller to lease it
+    once due; `credential_kind` is the placeholder of the broker credentials' kind."""
+    return f"""c.lifecycle IN ('active', 'locked')
       -- 'locked' is an operator's `connections lock` of the webhooks (a suspect webhook
       -- secret); polling uses the broker's API credentials, so it goes on.
-      AND c.lifecycle IN ('active', 'locked')
       AND (c.connection_type = 'demo' OR c.live_enabled_at IS NOT NULL)
       -- Polled through a cloud terminal (0014): only once provisioning found it ready, and
       -- never while the connection is being deleted (its terminal is being removed).
@@ -46,9 +37,25 @@ WITH candidates AS (
       -- was being refused readmits the connection whenever either transaction commits.
       AND EXISTS (
           SELECT 1 FROM mt5_credentials k
-          WHERE k.connection_id = s.connection_id AND k.kind = $4 AND k.revoked_at IS NULL
-            AND (k.expires_at IS NULL OR k.expires_at > now())
-            AND k.id IS DISTINCT FROM s.rejected_credential_id)
+          WHERE k.connection_id = s.connection_id AND k.kind = {credential_kind}
+            AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+            AND k.id IS DISTINCT FROM s.rejected_credential_id)"""  # noqa: S608 - a placeholder
+
+
+# A user's connections are not leased while that user already had `$6` syncs attempted within
+# the last `$7` seconds (counted as the user's connections attempted in that window: each
+# connection counts once, and its own interval keeps it from syncing more often).
+_LEASE_DUE = f"""
+WITH candidates AS (
+    SELECT s.connection_id, s.user_id, s.next_sync_at,
+           row_number() OVER (PARTITION BY s.user_id ORDER BY s.next_sync_at, s.connection_id)
+               AS turn
+    FROM sync_schedule s
+    JOIN mt5_connections c ON c.id = s.connection_id
+    WHERE s.next_sync_at <= now()
+      AND (s.lease_until IS NULL OR s.lease_until < now())
+      AND NOT s.connection_id = ANY($5::uuid[])
+      AND {_leasable("$4")}
 ),
 recent AS (
     SELECT s.user_id, count(*) AS attempts
@@ -92,7 +99,7 @@ RETURNING leased.*,
     c.user_id, c.account_id, c.broker, c.connection_type, c.account_number, c.server, c.api_url,
     t.provider AS terminal_provider, t.remote_account_id AS terminal_account_id,
     t.region AS terminal_region
-"""
+"""  # noqa: S608 - our own SQL fragment, no input
 
 _RENEW = """
 UPDATE sync_schedule
@@ -186,6 +193,20 @@ WHERE connection_id = $1 AND lease_token = $2
 RETURNING connection_id
 """
 
+# Where the schedule stands, per broker, for the poller's gauges.
+_STANDING = f"""
+SELECT c.broker,
+    count(*) FILTER (
+        WHERE s.next_sync_at <= now() AND (s.lease_until IS NULL OR s.lease_until < now())
+          AND {_leasable("$1")}) AS due,
+    count(*) FILTER (WHERE s.lease_until >= now()) AS leased,
+    count(*) FILTER (WHERE s.consecutive_failures > 0) AS failing,
+    coalesce(max(s.consecutive_failures), 0) AS max_consecutive_failures
+FROM sync_schedule s JOIN mt5_connections c ON c.id = s.connection_id
+WHERE c.lifecycle <> 'revoked'
+GROUP BY c.broker
+"""  # noqa: S608 - our own SQL fragment, no input
+
 _POSTPONE = """
 UPDATE sync_schedule
 SET next_sync_at = now() + make_interval(secs => $3::float8),
@@ -197,6 +218,17 @@ RETURNING connection_id
 
 class LeaseLost(Exception):
     """Another lease holds this connection now: stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class BrokerStanding:
+    """How one broker's polled connections stand now (the poller's gauges)."""
+
+    broker: str
+    due: int
+    leased: int
+    failing: int
+    max_consecutive_failures: int
 
 
 @dataclass(frozen=True)
@@ -284,6 +316,16 @@ class SyncSchedule:
                 api_url=r["api_url"],
                 had_error=r["had_error"],
                 terminal=_terminal(r),
+            )
+            for r in rows
+        ]
+
+    async def standing(self) -> list[BrokerStanding]:
+        """Per broker: connections due (and leasable), leased, failing, the longest failure run."""
+        rows = await self._pool.fetch(_STANDING, credential_kinds.BROKER_CREDENTIALS)
+        return [
+            BrokerStanding(
+                r["broker"], r["due"], r["leased"], r["failing"], r["max_consecutive_failures"]
             )
             for r in rows
         ]

@@ -7,7 +7,11 @@ import socket
 
 from pydantic import AliasChoices, Field, field_validator
 
-from services.shared.settings import KeyedServiceSettings
+from services.shared.settings import (
+    KeyedServiceSettings,
+    metrics_host_setting,
+    metrics_port_setting,
+)
 from services.shared.sync_limits import UserSyncLimit
 
 
@@ -53,11 +57,12 @@ class PollerSettings(KeyedServiceSettings):
         30.0, gt=0, validation_alias=AliasChoices("POSCAL_BROKER_TIMEOUT_SECONDS")
     )
     # Prometheus metrics on this port (None or 0: not served), bound to this host.
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, validation_alias=AliasChoices("POSCAL_POLLER_METRICS_PORT")
-    )
-    metrics_host: str = Field(
-        "127.0.0.1", validation_alias=AliasChoices("POSCAL_POLLER_METRICS_HOST")
+    metrics_port: int | None = metrics_port_setting("POLLER")
+    metrics_host: str = metrics_host_setting("POLLER")
+    # How often the schedule's and the credentials' gauges are read from Postgres (while the
+    # metrics are served).
+    gauges_seconds: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("POSCAL_POLLER_GAUGES_SECONDS")
     )
 
     @field_validator("sync_rate_per_user")

@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 from opentelemetry import trace
 
-from services.poller.metrics import ALERTS, PAGES, SYNCS
+from services.poller.metrics import ALERTS, PAGES, SYNC_SECONDS, SYNCS
 from services.poller.retry import FailurePolicy, retry_delay
 from services.poller.schedule import DueSync, Lease, LeaseLost, SyncSchedule
 from services.shared import credential_kinds
@@ -85,6 +85,7 @@ class ConnectionSync:
     async def run(self, due: DueSync) -> str:
         """Sync one leased connection; returns the outcome (also recorded in the schedule)."""
         ref = due.connection
+        started = time.perf_counter()
         with _tracer.start_as_current_span(
             "poller sync",
             attributes={
@@ -94,6 +95,7 @@ class ConnectionSync:
         ) as span:
             outcome = await self._outcome(due)
             span.set_attribute("poscal.sync_outcome", outcome)
+        SYNC_SECONDS.labels(ref.broker, outcome).observe(time.perf_counter() - started)
         SYNCS.labels(ref.broker, outcome).inc()
         return outcome
 

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from services.shared.backoff import Backoff
+from services.shared.consumer_metrics import ConsumerMetrics
 from services.shared.errors import TransientError
 from services.shared.kafka import next_offsets
 from services.shared.logging import get_logger
@@ -65,12 +66,14 @@ class _Partitions:
         budget: RetryBudget,
         backoff: Backoff,
         clock: Callable[[], float],
+        metrics: ConsumerMetrics | None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._budget = budget
         self._backoff = backoff
         self._clock = clock
+        self._metrics = metrics
         self._failing: dict[TopicPartition, _Failing] = {}
 
     def resume_due(self) -> None:
@@ -92,12 +95,16 @@ class _Partitions:
     async def commit(self, records: Sequence[ConsumerRecord]) -> None:
         for tp in {TopicPartition(r.topic, r.partition) for r in records}:
             self._failing.pop(tp, None)
+        offsets = next_offsets(records)
         try:
-            await self._consumer.commit(next_offsets(records))
+            await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # Partitions moved to another consumer: it will see these records again, and the
             # sinks are idempotent, so redelivery is harmless.
             _log.warning("offset commit failed; records will be redelivered", error=repr(exc))
+            return
+        if self._metrics is not None:
+            self._metrics.committed(offsets, len(records))
 
     async def failed(
         self, tp: TopicPartition, records: Sequence[ConsumerRecord], error: TransientError
@@ -144,6 +151,7 @@ async def consume_batches(
     backoff: Backoff | None = None,
     retry_budget: RetryBudget | None = None,
     clock: Callable[[], float] = time.monotonic,
+    metrics: ConsumerMetrics | None = None,
 ) -> None:
     """Consume until `stop`: committing is this loop's job, never the handler's, never automatic.
 
@@ -154,11 +162,30 @@ async def consume_batches(
     infrastructure healthy is failing for one record's sake, not an outage: its records are
     handled one by one and the one still failing is given up (dead-lettered). So no partition
     waits behind one record longer than a real outage's retry budget. Any exception other than
-    TransientError ends the loop (and the service) without committing.
+    TransientError ends the loop (and the service) without committing. `metrics`, when given,
+    counts commits and batch sizes and keeps each partition's lag.
     """
     partitions = _Partitions(
-        consumer, handler, retry_budget or RetryBudget(), backoff or Backoff(), clock
+        consumer, handler, retry_budget or RetryBudget(), backoff or Backoff(), clock, metrics
     )
+    lag = None if metrics is None else asyncio.create_task(metrics.keep_lag(), name="lag")
+    try:
+        await _consume(consumer, handler, stop, partitions, max_records, poll_timeout_ms, metrics)
+    finally:
+        if lag is not None:
+            lag.cancel()
+            await asyncio.gather(lag, return_exceptions=True)
+
+
+async def _consume(
+    consumer: AIOKafkaConsumer,
+    handler: BatchHandler,
+    stop: asyncio.Event,
+    partitions: _Partitions,
+    max_records: int,
+    poll_timeout_ms: int,
+    metrics: ConsumerMetrics | None,
+) -> None:
     while not stop.is_set():
         partitions.resume_due()
         fetched = await consumer.getmany(
@@ -168,6 +195,8 @@ async def consume_batches(
         if not batches:
             continue
         every = [record for records in batches.values() for record in records]
+        if metrics is not None:
+            metrics.fetched(batches)
         try:
             await handler.handle(every)
         except TransientError as batch_failure:

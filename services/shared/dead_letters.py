@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from prometheus_client import Counter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
 from services.shared.errors import PermanentError, TransientError
@@ -33,6 +34,20 @@ MAX_ITEM_DEPTH = 16
 MAX_ITEM_TEXT = 2000
 MAX_ITEM_ENTRIES = 200
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+DEAD_LETTERS = Counter(
+    "poscal_dead_letters",
+    "Dead letters sent (acknowledged by the broker), by stage and reason code",
+    ["stage", "reason"],
+)
+# Reason codes are identifiers in our code (mappers' and the stages' own), never data; anything
+# else is counted as `other`, so no input can mint label values.
+_REASON_CODE = re.compile("[a-z][a-z0-9_]{0,63}")
+
+
+def reason_label(reason_code: str) -> str:
+    """The reason code as a metric label: the code itself, or `other` for anything unexpected."""
+    return reason_code if _REASON_CODE.fullmatch(reason_code) else "other"
 
 
 def safe_text(text: object, limit: int = 4000) -> str:
@@ -343,6 +358,7 @@ class DeadLetterPublisher:
                 max_bytes=self._max_bytes,
             )
         await self._send(record, sendable)
+        DEAD_LETTERS.labels(self._stage, reason_label(reason_code)).inc()
         self._sent[where] = None
         if len(self._sent) > self._REMEMBERED:
             self._sent.popitem(last=False)

@@ -35,28 +35,69 @@ def run_service(
     # still waiting for its dependencies as ready.
     mark_not_ready(settings.ready_file)
     try:
-        return run_until_signalled(serve)
+        return run_until_signalled(serve, settings.shutdown_grace_seconds)
     finally:
         mark_not_ready(settings.ready_file)
         provider.shutdown()
 
 
-def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    async def _main() -> None:
+def run_until_signalled(
+    serve: Callable[[asyncio.Event], Awaitable[None]], grace_seconds: float = 10.0
+) -> int:
+    """Run `serve` until SIGINT or SIGTERM sets its stop event, then give it `grace_seconds` to
+    finish its batch and close its connections. One that cannot (its batch or its producer's
+    flush waiting on a broker that went away) is cancelled and given as long again to unwind;
+    one still running then is abandoned, and 1 returned. Nothing is lost either way: offsets
+    are committed only after a batch is durable and every sink is idempotent, so the records
+    it held are delivered again."""
+
+    async def _main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        serving = asyncio.ensure_future(serve(stop))
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            await serve(stop)
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done():
+                await asyncio.wait({serving}, timeout=grace_seconds)
+            if not serving.done():
+                _log.warning("not stopped within its grace; cancelling", grace_s=grace_seconds)
+                serving.cancel()
+                await asyncio.wait({serving}, timeout=grace_seconds)
+            if not serving.done():
+                _log.error("still running after cancellation; abandoned", grace_s=grace_seconds)
+                return False
+            with contextlib.suppress(asyncio.CancelledError):
+                serving.result()
         except StoppedWaiting:
             _log.info("stopped before its dependencies were reachable")
+        finally:
+            stopping.cancel()
+        return True
 
     # uvloop, as uvicorn runs ingest and the API: the consumers' Kafka and Postgres sockets cost
-    # markedly less CPU on it than on asyncio's own loop.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_main())
-    return 0
+    # markedly less CPU on it than on asyncio's own loop. Run by hand rather than by
+    # asyncio.Runner, which on closing waits for every task, an abandoned one too.
+    loop = uvloop.new_event_loop()
+    try:
+        stopped = loop.run_until_complete(_main())
+        if stopped:
+            _finish_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        return 0 if stopped else 1
+    finally:
+        loop.close()
+
+
+def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the service left running (as asyncio.run does) and wait for it to end."""
+    left = asyncio.all_tasks(loop)
+    for task in left:
+        task.cancel()
+    if left:
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
 
 
 def mark_ready(ready_file: Path | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client import start_http_server
@@ -17,3 +18,13 @@ def start_metrics_server(host: str, port: int) -> Callable[[], None]:
         thread.join()
 
     return stop
+
+
+def serve_metrics(
+    stack: contextlib.ExitStack | contextlib.AsyncExitStack, host: str, port: int | None
+) -> bool:
+    """Serve /metrics on host:port until `stack` unwinds, if a port is set; whether it is."""
+    if not port:
+        return False
+    stack.callback(start_metrics_server(host, port))
+    return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,19 @@ class Topics(BaseSettings):
     raw: str = "poscal.raw.v1"
     canonical: str = "poscal.canonical.v1"
     dead_letter: str = "poscal.deadletter.v1"
+
+
+def metrics_port_setting(service: str) -> Any:
+    """`POSCAL_{SERVICE}_METRICS_PORT`: where the service serves its Prometheus metrics (None or
+    0: not served)."""
+    return Field(
+        None, ge=0, le=65535, validation_alias=AliasChoices(f"POSCAL_{service}_METRICS_PORT")
+    )
+
+
+def metrics_host_setting(service: str) -> Any:
+    """`POSCAL_{SERVICE}_METRICS_HOST`: the address the metrics port is bound to."""
+    return Field("127.0.0.1", validation_alias=AliasChoices(f"POSCAL_{service}_METRICS_HOST"))
 
 
 class ServiceSettings(BaseSettings):
@@ -55,6 +68,11 @@ class ServiceSettings(BaseSettings):
     # exponential backoff up to this long between attempts.
     connect_retry_cap_seconds: float = Field(
         10.0, gt=0, validation_alias=AliasChoices("POSCAL_CONNECT_RETRY_CAP_SECONDS")
+    )
+    # After SIGTERM, how long a service may take to finish its batch and close its connections
+    # before it is cancelled (its records are delivered again: see lifecycle.run_until_signalled).
+    shutdown_grace_seconds: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("POSCAL_SHUTDOWN_GRACE_SECONDS")
     )
     # Spans also go to this JSON-lines file when set (the dev stack sets it; `poscal-sync traces`
     # reads it). OTLP export is configured by the SDK's own OTEL_* variables.

@@ -18,6 +18,7 @@ from services.shared.logging import get_logger
 from services.shared.messaging import ending_spans, start_process_span
 from services.shared.probes import postgres_answers
 from services.writer.failures import Disposition, StopWriting, classify_database_failure
+from services.writer.metrics import TransactionTimer, count_written
 from services.writer.repository import EventOutcome, JournalRepository
 
 _log = get_logger("poscal.writer")
@@ -76,10 +77,13 @@ class Writer:
         ):
             outcomes = await self._apply_isolating(parsed)
         by_event = {o.event_id: o for o in outcomes}
+        written: list[tuple[CanonicalBatch, EventOutcome]] = []
         for (_, batch), span in zip(parsed, spans, strict=True):
             outcome = by_event.get(batch.event_id)
             if outcome is not None:
                 _annotate(span, outcome)
+                written.append((batch, outcome))
+        count_written(written)
         tenants = {batch.event_id: batch.connection.user_id for _, batch in parsed}
         for outcome in outcomes:
             self._dead_letters.accepted(tenants[outcome.event_id])
@@ -115,12 +119,15 @@ class Writer:
             return []
 
     async def _apply(self, batches: list[CanonicalBatch]) -> list[EventOutcome]:
+        timer = TransactionTimer(len(batches))
         try:
             async with self._pool.acquire() as conn:
-                return await self._repository.apply(conn, batches)
+                outcomes = await self._repository.apply(conn, batches)
         except Exception as exc:
             sqlstate: str | None = getattr(exc, "sqlstate", None)
-            match classify_database_failure(exc):
+            disposition = classify_database_failure(exc)
+            timer.ended(disposition.value)
+            match disposition:
                 case Disposition.RETRY:
                     raise TransientError(
                         f"database unavailable: {type(exc).__name__} (SQLSTATE {sqlstate})"
@@ -137,6 +144,8 @@ class Writer:
                         detail=safe_text(str(exc), 500),
                     )
                     raise StopWriting(sqlstate, f"{type(exc).__name__}: {exc}") from exc
+        timer.ended("committed")
+        return outcomes
 
     async def healthy(self) -> bool:
         """Whether Postgres answers and the dead-letter topic takes letters now: a failure that

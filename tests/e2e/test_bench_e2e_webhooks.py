@@ -111,5 +111,6 @@ def test_memory_mode_samples_every_process_of_the_stack(lines: list[dict[str, An
         assert 0 < figures["start_mib"] <= figures["max_mib"]
         assert figures["end_mib"] <= figures["max_mib"]
         assert isinstance(figures["flat"], bool)
+        assert figures["minutes_sampled"] > 0
     assert memory["samples"] >= 2
-    assert set(memory["targets"]) == {"services_rss_flat", "all_committed"}
+    assert set(memory["targets"]) == {"whole_run_sampled", "services_rss_flat", "all_committed"}

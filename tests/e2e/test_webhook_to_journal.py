@@ -5,12 +5,14 @@ trace follows the webhook through ingest, normalizer and writer."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from decimal import Decimal
 
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.cli.traces import SpanRecord, read_trace_dir
 from services.devstack.demo import encode_body, send_signed, signed_headers, wait_for_events
@@ -151,3 +153,57 @@ async def test_one_trace_follows_a_webhook_through_all_three_services(
             service for service, trace_id, _ in otlp.spans if trace_id == in_trace[0].trace_id
         }
     assert exported == {"poscal-ingest", "poscal-normalizer", "poscal-writer"}
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """A service's /metrics as `name{labels}` -> value, parsed as Prometheus would."""
+    text = httpx.get(url, timeout=10).text
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _total(scraped: dict[str, float], name: str, **labels: str) -> float:
+    wanted = [f'"{k}": "{v}"' for k, v in labels.items()]
+    return sum(
+        value
+        for key, value in scraped.items()
+        if key.startswith(name + "{") and all(w in key for w in wanted)
+    )
+
+
+async def test_each_service_serves_its_metrics_on_a_port_of_its_own(
+    pool: asyncpg.Pool, connection: TestConnection, stack: DevStack
+) -> None:
+    written_before = _total(
+        _scrape(stack.metrics_url("writer")), "poscal_writer_fills_written_total"
+    )
+    body = encode_body(mt5_body(connection.login, fixture_deals(), balance="1000.00"))
+    assert (await _send(connection, body)).status_code == 202
+    async with pool.acquire() as conn:
+        await wait_for_events(conn, connection.created.connection_id, 1)
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as client:
+        assert (await client.get("/v1/me")).status_code == 401
+    writer = _scrape(stack.metrics_url("writer"))
+    assert _total(writer, "poscal_writer_fills_written_total", broker="mt5") > written_before
+    assert _total(writer, "poscal_consumer_commits_total") >= 1
+    assert any(key.startswith("poscal_consumer_lag_records{") for key in writer)
+    normalizer = _scrape(stack.metrics_url("normalizer"))
+    assert _total(normalizer, "poscal_consumer_records_committed_total") >= 1
+    api = _scrape(stack.metrics_url("api"))
+    assert _total(api, "poscal_api_request_duration_seconds_count", route="/v1/me") >= 1
+    ingest = _scrape(stack.metrics_url("ingest"))
+    assert _total(ingest, "poscal_ingest_webhooks_total") >= 1
+
+    async def gauges_read() -> bool:
+        poller = _scrape(stack.metrics_url("poller"))
+        return _total(poller, "poscal_poller_gauges_read_timestamp_seconds") > 0
+
+    deadline = time.monotonic() + 30
+    while not await gauges_read():
+        assert time.monotonic() < deadline, "the poller's gauges not read within 30 s"
+        await asyncio.sleep(0.1)
+    ports = {stack.metrics_url(name) for name in ("poller", "normalizer", "writer", "api")}
+    assert len(ports) == 4

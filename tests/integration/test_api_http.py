@@ -21,6 +21,7 @@ from services.shared.database import create_pool
 from services.shared.vault import CredentialVault
 from tests.support.api import RunningApi, api_settings, bearer, hs256, running_api
 from tests.support.builders import connect_broker_account, new_connection
+from tests.support.metrics import sample
 
 pytestmark = pytest.mark.integration
 
@@ -309,3 +310,21 @@ async def test_before_it_is_wired_the_api_answers_503_with_retry_after(database_
     assert_error(response, 503)
     assert response.headers["retry-after"] == "5"
     assert ready.status_code == 503
+
+
+async def test_the_apis_requests_are_timed_by_route_template_and_status(
+    api: RunningApi, user: uuid.UUID
+) -> None:
+    count = "poscal_api_request_duration_seconds_count"
+    route = "/v1/connections/{connection_id}"
+    labels = {"method": "GET", "route": route, "status": "404"}
+    before = sample(count, **labels)
+    unauthorized_before = sample(count, method="GET", route="/v1/me", status="401")
+    me = bearer(hs256(user))
+    for _ in range(2):
+        assert (
+            await api.client.get(f"/v1/connections/{uuid.uuid4()}", headers=me)
+        ).status_code == 404
+    assert (await api.client.get("/v1/me")).status_code == 401
+    assert sample(count, **labels) == before + 2
+    assert sample(count, method="GET", route="/v1/me", status="401") == unauthorized_before + 1

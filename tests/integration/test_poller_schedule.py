@@ -33,9 +33,9 @@ from services.shared.sync_limits import UserSyncLimit
 from services.shared.vault import CredentialVault
 from tests.support.builders import TestConnection, connect_account, new_connection
 from tests.support.ingest import RecordingSink
+from tests.support.polling import TOKEN, polled
 
 pytestmark = pytest.mark.integration
-TOKEN = b"scripted-broker-token"
 
 
 @dataclass
@@ -92,28 +92,6 @@ def page(number: int) -> Delta:
         delivery_id=f"scripted:page:{number}",
         next_cursor=str(number * 100),
     )
-
-
-async def polled(
-    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection | None = None
-) -> TestConnection:
-    """A connection on the schedule, due now, with broker credentials stored."""
-    async with pool.acquire() as conn:
-        connection = connection or await new_connection(conn, vault)
-        await schedule_connection(conn, connection.created.connection_id)
-        await conn.execute(
-            "UPDATE sync_schedule SET next_sync_at = now() - interval '1 second'"
-            " WHERE connection_id = $1",
-            connection.created.connection_id,
-        )
-        await vault.store(
-            conn,
-            user_id=connection.user_id,
-            connection_id=connection.created.connection_id,
-            kind=credential_kinds.BROKER_CREDENTIALS,
-            plaintext=TOKEN,
-        )
-    return connection
 
 
 async def schedule_row(pool: asyncpg.Pool, connection: TestConnection) -> dict[str, Any]:
