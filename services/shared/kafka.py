@@ -29,6 +29,9 @@ Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer)
 # otherwise the broker still refuses anything over its own 1 MiB default.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
+# What one produce request carries per partition at most (aiokafka's `max_batch_size`).
+PRODUCE_BATCH_BYTES = 256 * 1024
+
 # No broker answers right now (down, starting, unreachable): worth waiting for at start-up.
 KAFKA_UNREACHABLE: tuple[type[BaseException], ...] = (
     KafkaConnectionError,
@@ -58,6 +61,9 @@ def create_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=False,
         linger_ms=2,
+        # Per partition and request: aiokafka's 16 KiB default split a normalizer batch's
+        # canonical records into a dozen produce round trips, each awaited in turn.
+        max_batch_size=PRODUCE_BATCH_BYTES,
         request_timeout_ms=15000,
         max_request_size=MAX_MESSAGE_BYTES,
     )
