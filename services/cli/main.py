@@ -13,6 +13,7 @@ import orjson
 
 from services.cli.api_commands import add_api_commands
 from services.cli.connection_commands import add_connection_commands
+from services.cli.dead_letter_commands import add_dead_letter_commands
 from services.cli.import_report import add_import_commands
 from services.cli.key_commands import add_key_commands
 from services.shared.brokers import broker_names
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     add_connection_commands(commands)
     add_key_commands(commands)
     add_import_commands(commands)
+    add_dead_letter_commands(commands)
     return parser
 
 
@@ -151,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.cli.settings import CliSettings
 
             return run_import_command(args, CliSettings())
+        case "dead-letters":
+            from services.cli.dead_letter_commands import run_dead_letter_command
+            from services.cli.settings import CliSettings
+
+            return run_dead_letter_command(args, CliSettings(), sys.stdout, sys.stderr)
     return 2
 
 
