@@ -16,6 +16,7 @@ from services.cli.connection_commands import add_connection_commands
 from services.cli.dead_letter_commands import add_dead_letter_commands
 from services.cli.import_report import add_import_commands
 from services.cli.key_commands import add_key_commands
+from services.cli.reconcile_command import add_reconcile_command
 from services.shared.brokers import broker_names
 
 DEFAULT_STATE_DIR = Path(".poscal/dev")
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     add_key_commands(commands)
     add_import_commands(commands)
     add_dead_letter_commands(commands)
+    add_reconcile_command(commands)
     return parser
 
 
@@ -153,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.cli.settings import CliSettings
 
             return run_import_command(args, CliSettings())
+        case "reconcile":
+            from services.cli.reconcile_command import run_reconcile_command
+            from services.cli.settings import CliSettings
+
+            return run_reconcile_command(args, CliSettings(), sys.stdout, sys.stderr)
         case "dead-letters":
             from services.cli.dead_letter_commands import run_dead_letter_command
             from services.cli.settings import CliSettings

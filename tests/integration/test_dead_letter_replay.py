@@ -4,19 +4,18 @@ again leaves the journal exactly as it was; a dry run sends nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
 import orjson
 import pytest
 
-from services.cli.main import main
 from services.devstack.demo import encode_body
 from services.shared.dead_letter_selection import REPLAY_OF_HEADER
 from services.shared.dead_letters import DeadLetter
 from services.shared.settings import Topics
 from tests.support.builders import TestConnection, fixture_deals, mt5_body, raw_event
+from tests.support.cli_runs import poscal_sync
 from tests.support.kafka import read_topic
 from tests.support.pipeline import RunningPipeline, running_pipeline
 
@@ -32,14 +31,6 @@ def cli_environment(
     monkeypatch.setenv("POSCAL_TOPIC_RAW", topics.raw)
     monkeypatch.setenv("POSCAL_TOPIC_CANONICAL", topics.canonical)
     monkeypatch.setenv("POSCAL_TOPIC_DEAD_LETTER", topics.dead_letter)
-
-
-async def poscal_sync(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """The command as an operator runs it (its own event loop, so in a thread of its own)."""
-    capsys.readouterr()
-    status = await asyncio.to_thread(main, list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 async def refuse_fills_of(pool: asyncpg.Pool, connection: TestConnection) -> str:
