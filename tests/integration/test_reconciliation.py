@@ -15,8 +15,10 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from services.devstack.demo import encode_body
+from services.poller.reconciling import reconcile_due
 from services.shared.connection_admin.credentials import set_broker_credentials
 from services.shared.envelope import RawEvent
 from services.shared.reconciling import Reconciler
@@ -230,3 +232,28 @@ async def test_a_due_reconciliation_is_leased_to_one_poller_and_then_due_again_l
     )
     assert row is not None
     assert (row["lease_owner"], row["later"], row["result"]) == (None, True, "ok")
+
+
+async def test_the_pollers_round_records_drift_and_exports_it_as_a_gap(
+    kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
+) -> None:
+    await webhook_account(kafka_bootstrap, pool, topics, connection, "1069.54")
+    await pool.execute(
+        "UPDATE connection_reconciliations SET next_due_at = now() + interval '1 day'"
+    )
+    async with httpx.AsyncClient() as http:
+        reconciler = Reconciler(pool, None, http, NoPublishing())
+        assert await reconcile_due(reconciler, "poller-a", 3600, 60) >= 1
+    row = await pool.fetchrow(
+        "SELECT result, balance_drift FROM connection_reconciliations WHERE connection_id = $1",
+        connection.created.connection_id,
+    )
+    assert row is not None and (row["result"], str(row["balance_drift"])) == ("gaps", "0.10")
+    drifted = await pool.fetchval(
+        "SELECT count(*) FROM connection_reconciliations r JOIN mt5_connections c"
+        " ON c.id = r.connection_id WHERE c.broker = 'mt5' AND r.balance_drift <> 0"
+    )
+    exported = REGISTRY.get_sample_value(
+        "poscal_reconciliation_gaps", {"broker": "mt5", "kind": "balance_drift"}
+    )
+    assert exported == drifted >= 1
