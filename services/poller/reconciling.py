@@ -18,7 +18,7 @@ async def reconcile_due(
 ) -> int:
     """One round: reconciles what is due (a few at a time); returns how many."""
     done = 0
-    for target in await reconciler.lease_due(owner, 4, lease_seconds):
+    for target in await reconciler.lease_due(owner, 4, lease_seconds, interval_seconds):
         found = await reconciler.reconcile(target)
         await reconciler.record(target, found, interval_seconds, scheduled=True)
         done += 1

@@ -85,11 +85,12 @@ ON CONFLICT (connection_id) DO UPDATE SET
     lease_owner = CASE WHEN $9 THEN NULL ELSE r.lease_owner END,
     lease_until = CASE WHEN $9 THEN NULL ELSE r.lease_until END
 """
-# Every reconcilable connection gets a row (due now), then due rows are leased, skipping
-# those another replica is leasing at this moment.
+# Every reconcilable connection gets a row, first due one interval on (its first syncs are
+# the history's first reading), then due rows are leased, skipping those another replica is
+# leasing at this moment.
 _ENSURE_ROWS = """
-INSERT INTO connection_reconciliations (connection_id, user_id)
-SELECT c.id, c.user_id FROM mt5_connections c
+INSERT INTO connection_reconciliations (connection_id, user_id, next_due_at)
+SELECT c.id, c.user_id, now() + make_interval(secs => $1) FROM mt5_connections c
 LEFT JOIN sync_schedule s ON s.connection_id = c.id
 WHERE c.lifecycle IN ('active', 'locked') AND (s.connection_id IS NOT NULL OR c.broker = 'mt5')
 ON CONFLICT (connection_id) DO NOTHING
@@ -180,10 +181,13 @@ class Reconciler:
             scheduled,
         )
 
-    async def lease_due(self, owner: str, limit: int, lease_seconds: float) -> list[Target]:
-        """Due connections, leased to `owner` (rows made for new connections first)."""
+    async def lease_due(
+        self, owner: str, limit: int, lease_seconds: float, interval_seconds: float
+    ) -> list[Target]:
+        """Due connections, leased to `owner` (rows made for new connections first, due one
+        interval from now)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_ENSURE_ROWS)
+            await conn.execute(_ENSURE_ROWS, interval_seconds)
             rows = await conn.fetch(_LEASE_DUE, owner, limit, lease_seconds)
         leased = [row["connection_id"] for row in rows]
         return await self.targets(leased) if leased else []

@@ -203,6 +203,15 @@ async def test_a_webhook_accounts_reported_balance_is_checked_against_its_record
     assert found["gaps"] == ([] if status == 0 else ["balance_drift"])
 
 
+async def make_only_due(pool: asyncpg.Pool, connection: TestConnection) -> None:
+    """This connection's reconciliation due now, every other one's later."""
+    await pool.execute(
+        "UPDATE connection_reconciliations SET next_due_at = CASE WHEN connection_id = $1"
+        " THEN now() ELSE now() + interval '1 day' END",
+        connection.created.connection_id,
+    )
+
+
 class NoPublishing:
     async def publish(self, event: RawEvent) -> None:
         raise AssertionError("a balance check publishes nothing")
@@ -214,12 +223,12 @@ async def test_a_due_reconciliation_is_leased_to_one_poller_and_then_due_again_l
     async with httpx.AsyncClient() as http:
         reconciler = Reconciler(pool, None, http, NoPublishing())
         connection_id = connection.created.connection_id
-        await pool.execute(
-            "UPDATE connection_reconciliations SET next_due_at = now() + interval '1 day'"
-        )
-        first = await reconciler.lease_due("poller-a", 1000, 60)
+        # A new connection's first reconciliation is due one interval on; this one's is now.
+        await reconciler.lease_due("poller-a", 0, 60, 3600)
+        await make_only_due(pool, connection)
+        first = await reconciler.lease_due("poller-a", 1000, 60, 3600)
         assert connection_id in {t.connection.connection_id for t in first}
-        second = await reconciler.lease_due("poller-b", 1000, 60)
+        second = await reconciler.lease_due("poller-b", 1000, 60, 3600)
         assert connection_id not in {t.connection.connection_id for t in second}
         [target] = [t for t in first if t.connection.connection_id == connection_id]
         found = await reconciler.reconcile(target)
@@ -238,12 +247,11 @@ async def test_the_pollers_round_records_drift_and_exports_it_as_a_gap(
     kafka_bootstrap: str, pool: asyncpg.Pool, topics: Topics, connection: TestConnection
 ) -> None:
     await webhook_account(kafka_bootstrap, pool, topics, connection, "1069.54")
-    await pool.execute(
-        "UPDATE connection_reconciliations SET next_due_at = now() + interval '1 day'"
-    )
     async with httpx.AsyncClient() as http:
         reconciler = Reconciler(pool, None, http, NoPublishing())
-        assert await reconcile_due(reconciler, "poller-a", 3600, 60) >= 1
+        await reconciler.lease_due("poller-a", 0, 60, 3600)
+        await make_only_due(pool, connection)
+        assert await reconcile_due(reconciler, "poller-a", 3600, 60) == 1
     row = await pool.fetchrow(
         "SELECT result, balance_drift FROM connection_reconciliations WHERE connection_id = $1",
         connection.created.connection_id,
