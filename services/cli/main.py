@@ -13,8 +13,10 @@ import orjson
 
 from services.cli.api_commands import add_api_commands
 from services.cli.connection_commands import add_connection_commands
+from services.cli.dead_letter_commands import add_dead_letter_commands
 from services.cli.import_report import add_import_commands
 from services.cli.key_commands import add_key_commands
+from services.cli.reconcile_command import add_reconcile_command
 from services.shared.brokers import broker_names
 
 DEFAULT_STATE_DIR = Path(".poscal/dev")
@@ -79,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     add_connection_commands(commands)
     add_key_commands(commands)
     add_import_commands(commands)
+    add_dead_letter_commands(commands)
+    add_reconcile_command(commands)
     return parser
 
 
@@ -151,6 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.cli.settings import CliSettings
 
             return run_import_command(args, CliSettings())
+        case "reconcile":
+            from services.cli.reconcile_command import run_reconcile_command
+            from services.cli.settings import CliSettings
+
+            return run_reconcile_command(args, CliSettings(), sys.stdout, sys.stderr)
+        case "dead-letters":
+            from services.cli.dead_letter_commands import run_dead_letter_command
+            from services.cli.settings import CliSettings
+
+            return run_dead_letter_command(args, CliSettings(), sys.stdout, sys.stderr)
     return 2
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from services.poller.gauges import PollerGauges
+from services.poller.reconciling import run_reconciliations
 from services.poller.retry import FailurePolicy
 from services.poller.schedule import SyncSchedule
 from services.poller.settings import PollerSettings
@@ -17,6 +18,7 @@ from services.shared.logging import get_logger
 from services.shared.metrics_server import serve_metrics
 from services.shared.outbound_http import outbound_http_client
 from services.shared.publishing import RawEventPublisher
+from services.shared.reconciling import Reconciler
 from services.shared.vault import CredentialVault
 
 _log = get_logger("poscal.poller")
@@ -34,11 +36,13 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
         schedule = SyncSchedule(
             pool, settings.owner, settings.lease_seconds, user_limit=settings.user_sync_limit
         )
+        vault = CredentialVault(kek)
+        sink = RawEventPublisher(producer, settings.topics.raw, settings.publish_timeout_seconds)
         sync = ConnectionSync(
             pool=pool,
-            vault=CredentialVault(kek),
+            vault=vault,
             schedule=schedule,
-            sink=RawEventPublisher(producer, settings.topics.raw, settings.publish_timeout_seconds),
+            sink=sink,
             http=http,
             retry=FailurePolicy(
                 settings.retry_base_seconds,
@@ -52,6 +56,18 @@ async def serve(settings: PollerSettings, stop: asyncio.Event) -> None:
             concurrency=settings.concurrency,
             tick_seconds=settings.tick_seconds,
         )
+        if settings.reconcile_interval_hours > 0:
+            reconciling = run_reconciliations(
+                Reconciler(pool, vault, http, sink),
+                stop,
+                owner=settings.owner,
+                interval_seconds=settings.reconcile_interval_hours * 3600,
+                lease_seconds=settings.lease_seconds,
+                tick_seconds=max(settings.tick_seconds, 30.0),
+            )
+            stack.push_async_callback(
+                _cancel, asyncio.create_task(reconciling, name="poller-reconciliations")
+            )
         mark_ready(settings.ready_file)
         _log.info("poller running", owner=settings.owner, concurrency=settings.concurrency)
         if metrics_served:

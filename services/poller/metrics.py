@@ -57,3 +57,8 @@ GAUGES_READ_AT = Gauge(
     "poscal_poller_gauges_read_timestamp_seconds",
     "When the gauges read from Postgres were last read successfully (Unix time)",
 )
+RECONCILIATION_GAPS = Gauge(
+    "poscal_reconciliation_gaps",
+    "Connections whose last reconciliation found gaps of this kind (missing_deals, balance_drift)",
+    ["broker", "kind"],
+)

@@ -56,6 +56,11 @@ class PollerSettings(KeyedServiceSettings):
     broker_timeout_seconds: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("POSCAL_BROKER_TIMEOUT_SECONDS")
     )
+    # How often each connection is reconciled (its broker's history or balance compared with
+    # the journal), leased like syncs; 0: never on a schedule (`poscal-sync reconcile` still).
+    reconcile_interval_hours: float = Field(
+        6.0, ge=0, validation_alias=AliasChoices("POSCAL_RECONCILE_INTERVAL_HOURS")
+    )
     # Prometheus metrics on this port (None or 0: not served), bound to this host.
     metrics_port: int | None = metrics_port_setting("POLLER")
     metrics_host: str = metrics_host_setting("POLLER")

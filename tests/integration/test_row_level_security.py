@@ -370,6 +370,12 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
         user.user_id,
     )
     await conn.execute(
+        "INSERT INTO connection_reconciliations (connection_id, user_id, result,"
+        " missing_deals) VALUES ($1, $2, 'gaps', 1)",
+        connection_id,
+        user.user_id,
+    )
+    await conn.execute(
         "INSERT INTO cloud_terminals (connection_id, user_id, provider, transaction_id,"
         " remote_account_id, state, connection_status) VALUES ($1, $2, 'metaapi', $3, $4,"
         " 'DEPLOYED', 'CONNECTED')",
@@ -968,6 +974,21 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
             "last_error_at",
             "credentials_rejected_at",
             "rejected_credential_id",
+            "updated_at",
+        ),
+        READ,
+    ),
+    "connection_reconciliations": dict.fromkeys(
+        (
+            "connection_id",
+            "user_id",
+            "next_due_at",
+            "last_reconciled_at",
+            "result",
+            "missing_deals",
+            "fetched_deals",
+            "balance_drift",
+            "detail",
             "updated_at",
         ),
         READ,

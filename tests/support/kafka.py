@@ -9,9 +9,12 @@ Apache Kafka reports the same high watermark in its fetch responses, so this rea
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from services.shared.topic_reading import at_high_watermark, topic_partitions
 
 # How long reading a topic to its end may take at most (a bound for failing, not a wait).
 READ_SECONDS = 30.0
@@ -41,7 +44,7 @@ async def read_topic(
         while True:
             fetched = await consumer.getmany(timeout_ms=100)
             records += [record for batch in fetched.values() for record in batch]
-            at_end = await _at_end(consumer, partitions)
+            at_end = await at_high_watermark(consumer, partitions)
             if at_end and len(records) >= expect:
                 return records
             now = time.monotonic()
@@ -127,21 +130,5 @@ async def wait_until_consumed(
 async def _partitions(
     consumer: AIOKafkaConsumer, topic: str, deadline: float
 ) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic) or set()
-    while not partitions:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no partitions for topic {topic}")
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await asyncio.sleep(0.05)
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
-
-
-async def _at_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> bool:
-    """Whether every partition has been read up to the high watermark a fetch reported."""
-    for tp in partitions:
-        highwater = consumer.highwater(tp)
-        if highwater is None or await consumer.position(tp) < highwater:
-            return False
-    return True
+    # A test's topic is created just before it is read: wait for it until the deadline.
+    return await topic_partitions(consumer, topic, deadline, attempts=sys.maxsize)
