@@ -19,7 +19,7 @@ ALTER TABLE public.analytics_daily
 -- A group of two or more of the user's accounts (ids ascending) kept in one zone: the API adds
 -- it, and fills its rows, the first time an answer needs its streaks.
 CREATE TABLE public.analytics_portfolios (
-    id          bigint GENERATED ALWAYS AS IDENTITY,
+    id          uuid NOT NULL DEFAULT gen_random_uuid(),
     user_id     uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     time_zone   text NOT NULL,
     accounts    uuid[] NOT NULL CHECK (cardinality(accounts) BETWEEN 2 AND 1000),
@@ -33,7 +33,7 @@ CREATE TABLE public.analytics_portfolios (
 
 -- A portfolio's day with wins or losses: the runs of its accounts' trades that day together.
 CREATE TABLE public.analytics_portfolio_daily (
-    portfolio_id  bigint NOT NULL,
+    portfolio_id  uuid NOT NULL,
     user_id       uuid NOT NULL REFERENCES auth.users (id) ON DELETE CASCADE,
     day           date NOT NULL,
     first_run     integer NOT NULL CHECK (first_run <> 0),

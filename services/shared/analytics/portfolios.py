@@ -32,7 +32,7 @@ WHERE r.account_id = ANY($1::uuid[]) AND r.time_zone = $2 AND r.first_run <> 0
 """
 _DELETE = """
 DELETE FROM analytics_portfolio_daily AS r
-USING unnest($1::bigint[], $2::date[]) AS d(portfolio_id, day)
+USING unnest($1::uuid[], $2::date[]) AS d(portfolio_id, day)
 WHERE r.portfolio_id = d.portfolio_id AND r.day = d.day
 """
 _COLUMNS = (
@@ -48,7 +48,7 @@ _COLUMNS = (
 Parts = list[tuple[uuid.UUID, Sequence[int]]]
 
 
-async def _write(conn: Connection, rows: Iterable[tuple[int, uuid.UUID, date, Runs]]) -> None:
+async def _write(conn: Connection, rows: Iterable[tuple[uuid.UUID, uuid.UUID, date, Runs]]) -> None:
     records = [
         (portfolio, user, day, r.first, r.last, r.longest_win, r.longest_loss)
         for portfolio, user, day, r in rows
@@ -68,7 +68,7 @@ async def refresh_portfolio_days(
     if not touched:
         return 0
     columns = [list(c) for c in zip(*touched, strict=True)]
-    days: dict[tuple[int, uuid.UUID, date], Parts] = {}
+    days: dict[tuple[uuid.UUID, uuid.UUID, date], Parts] = {}
     for r in await conn.fetch(_TOUCHED_MEMBERS, *columns):
         parts = days.setdefault((r["id"], r["user_id"], r["day"]), [])
         if r["account_id"] is not None:
@@ -82,7 +82,7 @@ async def refresh_portfolio_days(
 
 async def fill_portfolio(
     conn: Connection,
-    portfolio_id: int,
+    portfolio_id: uuid.UUID,
     user_id: uuid.UUID,
     time_zone: str,
     accounts: Sequence[uuid.UUID],
