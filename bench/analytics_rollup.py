@@ -204,16 +204,10 @@ async def from_journal(conn: asyncpg.Connection, user_id: uuid.UUID) -> Report:
     return report(accounts, days, anchors)
 
 
-async def _timed(run: Callable[[], Awaitable[T]], repeats: int) -> tuple[T, float]:
-    """The result and the median wall time of `repeats` runs."""
-    timings = []
-    result: T | None = None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = await run()
-        timings.append(time.perf_counter() - started)
-    assert result is not None
-    return result, statistics.median(timings)
+async def _timed(run: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+    started = time.perf_counter()
+    result = await run()
+    return result, time.perf_counter() - started
 
 
 async def _measure(dsn: str, args: argparse.Namespace) -> dict[str, object]:
@@ -224,9 +218,15 @@ async def _measure(dsn: str, args: argparse.Namespace) -> dict[str, object]:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("ANALYZE")
-        # Side by side, alternating, so both see the same machine.
-        rollup, rollup_s = await _timed(lambda: from_rollup(conn, user_id), args.repeats)
-        journal, journal_s = await _timed(lambda: from_journal(conn, user_id), args.repeats)
+        # Side by side, alternating, so both see the same machine: the median of each.
+        rollup_times, journal_times = [], []
+        for _ in range(args.repeats):
+            rollup, took = await _timed(lambda: from_rollup(conn, user_id))
+            rollup_times.append(took)
+            journal, took = await _timed(lambda: from_journal(conn, user_id))
+            journal_times.append(took)
+        rollup_s = statistics.median(rollup_times)
+        journal_s = statistics.median(journal_times)
     finally:
         await conn.close()
     equal = rollup == journal
