@@ -105,7 +105,8 @@ async def analytics(call: Call) -> Analytics:
         for r in chosen
         if r["balance_as_of"] is not None
     }
-    async with call.db.as_user(call.caller) as conn:
+    # Its statements add up one state of the rollup, whatever the writer commits meanwhile.
+    async with call.db.as_user(call.caller, one_snapshot=True) as conn:
         totals = await read_totals(
             conn,
             [a.account_id for a in accounts],
