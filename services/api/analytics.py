@@ -30,8 +30,9 @@ from services.api.errors import FieldProblem, ValidationFailed
 from services.api.operations import Call, Operation
 from services.shared.analytics.days import local_day
 from services.shared.analytics.metrics import Anchor
-from services.shared.analytics.report import Account, report
-from services.shared.analytics.rollup import fill_zone, read_days
+from services.shared.analytics.report import Account, groups, report_of_totals
+from services.shared.analytics.rollup import fill_zone, keep_portfolios
+from services.shared.analytics.rollup_reading import read_totals
 
 if TYPE_CHECKING:
     from services.api.bootstrap import ApiWiring
@@ -44,6 +45,7 @@ FROM trading_accounts AS a JOIN mt5_connections AS c ON c.account_id = a.id
 ORDER BY a.id, c.created_at
 """
 _ZONE_KEPT = "SELECT EXISTS (SELECT 1 FROM analytics_time_zones WHERE time_zone = $1)"
+_PORTFOLIOS = "SELECT accounts FROM analytics_portfolios WHERE time_zone = $1"
 
 
 def _requested_accounts(query: AnalyticsQuery) -> set[uuid.UUID] | None:
@@ -79,26 +81,44 @@ async def analytics(call: Call) -> Analytics:
     wiring: ApiWiring = call.request.app.state.wiring
     async with call.db.as_user(call.caller) as conn:
         kept = await conn.fetchval(_ZONE_KEPT, query.time_zone)
-    if not kept:
-        async with call.db.as_service_for_self(call.caller) as conn:
-            await fill_zone(conn, call.caller.user_id, query.time_zone)
-    async with call.db.as_user(call.caller) as conn:
         rows = await conn.fetch(_ACCOUNTS)
-        of_type = [r for r in rows if r["connection_type"] == query.connection_type]
-        chosen = [
-            r
-            for r in of_type
-            if (query.broker is None or r["broker"] == query.broker)
-            and (wanted is None or r["id"] in wanted)
-        ]
-        days = await read_days(conn, [r["id"] for r in chosen], query.time_zone)
+        portfolios = {
+            frozenset(r["accounts"]) for r in await conn.fetch(_PORTFOLIOS, query.time_zone)
+        }
+    of_type = [r for r in rows if r["connection_type"] == query.connection_type]
+    chosen = [
+        r
+        for r in of_type
+        if (query.broker is None or r["broker"] == query.broker)
+        and (wanted is None or r["id"] in wanted)
+    ]
+    accounts = [Account(r["id"], r["name"], r["broker"], r["currency"]) for r in chosen]
+    # The groups whose streaks the answer holds, each kept as a portfolio from its first answer.
+    needed = [g for g in groups(accounts) if len(g) > 1 and g not in portfolios]
+    if not kept or needed:
+        async with call.db.as_service_for_self(call.caller) as conn:
+            if not kept:
+                await fill_zone(conn, call.caller.user_id, query.time_zone)
+            await keep_portfolios(conn, call.caller.user_id, query.time_zone, needed)
     anchors = {
         r["id"]: Anchor(r["current_balance"], local_day(r["balance_as_of"], query.time_zone))
         for r in chosen
         if r["balance_as_of"] is not None
     }
-    accounts = [Account(r["id"], r["name"], r["broker"], r["currency"]) for r in chosen]
-    figures = report(accounts, days, anchors, query.from_date, query.to_date, wiring.risk_free_rate)
+    # Its statements add up one state of the rollup, whatever the writer commits meanwhile.
+    async with call.db.as_user(call.caller, one_snapshot=True) as conn:
+        totals = await read_totals(
+            conn,
+            [a.account_id for a in accounts],
+            query.time_zone,
+            anchors,
+            groups(accounts),
+            query.from_date,
+            query.to_date,
+        )
+    figures = report_of_totals(
+        accounts, totals, query.from_date, query.to_date, wiring.risk_free_rate
+    )
     return Analytics(
         filters=AppliedFilters(
             accounts=sorted(a.account_id for a in accounts),

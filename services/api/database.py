@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import asyncpg
 
@@ -47,10 +48,17 @@ class Database:
         self._statement_timeout = f"{statement_timeout_ms}ms"
 
     @contextlib.asynccontextmanager
-    async def as_user(self, caller: Caller) -> AsyncIterator[Connection]:
+    async def as_user(
+        self, caller: Caller, *, one_snapshot: bool = False
+    ) -> AsyncIterator[Connection]:
         """One transaction as `caller`: role `authenticated` with the token's claims. Whatever
-        is queried here, row-level security shows only the caller's rows."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        is queried here, row-level security shows only the caller's rows. `one_snapshot`: every
+        statement sees the database as the first one did (repeatable read, read only)."""
+        isolation: Literal["repeatable_read"] | None = "repeatable_read" if one_snapshot else None
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation=isolation, readonly=one_snapshot),
+        ):
             await self._become(conn, caller)
             yield conn
 

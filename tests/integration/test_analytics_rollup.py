@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,11 +14,21 @@ import pytest
 
 from services.devstack.demo import encode_body
 from services.shared.analytics.days import DaySummary
-from services.shared.analytics.rollup import fill_zone, read_days
+from services.shared.analytics.rollup import fill_zone, journal_days, keep_portfolios, read_days
+from services.shared.analytics.rollup_reading import read_totals
+from services.shared.analytics.totals import totals_of_days
 from services.shared.brokers.mt5 import BROKER
 from services.shared.canonical import CanonicalBatch
+from services.shared.vault import CredentialVault
 from services.writer.repository import JournalRepository
-from tests.support.builders import TestConnection, deposit_deal, fixture_deals, mt5_body, raw_event
+from tests.support.builders import (
+    TestConnection,
+    connect_account,
+    deposit_deal,
+    fixture_deals,
+    mt5_body,
+    raw_event,
+)
 
 pytestmark = pytest.mark.integration
 REPOSITORY = JournalRepository()
@@ -211,3 +221,92 @@ async def test_every_pair_of_halves_in_both_orders_converges(
     assert await rollup(pool, connection, "Europe/Berlin") == await from_scratch(
         pool, connection, "Europe/Berlin"
     )
+
+
+def other_history() -> list[dict[str, Any]]:
+    """A second account's deals in the same week, closing between the first account's trades
+    (and once at the same instant as one of them), so streaks across both accounts follow the
+    close times of both."""
+    return [
+        deposit_deal(3, "500.00") | server_time("2026-03-02T00:00:00"),
+        *trade(11, "2026-03-02T09:00:00", "2026-03-02T09:00:10", "-5"),
+        *trade(12, "2026-03-02T21:00:00", "2026-03-02T23:30:00", "7"),  # with position 2's
+        *trade(13, "2026-03-03T09:00:00", "2026-03-03T11:00:00", "-3"),
+        *trade(14, "2026-03-05T10:00:00", "2026-03-05T23:50:00", "-8"),
+        *trade(15, "2026-03-06T09:00:00", "2026-03-06T09:30:00", "4"),
+    ]
+
+
+async def portfolio_days(pool: asyncpg.Pool, group: list[Any], zone: str) -> list[Any]:
+    return [
+        tuple(r)
+        for r in await pool.fetch(
+            "SELECT r.day, r.first_run, r.last_run, r.longest_win, r.longest_loss"
+            " FROM analytics_portfolio_daily AS r JOIN analytics_portfolios AS p"
+            " ON p.id = r.portfolio_id WHERE p.accounts = $1 AND p.time_zone = $2"
+            " ORDER BY r.day",
+            sorted(group),
+            zone,
+        )
+    ]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_a_portfolios_days_and_totals_equal_the_journals_in_any_order_with_replays(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection, seed: int
+) -> None:
+    async with pool.acquire() as conn:
+        second = await connect_account(conn, vault, connection.user_id, connection.login + 500_000)
+    group = [connection.created.account_id, second.created.account_id]
+    await keep_zones(pool, connection)
+    async with pool.acquire() as conn:
+        for zone in ZONES:
+            async with conn.transaction():
+                assert await keep_portfolios(conn, connection.user_id, zone, [group]) == 1
+    deals = [(connection, d) for d in history()] + [(second, d) for d in other_history()]
+    rng = random.Random(seed)
+    order = rng.sample(deals, len(deals))
+    replays = order[:: 1 + seed % 3]
+
+    await deliver(pool, [batch(owner, [d]) for owner, d in order + replays])
+
+    for zone in ZONES:
+        kept = await portfolio_days(pool, group, zone)
+        async with pool.acquire() as conn:
+            # The same portfolio filled from its accounts' rows (the specs above hold those to
+            # the journal's).
+            async with conn.transaction():
+                await conn.execute(
+                    "DELETE FROM analytics_portfolios WHERE accounts = $1 AND time_zone = $2",
+                    sorted(group),
+                    zone,
+                )
+                assert await keep_portfolios(conn, connection.user_id, zone, [group]) == 1
+            assert kept and kept == await portfolio_days(pool, group, zone), zone
+            recomputed = await journal_days(conn, group, zone)
+            for first, last in ((None, None), (date(2026, 3, 3), date(2026, 3, 5))):
+                read = await read_totals(conn, group, zone, {}, [frozenset(group)], first, last)
+                expected = totals_of_days(group, recomputed, {}, [frozenset(group)], first, last)
+                assert read == expected, (zone, first)
+
+
+async def test_a_group_kept_as_no_portfolio_has_the_streaks_of_its_accounts_merged(
+    pool: asyncpg.Pool, vault: CredentialVault, connection: TestConnection
+) -> None:
+    async with pool.acquire() as conn:
+        second = await connect_account(conn, vault, connection.user_id, connection.login + 500_000)
+    group = [connection.created.account_id, second.created.account_id]
+    await keep_zones(pool, connection)
+    await deliver(pool, [batch(connection, history()), batch(second, other_history())])
+
+    async with pool.acquire() as conn:
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM analytics_portfolios WHERE user_id = $1", connection.user_id
+            )
+            == 0
+        )
+        read = await read_totals(conn, group, "UTC", {}, [frozenset(group)])
+        recomputed = await journal_days(conn, group, "UTC")
+    assert read == totals_of_days(group, recomputed, {}, [frozenset(group)])
+    assert read.runs(frozenset(group)).streaks.longest_loss >= 2

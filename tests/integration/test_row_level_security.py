@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from services.devstack.demo import encode_body
-from services.shared.analytics.rollup import fill_zone
+from services.shared.analytics.rollup import fill_zone, keep_portfolios
 from services.shared.brokers.mt5 import BROKER
 from services.shared.canonical import CanonicalBatch
 from services.shared.database import Connection
@@ -26,6 +26,7 @@ from services.writer.repository import JournalRepository
 from tests.support.builders import (
     SERVER,
     TestConnection,
+    connect_account,
     deposit_deal,
     fixture_deals,
     mt5_body,
@@ -318,9 +319,13 @@ async def seed_user_data(conn: Connection, vault: CredentialVault) -> TestConnec
     for taken trades, the app) write them. A new table needs its rows added here."""
     user = await new_connection(conn, vault)
     connection_id = user.created.connection_id
-    # The analytics' rollup, kept in a zone the user asked for, by the writer's transaction.
+    # The analytics' rollup, kept in a zone the user asked for, by the writer's transaction,
+    # with the portfolio of this account and a second one of the user's.
+    second = await connect_account(conn, vault, user.user_id, user.login + 500_000)
     async with conn.transaction():
         await fill_zone(conn, user.user_id, "UTC")
+        group = [user.created.account_id, second.created.account_id]
+        assert await keep_portfolios(conn, user.user_id, "UTC", [group]) == 1
     await REPOSITORY.apply(conn, [journal_batch(user, [deposit_deal(900000), *fixture_deals()])])
     taken_trade_id = await conn.fetchval(
         "INSERT INTO taken_trades (user_id, account_id, symbol, side) VALUES ($1, $2, 'EURUSD',"
@@ -959,6 +964,8 @@ INTENDED_FOR_AUTHENTICATED: dict[str, Privileges] = {
     "position_folds": {TABLE: READ},
     "analytics_time_zones": {TABLE: READ},
     "analytics_daily": {TABLE: READ},
+    "analytics_portfolios": {TABLE: READ},
+    "analytics_portfolio_daily": {TABLE: READ},
     # Which replica holds a lease is the services' business.
     "sync_schedule": dict.fromkeys(
         (

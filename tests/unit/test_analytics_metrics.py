@@ -22,15 +22,13 @@ from services.shared.analytics.days import (
 )
 from services.shared.analytics.metrics import (
     Anchor,
-    Streak,
-    Streaks,
     curve,
     daily_returns,
     max_drawdown,
     sharpe,
-    streaks,
 )
 from services.shared.analytics.report import Account, report
+from services.shared.analytics.streaks import Streak, Streaks, runs_of
 
 A = uuid.UUID("00000000-0000-0000-0000-00000000000a")
 B = uuid.UUID("00000000-0000-0000-0000-00000000000b")
@@ -219,7 +217,7 @@ def test_streaks_across_accounts_follow_the_close_times() -> None:
 
 
 def test_streaks_of_nothing_are_empty() -> None:
-    assert streaks([]) == Streaks(0, 0, Streak(None, 0))
+    assert runs_of([]).streaks == Streaks(0, 0, Streak(None, 0))
 
 
 def random_account_history(seed: int, days: int = 400) -> list[ClosedTrade]:

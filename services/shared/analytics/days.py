@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
 
+from services.shared.analytics.streaks import Runs, runs_of
+
 _ZERO = Decimal(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -91,8 +93,9 @@ class DaySummary:
 
     `outcomes` are the day's wins and losses in close order (close time, then trade id), each
     its close time in epoch microseconds, positive for a win and negative for a loss: enough to
-    merge several accounts' streaks in the order their trades closed. `durations` are the
-    closed trades' open-to-close microseconds, ascending."""
+    merge several accounts' streaks in the order their trades closed; `runs` are what they come
+    to for this account's streaks. `durations` are the closed trades' open-to-close
+    microseconds, ascending."""
 
     account_id: uuid.UUID
     day: date
@@ -108,6 +111,7 @@ class DaySummary:
     duration_buckets: tuple[int, ...]
     durations: tuple[int, ...]
     outcomes: tuple[int, ...]
+    runs: Runs
 
     @property
     def breakevens(self) -> int:
@@ -124,10 +128,9 @@ class DaySummary:
 
 
 def duration_bucket(micros: int) -> int:
-    seconds = micros / 1_000_000
     index = 0
     for i, (_, bound) in enumerate(DURATION_BOUNDS):
-        if seconds >= bound:
+        if micros >= bound * 1_000_000:
             index = i
     return index
 
@@ -154,6 +157,11 @@ def summarize_day(
     buckets = [0] * len(DURATION_BOUNDS)
     for micros in durations:
         buckets[duration_bucket(micros)] += 1
+    outcomes = tuple(
+        epoch_micros(t.closed_at) if t.pnl > 0 else -epoch_micros(t.closed_at)
+        for t in ordered
+        if t.pnl != 0
+    )
     return DaySummary(
         account_id=account_id,
         day=day,
@@ -170,11 +178,8 @@ def summarize_day(
         flows=sum((m.amount for m in booked if m.kind in FLOW_KINDS), _ZERO),
         duration_buckets=tuple(buckets),
         durations=tuple(durations),
-        outcomes=tuple(
-            epoch_micros(t.closed_at) if t.pnl > 0 else -epoch_micros(t.closed_at)
-            for t in ordered
-            if t.pnl != 0
-        ),
+        outcomes=outcomes,
+        runs=runs_of(outcomes),
     )
 
 

@@ -5,34 +5,19 @@ durations and the P&L calendar, by the definitions `GET /v1/analytics` states.""
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from itertools import accumulate, chain
-from typing import Literal
 
 from services.shared.analytics.days import DURATION_BOUNDS, DaySummary
+from services.shared.analytics.streaks import Runs, Streaks, in_order
 
 PERIODS_PER_YEAR = 252  # FX/CFD: weekday returns
 _ZERO = Decimal(0)
 _MONDAY_TO_FRIDAY = 5
-
-
-@dataclass(frozen=True)
-class Streak:
-    kind: Literal["win", "loss"] | None
-    trades: int
-
-
-@dataclass(frozen=True)
-class Streaks:
-    longest_win: int
-    longest_loss: int
-    current: Streak
 
 
 @dataclass(frozen=True)
@@ -54,33 +39,9 @@ class Headline:
     streaks: Streaks
 
 
-_WIN = b"\x01"
-_WINS = re.compile(b"\x01+")
-_LOSSES = re.compile(b"\x00+")
-
-
-def streaks(outcomes: Iterable[int]) -> Streaks:
-    """Longest and current runs of wins (positive) and losses (negative), in the order given."""
-    # One byte per outcome (1 a win, 0 a loss), the runs found by regular expressions: every
-    # step runs in C, since there is one per trade.
-    signs = bytes(map((0).__lt__, outcomes))
-    last = signs[-1:]
-    current = (
-        Streak("win" if last == _WIN else "loss", len(signs) - len(signs.rstrip(last)))
-        if last
-        else Streak(None, 0)
-    )
-    return Streaks(
-        longest_win=max(map(len, _WINS.findall(signs)), default=0),
-        longest_loss=max(map(len, _LOSSES.findall(signs)), default=0),
-        current=current,
-    )
-
-
 @dataclass(frozen=True)
 class Tally:
-    """One account's days added up: what its headline, and any group's it is in, is made of.
-    `outcomes` are its wins and losses in close order (see DaySummary)."""
+    """One account's days added up: what its headline, and any group's it is in, is made of."""
 
     account_id: uuid.UUID
     trades: int
@@ -90,7 +51,7 @@ class Tally:
     gross_loss: Decimal
     largest_win: Decimal | None
     largest_loss: Decimal | None
-    outcomes: list[int]
+    runs: Runs
 
 
 def tally(account_id: uuid.UUID, days: Sequence[DaySummary]) -> Tally:
@@ -106,37 +67,13 @@ def tally(account_id: uuid.UUID, days: Sequence[DaySummary]) -> Tally:
         largest_loss=min(
             (d.largest_loss for d in days if d.largest_loss is not None), default=None
         ),
-        outcomes=list(chain.from_iterable(d.outcomes for d in days)),
+        runs=in_order(d.runs for d in days),
     )
 
 
-def tallies(days: Sequence[DaySummary]) -> list[Tally]:
-    """Each account's tally, accounts by id."""
-    per_account: dict[uuid.UUID, list[DaySummary]] = {}
-    for d in sorted(days, key=lambda d: (d.account_id, d.day)):
-        per_account.setdefault(d.account_id, []).append(d)
-    return [tally(account, per_account[account]) for account in sorted(per_account)]
-
-
-def _merged_outcomes(parts: Sequence[Tally]) -> list[int]:
-    """Every win and loss in close order: close time, then account, then trade id."""
-    ordered = sorted(parts, key=lambda t: t.account_id)
-    if len(ordered) == 1:
-        return ordered[0].outcomes
-    every = list(chain.from_iterable(t.outcomes for t in ordered))
-    # Each account's run is in close order already; a stable sort by close time keeps equal
-    # times in account order.
-    every.sort(key=abs)
-    return every
-
-
-def headline(days: Sequence[DaySummary]) -> Headline:
-    """The headline figures of these days' trades."""
-    return combined_headline(tallies(days))
-
-
-def combined_headline(parts: Sequence[Tally]) -> Headline:
-    """The headline figures of these accounts' tallies together."""
+def combined_headline(parts: Sequence[Tally], runs: Runs) -> Headline:
+    """The headline figures of these accounts' tallies together, whose wins and losses in
+    close order come to `runs`."""
     trades = sum(t.trades for t in parts)
     wins = sum(t.wins for t in parts)
     losses = sum(t.losses for t in parts)
@@ -161,7 +98,7 @@ def combined_headline(parts: Sequence[Tally]) -> Headline:
         largest_loss=min(
             (t.largest_loss for t in parts if t.largest_loss is not None), default=None
         ),
-        streaks=streaks(_merged_outcomes(parts)),
+        streaks=runs.streaks,
     )
 
 
@@ -179,26 +116,29 @@ class Durations:
     median_seconds: float | None
 
 
-def durations(days: Sequence[DaySummary]) -> Durations:
-    columns = zip(*(d.duration_buckets for d in days), strict=True)
-    counts = [sum(column) for column in columns] or [0] * len(DURATION_BOUNDS)
+def durations(counts: Sequence[int], median_micros: float | None) -> Durations:
+    """The trades per bucket (in DURATION_BOUNDS' order) and the median, in microseconds."""
     uppers: list[int | None] = [bound for _, bound in DURATION_BOUNDS[1:]]
     uppers.append(None)
-    every = sorted(chain.from_iterable(d.durations for d in days))
     return Durations(
         buckets=tuple(
             DurationBucket(label, lower, upper, count)
             for (label, lower), upper, count in zip(DURATION_BOUNDS, uppers, counts, strict=True)
         ),
-        median_seconds=_median(every) / 1_000_000 if every else None,
+        median_seconds=median_micros / 1_000_000 if median_micros is not None else None,
     )
 
 
-def _median(ordered: Sequence[int]) -> float:
+def median_of_middle(lower: int, upper: int) -> float:
+    """The median of an ordered series from its middle one (twice) or two."""
+    return float(lower) if lower == upper else (lower + upper) / 2
+
+
+def median(ordered: Sequence[int]) -> float | None:
+    if not ordered:
+        return None
     middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return float(ordered[middle])
-    return (ordered[middle - 1] + ordered[middle]) / 2
+    return median_of_middle(ordered[(len(ordered) - 1) // 2], ordered[middle])
 
 
 @dataclass(frozen=True)
@@ -221,19 +161,46 @@ class Calendar:
     weekly: tuple[CalendarWeek, ...]
 
 
-def calendar(days: Sequence[DaySummary]) -> Calendar:
-    daily: dict[date, tuple[Decimal, int]] = {}
+@dataclass(frozen=True)
+class DayTotal:
+    """Some accounts' day together: how their rebuilt balance moved, the flows in it, the P&L
+    of their trades and charges, and their trades' alone."""
+
+    day: date
+    balance_change: Decimal
+    flows: Decimal
+    pnl: Decimal
+    trade_pnl: Decimal
+    trades: int
+
+
+def day_totals(days: Iterable[DaySummary]) -> list[DayTotal]:
+    """Several accounts' days added up day by day, in day order."""
+    per_day: dict[date, list[DaySummary]] = {}
     for d in days:
-        if d.trades:
-            pnl, count = daily.get(d.day, (_ZERO, 0))
-            daily[d.day] = (pnl + d.trade_pnl, count + d.trades)
+        per_day.setdefault(d.day, []).append(d)
+    return [
+        DayTotal(
+            day=day,
+            balance_change=sum((d.balance_change for d in parts), _ZERO),
+            flows=sum((d.flows for d in parts), _ZERO),
+            pnl=sum((d.trade_pnl + d.charges for d in parts), _ZERO),
+            trade_pnl=sum((d.trade_pnl for d in parts), _ZERO),
+            trades=sum(d.trades for d in parts),
+        )
+        for day, parts in sorted(per_day.items())
+    ]
+
+
+def calendar(days: Iterable[DayTotal]) -> Calendar:
+    daily = [CalendarDay(d.day, d.trade_pnl, d.trades) for d in days if d.trades]
     weekly: dict[date, tuple[Decimal, int]] = {}
-    for day, (pnl, count) in sorted(daily.items()):
-        monday = day - timedelta(days=day.weekday())
+    for d in daily:
+        monday = d.date - timedelta(days=d.date.weekday())
         week_pnl, week_count = weekly.get(monday, (_ZERO, 0))
-        weekly[monday] = (week_pnl + pnl, week_count + count)
+        weekly[monday] = (week_pnl + d.pnl, week_count + d.trades)
     return Calendar(
-        daily=tuple(CalendarDay(day, pnl, n) for day, (pnl, n) in sorted(daily.items())),
+        daily=tuple(sorted(daily, key=lambda d: d.date)),
         weekly=tuple(CalendarWeek(day, pnl, n) for day, (pnl, n) in sorted(weekly.items())),
     )
 
@@ -256,18 +223,12 @@ class DailyReturn:
     value: float | None
 
 
-def _balances(
-    days: Sequence[DaySummary], anchor: Anchor | None
-) -> tuple[Decimal, list[tuple[date, Decimal, DaySummary]]]:
-    """One account's balance before its first day and at the end of each of its days: the
-    changes summed from zero, or placed so the anchor's day ends at the reported balance."""
-    ordered = sorted(days, key=lambda d: d.day)
-    ends = list(accumulate(d.balance_change for d in ordered))
-    opening = _ZERO
-    if anchor is not None:
-        through_anchor = sum((d.balance_change for d in ordered if d.day <= anchor.day), _ZERO)
-        opening = anchor.balance - through_anchor
-    return opening, [(d.day, opening + e, d) for d, e in zip(ordered, ends, strict=True)]
+def opening_balance(days: Iterable[DaySummary], anchor: Anchor | None) -> Decimal:
+    """One account's balance before its first day: zero, or what places the anchor's day's end
+    at the reported balance."""
+    if anchor is None:
+        return _ZERO
+    return anchor.balance - sum((d.balance_change for d in days if d.day <= anchor.day), _ZERO)
 
 
 def _weekday_on_or_after(day: date) -> date:
@@ -287,35 +248,43 @@ def daily_returns(
     per_account: dict[uuid.UUID, list[DaySummary]] = {}
     for d in days:
         per_account.setdefault(d.account_id, []).append(d)
-    if not per_account:
+    opening = sum(
+        (opening_balance(own, anchors.get(account)) for account, own in per_account.items()),
+        _ZERO,
+    )
+    return returns_of(day_totals(days), opening, first, last)
+
+
+def returns_of(
+    days: Sequence[DayTotal],
+    opening: Decimal,
+    first: date | None = None,
+    last: date | None = None,
+) -> list[DailyReturn]:
+    """`daily_returns` of accounts whose days together are `days` (in day order) and whose
+    balance before the first of them was `opening`."""
+    if not days:
         return []
-    opening = _ZERO
-    moves: dict[date, tuple[Decimal, Decimal, Decimal]] = {}  # balance change, flows, pnl
-    for account_id, account_days in per_account.items():
-        start, points = _balances(account_days, anchors.get(account_id))
-        opening += start
-        for day, _, summary in points:
-            change, flows, pnl = moves.get(day, (_ZERO, _ZERO, _ZERO))
-            moves[day] = (
-                change + summary.balance_change,
-                flows + summary.flows,
-                pnl + summary.trade_pnl + summary.charges,
-            )
-    active = sorted(moves)
-    start_day = max(active[0], first) if first else active[0]
+    moves = {d.day: d for d in days}
+    start_day = max(days[0].day, first) if first else days[0].day
     # What the last weekend brought is the Monday's, even past the last activity.
-    end_day = _weekday_on_or_after(active[-1])
+    end_day = _weekday_on_or_after(days[-1].day)
     end_day = min(end_day, last) if last else end_day
     if start_day > end_day:
         return []
     # The combined balance at the end of the day before start_day.
-    balance = opening + sum((moves[d][0] for d in active if d < start_day), _ZERO)
+    balance = opening + sum((d.balance_change for d in days if d.day < start_day), _ZERO)
     returns: list[DailyReturn] = []
     pending = (_ZERO, _ZERO, _ZERO)  # a weekend's moves, for the Monday after it
     day = start_day
     while day <= end_day:
-        change, flows, pnl = moves.get(day, (_ZERO, _ZERO, _ZERO))
-        pending = (pending[0] + change, pending[1] + flows, pending[2] + pnl)
+        moved = moves.get(day)
+        if moved is not None:
+            pending = (
+                pending[0] + moved.balance_change,
+                pending[1] + moved.flows,
+                pending[2] + moved.pnl,
+            )
         if day.weekday() < _MONDAY_TO_FRIDAY:
             end = balance + pending[0]
             value = float((end - balance - pending[1]) / balance) if balance > 0 else None

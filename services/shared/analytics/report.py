@@ -1,6 +1,7 @@
-"""Every figure of one analytics answer, pure: the selected accounts' day summaries (all their
-days, in one zone) and balance anchors in, the headline, series, drawdown, Sharpe, durations,
-calendar and the breakdowns per broker and per account out."""
+"""Every figure of one analytics answer, pure: the selected accounts' totals (totals.py: read
+from the rollup, or computed from their day summaries and balance anchors) in, the headline,
+series, drawdown, Sharpe, durations, calendar and the breakdowns per broker and per account
+out."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from services.shared.analytics.metrics import (
     calendar,
     combined_headline,
     curve,
-    daily_returns,
     durations,
     max_drawdown,
+    returns_of,
     sharpe,
-    tally,
 )
+from services.shared.analytics.totals import Group, Totals, totals_of_days, within
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,14 @@ class Report:
     by_account: tuple[AccountBreakdown, ...]
 
 
-def _within(day: date, first: date | None, last: date | None) -> bool:
-    return (first is None or day >= first) and (last is None or day <= last)
+def groups(accounts: Sequence[Account]) -> list[Group]:
+    """The groups of accounts whose streaks an answer holds: all of them, and each broker's."""
+    brokers = {a.broker or "" for a in accounts}
+    every = [frozenset(a.account_id for a in accounts)]
+    return every + [
+        frozenset(a.account_id for a in accounts if (a.broker or "") == broker)
+        for broker in sorted(brokers)
+    ]
 
 
 def report(
@@ -81,44 +88,51 @@ def report(
     risk_free_rate: float = 0.0,
     periods_per_year: int = PERIODS_PER_YEAR,
 ) -> Report:
-    """The figures of `accounts` over the days [first, last] (either open). `days` are all the
-    accounts' days, before `first` too: their balances start from them."""
-    selected = {a.account_id for a in accounts}
-    days = sorted((d for d in days if d.account_id in selected), key=lambda d: d.day)
-    in_range = [d for d in days if _within(d.day, first, last)]
-    returns = daily_returns(days, anchors, first, last)
+    """The figures of `accounts` over the days [first, last] (either open) from their day
+    summaries. `days` are all the accounts' days, before `first` too: their balances start
+    from them."""
+    ids = [a.account_id for a in accounts]
+    totals = totals_of_days(ids, days, anchors, groups(accounts), first, last)
+    return report_of_totals(accounts, totals, first, last, risk_free_rate, periods_per_year)
+
+
+def report_of_totals(
+    accounts: Sequence[Account],
+    totals: Totals,
+    first: date | None = None,
+    last: date | None = None,
+    risk_free_rate: float = 0.0,
+    periods_per_year: int = PERIODS_PER_YEAR,
+) -> Report:
+    """The figures of `accounts` over the days [first, last] from their totals (with the runs
+    of every group in `groups(accounts)`)."""
+    returns = returns_of(totals.days, totals.opening, first, last)
     points = curve(returns)
-    per_account: dict[uuid.UUID, list[DaySummary]] = {a.account_id: [] for a in accounts}
-    for d in in_range:
-        per_account[d.account_id].append(d)
-    by_account = {account: tally(account, days) for account, days in per_account.items()}
+
+    def headline_of(chosen: Sequence[Account]) -> Headline:
+        group = frozenset(a.account_id for a in chosen)
+        return combined_headline([totals.tallies[a] for a in sorted(group)], totals.runs(group))
+
     brokers = sorted({a.broker or "" for a in accounts})
     return Report(
-        headline=combined_headline(list(by_account.values())),
+        headline=headline_of(accounts),
         daily_returns=tuple(returns),
         curve=tuple(points),
         max_drawdown=max_drawdown(returns, points),
         sharpe=sharpe(returns, risk_free_rate, periods_per_year),
-        durations=durations(in_range),
-        calendar=calendar(in_range),
+        durations=durations(totals.duration_counts, totals.median_duration_micros),
+        calendar=calendar(d for d in totals.days if within(d.day, first, last)),
         by_broker=tuple(
             BrokerBreakdown(
                 broker=broker,
-                accounts=sum(1 for a in accounts if (a.broker or "") == broker),
-                headline=combined_headline(
-                    [by_account[a.account_id] for a in accounts if (a.broker or "") == broker]
-                ),
+                accounts=len(chosen),
+                headline=headline_of(chosen),
             )
             for broker in brokers
+            for chosen in [[a for a in accounts if (a.broker or "") == broker]]
         ),
         by_account=tuple(
-            AccountBreakdown(
-                a.account_id,
-                a.name,
-                a.broker,
-                a.currency,
-                combined_headline([by_account[a.account_id]]),
-            )
+            AccountBreakdown(a.account_id, a.name, a.broker, a.currency, headline_of([a]))
             for a in sorted(accounts, key=lambda a: (a.name, a.account_id))
         ),
     )

@@ -1,10 +1,12 @@
 """The daily rollup's SQL (table analytics_daily): the days a write touched recomputed from
-their journal rows and movements (`refresh_days`, called by the writer in the journal's
-transaction), a zone's rows filled from scratch (`fill_zone`, by the API the first time a user
-asks for that zone), and the rows read back (`read_days`).
+their journal rows and movements, with the days of the portfolios they are in
+(`refresh_days`, called by the writer in the journal's transaction), a zone's rows filled from
+scratch (`fill_zone`, by the API the first time a user asks for that zone), a portfolio kept
+from the first answer that needs it (`keep_portfolios`), and the rows read back (`read_days`).
 
-Both writers of the rows hold the same per-account lock, so a zone being filled and a day being
-recomputed never miss each other's rows."""
+Every writer of the rows holds the same per-user lock, so a zone or portfolio being filled and
+a day being recomputed never miss each other's rows, and a portfolio's day is computed from
+its accounts' rows as the last transaction to touch any of them left them."""
 
 from __future__ import annotations
 
@@ -22,13 +24,19 @@ from services.shared.analytics.days import (
     summarize_days,
     trade_pnl,
 )
+from services.shared.analytics.portfolios import fill_portfolio, refresh_portfolio_days
+from services.shared.analytics.streaks import Runs
 from services.shared.canonical import CanonicalBatch
 from services.shared.database import Connection
 
-_LOCK_ACCOUNTS = """
-SELECT count(pg_advisory_xact_lock(hashtextextended('analytics_daily:' || a::text, 7)))
-FROM (SELECT a FROM unnest($1::uuid[]) AS a ORDER BY a) AS ordered
+_LOCK_OWNERS = """
+SELECT count(pg_advisory_xact_lock(hashtextextended('analytics_daily:' || u::text, 7)))
+FROM (SELECT DISTINCT user_id AS u FROM trading_accounts WHERE id = ANY($1::uuid[]) ORDER BY 1)
+    AS ordered
 """
+_LOCK_USER = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('analytics_daily:' || $1::uuid::text, 7))"
+)
 # Every instant a touched position's trade closed, or closed before a late fill moved it: the
 # days of all its fills, cancelled ones included, of the connection that owns it.
 _FILL_INSTANTS = """
@@ -79,6 +87,10 @@ _COLUMNS = (
     "duration_buckets",
     "durations",
     "outcomes",
+    "first_run",
+    "last_run",
+    "longest_win",
+    "longest_loss",
 )
 _ADD_ZONE = """
 INSERT INTO analytics_time_zones (user_id, time_zone) VALUES ($1, $2)
@@ -100,7 +112,8 @@ WHERE m.account_id = ANY($1::uuid[]) AND m.user_id = a.user_id AND m.position_ke
 """
 _READ = """
 SELECT account_id, day, trades, wins, losses, gross_profit, gross_loss, largest_win,
-    largest_loss, charges, flows, duration_buckets, durations, outcomes
+    largest_loss, charges, flows, duration_buckets, durations, outcomes, first_run, last_run,
+    longest_win, longest_loss
 FROM analytics_daily WHERE account_id = ANY($1::uuid[]) AND time_zone = $2
 """
 
@@ -123,6 +136,10 @@ def _row(user_id: uuid.UUID, time_zone: str, s: DaySummary) -> tuple[object, ...
         list(s.duration_buckets),
         list(s.durations),
         list(s.outcomes),
+        s.runs.first,
+        s.runs.last,
+        s.runs.longest_win,
+        s.runs.longest_loss,
     )
 
 
@@ -148,7 +165,7 @@ async def refresh_days(
     if not instants:
         return 0
     accounts = sorted({account for account, _ in instants})
-    await conn.fetchval(_LOCK_ACCOUNTS, accounts)
+    await conn.fetchval(_LOCK_OWNERS, accounts)
     zones: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
     for r in await conn.fetch(_ZONES, accounts):
         zones.setdefault(r["account_id"], []).append((r["user_id"], r["time_zone"]))
@@ -190,6 +207,7 @@ async def refresh_days(
         for i, (account, user_id, time_zone, day) in enumerate(days)
     )
     await _write(conn, ((u, z, s) for u, z, s in summaries if s is not None))
+    await refresh_portfolio_days(conn, [(u, z, day, a) for a, u, z, day in days])
     return len(days)
 
 
@@ -216,8 +234,8 @@ async def refresh_for_batches(
 async def fill_zone(conn: Connection, user_id: uuid.UUID, time_zone: str) -> bool:
     """Keep the rollup of `user_id` in `time_zone` from now on, its rows computed from scratch
     the first time; whether this call added the zone."""
+    await conn.execute(_LOCK_USER, user_id)
     accounts = [r["id"] for r in await conn.fetch(_USERS_ACCOUNTS, user_id)]
-    await conn.fetchval(_LOCK_ACCOUNTS, accounts)
     if await conn.fetchval(_ADD_ZONE, user_id, time_zone) is None:
         return False
     await _write(
@@ -275,6 +293,57 @@ async def read_days(
             duration_buckets=tuple(r["duration_buckets"]),
             durations=tuple(r["durations"]),
             outcomes=tuple(r["outcomes"]),
+            runs=Runs(r["first_run"], r["last_run"], r["longest_win"], r["longest_loss"]),
         )
         for r in await conn.fetch(_READ, list(accounts), time_zone)
     ]
+
+
+# At most this many portfolios per user and zone, so the writer's work per day stays bounded;
+# an answer for a group past them merges its accounts' outcomes instead (rollup_reading.py).
+PORTFOLIOS_PER_ZONE = 16
+_PORTFOLIOS = "SELECT accounts FROM analytics_portfolios WHERE user_id = $1 AND time_zone = $2"
+# A portfolio with an account that is gone (its rows went with it) is of no answer any more.
+_PRUNE_PORTFOLIOS = """
+DELETE FROM analytics_portfolios AS p WHERE p.user_id = $1 AND EXISTS (
+    SELECT 1 FROM unnest(p.accounts) AS a(id)
+    WHERE NOT EXISTS (SELECT 1 FROM trading_accounts AS t WHERE t.id = a.id AND t.user_id = $1)
+)
+"""
+_ADD_PORTFOLIO = """
+INSERT INTO analytics_portfolios (user_id, time_zone, accounts)
+SELECT $1, $2, $3::uuid[] FROM analytics_time_zones AS z
+WHERE z.user_id = $1 AND z.time_zone = $2 AND (
+    SELECT count(*) FROM trading_accounts WHERE id = ANY($3::uuid[]) AND user_id = $1
+) = cardinality($3::uuid[])
+ON CONFLICT DO NOTHING RETURNING id
+"""
+
+
+def portfolio_key(group: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """How a portfolio names its accounts: their ids, ascending."""
+    return sorted(set(group))
+
+
+async def keep_portfolios(
+    conn: Connection, user_id: uuid.UUID, time_zone: str, groups: Iterable[Iterable[uuid.UUID]]
+) -> int:
+    """Keep each group of two or more of the user's accounts as a portfolio in a zone kept for
+    them, its rows computed the first time (up to PORTFOLIOS_PER_ZONE); how many were added."""
+    wanted = {tuple(portfolio_key(g)) for g in groups}
+    wanted = {g for g in wanted if len(g) > 1}
+    await conn.execute(_LOCK_USER, user_id)
+    kept = {tuple(r["accounts"]) for r in await conn.fetch(_PORTFOLIOS, user_id, time_zone)}
+    if not wanted - kept:
+        return 0
+    await conn.execute(_PRUNE_PORTFOLIOS, user_id)
+    kept = {tuple(r["accounts"]) for r in await conn.fetch(_PORTFOLIOS, user_id, time_zone)}
+    added = 0
+    for group in sorted(wanted - kept):
+        if len(kept) + added >= PORTFOLIOS_PER_ZONE:
+            break
+        portfolio_id = await conn.fetchval(_ADD_PORTFOLIO, user_id, time_zone, list(group))
+        if portfolio_id is not None:
+            await fill_portfolio(conn, portfolio_id, user_id, time_zone, group)
+            added += 1
+    return added
