@@ -10,6 +10,7 @@ from typing import Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.api.analytics_models import Money
 from services.api.connections import ConnectionPath
 from services.api.errors import FieldProblem, NotFound, ValidationFailed
 from services.api.operations import Call, Operation
@@ -28,6 +29,7 @@ from services.shared.connection_admin.rotation import (
     classify_rotation,
 )
 from services.shared.credential_kinds import BROKER_CREDENTIALS
+from services.shared.reconciliation import GapKind
 
 RECENT_ERRORS = 10
 
@@ -36,10 +38,14 @@ SELECT c.id, c.lifecycle, c.status, c.connection_type, c.live_enabled_at, c.last
        c.last_error, c.locked_at, now() AS now,
        s.connection_id IS NOT NULL AS polled, s.next_sync_at, s.last_attempt_at,
        s.last_success_at, s.consecutive_failures AS poll_failures, s.rejected_credential_id,
-       coalesce(a.consecutive_failures, 0) AS webhook_failures
+       coalesce(a.consecutive_failures, 0) AS webhook_failures,
+       r.connection_id IS NOT NULL AS reconciled, r.last_reconciled_at, r.next_due_at,
+       r.result AS reconciliation_result, r.missing_deals, r.fetched_deals, r.balance_drift,
+       r.detail->>'error' AS reconciliation_error
 FROM mt5_connections c
 LEFT JOIN sync_schedule s ON s.connection_id = c.id
 LEFT JOIN mt5_security_audit a ON a.connection_id = c.id
+LEFT JOIN connection_reconciliations r ON r.connection_id = c.id
 WHERE c.id = $1
 """
 # Active credentials only (unrevoked, unexpired): what rotation is judged by. Never the value.
@@ -98,6 +104,26 @@ class RotationView(BaseModel):
     due_after_days: int = DUE_AFTER.days
 
 
+class ReconciliationView(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="ReconciliationView")
+
+    # Null until the first reconciliation has run (the poller's first is an interval after
+    # the connection's creation; `poscal-sync reconcile` runs one at once).
+    last_reconciled_at: datetime | None
+    next_due_at: datetime
+    # ok: nothing missing, no drift; gaps: see `gaps`; failed: it could not compare (`error`).
+    result: Literal["ok", "gaps", "failed"] | None
+    gaps: list[GapKind]
+    # Polled: deals the broker's history has that the journal had not, and how many of them
+    # were fetched again (published for the pipeline to write).
+    missing_deals: int
+    fetched_deals: int
+    # Webhook-fed: the reported balance minus deposits + realized P&L - charges over the
+    # recorded deals, each rounded to the currency's minor unit; null when not compared.
+    balance_drift: Money | None
+    error: str | None
+
+
 class ConnectionStatus(BaseModel):
     model_config = ConfigDict(extra="forbid", title="ConnectionStatus")
 
@@ -116,6 +142,9 @@ class ConnectionStatus(BaseModel):
     sync_state: Literal["waiting_for_credentials", "credentials_rejected", "scheduled"] | None
     rotation: RotationView
     recent_errors: list[RecentError]
+    # Whether the broker's history and the journal agree; null for a connection that is not
+    # reconciled (neither polled nor MT5 webhook-fed, or revoked).
+    reconciliation: ReconciliationView | None
 
 
 class HistoryEntry(BaseModel):
@@ -205,6 +234,28 @@ async def connection_status(call: Call) -> ConnectionStatus:
         recent_errors=[
             RecentError(at=e["at"], source=e["source"], message=e["message"]) for e in errors
         ],
+        reconciliation=_reconciliation(row),
+    )
+
+
+def _reconciliation(row: asyncpg.Record) -> ReconciliationView | None:
+    if not row["reconciled"]:
+        return None
+    drift = row["balance_drift"]
+    gaps: list[GapKind] = []
+    if row["missing_deals"]:
+        gaps.append("missing_deals")
+    if drift is not None and drift != 0:
+        gaps.append("balance_drift")
+    return ReconciliationView(
+        last_reconciled_at=row["last_reconciled_at"],
+        next_due_at=row["next_due_at"],
+        result=row["reconciliation_result"],
+        gaps=gaps,
+        missing_deals=row["missing_deals"],
+        fetched_deals=row["fetched_deals"],
+        balance_drift=drift,
+        error=row["reconciliation_error"],
     )
 
 
@@ -243,7 +294,10 @@ OPERATIONS = (
         "/v1/connections/{connection_id}/status",
         connection_status,
         operation_id="getConnectionStatus",
-        summary="How a connection is doing: its state, last sync, errors and credential rotation",
+        summary=(
+            "How a connection is doing: its state, last sync, errors, credential rotation and"
+            " its last reconciliation"
+        ),
         description=(
             f"Recent errors are the newest {RECENT_ERRORS}, of polls and of refused webhooks."
             f" Rotation is due past {DUE_AFTER.days} days, with a warning from"

@@ -14,7 +14,6 @@ from decimal import Decimal
 
 import asyncpg
 import httpx
-import orjson
 
 from services.shared import credential_kinds
 from services.shared.brokers import adapter_for, broker
@@ -176,7 +175,7 @@ class Reconciler:
             len(found.missing.keys) if found.missing else 0,
             found.fetched,
             drift,
-            orjson.dumps(reconciliation_report(found)).decode(),
+            reconciliation_report(found),
             next_due_seconds,
             scheduled,
         )

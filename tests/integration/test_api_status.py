@@ -213,3 +213,52 @@ async def test_only_the_newest_hundred_poll_errors_of_a_connection_are_kept(
             oanda.connection_id,
         )
     assert [r["consecutive_failures"] for r in kept] == list(range(6, 106))
+
+
+async def test_a_connection_not_yet_reconciled_has_no_reconciliation(
+    api: RunningApi, mt5: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    assert (await _status(api, *mt5))["reconciliation"] is None
+
+
+async def test_the_last_reconciliation_shows_its_result_and_gaps(
+    api: RunningApi, pool: asyncpg.Pool, mt5: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    user_id, connection_id = mt5
+    reconciled_at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    await pool.execute(
+        "INSERT INTO connection_reconciliations (connection_id, user_id, last_reconciled_at,"
+        " result, balance_drift, next_due_at)"
+        " VALUES ($1, $2, $3, 'gaps', -0.01, $3::timestamptz + interval '6 hours')",
+        connection_id,
+        user_id,
+        reconciled_at,
+    )
+    reconciliation = (await _status(api, user_id, connection_id))["reconciliation"]
+    assert reconciliation == {
+        "last_reconciled_at": "2026-11-30T12:00:00Z",
+        "next_due_at": "2026-11-30T18:00:00Z",
+        "result": "gaps",
+        "gaps": ["balance_drift"],
+        "missing_deals": 0,
+        "fetched_deals": 0,
+        "balance_drift": "-0.01",
+        "error": None,
+    }
+
+
+async def test_a_reconciliation_that_could_not_compare_says_why(
+    api: RunningApi, pool: asyncpg.Pool, mt5: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    user_id, connection_id = mt5
+    await pool.execute(
+        "INSERT INTO connection_reconciliations (connection_id, user_id, last_reconciled_at,"
+        " result, detail) VALUES ($1, $2, now(), 'failed', $3::jsonb)",
+        connection_id,
+        user_id,
+        {"error": "the broker refused the credentials"},
+    )
+    reconciliation = (await _status(api, user_id, connection_id))["reconciliation"]
+    assert (reconciliation["result"], reconciliation["gaps"]) == ("failed", [])
+    assert reconciliation["error"] == "the broker refused the credentials"
+    assert reconciliation["balance_drift"] is None

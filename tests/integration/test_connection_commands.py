@@ -443,7 +443,31 @@ async def test_a_listed_connection_shows_its_health_and_credential_ages(
         "credentials_age_days": {WEBHOOK_SECRET: 0},
         "rotation": "ok",
         "rotation_reason": None,
+        "last_reconciled_at": None,
+        "reconciliation": None,
+        "missing_deals": None,
+        "balance_drift": None,
     }
+
+
+async def test_a_listed_connection_shows_its_last_reconciliation(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    reconciled_at = now()
+    await pool.execute(
+        "INSERT INTO connection_reconciliations"
+        " (connection_id, user_id, last_reconciled_at, result, balance_drift)"
+        " VALUES ($1, $2, $3, 'gaps', 0.10)",
+        connection.created.connection_id,
+        connection.user_id,
+        reconciled_at,
+    )
+
+    (record,) = await listed(pool, connection.user_id)
+
+    assert record["last_reconciled_at"] == reconciled_at
+    assert (record["reconciliation"], record["missing_deals"]) == ("gaps", 0)
+    assert record["balance_drift"] == "0.10"
 
 
 async def backdate(pool: asyncpg.Pool, connection_id: uuid.UUID, kind: str, days: int) -> None:

@@ -1,5 +1,6 @@
 """`connections list`: every connection with its health, where a polled one stands with its
-broker credentials, and whether its credentials are due for rotation (decided in rotation.py)."""
+broker credentials, whether its credentials are due for rotation (decided in rotation.py),
+and its last reconciliation."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ async def list_connections(
         " coalesce(a.consecutive_failures, 0) AS consecutive_failures,"
         " s.connection_id IS NOT NULL AS polled, s.last_success_at, s.next_sync_at,"
         " coalesce(s.consecutive_failures, 0) AS sync_failures, s.last_error AS sync_error,"
-        " s.credentials_rejected_at, s.rejected_credential_id"
+        " s.credentials_rejected_at, s.rejected_credential_id,"
+        " r.last_reconciled_at, r.result AS reconciliation, r.missing_deals, r.balance_drift"
         " FROM mt5_connections c LEFT JOIN mt5_security_audit a ON a.connection_id = c.id"
         " LEFT JOIN sync_schedule s ON s.connection_id = c.id"
+        " LEFT JOIN connection_reconciliations r ON r.connection_id = c.id"
         " WHERE ($1::uuid IS NULL OR c.user_id = $1) ORDER BY c.created_at, c.id",
         user_id,
     )
@@ -127,4 +130,11 @@ def _record(
         "credentials_age_days": status.age_days,
         "rotation": status.rotation,
         "rotation_reason": status.reason,
+        # The last reconciliation (`poscal-sync reconcile`, or the poller's schedule): ok, gaps
+        # or failed; null before the first.
+        "last_reconciled_at": row["last_reconciled_at"],
+        "reconciliation": row["reconciliation"],
+        "missing_deals": row["missing_deals"],
+        # Exact, as text (a Decimal): reported minus recorded, in the account's currency.
+        "balance_drift": None if (drift := row["balance_drift"]) is None else format(drift, "f"),
     }
