@@ -13,9 +13,10 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import RecordMetadata
 from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import Counter
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from services.shared.brokers import MappedEvent, mapper_for
+from services.shared.canonical import CanonicalBatch
 from services.shared.dead_letters import DeadLetterPublisher, ItemRejection, safe_text
 from services.shared.envelope import RawEvent
 from services.shared.errors import InvalidEvent, TransientError
@@ -34,6 +35,9 @@ _log = get_logger("poscal.normalizer")
 SKIPPED_ITEMS = Counter(
     "poscal_normalizer_items_skipped", "Payload items recorded and skipped", ["broker"]
 )
+
+# A canonical batch as the bytes sent (model_dump_json's text, without encoding it again).
+_CANONICAL_JSON = TypeAdapter(CanonicalBatch)
 
 # The reason code of an event whose items were only partly mapped; each item's own code is
 # in the dead letter's `rejections`.
@@ -158,7 +162,7 @@ class Normalizer:
             await self._dead_letters.reject(record, exc.code, exc.detail, event_id, source=tenant)
             return None
         try:
-            value = mapping.batch.model_dump_json().encode()
+            value = _CANONICAL_JSON.dump_json(mapping.batch)
         except Exception as exc:
             await self._dead_letters.reject(
                 record, "unencodable_batch", _described(exc), event_id, source=tenant

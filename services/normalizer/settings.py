@@ -15,7 +15,9 @@ class NormalizerSettings(ConsumerSettings):
     consumer_group: str = Field(
         "poscal-normalizer", validation_alias=AliasChoices("POSCAL_NORMALIZER_GROUP")
     )
-    max_batch: int = Field(500, ge=1, validation_alias=AliasChoices("POSCAL_NORMALIZER_MAX_BATCH"))
+    # Under a backlog a batch this large is mapped, sent and acknowledged with one wait, and its
+    # canonical batches reach the writer in batches as large as it takes.
+    max_batch: int = Field(2000, ge=1, validation_alias=AliasChoices("POSCAL_NORMALIZER_MAX_BATCH"))
     # Prometheus metrics on this port (None or 0: not served), bound to this host.
     metrics_port: int | None = metrics_port_setting("NORMALIZER")
     metrics_host: str = metrics_host_setting("NORMALIZER")

@@ -82,7 +82,7 @@ class BulkRows(Generic[T]):
     def records(self, rows: Iterable[T]) -> list[tuple[Any, ...]]:
         """The rows as COPY takes them: one tuple per row, in the columns' order."""
         values = [column.value for column in self.columns]
-        return [tuple(value(row) for value in values) for row in rows]
+        return [tuple([value(row) for value in values]) for row in rows]  # a list: no generator
 
     async def stage(self, conn: Connection, rows: Iterable[T]) -> None:
         """COPY the rows into the staging table (created by `create_staging` in this session)."""

@@ -45,9 +45,11 @@ def decimal_places(value: Decimal) -> int:
 
 def check_amount(value: Decimal) -> Decimal:
     """A number the journal can hold exactly, or ValueError saying why not."""
+    if not value:
+        return value  # zero (NaN is truthy): most fees, swaps and commissions; nothing to count
     if not value.is_finite():
         raise ValueError("must be a finite number")
-    if value.copy_abs() >= AMOUNT_MAGNITUDE:  # copy_abs: exact, no context rounding
+    if not -AMOUNT_MAGNITUDE < value < AMOUNT_MAGNITUDE:  # comparisons are exact, no context
         raise ValueError("must be smaller than 10^15 in magnitude")
     # Written with at most that many places (nearly always): no need to count trailing zeros.
     exponent = value.as_tuple().exponent
@@ -61,6 +63,8 @@ def check_text(value: str) -> str:
     """Text Postgres stores as given: valid Unicode, no NUL."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if value.isascii():
+        return value  # no surrogate can be ASCII; isascii reads a flag, encode copies the text
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

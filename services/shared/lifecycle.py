@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,11 +35,22 @@ def run_service(
     # A ready file left by an earlier run of this container would report a service that is
     # still waiting for its dependencies as ready.
     mark_not_ready(settings.ready_file)
+    spare_the_collector()
     try:
         return run_until_signalled(serve, settings.shutdown_grace_seconds)
     finally:
         mark_not_ready(settings.ready_file)
         provider.shutdown()
+
+
+def spare_the_collector() -> None:
+    """What is alive once a service is set up (modules, models' validators, its settings) lives as
+    long as the process: moved out of the collector's reach (`gc.freeze`), so the full
+    collections a busy consumer's per-record garbage triggers no longer walk it every time, and
+    young collections run less often (every 10,000 allocations, not 700)."""
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(10_000, middle, oldest)
 
 
 def run_until_signalled(

@@ -87,6 +87,17 @@ def span_to_record(span: ReadableSpan) -> dict[str, object]:
     }
 
 
+# A consumer batch ends all its spans at once (two per record in the normalizer, up to 2,000
+# records): the SDK's default queue of 2,048 would drop most of a batch's spans.
+DEFAULT_SPANS_QUEUED = 16_384
+
+
+def spans_queued() -> int:
+    """How many finished spans may wait for export: the SDK's own `OTEL_BSP_MAX_QUEUE_SIZE` when
+    set (an explicit size would override it), else room for a few whole batches."""
+    return int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or DEFAULT_SPANS_QUEUED)
+
+
 def setup_tracing(service_name: str, trace_file: Path | None) -> TracerProvider:
     """Install the global tracer provider for this process and return it (to shut it down).
 
@@ -94,15 +105,18 @@ def setup_tracing(service_name: str, trace_file: Path | None) -> TracerProvider:
     `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; spans also go to a JSON-lines file when
     `trace_file` is given (the dev stack does, for `poscal-sync traces`)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    queue = spans_queued()
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=queue))
     if trace_file is not None:
         provider.add_span_processor(
-            BatchSpanProcessor(JsonLinesSpanExporter(trace_file), schedule_delay_millis=500)
+            BatchSpanProcessor(
+                JsonLinesSpanExporter(trace_file), schedule_delay_millis=500, max_queue_size=queue
+            )
         )
     trace.set_tracer_provider(provider)
     # A client span of every Postgres query (OpenTelemetry's own asyncpg instrumentation): the

@@ -8,7 +8,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from services.shared.brokers import MappedEvent, PayloadOwner
 from services.shared.brokers.items import MappedItems, check_plausible_time
@@ -30,6 +30,8 @@ class _Strict(BaseModel):
 
 # Whole numbers must be JSON integers: lax mode would turn `true` into a SELL deal type.
 Integer = Annotated[int, Strict()]
+# NaN and infinities refused by pydantic itself (no Python call per field: this is per deal).
+FiniteDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
 # Tickets, orders and position ids are MQL5 `ulong`s.
 _ULONG_MAX = 2**64 - 1
 # Server times up to the year 3000; later ones are corrupt, not trades.
@@ -56,22 +58,15 @@ class TradeDeal(_Strict):
     magic: Integer
     position_id: Integer = Field(ge=0, le=_ULONG_MAX)
     reason: Integer = Field(ge=0)
-    volume: Decimal = Field(ge=0)
-    price: Decimal = Field(ge=0)
-    commission: Decimal
-    swap: Decimal
-    profit: Decimal
-    fee: Decimal
+    volume: FiniteDecimal = Field(ge=0)
+    price: FiniteDecimal = Field(ge=0)
+    commission: FiniteDecimal
+    swap: FiniteDecimal
+    profit: FiniteDecimal
+    fee: FiniteDecimal
     symbol: str
     comment: str
     external_id: str
-
-    @field_validator("volume", "price", "commission", "swap", "profit", "fee")
-    @classmethod
-    def _finite(cls, value: Decimal) -> Decimal:
-        if not value.is_finite():
-            raise ValueError("must be a finite number")
-        return value
 
 
 class Mt5Webhook(_Strict):
