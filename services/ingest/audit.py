@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 import uuid
@@ -284,32 +285,46 @@ class AuditTrail:
             batch = self._queue[: min(self._batch_size, pending)]
             progress = mark if len(batch) == pending else None
             try:
-                await self._write(batch, progress)
+                await self._write(
+                    batch, progress, written=functools.partial(self._dequeue, len(batch))
+                )
             except _REFUSED_DATA:
                 # One record Postgres refuses must not cost the others: write them one by one,
                 # each off the queue once written (an outage midway must not write it twice).
                 for attempt in batch:
                     await self._write_alone(attempt)
-                    self._queue.remove(attempt)
                 if progress is not None:
                     await self._write([], progress)
-            else:
-                del self._queue[: len(batch)]
             pending -= len(batch)
             if pending <= 0:
                 break
         self._progress_at = time.monotonic()
 
+    def _dequeue(self, count: int) -> None:
+        del self._queue[:count]
+
     async def _write_alone(self, attempt: Attempt) -> None:
         try:
-            await self._write([attempt], None)
+            await self._write([attempt], None, written=lambda: self._queue.remove(attempt))
         except _REFUSED_DATA as exc:
+            self._queue.remove(attempt)
             AUDIT_DROPPED.inc()
             _log.error("attempt record refused by the database", cause=type(exc).__name__)
 
-    async def _write(self, batch: list[Attempt], progress: datetime | None) -> None:
+    async def _write(
+        self,
+        batch: list[Attempt],
+        progress: datetime | None,
+        *,
+        written: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Write `batch` (and `progress`, and any audit gap) in one transaction; `written` takes
+        it off the queue as soon as the commit is answered, before the connection goes back to
+        the pool: a shutdown that cancels the loop while it is released must not find the batch
+        still queued and write it a second time."""
         successes = _latest_success_per_connection(batch)
         dropped, self._dropped = self._dropped, None
+        committed = False
         try:
             async with self._pool.acquire() as conn:
                 self._not_writing.clear()
@@ -327,21 +342,24 @@ class AuditTrail:
                                 dropped.last,
                                 dropped.count,
                             )
+                    committed = True
+                    written()
                 finally:
                     self._not_writing.set()
         except BaseException:
-            if dropped is not None:
+            if dropped is not None and not committed:
                 self._dropped = dropped.merge(self._dropped)
             raise
-        if dropped is not None:
-            AUDIT_GAPS.labels("queue_overflow").inc()
-            _log.error(
-                "attempt records dropped while the database was away",
-                alert="audit_gap",
-                count=dropped.count,
-                window_start=dropped.first.isoformat(),
-                window_end=dropped.last.isoformat(),
-            )
+        finally:
+            if dropped is not None and committed:
+                AUDIT_GAPS.labels("queue_overflow").inc()
+                _log.error(
+                    "attempt records dropped while the database was away",
+                    alert="audit_gap",
+                    count=dropped.count,
+                    window_start=dropped.first.isoformat(),
+                    window_end=dropped.last.isoformat(),
+                )
 
     async def _insert(
         self, conn: PoolConnectionProxy, batch: list[Attempt], successes: list[Attempt]
