@@ -18,7 +18,7 @@ run: $(STAMP)
 
 ## test: the whole test suite (unit, integration against real Postgres + broker, end-to-end)
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses 3 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -189,6 +189,7 @@ async def test_without_a_sub() -> None:
         f"urn:uuid:{USER}",
         " " + str(USER),
     ],
+    ids=["not-a-uuid", "empty", "hex", "upper-case", "braced", "urn", "leading-space"],
 )
 async def test_a_sub_that_is_not_a_uuid_as_supabase_writes_it(sub: str) -> None:
     assert await refused(hs256(USER, sub=sub)) == "sub"
