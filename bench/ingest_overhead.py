@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "--trace-sample-ratio",
         type=float,
         default=1.0,
-        help="share of the full ingest's traces recorded to its trace file (the dev stack's: 1)",
+        help="share of the full ingest's traces recorded to its trace file (the dev stack's: 0.1)",
     )
     # For profiling: where to write the ingest process's pid once it is ready.
     parser.add_argument("--hold-ingest-pid", type=Path, default=None, help=argparse.SUPPRESS)

@@ -26,13 +26,18 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
+from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
 from services.devstack.broker import EmbeddedBroker
 from services.devstack.demo import create_demo_connection, demo_account, encode_body
 from services.devstack.demo_trades import DemoAccount, demo_stream, webhook_body
 from services.devstack.ports import dies_with_parent, stop_process
 from services.devstack.postgres import EmbeddedPostgres
-from services.devstack.stack import EMBEDDED_BROKER_CONSUMER_ENV, pipeline_topics
+from services.devstack.stack import (
+    DEV_TRACE_SAMPLE_RATIO,
+    EMBEDDED_BROKER_CONSUMER_ENV,
+    pipeline_topics,
+)
 from services.shared.envelope import ConnectionRef, RawEvent
 from services.shared.kafka import (
     TopicSpec,
@@ -70,9 +75,12 @@ def webhooks_of(
         yield encode_body(body), len(group)
 
 
-def traceparent() -> bytes:
-    """A W3C trace context as ingest's send span would put in the headers."""
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01".encode()
+def traceparent(sampler: TraceIdRatioBased) -> bytes:
+    """A W3C trace context as ingest's send span would put in the headers: sampled (`-01`) as
+    ingest's ratio sampler would decide for its trace id, which the services then follow."""
+    trace_id = int.from_bytes(secrets.token_bytes(16), "big") or 1
+    sampled = sampler.should_sample(None, trace_id, "POST").decision == Decision.RECORD_AND_SAMPLE
+    return f"00-{trace_id:032x}-{secrets.token_hex(8)}-{'01' if sampled else '00'}".encode()
 
 
 async def produce(
@@ -88,7 +96,13 @@ async def produce(
 
 
 async def queue_backlog(
-    dsn: str, bootstrap: str, topic: str, events: int, connections: int, master_key: str
+    dsn: str,
+    bootstrap: str,
+    topic: str,
+    events: int,
+    connections: int,
+    master_key: str,
+    sample_ratio: float,
 ) -> tuple[list[uuid.UUID], int, list[bytes]]:
     """Demo connections, and `events` raw events of theirs on the raw topic, interleaved across
     connections as real traffic is; the connections, the deals queued, and the raw values."""
@@ -117,6 +131,7 @@ async def queue_backlog(
     interleaved = [e for group in itertools.zip_longest(*streams) for e in group if e][:events]
     messages = []
     deals = 0
+    sampler = TraceIdRatioBased(sample_ratio)
     for ref, body, count in interleaved:
         event = RawEvent.wrap(
             source="webhook",
@@ -127,7 +142,7 @@ async def queue_backlog(
         )
         headers = [
             ("poscal-event-id", str(event.event_id).encode()),
-            ("traceparent", traceparent()),
+            ("traceparent", traceparent(sampler)),
         ]
         messages.append(
             (str(ref.connection_id).encode(), event.model_dump_json().encode(), headers)
@@ -390,7 +405,8 @@ async def drain(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Both parts on one embedded Postgres and broker: the floor first (its own topic and table),
     then the backlog, queued on the raw topic before the normalizer and writer start, with
-    tracing to files and the dev stack's Kafka settings."""
+    tracing to files sampled as `--trace-sample-ratio` says (the dev stack's share by default) and
+    the dev stack's Kafka settings."""
     with contextlib.ExitStack() as stack:
         state = (
             Path(args.state_dir)
@@ -414,7 +430,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         master_key = new_master_key_base64()
         connection_ids, deals, values = asyncio.run(
             queue_backlog(
-                postgres.dsn, bootstrap, topics.raw, args.events, args.connections, master_key
+                postgres.dsn,
+                bootstrap,
+                topics.raw,
+                args.events,
+                args.connections,
+                master_key,
+                args.trace_sample_ratio,
             )
         )
         broker_process = broker_pid(broker.port)
@@ -429,6 +451,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "POSCAL_TOPIC_DEAD_LETTER": topics.dead_letter,
             "POSCAL_LOG_FORMAT": "json",
             **EMBEDDED_BROKER_CONSUMER_ENV,  # as the dev stack runs them
+            # The SDK's sampler: the services follow the decision each record's context carries.
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(args.trace_sample_ratio),
         }
         services = [start_service(name, env, state) for name in SERVICES]
         try:
@@ -462,6 +487,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "pipeline_drain",
         "connections": args.connections,
+        "trace_sample_ratio": args.trace_sample_ratio,
         "floor": {
             "name": "kafka_to_postgres_one_process",
             "rows_per_s": fastest["rows_per_s"],
@@ -483,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--state-dir", help="keep the services' logs and spans here")
     parser.add_argument("--profile", metavar="DIR", help="py-spy profiles of both services here")
+    parser.add_argument(
+        "--trace-sample-ratio",
+        type=float,
+        default=DEV_TRACE_SAMPLE_RATIO,
+        help="share of the events' traces recorded (the dev stack's by default; 1: every one)",
+    )
     args = parser.parse_args(argv)
     result = run(args)
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

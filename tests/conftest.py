@@ -35,6 +35,10 @@ hypothesis.settings.register_profile("deterministic", derandomize=True, database
 hypothesis.settings.register_profile("explore", derandomize=False, print_blob=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
+# Every service a test starts (a dev stack too, whose own default records a share) records every
+# trace: specs follow one event's trace across the services.
+os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
+
 # The marker every test under these folders carries, so that `-m` selects exactly them.
 MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e"}
 

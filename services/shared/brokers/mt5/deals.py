@@ -3,9 +3,9 @@ the canonical fill or cash movement, keyed by server, login and the broker's tic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from services.shared.canonical import CashMovement, Fill, FillEntry, Side
 from services.shared.errors import InvalidEvent
@@ -63,9 +63,11 @@ CASH_KINDS: dict[int, str] = {
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Mt5Deal:
-    """A deal as MT5 knows it (the fields of MQL5's deal properties), times already read."""
+class Mt5Deal(NamedTuple):
+    """A deal as MT5 knows it (the fields of MQL5's deal properties), times already read.
+
+    A named tuple, not a frozen dataclass: one is built for every deal, and a frozen dataclass's
+    `__init__` sets its 15 fields one `object.__setattr__` at a time (about 3 times slower)."""
 
     ticket: int
     order: int
@@ -97,10 +99,11 @@ def wall_clock_msc(server_time: datetime) -> int:
 def canonical_deal(deal: Mt5Deal, prefix: str) -> Fill | CashMovement:
     """The deal's fill, or its cash movement for balance, credit, commission... deals."""
     key = f"{prefix}:deal:{deal.ticket}"
-    if deal.deal_type in CASH_KINDS:
+    kind = CASH_KINDS.get(deal.deal_type)
+    if kind is not None:
         return CashMovement(
             movement_key=key,
-            kind=CASH_KINDS[deal.deal_type],
+            kind=kind,
             # Balance operations carry their amount in profit; any charge on them counts too.
             amount=deal.profit + deal.commission + deal.swap + deal.fee,
             executed_at=deal.executed_at,
@@ -111,7 +114,8 @@ def canonical_deal(deal: Mt5Deal, prefix: str) -> Fill | CashMovement:
     side = _SIDES.get(deal.deal_type) or _CANCELLED_SIDES.get(deal.deal_type)
     if side is None:
         raise InvalidEvent("unknown_deal_type", f"deal type {deal.deal_type} is not known")
-    if deal.entry not in _ENTRIES:
+    entry = _ENTRIES.get(deal.entry)
+    if entry is None:
         raise InvalidEvent("invalid_deal", f"deal entry {deal.entry} is not known")
     if not deal.symbol:
         raise InvalidEvent("invalid_deal", "a trade deal needs a symbol")
@@ -124,7 +128,7 @@ def canonical_deal(deal: Mt5Deal, prefix: str) -> Fill | CashMovement:
         position_key=f"{prefix}:{deal.position_id}",
         symbol=deal.symbol,
         side=side,
-        entry=_ENTRIES[deal.entry],
+        entry=entry,
         volume=deal.volume,
         price=deal.price,
         profit=deal.profit,

@@ -81,16 +81,16 @@ def _parse_body(body: bytes) -> Mt5Webhook:
     return parse_json_payload(body, Mt5Webhook)
 
 
-def rounded_offset(offset_seconds: int) -> int:
-    return round(offset_seconds / _OFFSET_QUANTUM) * _OFFSET_QUANTUM
+def offset_milliseconds(offset_seconds: int) -> int:
+    """The server's offset from UTC the sender reports, rounded to its zone's quarter hour."""
+    return round(offset_seconds / _OFFSET_QUANTUM) * _OFFSET_QUANTUM * 1000
 
 
-def server_time_to_utc(time_msc: int, offset_seconds: int) -> datetime:
+def server_time_to_utc(time_msc: int, offset_ms: int) -> datetime:
     """A server wall-clock epoch in milliseconds, as the UTC instant it names: deal times are the
-    trade server's wall clock written as epoch numbers, so UTC is that minus the offset the
-    sender reports (rounded to a quarter hour)."""
-    utc_ms = time_msc - rounded_offset(offset_seconds) * 1000
-    return _EPOCH + timedelta(milliseconds=utc_ms)
+    trade server's wall clock written as epoch numbers, so UTC is that minus the server's offset
+    (`offset_milliseconds`, read once per webhook)."""
+    return _EPOCH + timedelta(milliseconds=time_msc - offset_ms)
 
 
 def _deal_time_msc(deal: TradeDeal) -> int:
@@ -106,7 +106,7 @@ def _deal_time_msc(deal: TradeDeal) -> int:
     return deal.time_msc
 
 
-def _read_deal(deal: TradeDeal, offset: int) -> Mt5Deal:
+def _read_deal(deal: TradeDeal, offset_ms: int) -> Mt5Deal:
     time_msc = _deal_time_msc(deal)
     return Mt5Deal(
         ticket=deal.ticket,
@@ -122,7 +122,7 @@ def _read_deal(deal: TradeDeal, offset: int) -> Mt5Deal:
         profit=deal.profit,
         symbol=deal.symbol,
         comment=deal.comment,
-        executed_at=server_time_to_utc(time_msc, offset),
+        executed_at=server_time_to_utc(time_msc, offset_ms),
         server_time_msc=time_msc,
     )
 
@@ -143,8 +143,8 @@ def _check_account(event: RawEvent, account: Mt5Account) -> None:
         )
 
 
-def _map_item(item: Any, prefix: str, offset: int, event: RawEvent) -> Fill | CashMovement:
-    mapped = canonical_deal(_read_deal(TradeDeal.model_validate(item), offset), prefix)
+def _map_item(item: Any, prefix: str, offset_ms: int, event: RawEvent) -> Fill | CashMovement:
+    mapped = canonical_deal(_read_deal(TradeDeal.model_validate(item), offset_ms), prefix)
     check_plausible_time(mapped, event.received_at)
     return mapped
 
@@ -167,13 +167,13 @@ def map_event(event: RawEvent) -> MappedEvent:
     webhook = _parse_body(event.body)
     _check_account(event, webhook.account)
     prefix = account_prefix(webhook.account.server, webhook.account.login)
-    offset = webhook.server_time_offset_seconds
+    offset_ms = offset_milliseconds(webhook.server_time_offset_seconds)
     items = MappedItems()
     for index, item in enumerate(webhook.deals):
         items.map(
             index,
             item,
-            partial(_map_item, item, prefix, offset, event),
+            partial(_map_item, item, prefix, offset_ms, event),
             invalid_code="invalid_deal",
         )
     snapshot = items.account(
