@@ -8,12 +8,42 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from services.shared.canonical import EXACT, AccountSnapshot, CanonicalBatch, Side
 
 _PRICE_QUANTUM = Decimal("1e-10")
 _ZERO = Decimal(0)
+
+
+class FoldedFill(Protocol):
+    """What folding reads of a fill: a canonical `Fill` as delivered, or a `PositionFill` read
+    back from the database, each as it is (no copy made per fill)."""
+
+    @property
+    def fill_key(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def side(self) -> Side: ...
+    @property
+    def entry(self) -> Literal["in", "out", "inout", "out_by"]: ...
+    @property
+    def volume(self) -> Decimal: ...
+    @property
+    def price(self) -> Decimal: ...
+    @property
+    def profit(self) -> Decimal: ...
+    @property
+    def commission(self) -> Decimal: ...
+    @property
+    def swap(self) -> Decimal: ...
+    @property
+    def fee(self) -> Decimal: ...
+    @property
+    def executed_at(self) -> datetime: ...
+    @property
+    def broker_ref(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -103,12 +133,12 @@ def _vwap(notional: Decimal, volume: Decimal) -> Decimal | None:
     return (notional / volume).quantize(_PRICE_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
 
 
-def _order(fill: PositionFill) -> tuple[datetime, int, str]:
+def _order(fill: FoldedFill) -> tuple[datetime, int, str]:
     ref = int(fill.broker_ref) if fill.broker_ref.isdigit() else 0
     return (fill.executed_at, ref, fill.fill_key)
 
 
-def _first(segment: _Segment, fill: PositionFill) -> None:
+def _first(segment: _Segment, fill: FoldedFill) -> None:
     if segment.fills == 0:
         segment.symbol, segment.first_side, segment.first_at = (
             fill.symbol,
@@ -118,7 +148,7 @@ def _first(segment: _Segment, fill: PositionFill) -> None:
     segment.fills += 1
 
 
-def _take_in(segment: _Segment, fill: PositionFill, volume: Decimal) -> None:
+def _take_in(segment: _Segment, fill: FoldedFill, volume: Decimal) -> None:
     _first(segment, fill)
     if segment.opened_at is None:
         segment.opened_at = fill.executed_at
@@ -126,14 +156,14 @@ def _take_in(segment: _Segment, fill: PositionFill, volume: Decimal) -> None:
     segment.in_notional += volume * fill.price
 
 
-def _take_out(segment: _Segment, fill: PositionFill, volume: Decimal) -> None:
+def _take_out(segment: _Segment, fill: FoldedFill, volume: Decimal) -> None:
     _first(segment, fill)
     segment.last_out_at = fill.executed_at
     segment.out_volume += volume
     segment.out_notional += volume * fill.price
 
 
-def _take_money(segment: _Segment, fill: PositionFill) -> None:
+def _take_money(segment: _Segment, fill: FoldedFill) -> None:
     segment.profit += fill.profit
     segment.commission += fill.commission
     segment.swap += fill.swap
@@ -151,7 +181,7 @@ class PositionFold:
     open_volume: Decimal
     segment: _Segment
 
-    def extends_to(self, fills: Iterable[PositionFill]) -> bool:
+    def extends_to(self, fills: Iterable[FoldedFill]) -> bool:
         """Whether every one of these fills comes after the last one folded, so folding them in
         gives what folding all the position's fills again would."""
         return all(_order(f) > self.last for f in fills)
@@ -213,7 +243,7 @@ def _encoded(value: object) -> object:
 
 
 def _fold(
-    position_key: str, fills: Iterable[PositionFill], since: PositionFold | None
+    position_key: str, fills: Iterable[FoldedFill], since: PositionFold | None
 ) -> tuple[list[_Segment], PositionFold | None]:
     """The round trips these fills add to or open, folded in order from `since` (or from
     nothing), and where the fold then stands."""
@@ -300,15 +330,15 @@ def _aggregate(
         closed_at=segment.last_out_at if closed else None,
         profit=segment.profit,
         commission=segment.commission,
-        swap=segment.swap + _charged(charges, swap=True),
-        fees=segment.fee + _charged(charges, swap=False),
+        swap=segment.swap + _charged(charges, swap=True) if charges else segment.swap,
+        fees=segment.fee + _charged(charges, swap=False) if charges else segment.fee,
         status="closed" if closed else "open",
         fill_count=segment.fills,
     )
 
 
 def aggregate_position(
-    position_key: str, fills: Iterable[PositionFill], charges: Iterable[PositionCharge] = ()
+    position_key: str, fills: Iterable[FoldedFill], charges: Iterable[PositionCharge] = ()
 ) -> list[TradeAggregate]:
     """Every journal row of one position; the same fills and charges in any order give the
     same rows. A position with charges but no fill (yet) has no row.
@@ -330,7 +360,7 @@ def aggregate_position(
 
 def fold_position(
     position_key: str,
-    fills: Iterable[PositionFill],
+    fills: Iterable[FoldedFill],
     since: PositionFold | None = None,
     charges: Iterable[PositionCharge] = (),
 ) -> tuple[list[TradeAggregate], PositionFold | None]:

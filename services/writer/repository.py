@@ -18,6 +18,7 @@ from services.shared.database import Connection
 from services.shared.envelope import ConnectionRef
 from services.shared.logging import get_logger
 from services.writer.journal import (
+    FoldedFill,
     MonthlySyncs,
     PositionCharge,
     PositionFill,
@@ -467,10 +468,10 @@ class JournalRepository:
             )
         }
         # A position's fills are those its own connection delivered.
-        new_fills: dict[str, list[PositionFill]] = {}
+        new_fills: dict[str, list[FoldedFill]] = {}
         for d in added:
             if d.connection.connection_id == owners[d.record.position_key].connection_id:
-                new_fills.setdefault(d.record.position_key, []).append(_position_fill(d.record))
+                new_fills.setdefault(d.record.position_key, []).append(d.record)
         extended = [
             k
             for k in keys
@@ -481,7 +482,7 @@ class JournalRepository:
         for key in extended:
             changed, after[key] = fold_position(key, new_fills.get(key, ()), folds[key])
             rows += [_JournalRow(aggregate, owners[key]) for aggregate in changed]
-        if refolded := [k for k in keys if k not in set(extended)]:
+        if refolded := [k for k in keys if k not in after]:
             rows += await self._refold(conn, refolded, owners, after)
         trade_ids = [row.aggregate.trade_id for row in rows]
         written: set[str] = set()
@@ -621,24 +622,6 @@ class _Inserted:
     positions: set[str]
     new: set[str]
     changed_positions: set[str]
-
-
-def _position_fill(fill: Fill) -> PositionFill:
-    return PositionFill(
-        fill_key=fill.fill_key,
-        position_key=fill.position_key,
-        symbol=fill.symbol,
-        side=fill.side,
-        entry=fill.entry,
-        volume=fill.volume,
-        price=fill.price,
-        profit=fill.profit,
-        commission=fill.commission,
-        swap=fill.swap,
-        fee=fill.fee,
-        executed_at=fill.executed_at,
-        broker_ref=fill.broker_ref,
-    )
 
 
 def _positions_of(batch: CanonicalBatch) -> set[str]:
