@@ -398,7 +398,7 @@ class JournalRepository:
                 conn, _first_of_each(batches, _cash_movements), _INSERT_CASH, CASH
             )
             new_positions = fills_inserted.positions | cash_inserted.positions
-            await self._recompute_positions(
+            recomputed = await self._recompute_positions(
                 conn,
                 batches,
                 new_positions,
@@ -406,7 +406,9 @@ class JournalRepository:
                 refold=fills_inserted.changed_positions | cash_inserted.positions,
             )
             # The analytics' days these positions and movements fall on, from their new rows.
-            await refresh_for_batches(conn, batches, new_positions)
+            await refresh_for_batches(
+                conn, batches, recomputed.refolded, recomputed.changed_instants
+            )
             balance_events = await self._apply_balances(conn, batches)
             outcomes = [
                 EventOutcome(
@@ -453,7 +455,7 @@ class JournalRepository:
         positions: set[str],
         inserted: Sequence[_Delivered[Fill]],
         refold: set[str],
-    ) -> None:
+    ) -> _Recomputed:
         """The journal rows of the positions that gained a fill or a charge, under a lock per
         position: a position whose stored fold these fills extend (all later than its last, no
         cancellation, no charge) has them folded in, and only the rows of the round trips they
@@ -464,17 +466,21 @@ class JournalRepository:
         journal rows."""
         # Only positions that gained a fill can change; a pure replay recomputes nothing.
         if not positions:
-            return
+            return _Recomputed(set(), set())
         keys = sorted(positions)
         await conn.fetchval(_LOCK_POSITIONS, keys)
         owners = {key: b.connection for b in batches for key in _positions_of(b)}
         # A position's fills are those its own connection delivered.
         new_fills: dict[str, list[FoldedFill]] = {}
         inserted_per_position: dict[str, int] = {}
+        # Where the rows of the positions folded in memory can have closed, before or now: at
+        # one of their new fills, or where their latest round trip last closed before.
+        instants: set[tuple[uuid.UUID, datetime]] = set()
         for d in inserted:
             key = d.record.position_key
             if d.connection.connection_id == owners[key].connection_id:
                 inserted_per_position[key] = inserted_per_position.get(key, 0) + 1
+                instants.add((d.connection.account_id, d.record.executed_at))
                 if not d.record.cancelled:
                     new_fills.setdefault(key, []).append(d.record)
         # A cancellation takes a fill out, a charge goes to the round trip open when it was
@@ -498,6 +504,8 @@ class JournalRepository:
                     refolded.append(key)
                     continue
                 changed, after[key] = fold_position(key, fills, fold)
+                if fold.segment.last_out_at is not None:
+                    instants.add((owners[key].account_id, fold.segment.last_out_at))
             elif row["has_history"]:
                 refolded.append(key)
                 continue
@@ -520,6 +528,7 @@ class JournalRepository:
                 "journal rows another user keeps under these trade ids were left alone",
                 trade_ids=foreign,
             )
+        return _Recomputed(set(refolded), instants)
 
     async def _refold(
         self,
@@ -634,6 +643,16 @@ class JournalRepository:
             )
         await conn.execute(_RECORD_SYNCS, *SYNCS.arrays(counted))
         await conn.execute(_TOUCH_CONNECTIONS, *SYNCED_CONNECTIONS.arrays(counted))
+
+
+@dataclass(frozen=True)
+class _Recomputed:
+    """Which positions were folded again from all their fills, and the instants (account,
+    when) at which the rows of the others can have closed, before this batch or now: what the
+    analytics rollup refreshes."""
+
+    refolded: set[str]
+    changed_instants: set[tuple[uuid.UUID, datetime]]
 
 
 @dataclass(frozen=True)
