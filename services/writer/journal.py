@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from services.shared.canonical import EXACT, AccountSnapshot, CanonicalBatch, Side
 
 _PRICE_QUANTUM = Decimal("1e-10")
@@ -186,31 +188,28 @@ class PositionFold:
         gives what folding all the position's fills again would."""
         return all(_order(f) > self.last for f in fills)
 
-    def to_json(self) -> dict[str, Any]:
-        """As JSON stores it exactly: amounts and times as text."""
-        segment = {name: _encoded(value) for name, value in vars(self.segment).items()}
+    def encoded(self) -> str:
+        """As position_folds stores it: JSON, amounts as text (exactly), times in ISO 8601."""
         at, ref, key = self.last
-        return {
-            "last": [at.isoformat(), ref, key],
-            "open_volume": str(self.open_volume),
-            "segment": segment,
+        stored = {
+            "last": [at, ref, key],
+            "open_volume": self.open_volume,
+            "segment": vars(self.segment),
         }
+        # orjson writes times as isoformat() does, and each Decimal through `str`.
+        return orjson.dumps(stored, default=str).decode()
 
     @classmethod
-    def from_json(cls, position_key: str, stored: dict[str, Any]) -> PositionFold:
+    def decoded(cls, position_key: str, text: str | bytes) -> PositionFold:
+        """The fold `encoded` stored."""
+        stored = orjson.loads(text)
+        segment: dict[str, Any] = stored["segment"]
+        for name in _SEGMENT_TIMES:
+            if (value := segment[name]) is not None:
+                segment[name] = datetime.fromisoformat(value)
+        for name in _SEGMENT_AMOUNTS:
+            segment[name] = Decimal(segment[name])
         at, ref, key = stored["last"]
-        segment: dict[str, Any] = {
-            name: (
-                None
-                if value is None
-                else datetime.fromisoformat(value)
-                if name in _SEGMENT_TIMES
-                else Decimal(value)
-                if name in _SEGMENT_AMOUNTS
-                else value
-            )
-            for name, value in stored["segment"].items()
-        }
         return cls(
             position_key,
             (datetime.fromisoformat(at), ref, key),
@@ -219,27 +218,17 @@ class PositionFold:
         )
 
 
-_SEGMENT_TIMES = frozenset({"first_at", "opened_at", "last_out_at"})
-_SEGMENT_AMOUNTS = frozenset(
-    {
-        "in_volume",
-        "in_notional",
-        "out_volume",
-        "out_notional",
-        "profit",
-        "commission",
-        "swap",
-        "fee",
-    }
+_SEGMENT_TIMES = ("first_at", "opened_at", "last_out_at")
+_SEGMENT_AMOUNTS = (
+    "in_volume",
+    "in_notional",
+    "out_volume",
+    "out_notional",
+    "profit",
+    "commission",
+    "swap",
+    "fee",
 )
-
-
-def _encoded(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
 
 
 def _fold(

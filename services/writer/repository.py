@@ -9,8 +9,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
-import orjson
-
 from services.shared.analytics.rollup import refresh_for_batches
 from services.shared.bulk_rows import BulkRows, Column
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
@@ -499,7 +497,7 @@ class JournalRepository:
             key = row["position_key"]
             fills = new_fills.get(key, ())
             if row["fold"] is not None:
-                fold = PositionFold.from_json(key, orjson.loads(row["fold"]))
+                fold = PositionFold.decoded(key, row["fold"])
                 if not fold.extends_to(fills):
                     refolded.append(key)
                     continue
@@ -570,7 +568,7 @@ class JournalRepository:
                 [owners[k].connection_id for k in kept],
                 list(kept),
                 [owners[k].user_id for k in kept],
-                [orjson.dumps(f.to_json()).decode() for f in kept.values()],
+                [f.encoded() for f in kept.values()],
             )
         if forgotten := [k for k, f in after.items() if f is None]:
             await conn.execute(
