@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 
@@ -76,9 +76,9 @@ class PositionCharge:
     executed_at: datetime
 
 
-@dataclass(frozen=True)
-class TradeAggregate:
-    """One journal row's worth of numbers."""
+class TradeAggregate(NamedTuple):
+    """One journal row's worth of numbers (a named tuple: made for every row a batch writes,
+    in a fraction of a frozen dataclass's time)."""
 
     trade_id: str
     position_key: str
@@ -239,7 +239,7 @@ def _fold(
     if since is None:
         current, open_volume, last = _Segment(position_key), _ZERO, None
     else:
-        current, open_volume, last = replace(since.segment), since.open_volume, since.last
+        current, open_volume, last = _Segment(**vars(since.segment)), since.open_volume, since.last
     segments = [current]
     for fill in sorted(fills, key=_order):
         last = _order(fill)
