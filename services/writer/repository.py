@@ -381,10 +381,11 @@ class JournalRepository:
         """Apply these events in one transaction; what each of them did.
 
         Fills and cash movements are inserted by their broker-derived keys (a replay inserts
-        nothing); every position that gained a fill or a charge is recomputed from all of them
-        under a per-position lock, so redelivery in any order converges on the same journal
-        rows. What the rows, the balance and the monthly count become is decided by the pure
-        rules of journal.py.
+        nothing); every position that gained a fill or a charge gets the rows folding all of
+        them gives (its new fills folded into its stored fold where they extend it), under a
+        per-position lock, so redelivery in any order converges on the same journal rows.
+        What the rows, the balance and the monthly count become is decided by the pure rules
+        of journal.py.
         """
         # The steps, in order, in one transaction; a step that needs the journal rows as this
         # batch leaves them (a rollup of them, say) goes after `_recompute_positions`.
