@@ -9,8 +9,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
-import orjson
-
 from services.shared.analytics.rollup import refresh_for_batches
 from services.shared.bulk_rows import BulkRows, Column
 from services.shared.canonical import AccountSnapshot, CanonicalBatch, CashMovement, Fill
@@ -18,6 +16,7 @@ from services.shared.database import Connection
 from services.shared.envelope import ConnectionRef
 from services.shared.logging import get_logger
 from services.writer.journal import (
+    FoldedFill,
     MonthlySyncs,
     PositionCharge,
     PositionFill,
@@ -181,13 +180,20 @@ JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
     ON m.position_key = p.position_key AND m.connection_id = p.connection_id
 """
 
-# The kept trade ids as a subquery, which Postgres hashes: `<> ALL($3)` compared each row with
-# every id of the batch, and was the most expensive statement of a batch.
-# Where each position's fold stands (journal.PositionFold), as JSON text (no codec needed).
+# Where each position's fold stands (journal.PositionFold), as JSON text (no codec needed); for
+# a position without one, whether it has any history beyond the fills this batch inserted
+# (`inserted` of them, cancelled ones included): other fills of its connection, a charge, or a
+# journal row under its key. One with none is new, and its fold starts from these fills alone.
 _POSITION_FOLDS = """
-SELECT s.position_key, s.fold::text AS fold
-FROM position_folds AS s
-JOIN unnest($1::text[], $2::uuid[]) AS p(position_key, connection_id)
+SELECT p.position_key, s.fold::text AS fold, CASE WHEN s.fold IS NULL THEN
+    (SELECT count(*) FROM broker_fills AS f
+        WHERE f.position_key = p.position_key AND f.connection_id = p.connection_id) <> p.inserted
+    OR EXISTS (SELECT FROM broker_cash_movements AS m
+        WHERE m.position_key = p.position_key AND m.connection_id = p.connection_id)
+    OR EXISTS (SELECT FROM trading_journal AS j WHERE j.position_key = p.position_key)
+END AS has_history
+FROM unnest($1::text[], $2::uuid[], $3::int[]) AS p(position_key, connection_id, inserted)
+LEFT JOIN position_folds AS s
     ON s.position_key = p.position_key AND s.connection_id = p.connection_id
 """
 _SAVE_FOLDS = """
@@ -202,6 +208,8 @@ USING unnest($1::uuid[], $2::text[]) AS p(connection_id, position_key)
 WHERE s.connection_id = p.connection_id AND s.position_key = p.position_key
 """
 
+# The kept trade ids as a subquery, which Postgres hashes: `<> ALL($3)` compared each row with
+# every id of the batch, and was the most expensive statement of a batch.
 _DELETE_STALE_SEGMENTS = """
 DELETE FROM trading_journal AS j
 USING unnest($1::text[], $2::uuid[]) AS p(position_key, user_id)
@@ -373,10 +381,11 @@ class JournalRepository:
         """Apply these events in one transaction; what each of them did.
 
         Fills and cash movements are inserted by their broker-derived keys (a replay inserts
-        nothing); every position that gained a fill or a charge is recomputed from all of them
-        under a per-position lock, so redelivery in any order converges on the same journal
-        rows. What the rows, the balance and the monthly count become is decided by the pure
-        rules of journal.py.
+        nothing); every position that gained a fill or a charge gets the rows folding all of
+        them gives (its new fills folded into its stored fold where they extend it), under a
+        per-position lock, so redelivery in any order converges on the same journal rows.
+        What the rows, the balance and the monthly count become is decided by the pure rules
+        of journal.py.
         """
         # The steps, in order, in one transaction; a step that needs the journal rows as this
         # batch leaves them (a rollup of them, say) goes after `_recompute_positions`.
@@ -388,17 +397,17 @@ class JournalRepository:
                 conn, _first_of_each(batches, _cash_movements), _INSERT_CASH, CASH
             )
             new_positions = fills_inserted.positions | cash_inserted.positions
-            await self._recompute_positions(
+            recomputed = await self._recompute_positions(
                 conn,
                 batches,
                 new_positions,
-                [d for d in fills if d.key in fills_inserted.new and not d.record.cancelled],
-                # A cancellation takes a fill out, a charge goes to the round trip open when it
-                # was booked: neither only adds to the latest round trip.
+                [d for d in fills if d.key in fills_inserted.new],
                 refold=fills_inserted.changed_positions | cash_inserted.positions,
             )
             # The analytics' days these positions and movements fall on, from their new rows.
-            await refresh_for_batches(conn, batches, new_positions)
+            await refresh_for_batches(
+                conn, batches, recomputed.refolded, recomputed.changed_instants
+            )
             balance_events = await self._apply_balances(conn, batches)
             outcomes = [
                 EventOutcome(
@@ -443,46 +452,69 @@ class JournalRepository:
         conn: Connection,
         batches: Sequence[CanonicalBatch],
         positions: set[str],
-        added: Sequence[_Delivered[Fill]],
+        inserted: Sequence[_Delivered[Fill]],
         refold: set[str],
-    ) -> None:
+    ) -> _Recomputed:
         """The journal rows of the positions that gained a fill or a charge, under a lock per
         position: a position whose stored fold these fills extend (all later than its last, no
         cancellation, no charge) has them folded in, and only the rows of the round trips they
-        touch are written; any other is folded again from all its fills and charges (and its
-        rows no longer there are deleted). journal.fold_position gives the same rows either
-        way, so redelivery in any order converges on the same journal rows."""
+        touch are written; a new one (no fold, and nothing stored of it but the fills this
+        batch inserted) is folded from those fills; any other is folded again from all its
+        fills and charges (and its rows no longer there are deleted). journal.fold_position
+        gives the same rows every way, so redelivery in any order converges on the same
+        journal rows."""
         # Only positions that gained a fill can change; a pure replay recomputes nothing.
         if not positions:
-            return
+            return _Recomputed(set(), set())
         keys = sorted(positions)
         await conn.fetchval(_LOCK_POSITIONS, keys)
         owners = {key: b.connection for b in batches for key in _positions_of(b)}
-        folds = {
-            row["position_key"]: PositionFold.from_json(
-                row["position_key"], orjson.loads(row["fold"])
-            )
-            for row in await conn.fetch(
-                _POSITION_FOLDS, keys, [owners[k].connection_id for k in keys]
-            )
-        }
         # A position's fills are those its own connection delivered.
-        new_fills: dict[str, list[PositionFill]] = {}
-        for d in added:
-            if d.connection.connection_id == owners[d.record.position_key].connection_id:
-                new_fills.setdefault(d.record.position_key, []).append(_position_fill(d.record))
-        extended = [
-            k
-            for k in keys
-            if k not in refold and k in folds and folds[k].extends_to(new_fills.get(k, ()))
-        ]
+        new_fills: dict[str, list[FoldedFill]] = {}
+        inserted_per_position: dict[str, int] = {}
+        # Where the rows of the positions folded in memory can have closed, before or now: at
+        # one of their new fills, or where their latest round trip last closed before.
+        instants: set[tuple[uuid.UUID, datetime]] = set()
+        for d in inserted:
+            key = d.record.position_key
+            if d.connection.connection_id == owners[key].connection_id:
+                inserted_per_position[key] = inserted_per_position.get(key, 0) + 1
+                instants.add((d.connection.account_id, d.record.executed_at))
+                if not d.record.cancelled:
+                    new_fills.setdefault(key, []).append(d.record)
+        # A cancellation takes a fill out, a charge goes to the round trip open when it was
+        # booked: such a position is folded again whatever is stored of it.
+        refolded = [k for k in keys if k in refold]
+        folding = [k for k in keys if k not in refold]
+        stored = await conn.fetch(
+            _POSITION_FOLDS,
+            folding,
+            [owners[k].connection_id for k in folding],
+            [inserted_per_position.get(k, 0) for k in folding],
+        )
         rows: list[_JournalRow] = []
         after: dict[str, PositionFold | None] = {}
-        for key in extended:
-            changed, after[key] = fold_position(key, new_fills.get(key, ()), folds[key])
+        for row in stored:
+            key = row["position_key"]
+            fills = new_fills.get(key, ())
+            if row["fold"] is not None:
+                fold = PositionFold.decoded(key, row["fold"])
+                if not fold.extends_to(fills):
+                    refolded.append(key)
+                    continue
+                changed, after[key] = fold_position(key, fills, fold)
+                if fold.segment.last_out_at is not None:
+                    instants.add((owners[key].account_id, fold.segment.last_out_at))
+            elif row["has_history"]:
+                refolded.append(key)
+                continue
+            else:
+                changed, new_fold = fold_position(key, fills)
+                if new_fold is not None:  # none if every fill it gained came cancelled
+                    after[key] = new_fold
             rows += [_JournalRow(aggregate, owners[key]) for aggregate in changed]
-        if refolded := [k for k in keys if k not in set(extended)]:
-            rows += await self._refold(conn, refolded, owners, after)
+        if refolded:
+            rows += await self._refold(conn, sorted(refolded), owners, after)
         trade_ids = [row.aggregate.trade_id for row in rows]
         written: set[str] = set()
         if rows:
@@ -495,6 +527,7 @@ class JournalRepository:
                 "journal rows another user keeps under these trade ids were left alone",
                 trade_ids=foreign,
             )
+        return _Recomputed(set(refolded), instants)
 
     async def _refold(
         self,
@@ -536,7 +569,7 @@ class JournalRepository:
                 [owners[k].connection_id for k in kept],
                 list(kept),
                 [owners[k].user_id for k in kept],
-                [orjson.dumps(f.to_json()).decode() for f in kept.values()],
+                [f.encoded() for f in kept.values()],
             )
         if forgotten := [k for k, f in after.items() if f is None]:
             await conn.execute(
@@ -612,6 +645,16 @@ class JournalRepository:
 
 
 @dataclass(frozen=True)
+class _Recomputed:
+    """Which positions were folded again from all their fills, and the instants (account,
+    when) at which the rows of the others can have closed, before this batch or now: what the
+    analytics rollup refreshes."""
+
+    refolded: set[str]
+    changed_instants: set[tuple[uuid.UUID, datetime]]
+
+
+@dataclass(frozen=True)
 class _Inserted:
     """What an insert did: per event, how many of its records were new or changed; the
     positions they belong to; the keys newly inserted; the positions of fills changed in place
@@ -621,24 +664,6 @@ class _Inserted:
     positions: set[str]
     new: set[str]
     changed_positions: set[str]
-
-
-def _position_fill(fill: Fill) -> PositionFill:
-    return PositionFill(
-        fill_key=fill.fill_key,
-        position_key=fill.position_key,
-        symbol=fill.symbol,
-        side=fill.side,
-        entry=fill.entry,
-        volume=fill.volume,
-        price=fill.price,
-        profit=fill.profit,
-        commission=fill.commission,
-        swap=fill.swap,
-        fee=fill.fee,
-        executed_at=fill.executed_at,
-        broker_ref=fill.broker_ref,
-    )
 
 
 def _positions_of(batch: CanonicalBatch) -> set[str]:

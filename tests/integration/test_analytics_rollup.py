@@ -197,6 +197,24 @@ async def test_a_late_deal_moves_its_trade_to_the_day_it_now_closes(
     assert await rollup(pool, connection, "UTC") == await from_scratch(pool, connection, "UTC")
 
 
+async def test_a_closed_trade_closed_again_later_leaves_the_day_it_had_closed_on(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    # Closed on 2 March, then a later close of the same position (in order, so folded into it)
+    # moves the trade to 4 March: 2 March keeps no trade.
+    await keep_zones(pool, connection)
+    opened, closed = trade(9, "2026-03-02T10:00:00", "2026-03-02T12:00:00", "10")
+    again = deal(92, 9, "2026-03-04T09:00:00", entry=1, side=1, volume="0.05", profit="5")
+    await deliver(pool, [batch(connection, [opened, closed])])
+    before = {d.day.isoformat(): d.trades for d in await rollup(pool, connection, "UTC")}
+
+    await deliver(pool, [batch(connection, [again])])
+
+    after = {d.day.isoformat(): d.trades for d in await rollup(pool, connection, "UTC")}
+    assert (before, after) == ({"2026-03-02": 1}, {"2026-03-04": 1})
+    assert await rollup(pool, connection, "UTC") == await from_scratch(pool, connection, "UTC")
+
+
 async def test_a_zone_nobody_asked_for_is_not_kept(
     pool: asyncpg.Pool, connection: TestConnection
 ) -> None:

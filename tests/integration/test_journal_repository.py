@@ -558,3 +558,23 @@ async def test_a_cancelled_deal_folds_its_position_again_from_the_deals_still_co
 
     [row] = await journal(pool, connection)
     assert (row["closed_volume"], row["status"], row["fill_count"]) == (Decimal("0.10"), "open", 2)
+
+
+async def test_a_position_stored_without_its_fold_is_folded_again_from_every_deal(
+    pool: asyncpg.Pool, connection: TestConnection
+) -> None:
+    # A position the writer has no fold of (written before folds were kept, say): its next
+    # deal is not taken for the first of a new position.
+    deals = fixture_deals()
+    async with pool.acquire() as conn:
+        await REPOSITORY.apply(conn, [batch(connection, deals[:2])])
+        await conn.execute(
+            "DELETE FROM position_folds WHERE connection_id = $1", connection.created.connection_id
+        )
+        await REPOSITORY.apply(conn, [batch(connection, deals[2:])])
+
+    [row] = await journal(pool, connection)
+    assert numbers(row) == CLOSED_FIXTURE_TRADE
+    assert await folded_through(pool, connection) == (
+        f"mt5:{SERVER}:{connection.login}:deal:{deals[2]['ticket']}"
+    )

@@ -496,7 +496,7 @@ def _write(
             changed, fold = fold_position(KEY, stored.values())
             rows = {r.trade_id: r for r in changed}
         assert fold is not None
-        fold = PositionFold.from_json(KEY, json.loads(json.dumps(fold.to_json())))
+        fold = PositionFold.decoded(KEY, fold.encoded())
     return rows, list(stored.values()), incremental
 
 

@@ -212,23 +212,28 @@ async def refresh_days(
 
 
 async def refresh_for_batches(
-    conn: Connection, batches: Sequence[CanonicalBatch], positions: set[str]
+    conn: Connection,
+    batches: Sequence[CanonicalBatch],
+    positions: Iterable[str],
+    instants: Iterable[tuple[uuid.UUID, datetime]] = (),
 ) -> int:
-    """`refresh_days` for what the writer just applied: the positions it recomputed (owned by
-    the connection that delivered them) and the batches' account-level movements."""
+    """`refresh_days` for what the writer just applied: the positions whose every fill's day
+    it refreshes (owned by the connection that delivered them), the instants (account, when)
+    it knows its other positions' rows closed at, before or now, and the batches'
+    account-level movements."""
     owners = {
         key: b.connection.connection_id
         for b in batches
         for key in {f.position_key for f in b.fills}
         | {m.position_key for m in b.cash_movements if m.position_key is not None}
     }
-    movements = {
+    touched = set(instants) | {
         (b.connection.account_id, m.executed_at)
         for b in batches
         for m in b.cash_movements
         if m.position_key is None
     }
-    return await refresh_days(conn, [(k, owners[k]) for k in positions], movements)
+    return await refresh_days(conn, [(k, owners[k]) for k in positions], touched)
 
 
 async def fill_zone(conn: Connection, user_id: uuid.UUID, time_zone: str) -> bool:
