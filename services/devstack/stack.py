@@ -23,7 +23,7 @@ from services.devstack.postgres import EmbeddedPostgres
 from services.shared.crypto import new_master_key_base64
 from services.shared.kafka import TopicSpec, ensure_topics
 from services.shared.migrations import apply_migrations
-from services.shared.settings import Topics
+from services.shared.settings import ServiceSettings, Topics
 
 SERVICES = ("ingest", "poller", "normalizer", "writer", "api")
 # Services that report readiness through a ready file (ingest and the API answer /readyz).
@@ -60,6 +60,11 @@ DEV_TRACE_SAMPLING = {
 }
 
 
+GRACE_SETTING = "POSCAL_SHUTDOWN_GRACE_SECONDS"
+# How long past its grace a cancelled service may take to close its connections and exit.
+STOP_MARGIN_SECONDS = 5.0
+
+
 def trace_sampling(environ: Mapping[str, str]) -> dict[str, str]:
     """The dev stack's sampler settings, unless the environment names a sampler of its own."""
     return {} if environ.get("OTEL_TRACES_SAMPLER") else dict(DEV_TRACE_SAMPLING)
@@ -94,6 +99,15 @@ class DevStack:
     _postgres: EmbeddedPostgres | None = None
     _broker: EmbeddedBroker | None = None
     _services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def shutdown_grace_seconds(self) -> float:
+        """The services' grace after SIGTERM (POSCAL_SHUTDOWN_GRACE_SECONDS, as they read it)."""
+        named = self.extra_env.get(GRACE_SETTING) or os.environ.get(GRACE_SETTING)
+        return (
+            float(named)
+            if named
+            else ServiceSettings.model_fields["shutdown_grace_seconds"].default
+        )
 
     @property
     def logs(self) -> Path:
@@ -253,12 +267,16 @@ class DevStack:
                 )
 
     def stop(self) -> None:
+        """SIGTERM to every service at once; each gets its shutdown grace to finish its batch
+        and a little more to unwind once cancelled (lifecycle.run_until_signalled), and only one
+        still running after that is killed."""
         for process in self._services.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.shutdown_grace_seconds() + STOP_MARGIN_SECONDS
         for process in self._services.values():
             try:
-                process.wait(10)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -22,8 +22,9 @@ def otlp() -> Iterator[OtlpReceiver]:
 @pytest.fixture(scope="module")
 def stack_env() -> dict[str, str]:
     """The services' environment beyond the stack's own; a module overrides it for settings
-    of its own."""
-    return {"OTEL_BSP_SCHEDULE_DELAY": "200"}
+    of its own. A stack stopped at the end of its module gives its services 2 s to finish:
+    its poller may be waiting out another module's broker, long gone, in a retry's delay."""
+    return {"OTEL_BSP_SCHEDULE_DELAY": "200", "POSCAL_SHUTDOWN_GRACE_SECONDS": "2"}
 
 
 @pytest.fixture(scope="module")
