@@ -39,6 +39,11 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "determini
 # trace: specs follow one event's trace across the services.
 os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
 
+# Ports the suite picks for the servers it starts come from a range of this worker's own
+# (pytest-xdist runs several at once), below the kernel's ephemeral ports.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+os.environ["POSCAL_FREE_PORT_RANGE"] = f"{12000 + 2000 * _WORKER}-{12000 + 2000 * _WORKER + 1999}"
+
 # The marker every test under these folders carries, so that `-m` selects exactly them.
 MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -16,11 +17,29 @@ from typing import Self
 _PR_SET_PDEATHSIG = 1
 
 
+# Ports handed out are taken from this range when set ("20000-23999"): below the kernel's
+# ephemeral range, so no outgoing connection's local port takes one between its choice and the
+# bind, and apart from other processes' ranges (the test suite gives each worker its own).
+FREE_PORT_RANGE = "POSCAL_FREE_PORT_RANGE"
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on now; never the same one twice in a process."""
+    ports = os.environ.get(FREE_PORT_RANGE)
+    if not ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            return port
+    first, last = (int(bound) for bound in ports.split("-"))
+    candidates = list(range(first, last + 1))
+    start = secrets.randbelow(len(candidates))
+    for candidate in candidates[start:] + candidates[:start]:
+        if candidate not in _handed_out and port_is_free(candidate):
+            _handed_out.add(candidate)
+            return candidate
+    raise PortInUse(f"no free port left in {FREE_PORT_RANGE}={ports}")
 
 
 class PortInUse(Exception):
