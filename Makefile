@@ -17,8 +17,10 @@ run: $(STAMP)
 	$(BIN)/poscal-sync dev --demo
 
 ## test: the whole test suite (unit, integration against real Postgres + broker, end-to-end)
+# Bytecode is cached in __pycache__ (gitignored) whatever PYTHONDONTWRITEBYTECODE says: the
+# workers, and every service and CLI process the specs start, then compile each module once.
 test: $(STAMP)
-	$(BIN)/pytest --numprocesses 3 --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest --numprocesses 3 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
