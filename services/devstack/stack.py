@@ -60,14 +60,14 @@ DEV_TRACE_SAMPLING = {
 }
 
 
-GRACE_SETTING = "POSCAL_SHUTDOWN_GRACE_SECONDS"
-# How long past its grace a cancelled service may take to close its connections and exit.
-STOP_MARGIN_SECONDS = 5.0
-
-
 def trace_sampling(environ: Mapping[str, str]) -> dict[str, str]:
     """The dev stack's sampler settings, unless the environment names a sampler of its own."""
     return {} if environ.get("OTEL_TRACES_SAMPLER") else dict(DEV_TRACE_SAMPLING)
+
+
+GRACE_SETTING = "POSCAL_SHUTDOWN_GRACE_SECONDS"
+# How long past its grace a cancelled service may take to close its connections and exit.
+STOP_MARGIN_SECONDS = 5.0
 
 
 def pipeline_topics(topics: Topics, partitions: int = 6) -> list[TopicSpec]:

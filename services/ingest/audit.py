@@ -344,22 +344,21 @@ class AuditTrail:
                             )
                     committed = True
                     written()
+                    if dropped is not None:
+                        AUDIT_GAPS.labels("queue_overflow").inc()
+                        _log.error(
+                            "attempt records dropped while the database was away",
+                            alert="audit_gap",
+                            count=dropped.count,
+                            window_start=dropped.first.isoformat(),
+                            window_end=dropped.last.isoformat(),
+                        )
                 finally:
                     self._not_writing.set()
         except BaseException:
             if dropped is not None and not committed:
                 self._dropped = dropped.merge(self._dropped)
             raise
-        finally:
-            if dropped is not None and committed:
-                AUDIT_GAPS.labels("queue_overflow").inc()
-                _log.error(
-                    "attempt records dropped while the database was away",
-                    alert="audit_gap",
-                    count=dropped.count,
-                    window_start=dropped.first.isoformat(),
-                    window_end=dropped.last.isoformat(),
-                )
 
     async def _insert(
         self, conn: PoolConnectionProxy, batch: list[Attempt], successes: list[Attempt]
